@@ -1,0 +1,82 @@
+"""``certscope`` command line: ``run`` (the daemon), ``check-config`` and ``scan``.
+
+Flags follow Prometheus habits (``--config.file``, ``--web.listen-address``,
+``--log.level``, ``--log.format``); ``certscope --config.file=x`` without a command
+means ``run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from exporter import __version__
+from exporter.config import ConfigError, default_config, load_config, parse_duration
+from exporter.logs import setup_logging
+
+COMMANDS = ("run", "check-config", "scan", "version")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="certscope", description="Certificate observability for Prometheus.")
+    parser.add_argument("--version", action="version", version=f"certscope {__version__}")
+    commands = parser.add_subparsers(dest="command")
+
+    run = commands.add_parser("run", help="run the daemon (the default command)")
+    run.add_argument("--config.file", dest="config_file", help="YAML config; the embedded default when absent")
+    run.add_argument("--web.listen-address", dest="listen_address", help="host:port (default 127.0.0.1:9754)")
+    run.add_argument("--log.level", dest="log_level", default="info", choices=["debug", "info", "warn", "error"])
+    run.add_argument("--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"])
+
+    check = commands.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("file", nargs="?", help="the config file; the embedded default when absent")
+
+    scan = commands.add_parser("scan", help="list the certificates in files and what is wrong with them")
+    scan.add_argument("paths", nargs="+", metavar="PATH", help="files, directories or globs (quote globs)")
+    scan.add_argument("--warn", default="28d", help="exit 1 when a certificate expires within this (default 28d)")
+    scan.add_argument("--output", choices=["table", "json"], default="table")
+    scan.add_argument("--pkcs12-password-env", metavar="VAR", help="environment variable holding the PKCS#12 password")
+    scan.add_argument("--pkcs12-password-file", metavar="FILE", help="file holding the PKCS#12 password")
+
+    commands.add_parser("version", help="print the version")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if not args_list or (args_list[0].startswith("--") and args_list[0] not in ("--help", "--version")):
+        args_list.insert(0, "run")
+    args = _parser().parse_args(args_list)
+
+    if args.command == "version":
+        print(f"certscope {__version__}")
+        return 0
+    if args.command == "check-config":
+        return _check_config(args.file)
+    if args.command == "scan":
+        from exporter.scan import scan
+
+        try:
+            warn = parse_duration(args.warn)
+        except ValueError as exc:
+            print(f"certscope scan: --warn: {exc}", file=sys.stderr)
+            return 2
+        return scan(args.paths, warn, args.output, args.pkcs12_password_env, args.pkcs12_password_file)
+
+    from exporter.daemon import Daemon
+
+    level = "warning" if args.log_level == "warn" else args.log_level
+    setup_logging(level, args.log_format)
+    return Daemon(args.config_file, args.listen_address).serve()
+
+
+def _check_config(path: str | None) -> int:
+    try:
+        config = load_config(path) if path else default_config()
+    except ConfigError as exc:
+        for message in exc.messages:
+            print(f"{exc.source}: {message}", file=sys.stderr)
+        print(f"{exc.source}: {len(exc.messages)} error(s)", file=sys.stderr)
+        return 1
+    print(f"{config.source}: OK, {len(config.probes)} probe(s): " + ", ".join(f"{p.name} ({p.kind})" for p in config.probes))
+    return 0

@@ -1,0 +1,373 @@
+"""The YAML config -> frozen, typed dataclasses, with every error reported at once.
+
+The loader is driven by the dataclasses' type hints, so a probe kind only declares a
+settings dataclass (see ``probes.KINDS``) and gets strict validation for free:
+unknown keys, wrong types, bad durations and sizes, missing files (fields made with
+``path_field``) each become one ``probes[1].paths[0]: ...`` message.  A dataclass may
+add cross-field checks with ``validate() -> list[(field, message)]``.
+
+``load_config(path)`` raises ``ConfigError`` carrying all messages;
+``default_config()`` is the embedded config used when no file is given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import yaml
+
+from probes import KINDS
+from probes.base import ByteSize, Seconds
+
+DEFAULT_LISTEN_ADDRESS = "127.0.0.1:9754"
+EMBEDDED_DEFAULT = "<embedded default>"
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+# Labels certscope sets itself; an owner label may not shadow them.
+RESERVED_LABELS = frozenset(
+    {"probe", "kind", "target", "index", "role", "reason", "severity", "le", "quantile", "instance", "job"}
+)
+
+
+class ConfigError(Exception):
+    def __init__(self, source: str, messages: list[str]) -> None:
+        self.source = source
+        self.messages = messages
+        super().__init__(f"{source}: " + "; ".join(messages))
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    warning: Seconds = Seconds(28 * 86400)
+    critical: Seconds = Seconds(7 * 86400)
+
+    def validate(self) -> list[tuple[str, str]]:
+        if self.critical > self.warning:
+            return [("critical", "must not be longer than warning")]
+        return []
+
+
+@dataclass(frozen=True)
+class Trust:
+    system: bool = True
+    ca_files: tuple[str, ...] = field(default=(), metadata={"must_exist": True})
+
+
+@dataclass(frozen=True)
+class Egress:
+    allow_networks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GlobalSettings:
+    interval: Seconds = Seconds(300)
+    timeout: Seconds = Seconds(10)
+    concurrency: int = 16
+    trust: Trust = Trust()
+    thresholds: Thresholds = Thresholds()
+    egress: Egress = Egress()
+
+    def validate(self) -> list[tuple[str, str]]:
+        problems = []
+        if not 1 <= self.concurrency <= 1024:
+            problems.append(("concurrency", "must be between 1 and 1024"))
+        return problems
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    listen_address: str = DEFAULT_LISTEN_ADDRESS
+
+    def validate(self) -> list[tuple[str, str]]:
+        try:
+            split_listen_address(self.listen_address)
+        except ValueError as exc:
+            return [("listen_address", str(exc))]
+        return []
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    name: str
+    kind: str
+    interval: Seconds
+    timeout: Seconds
+    thresholds: Thresholds
+    # Owner labels added to every certificate's info series (team, service, ...).
+    labels: Mapping[str, str]
+    settings: Any  # the kind's settings dataclass
+
+
+@dataclass(frozen=True)
+class Config:
+    global_settings: GlobalSettings
+    web: WebSettings
+    probes: tuple[ProbeConfig, ...]
+    source: str  # the file it came from, or EMBEDDED_DEFAULT
+
+
+# Keys every probe entry may have besides its kind's own settings.
+@dataclass(frozen=True)
+class _CommonProbeFields:
+    name: str
+    kind: str
+    interval: Seconds | None = None
+    timeout: Seconds | None = None
+    thresholds: Thresholds | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+def load_config(path: str) -> Config:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as exc:
+        raise ConfigError(path, [f"cannot read config file: {exc.strerror}"]) from None
+    return parse_config(text, path)
+
+
+def default_config() -> Config:
+    text = resources.files("exporter").joinpath("default_config.yaml").read_text(encoding="utf-8")
+    return parse_config(text, EMBEDDED_DEFAULT)
+
+
+def parse_config(text: str, source: str) -> Config:
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(source, [f"invalid YAML: {where}{problem}"]) from None
+    if document is None:
+        document = {}
+    errors: list[str] = []
+    if not isinstance(document, dict):
+        raise ConfigError(source, [f"top level must be a mapping, got {_type_name(document)}"])
+    _reject_unknown(document, {"global", "web", "probes"}, "", errors)
+    global_settings = _load(GlobalSettings, document.get("global", {}), "global", errors)
+    web = _load(WebSettings, document.get("web", {}), "web", errors)
+    probes = _load_probes(document.get("probes", []), global_settings, errors)
+    if errors:
+        raise ConfigError(source, errors)
+    return Config(global_settings, web, tuple(probes), source)
+
+
+def _load_probes(entries: Any, defaults: GlobalSettings | None, errors: list[str]) -> list[ProbeConfig]:
+    if not isinstance(entries, list):
+        errors.append(f"probes: must be a list, got {_type_name(entries)}")
+        return []
+    defaults = defaults or GlobalSettings()
+    probes: list[ProbeConfig] = []
+    names: dict[str, int] = {}
+    common_keys = {f.name for f in dataclasses.fields(_CommonProbeFields)}
+    for position, entry in enumerate(entries):
+        where = f"probes[{position}]"
+        if not isinstance(entry, dict):
+            errors.append(f"{where}: must be a mapping, got {_type_name(entry)}")
+            continue
+        kind_name = entry.get("kind")
+        kind = KINDS.get(kind_name) if isinstance(kind_name, str) else None
+        if kind is None:
+            choices = ", ".join(sorted(KINDS))
+            errors.append(f"{where}.kind: must be one of {choices}, got {kind_name!r}")
+            continue
+        common = _load(_CommonProbeFields, {k: v for k, v in entry.items() if k in common_keys}, where, errors)
+        settings = _load(kind.settings, {k: v for k, v in entry.items() if k not in common_keys}, where, errors)
+        if common is None or settings is None:
+            continue
+        if not _LABEL_NAME.match(common.name):
+            errors.append(f"{where}.name: must match [a-zA-Z_][a-zA-Z0-9_]* (letters, digits, _), got {common.name!r}")
+        elif common.name in names:
+            errors.append(f"{where}.name: {common.name!r} is already used by probes[{names[common.name]}]")
+        names.setdefault(common.name, position)
+        for label in common.labels:
+            if not _LABEL_NAME.match(label) or label.startswith("__"):
+                errors.append(f"{where}.labels.{label}: not a valid Prometheus label name")
+            elif label in RESERVED_LABELS:
+                errors.append(f"{where}.labels.{label}: reserved by certscope")
+        probes.append(
+            ProbeConfig(
+                name=common.name,
+                kind=common.kind,
+                interval=common.interval or defaults.interval,
+                timeout=common.timeout or defaults.timeout,
+                thresholds=common.thresholds or defaults.thresholds,
+                labels=dict(common.labels),
+                settings=settings,
+            )
+        )
+    return probes
+
+
+# -- the generic, type-driven loader ------------------------------------------
+
+
+def _load(cls: type[Any], data: Any, where: str, errors: list[str]) -> Any:
+    """Build dataclass ``cls`` from ``data``; append messages to ``errors``.
+    Returns None when anything in ``data`` was wrong."""
+    if not isinstance(data, dict):
+        errors.append(f"{where}: must be a mapping, got {_type_name(data)}")
+        return None
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    before = len(errors)
+    _reject_unknown(data, set(fields), where, errors)
+    values: dict[str, Any] = {}
+    for name, spec in fields.items():
+        path = f"{where}.{name}" if where else name
+        if name not in data:
+            if spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
+                errors.append(f"{path}: required")
+            continue
+        values[name] = _convert(hints[name], data[name], path, errors, spec.metadata)
+    if len(errors) > before:
+        return None
+    instance = cls(**values)
+    validate = getattr(instance, "validate", None)
+    if callable(validate):
+        for name, message in validate():
+            errors.append(f"{where}.{name}: {message}" if where else f"{name}: {message}")
+        if len(errors) > before:
+            return None
+    return instance
+
+
+def _convert(hint: Any, value: Any, path: str, errors: list[str], metadata: Mapping[str, Any]) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(inner, value, path, errors, metadata)
+    if hint is Seconds:
+        return _seconds(value, path, errors)
+    if hint is ByteSize:
+        return _byte_size(value, path, errors)
+    if dataclasses.is_dataclass(hint):
+        return _load(hint, value, path, errors)  # type: ignore[arg-type]
+    if origin is tuple:
+        if not isinstance(value, list):
+            errors.append(f"{path}: must be a list, got {_type_name(value)}")
+            return ()
+        return tuple(_convert(args[0], item, f"{path}[{i}]", errors, metadata) for i, item in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            errors.append(f"{path}: must be a mapping, got {_type_name(value)}")
+            return {}
+        return {
+            _convert(args[0], k, f"{path}.{k}", errors, {}): _convert(args[1], v, f"{path}.{k}", errors, {})
+            for k, v in value.items()
+        }
+    if hint is bool:
+        if not isinstance(value, bool):
+            errors.append(f"{path}: must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            errors.append(f"{path}: must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            errors.append(f"{path}: must be a number, got {value!r}")
+        return float(value) if isinstance(value, (int, float)) else value
+    if hint is str:
+        if not isinstance(value, str):
+            errors.append(f"{path}: must be a string, got {_type_name(value)}")
+            return value
+        if metadata.get("must_exist") and not os.path.exists(value):
+            errors.append(f"{path}: file not found: {value}")
+        return value
+    raise TypeError(f"config loader cannot handle {hint!r} at {path}")  # a bug in a settings class
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
+
+
+def parse_duration(text: str) -> float:
+    """'30s', '5m', '1h30m', '28d' -> seconds.  Raises ValueError."""
+    text = text.strip()
+    position = 0
+    total = 0.0
+    for match in _DURATION.finditer(text):
+        if match.start() != position:
+            break
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        position = match.end()
+    if not text or position != len(text):
+        raise ValueError(f"not a duration: {text!r} (use e.g. 30s, 5m, 1h30m, 28d)")
+    return total
+
+
+def _seconds(value: Any, path: str, errors: list[str]) -> Seconds:
+    if isinstance(value, bool):
+        errors.append(f"{path}: must be a duration like 30s or 5m, got {value!r}")
+        return Seconds(0)
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        try:
+            seconds = parse_duration(value)
+        except ValueError as exc:
+            errors.append(f"{path}: {exc}")
+            return Seconds(0)
+    else:
+        errors.append(f"{path}: must be a duration like 30s or 5m, got {_type_name(value)}")
+        return Seconds(0)
+    if seconds <= 0:
+        errors.append(f"{path}: must be longer than zero")
+    return Seconds(seconds)
+
+
+_SIZE = re.compile(r"^(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?$")
+_SIZE_UNITS = {None: 1, "B": 1, "KB": 1000, "KiB": 1024, "MB": 10**6, "MiB": 1024**2, "GB": 10**9, "GiB": 1024**3}
+
+
+def _byte_size(value: Any, path: str, errors: list[str]) -> ByteSize:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return ByteSize(value)
+    match = _SIZE.match(value.strip()) if isinstance(value, str) else None
+    if match is None or int(match.group(1)) == 0:
+        errors.append(f"{path}: must be a positive size like 16MiB or 512KiB, got {value!r}")
+        return ByteSize(0)
+    return ByteSize(int(match.group(1)) * _SIZE_UNITS[match.group(2)])
+
+
+def _reject_unknown(data: dict[Any, Any], known: set[str], where: str, errors: list[str]) -> None:
+    for key in data:
+        if key not in known:
+            path = f"{where}.{key}" if where else str(key)
+            hint = _closest(str(key), known)
+            errors.append(f"{path}: unknown key" + (f" (did you mean {hint!r}?)" if hint else ""))
+
+
+def _closest(key: str, known: set[str]) -> str | None:
+    import difflib
+
+    matches = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
+    return matches[0] if matches else None
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}.get(type(value), type(value).__name__)
+
+
+def split_listen_address(address: str) -> tuple[str, int]:
+    """'127.0.0.1:9754', '[::1]:9754', ':9754' -> (host, port)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"must be host:port, got {address!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host or "0.0.0.0", int(port)

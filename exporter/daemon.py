@@ -1,0 +1,99 @@
+"""The long-running process: config, scheduler, store and web server, with reloads.
+
+Reload (SIGHUP or ``POST /-/reload``) loads and validates the new config first; a
+bad one is logged with every error, keeps the old config running and sets
+``certscope_config_last_reload_successful 0``.  SIGTERM and SIGINT stop the web
+server and the scheduler; a round in flight stops after its current target.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+
+from exporter.config import Config, ConfigError, default_config, load_config, split_listen_address
+from exporter.scheduler import Scheduler
+from exporter.store import ResultStore
+from exporter.web import WebApp, WebServer
+
+log = logging.getLogger(__name__)
+
+
+class Daemon:
+    def __init__(self, config_file: str | None, listen_address: str | None = None) -> None:
+        self.config_file = config_file
+        self.listen_address_flag = listen_address
+        self.store = ResultStore()
+        self.scheduler = Scheduler(self.store)
+        self.config: Config | None = None
+        self._reload_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._reload_requested = threading.Event()
+        self.web: WebServer | None = None
+
+    def load(self) -> Config:
+        return load_config(self.config_file) if self.config_file else default_config()
+
+    def reload(self) -> str | None:
+        """Load the config again; returns None on success, else the error text."""
+        with self._reload_lock:
+            try:
+                config = self.load()
+            except ConfigError as exc:
+                for message in exc.messages:
+                    log.error("config reload failed: %s: %s", exc.source, message)
+                self.store.record_reload(False)
+                return "\n".join(exc.messages)
+            if self.config and config.web.listen_address != self.config.web.listen_address:
+                log.warning("web.listen_address changed; it takes effect on restart")
+            self.scheduler.apply(config)
+            self.config = config
+            self.store.record_reload(True)
+            log.info("config reloaded from %s: %d probes", config.source, len(config.probes))
+            return None
+
+    def serve(self) -> int:
+        try:
+            config = self.load()
+        except ConfigError as exc:
+            for message in exc.messages:
+                log.error("invalid config: %s: %s", exc.source, message)
+            return 1
+        self.config = config
+        host, port = split_listen_address(self.listen_address_flag or config.web.listen_address)
+        app = WebApp(self.store, self.scheduler.ready, self.reload)
+        try:
+            self.web = WebServer(app, host, port)
+        except OSError as exc:
+            log.error("cannot listen on %s:%d: %s", host, port, exc.strerror)
+            return 1
+        self.scheduler.apply(config)
+        self.store.record_reload(True)
+        self.web.start()
+        log.info(
+            "certscope started: config=%s probes=%d listening on %s:%d",
+            config.source, len(config.probes), host, self.web.port,
+        )
+        signal.signal(signal.SIGHUP, self._on_hup)
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        while True:
+            self._reload_requested.wait(timeout=0.5)
+            if self._stop.is_set():
+                break
+            if self._reload_requested.is_set():
+                self._reload_requested.clear()
+                self.reload()
+        log.info("stopping")
+        self.web.stop()
+        self.scheduler.stop(wait=False)
+        return 0
+
+    def _on_hup(self, signum: int, frame: FrameType | None) -> None:
+        self._reload_requested.set()
+
+    def _on_stop(self, signum: int, frame: FrameType | None) -> None:
+        self._stop.set()
+        self._reload_requested.set()  # wake the main loop

@@ -1,0 +1,120 @@
+"""``certscope scan PATH...``: what certificates are in these files, and what is wrong.
+
+Uses the ``files`` probe exactly as the daemon does, so a scan shows what the daemon
+would export.  Exit status: 0 all fine; 1 a certificate has expired or expires within
+``--warn``; 2 a path could not be read or parsed (this wins over 1, since an
+unreadable file may hide an expiring certificate).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from typing import Any, TextIO
+
+from probes.base import CertObservation, ProbeContext, SourceError
+from probes.files import FilesProbe, FilesSettings, Pkcs12Password
+
+EXIT_OK, EXIT_EXPIRING, EXIT_ERRORS = 0, 1, 2
+
+
+def scan(
+    paths: list[str],
+    warn_seconds: float,
+    output: str = "table",
+    pkcs12_password_env: str | None = None,
+    pkcs12_password_file: str | None = None,
+    stream: TextIO = sys.stdout,
+    now: float | None = None,
+) -> int:
+    now = time.time() if now is None else now
+    password = (
+        Pkcs12Password(password_file=pkcs12_password_file, password_env=pkcs12_password_env)
+        if pkcs12_password_env or pkcs12_password_file
+        else None
+    )
+    probe = FilesProbe(FilesSettings(paths=tuple(os.path.abspath(p) for p in paths), pkcs12=password))
+    discovery = probe.targets()
+    errors: list[SourceError] = list(discovery.errors)
+    found: list[tuple[str, CertObservation]] = []
+    for target in discovery.targets:
+        result = probe.run(target, ProbeContext(deadline=time.monotonic() + 30))
+        errors.extend(result.errors)
+        found.extend((target, observation) for observation in result.certificates)
+    found.sort(key=lambda item: item[1].cert.not_after)
+    records = [_record(path, observation, now, warn_seconds) for path, observation in found]
+
+    if output == "json":
+        document = {
+            "certificates": records,
+            "errors": [{"item": e.item, "reason": e.reason.value, "message": e.message} for e in errors],
+        }
+        json.dump(document, stream, indent=2)
+        stream.write("\n")
+    else:
+        _print_table(records, errors, stream)
+
+    if any(e.reason.value != "duplicate_certificate" for e in errors):
+        return EXIT_ERRORS
+    if any(r["expiring"] for r in records):
+        return EXIT_EXPIRING
+    return EXIT_OK
+
+
+def _record(path: str, observation: CertObservation, now: float, warn_seconds: float) -> dict[str, Any]:
+    cert = observation.cert
+    seconds_left = cert.not_after - now
+    problems = list(cert.problems)
+    if seconds_left <= 0:
+        problems.insert(0, "expired")
+    elif seconds_left <= warn_seconds:
+        problems.insert(0, f"expires within {warn_seconds / 86400:g} days")
+    if cert.not_before > now:
+        problems.insert(0, "not yet valid")
+    return {
+        "path": path,
+        "index": observation.index,
+        "role": observation.role,
+        "subject": cert.subject,
+        "issuer": cert.issuer,
+        "sans": list(cert.sans),
+        "not_before": _iso(cert.not_before),
+        "not_after": _iso(cert.not_after),
+        "days_left": round(seconds_left / 86400, 2),
+        "key": f"{cert.key_type}-{cert.key_bits}",
+        "signature_algorithm": cert.signature_algorithm,
+        "serial": cert.serial,
+        "fingerprint_sha256": cert.fingerprint_sha256,
+        "problems": problems,
+        "expiring": seconds_left <= warn_seconds,
+    }
+
+
+def _print_table(records: list[dict[str, Any]], errors: list[SourceError], stream: TextIO) -> None:
+    for record in records:
+        status = "; ".join(record["problems"]) or "ok"
+        stream.write(f"{record['path']}[{record['index']}] ({record['role']}): {status}\n")
+        rows = [
+            ("subject", record["subject"] or "(empty)"),
+            ("issuer", record["issuer"]),
+            ("sans", ", ".join(record["sans"]) or "-"),
+            ("not after", f"{record['not_after']}  ({record['days_left']:.1f} days left)"),
+            ("not before", record["not_before"]),
+            ("key", record["key"]),
+            ("signature", record["signature_algorithm"]),
+            ("serial", record["serial"]),
+            ("sha256", record["fingerprint_sha256"]),
+        ]
+        for name, value in rows:
+            stream.write(f"    {name:<11} {value}\n")
+    for error in errors:
+        stream.write(f"error [{error.reason.value}] {error.message}\n")
+    expiring = sum(1 for r in records if r["expiring"])
+    stream.write(f"\n{len(records)} certificate(s), {expiring} expired or expiring, {len(errors)} problem(s)\n")
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,176 @@
+"""Runs every configured probe on its interval, off the scrape path.
+
+One APScheduler 3.11 ``BackgroundScheduler`` job per configured probe, with
+``max_instances=1`` (a probe's rounds never overlap) and ``coalesce`` (a late round
+runs once, not many times).  A round discovers the probe's targets, runs each one
+with its own deadline (``timeout``), and publishes the whole round to the store.
+
+Probes whose targets are network endpoints set ``concurrent_targets = True``; their
+targets fan out over a shared pool of ``global.concurrency`` threads.  Local kinds
+(files) run their targets in the job's own thread.
+
+An exception escaping ``Probe.run`` is a bug: it becomes ``Reason.INTERNAL_ERROR``
+with a logged traceback, never a dead job.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+
+from apscheduler.executors.pool import ThreadPoolExecutor as JobExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from exporter.config import Config, ProbeConfig
+from exporter.store import ProbeInfo, ResultStore
+from probes import KINDS
+from probes.base import Discovery, Probe, ProbeContext, ProbeResult, Reason, SourceError
+
+log = logging.getLogger(__name__)
+
+# A round's first run is spread over this share of the interval (at most
+# MAX_START_SPREAD seconds) so that many probes do not start at the same instant.
+START_SPREAD = 0.1
+MAX_START_SPREAD = 2.0
+JITTER_SHARE = 0.05
+
+
+def probe_info(config: ProbeConfig, probe: Probe) -> ProbeInfo:
+    return ProbeInfo(
+        name=config.name,
+        kind=config.kind,
+        interval=config.interval,
+        warning_seconds=config.thresholds.warning,
+        critical_seconds=config.thresholds.critical,
+        labels=config.labels,
+        reasons=probe.reasons,
+        source_reasons=getattr(probe, "source_reasons", probe.reasons),
+        keeps_last_good=bool(getattr(probe, "keeps_last_good", False)),
+    )
+
+
+class Scheduler:
+    def __init__(self, store: ResultStore) -> None:
+        self._store = store
+        self._lock = threading.Lock()
+        self._aps: BackgroundScheduler | None = None
+        self._targets_pool: ThreadPoolExecutor | None = None
+        self._pending_first_round: set[str] = set()
+        # Set when the jobs of the current config are stopped, so that a round in
+        # flight ends between two targets instead of running to the end.
+        self._cancelled = threading.Event()
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def apply(self, config: Config) -> None:
+        """Start probing ``config``, replacing any previous config's jobs."""
+        probes: list[tuple[ProbeConfig, Probe, ProbeInfo]] = []
+        for probe_config in config.probes:
+            probe = KINDS[probe_config.kind].build(probe_config.settings)
+            probes.append((probe_config, probe, probe_info(probe_config, probe)))
+        concurrency = config.global_settings.concurrency
+        with self._lock:
+            self._stop_locked(wait=False)
+            self._store.configure([info for _, _, info in probes], config.source)
+            self._targets_pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="target")
+            self._aps = BackgroundScheduler(
+                executors={"default": JobExecutor(max_workers=max(1, min(concurrency, len(probes))))},
+                job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+                timezone=timezone.utc,
+            )
+            self._pending_first_round = {c.name for c, _, _ in probes}
+            self._cancelled = threading.Event()
+            now = datetime.now(timezone.utc)
+            for probe_config, probe, info in probes:
+                spread = min(probe_config.interval * START_SPREAD, MAX_START_SPREAD)
+                self._aps.add_job(
+                    self._round,
+                    trigger="interval",
+                    seconds=probe_config.interval,
+                    jitter=probe_config.interval * JITTER_SHARE,
+                    next_run_time=now + timedelta(seconds=random.uniform(0, spread)),
+                    args=(probe_config, probe, info, self._targets_pool, self._cancelled),
+                    id=probe_config.name,
+                    name=f"probe {probe_config.name}",
+                )
+            self._aps.start()
+
+    def stop(self, wait: bool = True) -> None:
+        with self._lock:
+            self._stop_locked(wait)
+
+    def _stop_locked(self, wait: bool) -> None:
+        self._cancelled.set()
+        if self._aps is not None:
+            self._aps.shutdown(wait=wait)
+            self._aps = None
+        if self._targets_pool is not None:
+            self._targets_pool.shutdown(wait=wait, cancel_futures=True)
+            self._targets_pool = None
+
+    def ready(self) -> bool:
+        """True once every configured probe has finished its first round."""
+        return not self._pending_first_round
+
+    # -- one round ---------------------------------------------------------------
+
+    def _round(
+        self,
+        config: ProbeConfig,
+        probe: Probe,
+        info: ProbeInfo,
+        pool: ThreadPoolExecutor,
+        cancelled: threading.Event,
+    ) -> None:
+        started = time.monotonic()
+        try:
+            discovery = probe.targets()
+        except Exception as exc:  # noqa: BLE001 - a bug in discovery must not kill the job
+            log.exception("probe=%s discovery failed", config.name)
+            discovery = Discovery((), (SourceError(Reason.INTERNAL_ERROR, config.name, f"discovery failed: {exc}"),), up=False)
+        results: dict[str, tuple[ProbeResult, float]] = {}
+        if getattr(probe, "concurrent_targets", False) and len(discovery.targets) > 1:
+            futures = {target: pool.submit(run_target, probe, target, config) for target in discovery.targets}
+            for target, future in futures.items():
+                results[target] = future.result()
+        else:
+            for target in discovery.targets:
+                if cancelled.is_set():
+                    return
+                results[target] = run_target(probe, target, config)
+        if cancelled.is_set():
+            return
+        duration = time.monotonic() - started
+        transitions, new_errors = self._store.publish_round(info, discovery, results, duration)
+        self._pending_first_round.discard(config.name)
+        for error in new_errors:
+            log.warning("probe=%s reason=%s %s", config.name, error.reason.value, error.message)
+        for change in transitions:
+            if change.current is Reason.OK:
+                if change.previous is not None:
+                    log.info("probe=%s target=%s recovered (was %s)", config.name, change.target, change.previous.value)
+            else:
+                log.warning("probe=%s target=%s failing reason=%s %s", config.name, change.target, change.current.value, change.message)
+        log.debug("probe=%s round done targets=%d seconds=%.3f", config.name, len(results), duration)
+
+
+def run_target(probe: Probe, target: str, config: ProbeConfig) -> tuple[ProbeResult, float]:
+    """Run one target with its deadline; returns (result, wall-clock finish time)."""
+    ctx = ProbeContext(deadline=time.monotonic() + config.timeout, probe_name=config.name)
+    started = time.monotonic()
+    try:
+        result = probe.run(target, ctx)
+    except Exception as exc:  # noqa: BLE001 - see module docstring
+        log.exception("probe=%s target=%s internal error", config.name, target)
+        result = ProbeResult(
+            success=False,
+            reason=Reason.INTERNAL_ERROR,
+            duration_seconds=time.monotonic() - started,
+            message=f"internal error: {type(exc).__name__}",
+        )
+    return result, time.time()
+

@@ -1,0 +1,225 @@
+"""Latest results per (probe, target), published as immutable snapshots.
+
+Writers (scheduler threads) publish one probe's whole round at a time; the store
+derives the new ``ProbeState`` from the previous one (counters, rotations, last
+good certificates) and swaps the snapshot reference under a lock.  Readers (the
+collector, the status page) take ``snapshot()`` without locking and never see a
+half-written round.
+
+A target missing from a round is gone: its series disappear with it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+
+from probes.base import CertObservation, Discovery, ProbeResult, Reason, SourceError
+
+_EMPTY: Mapping[str, int] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Rotation:
+    fingerprint: str
+    count: int = 0
+    last_timestamp: float | None = None  # wall clock of the last change seen
+
+
+@dataclass(frozen=True, slots=True)
+class TargetState:
+    result: ProbeResult
+    last_run: float  # wall clock
+    last_success: float | None
+    runs_total: int
+    failures_total: Mapping[str, int]  # reason -> count; only reasons seen
+    # What is exported: this run's certificates, or the last good ones for a while.
+    certificates: tuple[CertObservation, ...]
+    certificates_from_last_good: bool
+    rotations: Mapping[int, Rotation]  # by certificate index
+
+
+@dataclass(frozen=True, slots=True)
+class SourceState:
+    up: bool
+    objects: int
+    errors_total: Mapping[str, int]  # reason -> count, cumulative
+    last_errors: frozenset[tuple[str, str]]  # (item, reason) of the latest round
+    round_duration_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeInfo:
+    """What the renderer needs to know about a configured probe."""
+
+    name: str
+    kind: str
+    interval: float
+    warning_seconds: float
+    critical_seconds: float
+    labels: Mapping[str, str]
+    reasons: Sequence[Reason]  # per-target failure reasons, pre-initialised to 0
+    source_reasons: Sequence[Reason]
+    keeps_last_good: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeState:
+    info: ProbeInfo
+    targets: Mapping[str, TargetState]
+    source: SourceState | None  # None until the first round finished
+    rounds: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadState:
+    successful: bool = True
+    last_success_timestamp: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    probes: Mapping[str, ProbeState] = field(default_factory=dict)
+    reload: ReloadState = ReloadState()
+    config_source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A target whose outcome changed in this round, for state-change logging."""
+
+    target: str
+    previous: Reason | None
+    current: Reason
+    message: str
+
+
+class ResultStore:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._snapshot = Snapshot()
+
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    def configure(self, probes: Sequence[ProbeInfo], config_source: str) -> None:
+        """Adopt a new config: keep the state of probes that stay (same name and
+        kind), start the new ones empty, drop the removed ones."""
+        with self._lock:
+            old = self._snapshot.probes
+            states: dict[str, ProbeState] = {}
+            for info in probes:
+                previous = old.get(info.name)
+                if previous is not None and previous.info.kind == info.kind:
+                    states[info.name] = replace(previous, info=info)
+                else:
+                    states[info.name] = ProbeState(info=info, targets={}, source=None)
+            self._snapshot = replace(self._snapshot, probes=states, config_source=config_source)
+
+    def record_reload(self, successful: bool, now: float | None = None) -> None:
+        with self._lock:
+            previous = self._snapshot.reload
+            reload = ReloadState(
+                successful=successful,
+                last_success_timestamp=(now or time.time()) if successful else previous.last_success_timestamp,
+            )
+            self._snapshot = replace(self._snapshot, reload=reload)
+
+    def publish_round(
+        self,
+        info: ProbeInfo,
+        discovery: Discovery,
+        results: Mapping[str, tuple[ProbeResult, float]],
+        round_duration: float,
+    ) -> tuple[list[Transition], list[SourceError]]:
+        """Publish one round of probe ``info.name``: ``results`` maps target to
+        (result, wall-clock finish time).  Returns the outcome transitions and the
+        source errors that are new since the previous round (to be logged).
+        A round of a probe that is no longer configured is dropped."""
+        with self._lock:
+            old_state = self._snapshot.probes.get(info.name)
+            if old_state is None or old_state.info is not info:
+                return [], []  # the config changed while this round ran
+            transitions: list[Transition] = []
+            targets: dict[str, TargetState] = {}
+            for target, (result, finished) in results.items():
+                previous = old_state.targets.get(target)
+                targets[target] = _next_target_state(info, previous, result, finished)
+                previous_reason = previous.result.reason if previous else None
+                if previous_reason != result.reason:
+                    transitions.append(Transition(target, previous_reason, result.reason, result.message))
+            errors = list(discovery.errors)
+            for result, _ in results.values():
+                errors.extend(result.errors)
+            source = _next_source_state(old_state.source, discovery, errors, round_duration)
+            previous_errors = old_state.source.last_errors if old_state.source else frozenset()
+            new_errors = [e for e in errors if (e.item, e.reason.value) not in previous_errors]
+            state = ProbeState(info=info, targets=targets, source=source, rounds=old_state.rounds + 1)
+            probes = dict(self._snapshot.probes)
+            probes[info.name] = state
+            self._snapshot = replace(self._snapshot, probes=probes)
+            return transitions, new_errors
+
+
+def _next_target_state(
+    info: ProbeInfo, previous: TargetState | None, result: ProbeResult, finished: float
+) -> TargetState:
+    failures = dict(previous.failures_total) if previous else {}
+    if not result.success:
+        failures[result.reason.value] = failures.get(result.reason.value, 0) + 1
+    last_success = finished if result.success else (previous.last_success if previous else None)
+
+    certificates = result.certificates
+    from_last_good = False
+    if (
+        not result.success
+        and not certificates
+        and info.keeps_last_good
+        and previous is not None
+        and previous.certificates
+        and previous.last_success is not None
+        and finished - previous.last_success <= 3 * info.interval
+    ):
+        certificates = previous.certificates
+        from_last_good = True
+
+    rotations: dict[int, Rotation] = {}
+    old_rotations = previous.rotations if previous else {}
+    for observation in certificates:
+        fingerprint = observation.cert.fingerprint_sha256
+        old = old_rotations.get(observation.index)
+        if old is None:
+            rotations[observation.index] = Rotation(fingerprint)
+        elif old.fingerprint != fingerprint:
+            rotations[observation.index] = Rotation(fingerprint, old.count + 1, finished)
+        else:
+            rotations[observation.index] = old
+
+    return TargetState(
+        result=result,
+        last_run=finished,
+        last_success=last_success,
+        runs_total=(previous.runs_total if previous else 0) + 1,
+        failures_total=MappingProxyType(failures) if failures else _EMPTY,
+        certificates=certificates,
+        certificates_from_last_good=from_last_good,
+        rotations=MappingProxyType(rotations),
+    )
+
+
+def _next_source_state(
+    previous: SourceState | None, discovery: Discovery, errors: list[SourceError], round_duration: float
+) -> SourceState:
+    counts = dict(previous.errors_total) if previous else {}
+    for error in errors:
+        counts[error.reason.value] = counts.get(error.reason.value, 0) + 1
+    return SourceState(
+        up=discovery.up,
+        objects=len(discovery.targets),
+        errors_total=MappingProxyType(counts),
+        last_errors=frozenset((e.item, e.reason.value) for e in errors),
+        round_duration_seconds=round_duration,
+    )

@@ -1,0 +1,23 @@
+"""Probe kinds.  ``KINDS`` is the one registry: the config loader reads each kind's
+settings dataclass from it, and the scheduler builds probes through it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from probes.base import Probe
+from probes.files import FilesProbe, FilesSettings
+
+
+@dataclass(frozen=True)
+class ProbeKind:
+    name: str
+    settings: type[Any]  # a frozen dataclass; its fields are the YAML keys of the kind
+    build: Callable[[Any], Probe]  # settings -> a ready Probe
+
+
+KINDS: dict[str, ProbeKind] = {
+    "files": ProbeKind("files", FilesSettings, FilesProbe),
+}

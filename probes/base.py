@@ -1,0 +1,218 @@
+"""The contract every probe kind implements, and the values probes hand back.
+
+A probe kind is a pair (Settings dataclass, Probe class).  The Probe is built once
+from its settings (the module configuration) and is then asked two things by the
+scheduler:
+
+* ``targets()``: what to probe this round (file paths, ``host:port``, ...).  Errors
+  found while discovering are reported through ``Discovery.errors`` and never raise.
+* ``run(target, ctx) -> ProbeResult``: probe one target.  Expected failures are
+  data (a ``ProbeResult`` with ``success=False`` and a typed ``reason``); an
+  exception escaping ``run`` is a bug, which the scheduler turns into
+  ``Reason.INTERNAL_ERROR``.
+
+Certificates are reported as ``CertFacts``: a compact, immutable record of the
+fields metrics and people need.  ``cryptography`` objects are never kept, since they
+weigh several kilobytes once their fields have been read.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, ClassVar, NewType, Protocol
+
+# Types the config loader understands beyond the builtins (exporter/config.py):
+Seconds = NewType("Seconds", float)  # "30s", "5m", "28d" or a number of seconds
+ByteSize = NewType("ByteSize", int)  # "16MiB", "512KiB" or a number of bytes
+
+
+def path_field(default: Any = None) -> Any:
+    """A settings field naming a file that must exist when the config is loaded."""
+    return field(default=default, metadata={"must_exist": True})
+
+
+class Reason(StrEnum):
+    """Why a probe run or a source item failed.  A public contract: alert rules and
+    dashboards match on these values, so add freely but never rename."""
+
+    OK = "ok"
+    # network and handshake
+    DNS_ERROR = "dns_error"
+    CONNECT_REFUSED = "connect_refused"
+    CONNECT_TIMEOUT = "connect_timeout"
+    HANDSHAKE_TIMEOUT = "handshake_timeout"
+    HANDSHAKE_FAILED = "handshake_failed"
+    PROTOCOL_ERROR = "protocol_error"
+    STARTTLS_FAILED = "starttls_failed"
+    # certificate and chain
+    CERT_EXPIRED = "cert_expired"
+    CERT_NOT_YET_VALID = "cert_not_yet_valid"
+    HOSTNAME_MISMATCH = "hostname_mismatch"
+    UNTRUSTED_ROOT = "untrusted_root"
+    SELF_SIGNED = "self_signed"
+    INCOMPLETE_CHAIN = "incomplete_chain"
+    REVOKED = "revoked"
+    # client authentication and authorisation
+    CLIENT_CERT_REQUIRED = "client_cert_required"
+    CLIENT_CERT_REJECTED = "client_cert_rejected"
+    HTTP_UNAUTHORIZED = "http_unauthorized"
+    HTTP_FORBIDDEN = "http_forbidden"
+    HTTP_UNEXPECTED_STATUS = "http_unexpected_status"
+    # revocation infrastructure
+    OCSP_UNAVAILABLE = "ocsp_unavailable"
+    OCSP_BAD_RESPONSE = "ocsp_bad_response"
+    OCSP_UNAUTHORIZED_SIGNER = "ocsp_unauthorized_signer"
+    OCSP_STALE = "ocsp_stale"
+    CRL_UNAVAILABLE = "crl_unavailable"
+    CRL_BAD_SIGNATURE = "crl_bad_signature"
+    CRL_STALE = "crl_stale"
+    CRL_TOO_LARGE = "crl_too_large"
+    # reading sources (files, Secrets, bundles)
+    READ_ERROR = "read_error"
+    PERMISSION_DENIED = "permission_denied"
+    NOT_FOUND = "not_found"
+    BROKEN_SYMLINK = "broken_symlink"
+    SYMLINK_LOOP = "symlink_loop"
+    NOT_REGULAR_FILE = "not_regular_file"
+    FILE_TOO_LARGE = "file_too_large"
+    TOO_MANY_FILES = "too_many_files"
+    EMPTY_FILE = "empty_file"
+    NO_CERTIFICATE = "no_certificate"
+    PARSE_ERROR = "parse_error"
+    MALFORMED_CERTIFICATE = "malformed_certificate"
+    DUPLICATE_CERTIFICATE = "duplicate_certificate"
+    BAD_PASSWORD = "bad_password"
+    # expected identity
+    SAN_MISMATCH = "san_mismatch"
+    WRONG_ISSUER = "wrong_issuer"
+    WEAK_KEY = "weak_key"
+    EKU_MISMATCH = "eku_mismatch"
+    # APIs (Kubernetes, CAs)
+    API_UNAUTHORIZED = "api_unauthorized"
+    API_FORBIDDEN = "api_forbidden"
+    API_ERROR = "api_error"
+    # ours
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    INTERNAL_ERROR = "internal_error"
+
+
+@dataclass(frozen=True, slots=True)
+class CertFacts:
+    """What certscope keeps of one certificate (about half a kilobyte)."""
+
+    fingerprint_sha256: str
+    not_before: float  # Unix seconds
+    not_after: float  # Unix seconds
+    subject: str  # RFC 4514
+    subject_cn: str
+    issuer: str
+    issuer_cn: str
+    serial: str  # lower-case hex, no separators
+    sans: tuple[str, ...]
+    key_type: str  # rsa | ec | ed25519 | ed448 | dsa | unknown
+    key_bits: int
+    signature_algorithm: str
+    is_ca: bool
+    self_issued: bool  # subject == issuer
+    # Fields that could not be read (the certificate is still exported).
+    problems: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CertObservation:
+    """One certificate seen at one location: a position in a file, bundle or chain."""
+
+    index: int
+    role: str  # leaf | intermediate | root | client
+    cert: CertFacts
+
+
+@dataclass(frozen=True, slots=True)
+class SourceError:
+    """A problem with one source item (a file, a block in a bundle, a Secret key).
+
+    ``message`` names the item and says what is wrong; it must never carry secret
+    material (passwords, key bytes)."""
+
+    reason: Reason
+    item: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    success: bool
+    reason: Reason
+    duration_seconds: float
+    certificates: tuple[CertObservation, ...] = ()
+    errors: tuple[SourceError, ...] = ()
+    # Phase name -> seconds spent (dns, connect, tls.handshake, read, parse, ...).
+    phases: tuple[tuple[str, float], ...] = ()
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Discovery:
+    """The targets of one round, with problems found while looking for them.
+
+    ``up`` is False when discovery itself failed (nothing could be looked at), so
+    the source's metrics can say "blind", not "empty"."""
+
+    targets: tuple[str, ...]
+    errors: tuple[SourceError, ...] = ()
+    up: bool = True
+
+
+@dataclass
+class ProbeContext:
+    """Per-run facilities handed to ``Probe.run``."""
+
+    deadline: float  # time.monotonic() value after which the run must give up
+    probe_name: str = ""
+    phases: list[tuple[str, float]] = field(default_factory=list)
+
+    def remaining(self) -> float:
+        return max(0.0, self.deadline - time.monotonic())
+
+    def expired(self) -> bool:
+        return time.monotonic() >= self.deadline
+
+    def record_phase(self, name: str, seconds: float) -> None:
+        self.phases.append((name, seconds))
+
+
+class Probe(Protocol):
+    """One configured probe (a module config) able to probe its targets.
+
+    ``kind`` names the registry entry; ``reasons`` lists every failure reason this
+    kind can report, so per-target failure counters can be pre-initialised to 0
+    without multiplying every target by the whole enum."""
+
+    kind: ClassVar[str]
+    reasons: ClassVar[Sequence[Reason]]
+
+    def targets(self) -> Discovery: ...
+
+    def run(self, target: str, ctx: ProbeContext) -> ProbeResult: ...
+
+
+def failed(
+    reason: Reason,
+    started: float,
+    message: str,
+    *,
+    errors: Iterable[SourceError] = (),
+    certificates: Iterable[CertObservation] = (),
+) -> ProbeResult:
+    """A failed result timed from ``started`` (a ``time.monotonic()`` value)."""
+    return ProbeResult(
+        success=False,
+        reason=reason,
+        duration_seconds=time.monotonic() - started,
+        certificates=tuple(certificates),
+        errors=tuple(errors),
+        message=message,
+    )

@@ -1,0 +1,353 @@
+"""The ``files`` probe: certificates in files on this host.
+
+Targets are file paths found from ``paths`` (literal files, directories walked
+recursively, and globs where ``**`` spans directories), minus ``exclude``.  Each
+file is one target; its certificates are numbered by position (``index``).
+
+The walk never follows a directory symlink back into a directory it has already
+visited, skips Kubernetes volume bookkeeping entries (``..data``,
+``..2024_01_01...``) that would count every mounted Secret twice, and stops at
+``max_files``.  Reading never blocks: a FIFO is reported, not opened for reading,
+and a file larger than ``max_file_size`` is refused before it is read.
+
+A file whose device, inode, size and mtime are unchanged since the last round is
+not read or parsed again.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import stat
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import ClassVar
+
+from probes.base import (
+    ByteSize,
+    Discovery,
+    ProbeContext,
+    ProbeResult,
+    Reason,
+    SourceError,
+    failed,
+    path_field,
+)
+from probes.certparse import Parsed, bundle_observations, parse_container
+
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+@dataclass(frozen=True)
+class Pkcs12Password:
+    """Where the PKCS#12 password comes from; never inline in the config."""
+
+    password_file: str | None = path_field()
+    password_env: str | None = None
+
+
+@dataclass(frozen=True)
+class FilesSettings:
+    paths: tuple[str, ...]
+    exclude: tuple[str, ...] = ()
+    follow_symlinks: bool = True
+    max_file_size: ByteSize = ByteSize(16 * 1024 * 1024)
+    max_files: int = 200_000
+    # A listed path that does not exist is an error unless this is set (the
+    # embedded default lists paths of several distributions).
+    ignore_missing: bool = False
+    pkcs12: Pkcs12Password | None = None
+
+    def validate(self) -> list[tuple[str, str]]:
+        problems: list[tuple[str, str]] = []
+        if not self.paths:
+            problems.append(("paths", "at least one path is required"))
+        for index, path in enumerate(self.paths):
+            if not path.startswith("/"):
+                problems.append((f"paths[{index}]", f"must be absolute, got {path!r}"))
+        if self.max_files < 1:
+            problems.append(("max_files", "must be at least 1"))
+        if self.pkcs12 and self.pkcs12.password_file and self.pkcs12.password_env:
+            problems.append(("pkcs12", "set password_file or password_env, not both"))
+        return problems
+
+
+@dataclass(frozen=True, slots=True)
+class _Identity:
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+
+
+class FilesProbe:
+    kind: ClassVar[str] = "files"
+    reasons: ClassVar[tuple[Reason, ...]] = (
+        Reason.NOT_FOUND,
+        Reason.PERMISSION_DENIED,
+        Reason.READ_ERROR,
+        Reason.BROKEN_SYMLINK,
+        Reason.SYMLINK_LOOP,
+        Reason.NOT_REGULAR_FILE,
+        Reason.FILE_TOO_LARGE,
+        Reason.EMPTY_FILE,
+        Reason.NO_CERTIFICATE,
+        Reason.PARSE_ERROR,
+        Reason.DUPLICATE_CERTIFICATE,
+        Reason.BAD_PASSWORD,
+        Reason.DEADLINE_EXCEEDED,
+        Reason.INTERNAL_ERROR,
+    )
+    # Source-level reasons (discovery) in addition to the per-file ones.
+    source_reasons: ClassVar[tuple[Reason, ...]] = reasons + (Reason.TOO_MANY_FILES,)
+
+    def __init__(self, settings: FilesSettings) -> None:
+        self.settings = settings
+        self._excludes = [_pattern_regex(p) for p in settings.exclude]
+        self._cache: dict[str, tuple[_Identity, Parsed]] = {}
+
+    # -- discovery -------------------------------------------------------------
+
+    def targets(self) -> Discovery:
+        found: dict[str, None] = {}  # ordered set
+        errors: list[SourceError] = []
+        limit = self.settings.max_files
+        for pattern in self.settings.paths:
+            for path in self._expand(pattern, errors):
+                if path in found or self._excluded(path):
+                    continue
+                if len(found) >= limit:
+                    errors.append(
+                        SourceError(
+                            Reason.TOO_MANY_FILES,
+                            pattern,
+                            f"{pattern}: more than max_files={limit} files; the rest are not watched",
+                        )
+                    )
+                    break
+                found[path] = None
+            if len(found) >= limit and errors and errors[-1].reason is Reason.TOO_MANY_FILES:
+                break
+        # Forget cached parses of files that are gone, so memory follows the tree.
+        for stale in self._cache.keys() - found.keys():
+            del self._cache[stale]
+        up = not any(e.reason is Reason.PERMISSION_DENIED and e.item in self.settings.paths for e in errors)
+        return Discovery(tuple(found), tuple(errors), up)
+
+    def _excluded(self, path: str) -> bool:
+        return any(rx.match(path) for rx in self._excludes)
+
+    def _expand(self, pattern: str, errors: list[SourceError]) -> Iterator[str]:
+        if not _GLOB_CHARS.search(pattern):
+            if os.path.isdir(pattern):
+                yield from self._walk(pattern, None, errors)
+            elif os.path.lexists(pattern) or not self.settings.ignore_missing:
+                # Missing or broken files are still targets: run() reports why.
+                yield os.path.normpath(pattern)
+            return
+        root = _static_prefix(pattern)
+        if os.path.isdir(root):
+            yield from self._walk(root, _pattern_regex(pattern), errors)
+
+    def _walk(self, root: str, match: re.Pattern[str] | None, errors: list[SourceError]) -> Iterator[str]:
+        """Depth-first walk yielding non-directory entries (matched, if ``match``)."""
+        visited: set[tuple[int, int]] = set()
+        stack = [os.path.normpath(root)]
+        while stack:
+            directory = stack.pop()
+            try:
+                info = os.stat(directory)
+            except OSError:
+                continue
+            if (info.st_dev, info.st_ino) in visited:
+                continue  # a symlink back into the tree
+            visited.add((info.st_dev, info.st_ino))
+            try:
+                with os.scandir(directory) as entries:
+                    children = sorted(entries, key=lambda e: e.name)
+            except OSError as exc:
+                errors.append(SourceError(_reason_for(exc, directory), directory, f"{directory}: cannot list ({exc.strerror})"))
+                continue
+            subdirectories = []
+            for entry in children:
+                if entry.name.startswith(".."):
+                    continue  # Kubernetes volume bookkeeping: ..data, ..2024_...
+                path = entry.path
+                if self._excluded(path):
+                    continue
+                try:
+                    is_dir = entry.is_dir(follow_symlinks=self.settings.follow_symlinks)
+                except OSError:
+                    is_dir = False
+                if is_dir:
+                    subdirectories.append(path)
+                elif match is None or match.match(path):
+                    yield path
+            stack.extend(reversed(subdirectories))
+
+    # -- probing ---------------------------------------------------------------
+
+    def run(self, target: str, ctx: ProbeContext) -> ProbeResult:
+        started = time.monotonic()
+        try:
+            info = os.stat(target) if self.settings.follow_symlinks else os.lstat(target)
+        except OSError as exc:
+            reason = _reason_for(exc, target)
+            return failed(reason, started, _describe(reason, target, exc), errors=[_error(reason, target, exc)])
+        if not stat.S_ISREG(info.st_mode):
+            what = "a directory" if stat.S_ISDIR(info.st_mode) else _file_type(info.st_mode)
+            message = f"{target}: not a regular file ({what})"
+            return failed(Reason.NOT_REGULAR_FILE, started, message, errors=[SourceError(Reason.NOT_REGULAR_FILE, target, message)])
+        if info.st_size > self.settings.max_file_size:
+            message = f"{target}: {info.st_size} bytes is over max_file_size={self.settings.max_file_size}"
+            return failed(Reason.FILE_TOO_LARGE, started, message, errors=[SourceError(Reason.FILE_TOO_LARGE, target, message)])
+
+        identity = _Identity(info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+        cached = self._cache.get(target)
+        if cached is not None and cached[0] == identity:
+            parsed = cached[1]
+        else:
+            try:
+                data = _read_regular_file(target, self.settings.max_file_size)
+            except OSError as exc:
+                reason = _reason_for(exc, target)
+                return failed(reason, started, _describe(reason, target, exc), errors=[_error(reason, target, exc)])
+            parsed = parse_container(data, target, pkcs12_password=self._pkcs12_password)
+            self._cache[target] = (identity, parsed)
+        return _result(parsed, target, started)
+
+    def _pkcs12_password(self) -> bytes | None:
+        source = self.settings.pkcs12
+        if source is None:
+            return None
+        if source.password_env:
+            value = os.environ.get(source.password_env)
+            return value.encode() if value is not None else None
+        if source.password_file:
+            try:
+                with open(source.password_file, "rb") as handle:
+                    return handle.read().rstrip(b"\r\n")
+            except OSError:
+                return None
+        return None
+
+
+def _result(parsed: Parsed, target: str, started: float) -> ProbeResult:
+    observations, duplicates = bundle_observations(parsed.certificates, target)
+    errors = parsed.errors + duplicates
+    # Duplicates lose nothing, so they are counted but do not fail the file.
+    blocking = [e for e in errors if e.reason is not Reason.DUPLICATE_CERTIFICATE]
+    if blocking:
+        return failed(blocking[0].reason, started, blocking[0].message, errors=errors, certificates=observations)
+    return ProbeResult(
+        success=True,
+        reason=Reason.OK,
+        duration_seconds=time.monotonic() - started,
+        certificates=observations,
+        errors=errors,
+    )
+
+
+def _read_regular_file(path: str, limit: int) -> bytes:
+    # O_NONBLOCK: if the path was swapped for a FIFO after stat(), open() must not hang.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        chunks = []
+        remaining = limit + 1
+        while remaining > 0:
+            chunk = os.read(fd, min(remaining, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        data = b"".join(chunks)
+        if len(data) > limit:
+            raise OSError(errno.EFBIG, "file grew over max_file_size while reading")
+        return data
+    finally:
+        os.close(fd)
+
+
+def _reason_for(exc: OSError, path: str) -> Reason:
+    if exc.errno == errno.ENOENT:
+        return Reason.BROKEN_SYMLINK if os.path.islink(path) else Reason.NOT_FOUND
+    if exc.errno == errno.ELOOP:
+        return Reason.SYMLINK_LOOP
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return Reason.PERMISSION_DENIED
+    if exc.errno == errno.EFBIG:
+        return Reason.FILE_TOO_LARGE
+    if exc.errno == errno.EINVAL:
+        return Reason.NOT_REGULAR_FILE
+    return Reason.READ_ERROR
+
+
+def _describe(reason: Reason, path: str, exc: OSError) -> str:
+    if reason is Reason.BROKEN_SYMLINK:
+        return f"{path}: broken symlink (-> {os.readlink(path)})"
+    return f"{path}: {exc.strerror or exc}"
+
+
+def _error(reason: Reason, path: str, exc: OSError) -> SourceError:
+    return SourceError(reason, path, _describe(reason, path, exc))
+
+
+def _file_type(mode: int) -> str:
+    checks: list[tuple[Callable[[int], bool], str]] = [
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ]
+    return next((name for check, name in checks if check(mode)), "not a file")
+
+
+def _static_prefix(pattern: str) -> str:
+    """The directory part of a glob before its first wildcard: where to walk from."""
+    parts = pattern.split("/")
+    static: list[str] = []
+    for part in parts[:-1]:
+        if _GLOB_CHARS.search(part):
+            break
+        static.append(part)
+    return "/".join(static) or "/"
+
+
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    """Glob -> regex over whole paths: ``*`` and ``?`` stay within one path segment,
+    ``**`` spans segments (``a/**/b`` also matches ``a/b``), ``[...]`` is a class."""
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        char = pattern[i]
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif char == "*":
+            out.append("[^/]*")
+            i += 1
+        elif char == "?":
+            out.append("[^/]")
+            i += 1
+        elif char == "[":
+            end = pattern.find("]", i + 2)
+            if end == -1:
+                out.append(re.escape(char))
+                i += 1
+            else:
+                body = pattern[i + 1 : end]
+                if body.startswith("!"):
+                    body = "^" + body[1:]
+                out.append(f"[{body}]")
+                i = end + 1
+        else:
+            out.append(re.escape(char))
+            i += 1
+    return re.compile("".join(out) + r"\Z")
