@@ -78,5 +78,8 @@ def _check_config(path: str | None) -> int:
             print(f"{exc.source}: {message}", file=sys.stderr)
         print(f"{exc.source}: {len(exc.messages)} error(s)", file=sys.stderr)
         return 1
-    print(f"{config.source}: OK, {len(config.probes)} probe(s): " + ", ".join(f"{p.name} ({p.kind})" for p in config.probes))
+    print(
+        f"{config.source}: OK, {len(config.probes)} probe(s): "
+        + ", ".join(f"{p.name} ({p.kind})" for p in config.probes)
+    )
     return 0

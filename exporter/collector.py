@@ -67,8 +67,12 @@ class _Families:
     def __init__(self, owner_labels: Sequence[str]) -> None:
         p = "certscope_"
         self.owner_labels = tuple(owner_labels)
-        self.not_after = _gauge(p + "cert_not_after_timestamp_seconds", "Certificate notAfter (Unix seconds).", CERT_LABELS)
-        self.not_before = _gauge(p + "cert_not_before_timestamp_seconds", "Certificate notBefore (Unix seconds).", CERT_LABELS)
+        self.not_after = _gauge(
+            p + "cert_not_after_timestamp_seconds", "Certificate notAfter (Unix seconds).", CERT_LABELS
+        )
+        self.not_before = _gauge(
+            p + "cert_not_before_timestamp_seconds", "Certificate notBefore (Unix seconds).", CERT_LABELS
+        )
         self.info = _gauge(
             p + "cert_info", "Certificate identity; always 1.", (*CERT_LABELS, *IDENTITY_LABELS, *self.owner_labels)
         )
@@ -81,7 +85,9 @@ class _Families:
             p + "cert_rotations", "Times the certificate at this location changed (new fingerprint).", CERT_LABELS
         )
         self.last_rotation = _gauge(
-            p + "cert_last_rotation_timestamp_seconds", "When the certificate at this location last changed.", CERT_LABELS
+            p + "cert_last_rotation_timestamp_seconds",
+            "When the certificate at this location last changed.",
+            CERT_LABELS,
         )
         self.stale = _gauge(
             p + "cert_observation_stale",
@@ -95,9 +101,13 @@ class _Families:
             p + "probe_last_success_timestamp_seconds", "When the target last succeeded.", TARGET_LABELS
         )
         self.runs = _counter(p + "probe_runs", "Runs of the target.", TARGET_LABELS)
-        self.failures = _counter(p + "probe_failures", "Failed runs of the target, by reason.", (*TARGET_LABELS, "reason"))
+        self.failures = _counter(
+            p + "probe_failures", "Failed runs of the target, by reason.", (*TARGET_LABELS, "reason")
+        )
         self.status = _gauge(
-            p + "probe_status", "1 for the reason of the target's last outcome (ok when fine).", (*TARGET_LABELS, "reason")
+            p + "probe_status",
+            "1 for the reason of the target's last outcome (ok when fine).",
+            (*TARGET_LABELS, "reason"),
         )
         self.source_up = _gauge(p + "source_up", "1 if the source could be read in its last round.", SOURCE_LABELS)
         self.source_objects = _gauge(
@@ -135,7 +145,7 @@ def render(snapshot: Snapshot) -> list[Metric]:
     for state in snapshot.probes.values():
         try:
             _render_probe(state, families)
-        except Exception:  # noqa: BLE001 - a scrape must survive any record
+        except Exception:
             broken += 1
             log.exception("cannot render the series of probe %s", state.info.name)
     families.render_errors.add((), broken)

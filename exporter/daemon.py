@@ -74,7 +74,10 @@ class Daemon:
         self.web.start()
         log.info(
             "certscope started: config=%s probes=%d listening on %s:%d",
-            config.source, len(config.probes), host, self.web.port,
+            config.source,
+            len(config.probes),
+            host,
+            self.web.port,
         )
         signal.signal(signal.SIGHUP, self._on_hup)
         signal.signal(signal.SIGTERM, self._on_stop)

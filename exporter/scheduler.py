@@ -20,7 +20,7 @@ import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from apscheduler.executors.pool import ThreadPoolExecutor as JobExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -48,8 +48,8 @@ def probe_info(config: ProbeConfig, probe: Probe) -> ProbeInfo:
         critical_seconds=config.thresholds.critical,
         labels=config.labels,
         reasons=probe.reasons,
-        source_reasons=getattr(probe, "source_reasons", probe.reasons),
-        keeps_last_good=bool(getattr(probe, "keeps_last_good", False)),
+        source_reasons=probe.source_reasons,
+        keeps_last_good=probe.keeps_last_good,
     )
 
 
@@ -80,11 +80,11 @@ class Scheduler:
             self._aps = BackgroundScheduler(
                 executors={"default": JobExecutor(max_workers=max(1, min(concurrency, len(probes))))},
                 job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
-                timezone=timezone.utc,
+                timezone=UTC,
             )
             self._pending_first_round = {c.name for c, _, _ in probes}
             self._cancelled = threading.Event()
-            now = datetime.now(timezone.utc)
+            now = datetime.now(UTC)
             for probe_config, probe, info in probes:
                 spread = min(probe_config.interval * START_SPREAD, MAX_START_SPREAD)
                 self._aps.add_job(
@@ -129,11 +129,13 @@ class Scheduler:
         started = time.monotonic()
         try:
             discovery = probe.targets()
-        except Exception as exc:  # noqa: BLE001 - a bug in discovery must not kill the job
+        except Exception as exc:
             log.exception("probe=%s discovery failed", config.name)
-            discovery = Discovery((), (SourceError(Reason.INTERNAL_ERROR, config.name, f"discovery failed: {exc}"),), up=False)
+            discovery = Discovery(
+                (), (SourceError(Reason.INTERNAL_ERROR, config.name, f"discovery failed: {exc}"),), up=False
+            )
         results: dict[str, tuple[ProbeResult, float]] = {}
-        if getattr(probe, "concurrent_targets", False) and len(discovery.targets) > 1:
+        if probe.concurrent_targets and len(discovery.targets) > 1:
             futures = {target: pool.submit(run_target, probe, target, config) for target in discovery.targets}
             for target, future in futures.items():
                 results[target] = future.result()
@@ -154,7 +156,13 @@ class Scheduler:
                 if change.previous is not None:
                     log.info("probe=%s target=%s recovered (was %s)", config.name, change.target, change.previous.value)
             else:
-                log.warning("probe=%s target=%s failing reason=%s %s", config.name, change.target, change.current.value, change.message)
+                log.warning(
+                    "probe=%s target=%s failing reason=%s %s",
+                    config.name,
+                    change.target,
+                    change.current.value,
+                    change.message,
+                )
         log.debug("probe=%s round done targets=%d seconds=%.3f", config.name, len(results), duration)
 
 
@@ -164,7 +172,7 @@ def run_target(probe: Probe, target: str, config: ProbeConfig) -> tuple[ProbeRes
     started = time.monotonic()
     try:
         result = probe.run(target, ctx)
-    except Exception as exc:  # noqa: BLE001 - see module docstring
+    except Exception as exc:
         log.exception("probe=%s target=%s internal error", config.name, target)
         result = ProbeResult(
             success=False,
@@ -173,4 +181,3 @@ def run_target(probe: Probe, target: str, config: ProbeConfig) -> tuple[ProbeRes
             message=f"internal error: {type(exc).__name__}",
         )
     return result, time.time()
-

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import html
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from exporter import __version__
-from exporter.store import Snapshot
+from exporter.store import Snapshot, TargetState
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
@@ -59,9 +59,11 @@ def render_status(snapshot: Snapshot, ready: bool, now: float | None = None) -> 
             f"<td>{html.escape(state.info.name)}</td><td><code>{cert.fingerprint_sha256[:16]}</code></td></tr>"
         )
     out.append("</tbody></table>")
-    out.append("<h2>Probes</h2><table id='probes'><thead><tr><th>Probe</th><th>Kind</th><th>Targets</th>"
-               "<th>Failing</th><th>Source up</th><th>Last round</th></tr></thead><tbody>")
-    failing_rows = []
+    out.append(
+        "<h2>Probes</h2><table id='probes'><thead><tr><th>Probe</th><th>Kind</th><th>Targets</th>"
+        "<th>Failing</th><th>Source up</th><th>Last round</th></tr></thead><tbody>"
+    )
+    failing_rows: list[tuple[str, str, TargetState]] = []
     for state in snapshot.probes.values():
         failing = [(t, s) for t, s in state.targets.items() if not s.result.success]
         failing_rows.extend((state.info.name, t, s) for t, s in failing)
@@ -73,8 +75,10 @@ def render_status(snapshot: Snapshot, ready: bool, now: float | None = None) -> 
             f"<td>{len(state.targets)}</td><td>{len(failing)}</td><td>{up}</td><td>{last}</td></tr>"
         )
     out.append("</tbody></table>")
-    out.append(f"<h2>Failing targets ({len(failing_rows)})</h2><table id='failing'><thead><tr><th>Probe</th>"
-               "<th>Target</th><th>Reason</th><th>Message</th></tr></thead><tbody>")
+    out.append(
+        f"<h2>Failing targets ({len(failing_rows)})</h2><table id='failing'><thead><tr><th>Probe</th>"
+        "<th>Target</th><th>Reason</th><th>Message</th></tr></thead><tbody>"
+    )
     for name, target, target_state in sorted(failing_rows, key=lambda row: (row[0], row[1])):
         out.append(
             f"<tr class='failing'><td>{html.escape(name)}</td><td>{html.escape(target)}</td>"
@@ -95,4 +99,4 @@ def _expiry_class(seconds_left: float, warning: float, critical: float) -> str:
 
 
 def _date(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M UTC")

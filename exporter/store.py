@@ -61,8 +61,8 @@ class ProbeInfo:
     warning_seconds: float
     critical_seconds: float
     labels: Mapping[str, str]
-    reasons: Sequence[Reason]  # per-target failure reasons, pre-initialised to 0
-    source_reasons: Sequence[Reason]
+    reasons: tuple[Reason, ...]  # per-target failure reasons, pre-initialised to 0
+    source_reasons: tuple[Reason, ...]
     keeps_last_good: bool
 
 

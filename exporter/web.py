@@ -73,7 +73,11 @@ class WebApp:
             error = self._reload()
             if error is None:
                 return _respond(start_response, "200 OK", "Reloaded.\n")
-            return _respond(start_response, "500 Internal Server Error", f"Reload failed; the previous config keeps running:\n{error}\n")
+            return _respond(
+                start_response,
+                "500 Internal Server Error",
+                f"Reload failed; the previous config keeps running:\n{error}\n",
+            )
         return _respond(start_response, "404 Not Found", "Not found.\n")
 
 

@@ -19,7 +19,7 @@ weigh several kilobytes once their fields have been read.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar, NewType, Protocol
@@ -187,12 +187,22 @@ class ProbeContext:
 class Probe(Protocol):
     """One configured probe (a module config) able to probe its targets.
 
-    ``kind`` names the registry entry; ``reasons`` lists every failure reason this
-    kind can report, so per-target failure counters can be pre-initialised to 0
-    without multiplying every target by the whole enum."""
+    Class attributes describe the kind to the scheduler and the renderer:
+
+    * ``reasons``: every failure reason a target of this kind can report, so the
+      per-target failure counters are pre-initialised to 0 without multiplying every
+      target by the whole enum; ``source_reasons`` likewise for the source counters.
+    * ``concurrent_targets``: targets are network endpoints and may run in parallel.
+    * ``keeps_last_good``: a failing target keeps exporting its last good
+      certificates for up to three intervals (a network blip must not make expiry
+      series vanish); local kinds report what is on disk now.
+    """
 
     kind: ClassVar[str]
-    reasons: ClassVar[Sequence[Reason]]
+    reasons: ClassVar[tuple[Reason, ...]]
+    source_reasons: ClassVar[tuple[Reason, ...]]
+    concurrent_targets: ClassVar[bool]
+    keeps_last_good: ClassVar[bool]
 
     def targets(self) -> Discovery: ...
 

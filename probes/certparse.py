@@ -19,6 +19,7 @@ from __future__ import annotations
 import binascii
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography import utils as crypto_utils
@@ -34,9 +35,7 @@ from probes.base import CertFacts, CertObservation, Reason, SourceError
 # each load.  They are reported as a certificate problem instead (see _serial).
 warnings.filterwarnings("ignore", category=crypto_utils.CryptographyDeprecationWarning)
 
-_PEM_BLOCK = re.compile(
-    rb"-----BEGIN ([A-Z0-9 #]+)-----\r?\n(.*?)-----END \1-----", re.DOTALL
-)
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 #]+)-----\r?\n(.*?)-----END \1-----", re.DOTALL)
 _PEM_BEGIN = re.compile(rb"-----BEGIN ([A-Z0-9 #]+)-----")
 _CERT_BLOCKS = {b"CERTIFICATE", b"X509 CERTIFICATE", b"TRUSTED CERTIFICATE"}
 _PKCS7_BLOCKS = {b"PKCS7", b"PKCS #7 SIGNED DATA", b"CMS"}
@@ -50,8 +49,16 @@ class Parsed:
     other_blocks: tuple[str, ...] = ()
 
 
-def parse_container(data: bytes, name: str, *, pkcs12_password: bytes | None = None) -> Parsed:
-    """Every certificate in ``data``; ``name`` is only used in error messages."""
+PasswordSource = Callable[[], bytes | None]
+
+
+def _no_password() -> bytes | None:
+    return None
+
+
+def parse_container(data: bytes, name: str, *, pkcs12_password: PasswordSource = _no_password) -> Parsed:
+    """Every certificate in ``data``; ``name`` is only used in error messages.
+    ``pkcs12_password`` is called only when the data is PKCS#12."""
     if not data.strip():
         return Parsed((), (SourceError(Reason.EMPTY_FILE, name, f"{name}: file is empty"),))
     if b"-----BEGIN " in data:
@@ -91,7 +98,9 @@ def _parse_pem(data: bytes, name: str) -> Parsed:
     begins = len(_PEM_BEGIN.findall(data))
     if begins > matched:
         errors.append(
-            SourceError(Reason.PARSE_ERROR, name, f"{name}: {begins - matched} PEM block(s) truncated (BEGIN without END)")
+            SourceError(
+                Reason.PARSE_ERROR, name, f"{name}: {begins - matched} PEM block(s) truncated (BEGIN without END)"
+            )
         )
     if not certs and not errors:
         kinds = ", ".join(sorted(set(other))) or "nothing"
@@ -99,9 +108,9 @@ def _parse_pem(data: bytes, name: str) -> Parsed:
     return Parsed(tuple(certs), tuple(errors), tuple(other))
 
 
-def _parse_binary(data: bytes, name: str, pkcs12_password: bytes | None) -> Parsed:
+def _parse_binary(data: bytes, name: str, pkcs12_password: PasswordSource) -> Parsed:
     if _looks_like_pkcs12(data):
-        return _load_pkcs12(data, name, pkcs12_password)
+        return _load_pkcs12(data, name, pkcs12_password())
     try:
         return Parsed((facts_from_certificate(x509.load_der_x509_certificate(data)),), ())
     except Exception:  # noqa: BLE001 - not a DER certificate; try the next format

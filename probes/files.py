@@ -101,7 +101,9 @@ class FilesProbe:
         Reason.INTERNAL_ERROR,
     )
     # Source-level reasons (discovery) in addition to the per-file ones.
-    source_reasons: ClassVar[tuple[Reason, ...]] = reasons + (Reason.TOO_MANY_FILES,)
+    source_reasons: ClassVar[tuple[Reason, ...]] = (*reasons, Reason.TOO_MANY_FILES)
+    concurrent_targets: ClassVar[bool] = False
+    keeps_last_good: ClassVar[bool] = False
 
     def __init__(self, settings: FilesSettings) -> None:
         self.settings = settings
@@ -168,7 +170,9 @@ class FilesProbe:
                 with os.scandir(directory) as entries:
                     children = sorted(entries, key=lambda e: e.name)
             except OSError as exc:
-                errors.append(SourceError(_reason_for(exc, directory), directory, f"{directory}: cannot list ({exc.strerror})"))
+                errors.append(
+                    SourceError(_reason_for(exc, directory), directory, f"{directory}: cannot list ({exc.strerror})")
+                )
                 continue
             subdirectories = []
             for entry in children:
@@ -199,10 +203,17 @@ class FilesProbe:
         if not stat.S_ISREG(info.st_mode):
             what = "a directory" if stat.S_ISDIR(info.st_mode) else _file_type(info.st_mode)
             message = f"{target}: not a regular file ({what})"
-            return failed(Reason.NOT_REGULAR_FILE, started, message, errors=[SourceError(Reason.NOT_REGULAR_FILE, target, message)])
+            return failed(
+                Reason.NOT_REGULAR_FILE,
+                started,
+                message,
+                errors=[SourceError(Reason.NOT_REGULAR_FILE, target, message)],
+            )
         if info.st_size > self.settings.max_file_size:
             message = f"{target}: {info.st_size} bytes is over max_file_size={self.settings.max_file_size}"
-            return failed(Reason.FILE_TOO_LARGE, started, message, errors=[SourceError(Reason.FILE_TOO_LARGE, target, message)])
+            return failed(
+                Reason.FILE_TOO_LARGE, started, message, errors=[SourceError(Reason.FILE_TOO_LARGE, target, message)]
+            )
 
         identity = _Identity(info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
         cached = self._cache.get(target)
