@@ -179,9 +179,12 @@ def _load_probes(entries: Any, defaults: GlobalSettings | None, errors: list[str
             choices = ", ".join(sorted(KINDS))
             errors.append(f"{where}.kind: must be one of {choices}, got {kind_name!r}")
             continue
-        common = _load(_CommonProbeFields, {k: v for k, v in entry.items() if k in common_keys}, where, errors)
-        settings = _load(kind.settings, {k: v for k, v in entry.items() if k not in common_keys}, where, errors)
-        if common is None or settings is None:
+        kind_keys = {f.name for f in dataclasses.fields(kind.settings)}
+        _reject_unknown(entry, common_keys | kind_keys, where, errors)
+        known_entry = {k: v for k, v in entry.items() if k in common_keys | kind_keys}
+        common = _load(_CommonProbeFields, {k: v for k, v in known_entry.items() if k in common_keys}, where, errors)
+        settings = _load(kind.settings, {k: v for k, v in known_entry.items() if k in kind_keys}, where, errors)
+        if common is None:
             continue
         if not _LABEL_NAME.match(common.name):
             errors.append(f"{where}.name: must match [a-zA-Z_][a-zA-Z0-9_]* (letters, digits, _), got {common.name!r}")
@@ -193,6 +196,8 @@ def _load_probes(entries: Any, defaults: GlobalSettings | None, errors: list[str
                 errors.append(f"{where}.labels.{label}: not a valid Prometheus label name")
             elif label in RESERVED_LABELS:
                 errors.append(f"{where}.labels.{label}: reserved by certscope")
+        if settings is None:
+            continue
         probes.append(
             ProbeConfig(
                 name=common.name,
@@ -218,8 +223,8 @@ def _load(cls: type[Any], data: Any, where: str, errors: list[str]) -> Any:
         return None
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    before = len(errors)
     _reject_unknown(data, set(fields), where, errors)
+    before = len(errors)  # unknown keys are reported but do not stop the checks below
     values: dict[str, Any] = {}
     for name, spec in fields.items():
         path = f"{where}.{name}" if where else name

@@ -32,7 +32,7 @@ from cryptography.x509.oid import ExtensionOID, NameOID
 from probes.base import CertFacts, CertObservation, Reason, SourceError
 
 # Real trust stores hold certificates with non-positive serials; cryptography warns on
-# each load.  They are reported as a certificate problem instead (see _serial).
+# each load, which would flood the log of every scan.
 warnings.filterwarnings("ignore", category=crypto_utils.CryptographyDeprecationWarning)
 
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 #]+)-----\r?\n(.*?)-----END \1-----", re.DOTALL)
@@ -198,7 +198,7 @@ def facts_from_certificate(cert: x509.Certificate) -> CertFacts:
         subject_cn=attempt("subject CN", lambda: _common_name(cert.subject), ""),
         issuer=issuer,
         issuer_cn=attempt("issuer CN", lambda: _common_name(cert.issuer), ""),
-        serial=attempt("serial", lambda: _serial(cert, problems), ""),
+        serial=attempt("serial", lambda: format(cert.serial_number, "x"), ""),
         sans=attempt("subjectAltName", lambda: _subject_alt_names(cert), ()),
         key_type=key_type,
         key_bits=key_bits,
@@ -236,13 +236,6 @@ def _subject_alt_names(cert: x509.Certificate) -> tuple[str, ...]:
     names.extend(san.get_values_for_type(x509.UniformResourceIdentifier))
     names.extend(san.get_values_for_type(x509.RFC822Name))
     return tuple(names)
-
-
-def _serial(cert: x509.Certificate, problems: list[str]) -> str:
-    number = cert.serial_number
-    if number <= 0:
-        problems.append("serial: not positive (RFC 5280 4.1.2.2)")
-    return format(number, "x")
 
 
 def _is_ca(cert: x509.Certificate) -> bool:
@@ -283,8 +276,9 @@ def _short(exc: BaseException) -> str:
 def bundle_observations(
     certificates: tuple[CertFacts, ...], name: str
 ) -> tuple[tuple[CertObservation, ...], tuple[SourceError, ...]]:
-    """Number the certificates of one container by position; a repeated
-    certificate is reported once and skipped, so it never makes a duplicate series."""
+    """Number the certificates of one container by position.  A repeated
+    certificate is reported and skipped, so it never makes a duplicate series; a
+    certificate with unreadable fields is reported and still exported."""
     seen: set[str] = set()
     observations: list[CertObservation] = []
     errors: list[SourceError] = []
@@ -300,5 +294,12 @@ def bundle_observations(
             )
             continue
         seen.add(facts.fingerprint_sha256)
+        if facts.problems:
+            item = f"{name}[{index}]"
+            errors.append(
+                SourceError(
+                    Reason.MALFORMED_CERTIFICATE, item, f"{item}: unreadable fields: {'; '.join(facts.problems)}"
+                )
+            )
         observations.append(CertObservation(index, role_in_bundle(facts), facts))
     return tuple(observations), tuple(errors)

@@ -95,6 +95,7 @@ class FilesProbe:
         Reason.EMPTY_FILE,
         Reason.NO_CERTIFICATE,
         Reason.PARSE_ERROR,
+        Reason.MALFORMED_CERTIFICATE,
         Reason.DUPLICATE_CERTIFICATE,
         Reason.BAD_PASSWORD,
         Reason.DEADLINE_EXCEEDED,
