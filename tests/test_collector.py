@@ -1,0 +1,128 @@
+"""render(snapshot): the metric contract, and a scrape that no record can break."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from exporter.collector import SnapshotCollector, render
+from exporter.store import ProbeInfo, ProbeState, ResultStore, Rotation, Snapshot, SourceState, TargetState
+from probes.base import CertFacts, CertObservation, Discovery, ProbeResult, Reason
+from probes.files import FilesProbe
+from tests.helpers import find, parse_metrics, value
+
+FACTS = CertFacts(
+    fingerprint_sha256="ab" * 32,
+    not_before=1_700_000_000.0,
+    not_after=1_800_000_000.0,
+    subject="CN=a.test",
+    subject_cn="a.test",
+    issuer="CN=ca",
+    issuer_cn="ca",
+    serial="1f",
+    sans=("a.test", "b.test"),
+    key_type="ec",
+    key_bits=256,
+    signature_algorithm="ecdsa-with-SHA256",
+    is_ca=False,
+    self_issued=False,
+)
+
+
+def info(name: str = "pki", labels: dict[str, str] | None = None) -> ProbeInfo:
+    return ProbeInfo(
+        name=name,
+        kind="files",
+        interval=60.0,
+        warning_seconds=28 * 86400.0,
+        critical_seconds=7 * 86400.0,
+        labels=labels or {},
+        reasons=FilesProbe.reasons,
+        source_reasons=FilesProbe.source_reasons,
+        keeps_last_good=False,
+    )
+
+
+def target_state(*observations: CertObservation, reason: Reason = Reason.OK) -> TargetState:
+    return TargetState(
+        result=ProbeResult(success=reason is Reason.OK, reason=reason, duration_seconds=0.01),
+        last_run=1_750_000_000.0,
+        last_success=1_750_000_000.0 if reason is Reason.OK else None,
+        runs_total=3,
+        failures_total=MappingProxyType({} if reason is Reason.OK else {reason.value: 3}),
+        certificates=observations,
+        certificates_from_last_good=False,
+        rotations=MappingProxyType({0: Rotation(FACTS.fingerprint_sha256, 2, 1_749_000_000.0)}),
+    )
+
+
+def scrape(snapshot: Snapshot) -> str:
+    store = ResultStore()
+    store._snapshot = snapshot  # the collector only reads snapshot()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(store))
+    return generate_latest(registry).decode()
+
+
+def test_series_follow_the_contract() -> None:
+    state = ProbeState(
+        info=info(labels={"team": "platform"}),
+        targets={"/etc/a.pem": target_state(CertObservation(0, "leaf", FACTS))},
+        source=SourceState(True, 1, MappingProxyType({"parse_error": 2}), frozenset(), 0.5),
+        rounds=3,
+    )
+    metrics = parse_metrics(scrape(Snapshot(probes={"pki": state})))
+    cert = {"probe": "pki", "kind": "files", "target": "/etc/a.pem", "index": "0", "role": "leaf"}
+    assert value(metrics, "certscope_cert_not_after_timestamp_seconds", **cert) == 1_800_000_000
+    assert value(metrics, "certscope_cert_rotations_total", **cert) == 2
+    assert value(metrics, "certscope_cert_last_rotation_timestamp_seconds", **cert) == 1_749_000_000
+    assert value(metrics, "certscope_cert_expiry_threshold_seconds", severity="critical", **cert) == 7 * 86400
+    ((identity, _),) = find(metrics, "certscope_cert_info", **cert)
+    assert identity["team"] == "platform" and identity["sans"] == "a.test,b.test" and identity["key_bits"] == "256"
+    target = {"probe": "pki", "kind": "files", "target": "/etc/a.pem"}
+    assert value(metrics, "certscope_probe_runs_total", **target) == 3
+    failures = find(metrics, "certscope_probe_failures_total", **target)
+    assert {labels["reason"] for labels, _ in failures} == {r.value for r in FilesProbe.reasons}
+    assert all(v == 0 for _, v in failures)
+    assert value(metrics, "certscope_probe_status", reason="ok", **target) == 1
+    assert value(metrics, "certscope_source_errors_total", probe="pki", reason="parse_error") == 2
+    assert value(metrics, "certscope_source_errors_total", probe="pki", reason="too_many_files") == 0
+    assert value(metrics, "certscope_render_errors") == 0
+
+
+def test_a_broken_record_costs_its_probe_not_the_scrape() -> None:
+    good = ProbeState(
+        info=info("good"), targets={"/a.pem": target_state(CertObservation(0, "leaf", FACTS))}, source=None
+    )
+    broken = ProbeState(info=info("broken"), targets={"/b.pem": None}, source=None)  # type: ignore[dict-item]
+    metrics = parse_metrics(scrape(Snapshot(probes={"broken": broken, "good": good})))
+    assert value(metrics, "certscope_render_errors") == 1
+    assert find(metrics, "certscope_cert_not_after_timestamp_seconds", probe="good")
+
+
+def test_no_input_makes_a_duplicate_series() -> None:
+    twice = target_state(CertObservation(0, "leaf", FACTS), CertObservation(0, "leaf", FACTS))
+    state = ProbeState(info=info(), targets={"/a.pem": twice}, source=None)
+    text = scrape(Snapshot(probes={"pki": state}))
+    assert text.count('certscope_cert_not_after_timestamp_seconds{index="0"') == 1
+
+
+def test_store_keeps_counters_across_rounds_and_drops_vanished_targets() -> None:
+    store = ResultStore()
+    probe = info()
+    store.configure([probe], "test")
+    ok = ProbeResult(True, Reason.OK, 0.01, (CertObservation(0, "leaf", FACTS),))
+    bad = ProbeResult(False, Reason.PARSE_ERROR, 0.01)
+    store.publish_round(probe, Discovery(("/a", "/b")), {"/a": (ok, 1.0), "/b": (bad, 1.0)}, 0.1)
+    transitions, new_errors = store.publish_round(probe, Discovery(("/a",)), {"/a": (bad, 2.0)}, 0.1)
+    state = store.snapshot().probes["pki"]
+    assert set(state.targets) == {"/a"}
+    assert state.targets["/a"].runs_total == 2
+    assert dict(state.targets["/a"].failures_total) == {"parse_error": 1}
+    assert state.targets["/a"].last_success == 1.0
+    assert [(t.target, t.previous, t.current) for t in transitions] == [("/a", Reason.OK, Reason.PARSE_ERROR)]
+    # A round from a config that has since been replaced is dropped.
+    store.configure([info()], "new config")
+    assert store.publish_round(probe, Discovery(("/a",)), {"/a": (ok, 3.0)}, 0.1) == ([], [])
+    assert render(store.snapshot())  # still renders
