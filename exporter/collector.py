@@ -172,7 +172,7 @@ def _render_probe(state: ProbeState, f: _Families) -> None:
         if ts.last_success is not None:
             f.last_success.add(key, ts.last_success)
         f.runs.add(key, ts.runs_total)
-        for reason in info.reasons:
+        for reason in info.target_reasons:
             f.failures.add((*key, reason.value), ts.failures_total.get(reason.value, 0))
         for reason_value, count in ts.failures_total.items():
             f.failures.add((*key, reason_value), count)

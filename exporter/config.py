@@ -30,6 +30,7 @@ from probes.base import ByteSize, Seconds
 DEFAULT_LISTEN_ADDRESS = "127.0.0.1:9754"
 EMBEDDED_DEFAULT = "<embedded default>"
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_PROBE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 # Labels certscope sets itself; an owner label may not shadow them.
 RESERVED_LABELS = frozenset(
     {"probe", "kind", "target", "index", "role", "reason", "severity", "le", "quantile", "instance", "job"}
@@ -186,8 +187,8 @@ def _load_probes(entries: Any, defaults: GlobalSettings | None, errors: list[str
         settings = _load(kind.settings, {k: v for k, v in known_entry.items() if k in kind_keys}, where, errors)
         if common is None:
             continue
-        if not _LABEL_NAME.match(common.name):
-            errors.append(f"{where}.name: must match [a-zA-Z_][a-zA-Z0-9_]* (letters, digits, _), got {common.name!r}")
+        if not _PROBE_NAME.match(common.name):
+            errors.append(f"{where}.name: 1-63 letters, digits, '_', '.' or '-', got {common.name!r}")
         elif common.name in names:
             errors.append(f"{where}.name: {common.name!r} is already used by probes[{names[common.name]}]")
         names.setdefault(common.name, position)

@@ -47,7 +47,7 @@ def probe_info(config: ProbeConfig, probe: Probe) -> ProbeInfo:
         warning_seconds=config.thresholds.warning,
         critical_seconds=config.thresholds.critical,
         labels=config.labels,
-        reasons=probe.reasons,
+        target_reasons=probe.target_reasons,
         source_reasons=probe.source_reasons,
         keeps_last_good=probe.keeps_last_good,
     )

@@ -18,7 +18,7 @@ body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 table{border-collapse:collapse;margin-bottom:2em}
 th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;font-size:.9em}
 th{background:#f3f3f3}
-.expired,.failing{background:#fdd}.critical{background:#fec}.warning{background:#ffb}.ok{background:#efe}
+.expired,.failing,.not-yet-valid{background:#fdd}.critical{background:#fec}.warning{background:#ffb}.ok{background:#efe}
 code{font-size:.85em}
 """
 
@@ -43,6 +43,7 @@ def render_status(snapshot: Snapshot, ready: bool, now: float | None = None) -> 
         f"{'ready' if ready else 'first round in progress'} &middot; ",
         "<a href='/metrics'>metrics</a></p>",
         f"<h2>Certificates ({len(rows)})</h2>",
+        "<p>Red: expired or not yet valid; orange: past the critical threshold; yellow: past the warning one.</p>",
         "<table id='certificates'><thead><tr><th>Expires</th><th>Days left</th><th>Subject</th>"
         "<th>Issuer</th><th>Where</th><th>Probe</th><th>SHA-256</th></tr></thead><tbody>",
     ]
@@ -51,7 +52,10 @@ def render_status(snapshot: Snapshot, ready: bool, now: float | None = None) -> 
     for not_after, state, target, observation in rows[:MAX_CERTIFICATE_ROWS]:
         cert = observation.cert
         days = (not_after - now) / 86400
-        css = _expiry_class(not_after - now, state.info.warning_seconds, state.info.critical_seconds)
+        if cert.not_before > now:
+            css = "not-yet-valid"
+        else:
+            css = _expiry_class(not_after - now, state.info.warning_seconds, state.info.critical_seconds)
         out.append(
             f"<tr class='{css}'><td>{_date(not_after)}</td><td>{days:.1f}</td>"
             f"<td>{html.escape(cert.subject or '(empty)')}</td><td>{html.escape(cert.issuer)}</td>"

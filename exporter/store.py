@@ -61,7 +61,7 @@ class ProbeInfo:
     warning_seconds: float
     critical_seconds: float
     labels: Mapping[str, str]
-    reasons: tuple[Reason, ...]  # per-target failure reasons, pre-initialised to 0
+    target_reasons: tuple[Reason, ...]  # per-target failure counters pre-initialised to 0
     source_reasons: tuple[Reason, ...]
     keeps_last_good: bool
 

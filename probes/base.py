@@ -189,9 +189,10 @@ class Probe(Protocol):
 
     Class attributes describe the kind to the scheduler and the renderer:
 
-    * ``reasons``: every failure reason a target of this kind can report, so the
-      per-target failure counters are pre-initialised to 0 without multiplying every
-      target by the whole enum; ``source_reasons`` likewise for the source counters.
+    * ``target_reasons``: the reasons whose per-target failure counters start at 0
+      (for burn-rate alerts on endpoints).  Kinds with very many targets (files)
+      leave it empty: their counters appear on the first failure, and the
+      ``source_reasons`` counters of the whole source are pre-initialised instead.
     * ``concurrent_targets``: targets are network endpoints and may run in parallel.
     * ``keeps_last_good``: a failing target keeps exporting its last good
       certificates for up to three intervals (a network blip must not make expiry
@@ -199,7 +200,7 @@ class Probe(Protocol):
     """
 
     kind: ClassVar[str]
-    reasons: ClassVar[tuple[Reason, ...]]
+    target_reasons: ClassVar[tuple[Reason, ...]]
     source_reasons: ClassVar[tuple[Reason, ...]]
     concurrent_targets: ClassVar[bool]
     keeps_last_good: ClassVar[bool]

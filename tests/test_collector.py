@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from exporter.collector import SnapshotCollector, render
 from exporter.store import ProbeInfo, ProbeState, ResultStore, Rotation, Snapshot, SourceState, TargetState
-from probes.base import CertFacts, CertObservation, Discovery, ProbeResult, Reason
+from probes.base import CertFacts, CertObservation, Discovery, ProbeResult, Reason, SourceError
 from probes.files import FilesProbe
 from tests.helpers import find, parse_metrics, value
 
@@ -38,7 +38,7 @@ def info(name: str = "pki", labels: dict[str, str] | None = None) -> ProbeInfo:
         warning_seconds=28 * 86400.0,
         critical_seconds=7 * 86400.0,
         labels=labels or {},
-        reasons=FilesProbe.reasons,
+        target_reasons=(Reason.PARSE_ERROR, Reason.NOT_FOUND),
         source_reasons=FilesProbe.source_reasons,
         keeps_last_good=False,
     )
@@ -83,7 +83,7 @@ def test_series_follow_the_contract() -> None:
     target = {"probe": "pki", "kind": "files", "target": "/etc/a.pem"}
     assert value(metrics, "certscope_probe_runs_total", **target) == 3
     failures = find(metrics, "certscope_probe_failures_total", **target)
-    assert {labels["reason"] for labels, _ in failures} == {r.value for r in FilesProbe.reasons}
+    assert {labels["reason"] for labels, _ in failures} == {"parse_error", "not_found"}
     assert all(v == 0 for _, v in failures)
     assert value(metrics, "certscope_probe_status", reason="ok", **target) == 1
     assert value(metrics, "certscope_source_errors_total", probe="pki", reason="parse_error") == 2
@@ -113,13 +113,23 @@ def test_store_keeps_counters_across_rounds_and_drops_vanished_targets() -> None
     probe = info()
     store.configure([probe], "test")
     ok = ProbeResult(True, Reason.OK, 0.01, (CertObservation(0, "leaf", FACTS),))
-    bad = ProbeResult(False, Reason.PARSE_ERROR, 0.01)
-    store.publish_round(probe, Discovery(("/a", "/b")), {"/a": (ok, 1.0), "/b": (bad, 1.0)}, 0.1)
-    transitions, new_errors = store.publish_round(probe, Discovery(("/a",)), {"/a": (bad, 2.0)}, 0.1)
+
+    def bad(path: str) -> tuple[ProbeResult, SourceError]:
+        error = SourceError(Reason.PARSE_ERROR, path, f"{path}: bad base64 in PEM block")
+        return ProbeResult(False, Reason.PARSE_ERROR, 0.01, errors=(error,)), error
+
+    bad_a, error_a = bad("/a")
+    bad_b, error_b = bad("/b")
+    _, first_errors = store.publish_round(probe, Discovery(("/a", "/b")), {"/a": (ok, 1.0), "/b": (bad_b, 1.0)}, 0.1)
+    assert first_errors == [error_b]
+    transitions, new_errors = store.publish_round(probe, Discovery(("/a",)), {"/a": (bad_a, 2.0)}, 0.1)
+    assert new_errors == [error_a]  # new for /a (it was fine before): logged
+    _, repeated = store.publish_round(probe, Discovery(("/a",)), {"/a": (bad_a, 2.5)}, 0.1)
+    assert repeated == []  # the same problem again is not logged again
     state = store.snapshot().probes["pki"]
     assert set(state.targets) == {"/a"}
-    assert state.targets["/a"].runs_total == 2
-    assert dict(state.targets["/a"].failures_total) == {"parse_error": 1}
+    assert state.targets["/a"].runs_total == 3
+    assert dict(state.targets["/a"].failures_total) == {"parse_error": 2}
     assert state.targets["/a"].last_success == 1.0
     assert [(t.target, t.previous, t.current) for t in transitions] == [("/a", Reason.OK, Reason.PARSE_ERROR)]
     # A round from a config that has since been replaced is dropped.

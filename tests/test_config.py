@@ -98,7 +98,7 @@ probes:
     assert "probes[1].name: 'a' is already used by probes[0]" in joined
     assert "probes[1].labels.probe: reserved by certscope" in joined
     assert "probes[1].labels.bad-label: not a valid Prometheus label name" in joined
-    assert "probes[2].name: must match" in joined
+    assert "probes[2].name: 1-63 letters, digits" in joined
 
 
 @pytest.mark.parametrize(
