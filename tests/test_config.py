@@ -162,3 +162,8 @@ def test_check_config_command(tmp_path: Path) -> None:
     assert f"{bad}: probes[0].extra: unknown key" in failed.stderr
     assert f"{bad}: probes[0].paths[0]: must be absolute" in failed.stderr
     assert "2 error(s)" in failed.stderr
+
+
+@pytest.mark.parametrize("example", sorted(Path(__file__).parent.parent.glob("examples/*.yaml")), ids=lambda p: p.name)
+def test_examples_are_valid(example: Path) -> None:
+    assert load_config(str(example)).probes
