@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from probes import KINDS
-from probes.base import ByteSize, Seconds
+from probes.base import ByteSize, ProbeDefaults, Seconds, TrustSettings
 
 DEFAULT_LISTEN_ADDRESS = "127.0.0.1:9754"
 EMBEDDED_DEFAULT = "<embedded default>"
@@ -56,12 +56,6 @@ class Thresholds:
 
 
 @dataclass(frozen=True)
-class Trust:
-    system: bool = True
-    ca_files: tuple[str, ...] = field(default=(), metadata={"must_exist": True})
-
-
-@dataclass(frozen=True)
 class Egress:
     allow_networks: tuple[str, ...] = ()
 
@@ -71,7 +65,7 @@ class GlobalSettings:
     interval: Seconds = Seconds(300)
     timeout: Seconds = Seconds(10)
     concurrency: int = 16
-    trust: Trust = Trust()
+    trust: TrustSettings = TrustSettings()
     thresholds: Thresholds = Thresholds()
     egress: Egress = Egress()
 
@@ -104,6 +98,7 @@ class ProbeConfig:
     # Owner labels added to every certificate's info series (team, service, ...).
     labels: Mapping[str, str]
     settings: Any  # the kind's settings dataclass
+    defaults: ProbeDefaults  # what the probe inherits from global
 
 
 @dataclass(frozen=True)
@@ -208,6 +203,7 @@ def _load_probes(entries: Any, defaults: GlobalSettings | None, errors: list[str
                 thresholds=common.thresholds or defaults.thresholds,
                 labels=dict(common.labels),
                 settings=settings,
+                defaults=ProbeDefaults(trust=defaults.trust),
             )
         )
     return probes

@@ -70,7 +70,7 @@ class Scheduler:
         """Start probing ``config``, replacing any previous config's jobs."""
         probes: list[tuple[ProbeConfig, Probe, ProbeInfo]] = []
         for probe_config in config.probes:
-            probe = KINDS[probe_config.kind].build(probe_config.settings)
+            probe = KINDS[probe_config.kind].build(probe_config.settings, probe_config.defaults)
             probes.append((probe_config, probe, probe_info(probe_config, probe)))
         concurrency = config.global_settings.concurrency
         with self._lock:

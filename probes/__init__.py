@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from probes.base import Probe
+from probes.base import Probe, ProbeDefaults
 from probes.files import FilesProbe, FilesSettings
 
 
@@ -15,7 +15,7 @@ from probes.files import FilesProbe, FilesSettings
 class ProbeKind:
     name: str
     settings: type[Any]  # a frozen dataclass; its fields are the YAML keys of the kind
-    build: Callable[[Any], Probe]  # settings -> a ready Probe
+    build: Callable[[Any, ProbeDefaults], Probe]  # (settings, defaults) -> a ready Probe
 
 
 KINDS: dict[str, ProbeKind] = {

@@ -34,6 +34,21 @@ def path_field(default: Any = None) -> Any:
     return field(default=default, metadata={"must_exist": True})
 
 
+@dataclass(frozen=True)
+class TrustSettings:
+    """Where trust anchors come from: the system store and/or PEM files."""
+
+    system: bool = True
+    ca_files: tuple[str, ...] = field(default=(), metadata={"must_exist": True})
+
+
+@dataclass(frozen=True)
+class ProbeDefaults:
+    """Settings a probe inherits from the config's ``global`` section."""
+
+    trust: TrustSettings = TrustSettings()
+
+
 class Reason(StrEnum):
     """Why a probe run or a source item failed.  A public contract: alert rules and
     dashboards match on these values, so add freely but never rename."""

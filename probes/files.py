@@ -29,6 +29,7 @@ from probes.base import (
     ByteSize,
     Discovery,
     ProbeContext,
+    ProbeDefaults,
     ProbeResult,
     Reason,
     SourceError,
@@ -106,7 +107,7 @@ class FilesProbe:
     concurrent_targets: ClassVar[bool] = False
     keeps_last_good: ClassVar[bool] = False
 
-    def __init__(self, settings: FilesSettings) -> None:
+    def __init__(self, settings: FilesSettings, defaults: ProbeDefaults | None = None) -> None:
         self.settings = settings
         self._excludes = [_pattern_regex(p) for p in settings.exclude]
         self._cache: dict[str, tuple[_Identity, Parsed]] = {}

@@ -14,7 +14,7 @@ import probes
 from exporter.config import parse_config
 from exporter.scheduler import Scheduler
 from exporter.store import ResultStore
-from probes.base import Discovery, ProbeContext, ProbeResult, Reason
+from probes.base import Discovery, ProbeContext, ProbeDefaults, ProbeResult, Reason
 from tests.helpers import wait_for
 
 
@@ -30,7 +30,7 @@ class ExplodingProbe:
     concurrent_targets: ClassVar[bool] = True
     keeps_last_good: ClassVar[bool] = False
 
-    def __init__(self, settings: NoSettings) -> None:
+    def __init__(self, settings: NoSettings, defaults: ProbeDefaults) -> None:
         pass
 
     def targets(self) -> Discovery:
@@ -53,7 +53,7 @@ class SlowProbe:
     rounds = 0
     lock = threading.Lock()
 
-    def __init__(self, settings: NoSettings) -> None:
+    def __init__(self, settings: NoSettings, defaults: ProbeDefaults) -> None:
         pass
 
     def targets(self) -> Discovery:
