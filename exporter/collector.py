@@ -19,8 +19,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from exporter import __version__
-from exporter.store import ProbeState, Snapshot
-from probes.base import Reason
+from exporter.store import ProbeInfo, ProbeState, Snapshot, TargetState
+from probes.base import CertObservation, Reason, TlsFacts
 
 log = logging.getLogger(__name__)
 
@@ -40,27 +40,40 @@ SOURCE_LABELS = ("probe", "kind")
 MAX_SANS_LABEL = 200  # characters; the sans label is for humans, not for joins
 
 
-class _Family:
-    """A metric family that refuses a label set it has already seen."""
+Extra = tuple[tuple[str, str], ...]
 
-    def __init__(self, metric: GaugeMetricFamily | CounterMetricFamily) -> None:
+
+class _Family:
+    """A metric family that refuses a label set it has already seen.
+
+    ``extra`` labels (a target's ``target_labels``) join or replace the named ones
+    on that sample, e.g. ``target`` and ``address`` for a target probed per address."""
+
+    def __init__(self, metric: GaugeMetricFamily | CounterMetricFamily, labels: Sequence[str]) -> None:
         self.metric = metric
+        self.label_names = tuple(labels)
+        self.sample_name = metric.name + ("_total" if isinstance(metric, CounterMetricFamily) else "")
         self._seen: set[tuple[str, ...]] = set()
 
-    def add(self, labels: Sequence[str], value: float) -> None:
-        key = tuple(labels)
+    def add(self, labels: Sequence[str], value: float, extra: Extra = ()) -> None:
+        key = (*labels, *(item for pair in extra for item in pair))
         if key in self._seen:
             return
         self._seen.add(key)
-        self.metric.add_metric(list(labels), value)
+        if not extra:
+            self.metric.add_metric(list(labels), value)
+            return
+        merged = dict(zip(self.label_names, labels, strict=True))
+        merged.update(extra)
+        self.metric.add_sample(self.sample_name, merged, value)
 
 
 def _gauge(name: str, documentation: str, labels: Sequence[str]) -> _Family:
-    return _Family(GaugeMetricFamily(name, documentation, labels=list(labels)))
+    return _Family(GaugeMetricFamily(name, documentation, labels=list(labels)), labels)
 
 
 def _counter(name: str, documentation: str, labels: Sequence[str]) -> _Family:
-    return _Family(CounterMetricFamily(name, documentation, labels=list(labels)))
+    return _Family(CounterMetricFamily(name, documentation, labels=list(labels)), labels)
 
 
 class _Families:
@@ -119,6 +132,44 @@ class _Families:
         self.source_round = _gauge(
             p + "source_round_duration_seconds", "Duration of the source's last complete round.", SOURCE_LABELS
         )
+        self.tls_handshake = _gauge(
+            p + "tls_handshake_duration_seconds", "Duration of the last TLS handshake.", TARGET_LABELS
+        )
+        self.tls_version = _gauge(
+            p + "tls_version_info", "TLS version of the last handshake; always 1.", (*TARGET_LABELS, "version")
+        )
+        self.tls_cipher = _gauge(
+            p + "tls_cipher_info", "Cipher of the last handshake; always 1.", (*TARGET_LABELS, "cipher")
+        )
+        self.tls_connection = _gauge(
+            p + "tls_connection_info",
+            "Where the last handshake went; always 1.",
+            (*TARGET_LABELS, "address", "server_name", "alpn"),
+        )
+        self.tls_chain_verified = _gauge(
+            p + "tls_chain_verified", "1 if the served chain verified against the trust store.", TARGET_LABELS
+        )
+        self.tls_chain_complete = _gauge(
+            p + "tls_chain_complete",
+            "1 if the served chain reaches a trust anchor or a self-signed root.",
+            TARGET_LABELS,
+        )
+        self.tls_hostname_match = _gauge(
+            p + "tls_hostname_match", "1 if the leaf covers the name verified (absent when none was).", TARGET_LABELS
+        )
+        self.tls_client_auth = _gauge(
+            p + "tls_client_auth",
+            "Client authentication outcome; always 1 (accepted, rejected, not_requested, not_sent).",
+            (*TARGET_LABELS, "result"),
+        )
+        self.http_status = _gauge(
+            p + "http_status_code", "HTTP status of the check after the handshake.", TARGET_LABELS
+        )
+        self.tls_verified_expiry = _gauge(
+            p + "tls_verified_chain_expiry_timestamp_seconds",
+            "Earliest notAfter on the verified path, trust anchor included (absent unless verified).",
+            TARGET_LABELS,
+        )
         self.build_info = _gauge(p + "build_info", "certscope build; always 1.", ("version", "python_version"))
         self.reload_ok = _gauge(p + "config_last_reload_successful", "1 if the last config (re)load succeeded.", ())
         self.reload_time = _gauge(
@@ -166,44 +217,72 @@ def _render_probe(state: ProbeState, f: _Families) -> None:
     owner_values = [info.labels.get(label, "") for label in f.owner_labels]
     for target, ts in state.targets.items():
         key = (info.name, info.kind, target)
-        f.success.add(key, 1 if ts.result.success else 0)
-        f.duration.add(key, ts.result.duration_seconds)
-        f.last_run.add(key, ts.last_run)
+        extra = ts.result.target_labels
+        f.success.add(key, 1 if ts.result.success else 0, extra)
+        f.duration.add(key, ts.result.duration_seconds, extra)
+        f.last_run.add(key, ts.last_run, extra)
         if ts.last_success is not None:
-            f.last_success.add(key, ts.last_success)
-        f.runs.add(key, ts.runs_total)
+            f.last_success.add(key, ts.last_success, extra)
+        f.runs.add(key, ts.runs_total, extra)
         for reason in info.target_reasons:
-            f.failures.add((*key, reason.value), ts.failures_total.get(reason.value, 0))
+            f.failures.add((*key, reason.value), ts.failures_total.get(reason.value, 0), extra)
         for reason_value, count in ts.failures_total.items():
-            f.failures.add((*key, reason_value), count)
-        f.status.add((*key, ts.result.reason.value), 1)
+            f.failures.add((*key, reason_value), count, extra)
+        f.status.add((*key, ts.result.reason.value), 1, extra)
+        if ts.result.tls is not None:
+            _render_tls(ts.result.tls, key, extra, f)
         for observation in ts.certificates:
-            cert = observation.cert
-            cert_key = (*key, str(observation.index), observation.role)
-            f.not_after.add(cert_key, cert.not_after)
-            f.not_before.add(cert_key, cert.not_before)
-            f.info.add(
-                (
-                    *cert_key,
-                    cert.subject_cn,
-                    cert.issuer_cn,
-                    cert.serial,
-                    cert.fingerprint_sha256,
-                    cert.key_type,
-                    str(cert.key_bits),
-                    cert.signature_algorithm,
-                    _sans_label(cert.sans),
-                    *owner_values,
-                ),
-                1,
+            _render_certificate(
+                observation, ts, (*key, str(observation.index), observation.role), extra, info, owner_values, f
             )
-            f.threshold.add((*cert_key, "warning"), info.warning_seconds)
-            f.threshold.add((*cert_key, "critical"), info.critical_seconds)
-            rotation = ts.rotations.get(observation.index)
-            f.rotations.add(cert_key, rotation.count if rotation else 0)
-            if rotation is not None and rotation.last_timestamp is not None:
-                f.last_rotation.add(cert_key, rotation.last_timestamp)
-            f.stale.add(cert_key, 1 if ts.certificates_from_last_good else 0)
+
+
+def _render_tls(tls: TlsFacts, key: tuple[str, ...], extra: Extra, f: _Families) -> None:
+    f.tls_handshake.add(key, tls.handshake_seconds, extra)
+    f.tls_version.add((*key, tls.version), 1, extra)
+    f.tls_cipher.add((*key, tls.cipher), 1, extra)
+    f.tls_connection.add((*key, tls.address, tls.server_name, tls.alpn), 1, extra)
+    f.tls_chain_verified.add(key, 1 if tls.chain_verified else 0, extra)
+    f.tls_chain_complete.add(key, 1 if tls.chain_complete else 0, extra)
+    if tls.hostname_match is not None:
+        f.tls_hostname_match.add(key, 1 if tls.hostname_match else 0, extra)
+    f.tls_client_auth.add((*key, tls.client_auth), 1, extra)
+    if tls.http_status is not None:
+        f.http_status.add(key, tls.http_status, extra)
+    if tls.verified_chain_not_after is not None:
+        f.tls_verified_expiry.add(key, tls.verified_chain_not_after, extra)
+
+
+def _render_certificate(
+    observation: CertObservation,
+    ts: TargetState,
+    cert_key: tuple[str, ...],
+    extra: Extra,
+    info: ProbeInfo,
+    owner_values: Sequence[str],
+    f: _Families,
+) -> None:
+    cert = observation.cert
+    f.not_after.add(cert_key, cert.not_after, extra)
+    f.not_before.add(cert_key, cert.not_before, extra)
+    identity = (
+        cert.subject_cn,
+        cert.issuer_cn,
+        cert.serial,
+        cert.fingerprint_sha256,
+        cert.key_type,
+        str(cert.key_bits),
+        cert.signature_algorithm,
+        _sans_label(cert.sans),
+    )
+    f.info.add((*cert_key, *identity, *owner_values), 1, extra)
+    f.threshold.add((*cert_key, "warning"), info.warning_seconds, extra)
+    f.threshold.add((*cert_key, "critical"), info.critical_seconds, extra)
+    rotation = ts.rotations.get((observation.index, observation.role))
+    f.rotations.add(cert_key, rotation.count if rotation else 0, extra)
+    if rotation is not None and rotation.last_timestamp is not None:
+        f.last_rotation.add(cert_key, rotation.last_timestamp, extra)
+    f.stale.add(cert_key, 1 if ts.certificates_from_last_good else 0, extra)
 
 
 def _sans_label(sans: Iterable[str]) -> str:

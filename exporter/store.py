@@ -39,7 +39,7 @@ class TargetState:
     # What is exported: this run's certificates, or the last good ones for a while.
     certificates: tuple[CertObservation, ...]
     certificates_from_last_good: bool
-    rotations: Mapping[int, Rotation]  # by certificate index
+    rotations: Mapping[tuple[int, str], Rotation]  # by certificate (index, role)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,17 +186,18 @@ def _next_target_state(
         certificates = previous.certificates
         from_last_good = True
 
-    rotations: dict[int, Rotation] = {}
+    rotations: dict[tuple[int, str], Rotation] = {}
     old_rotations = previous.rotations if previous else {}
     for observation in certificates:
+        location = (observation.index, observation.role)
         fingerprint = observation.cert.fingerprint_sha256
-        old = old_rotations.get(observation.index)
+        old = old_rotations.get(location)
         if old is None:
-            rotations[observation.index] = Rotation(fingerprint)
+            rotations[location] = Rotation(fingerprint)
         elif old.fingerprint != fingerprint:
-            rotations[observation.index] = Rotation(fingerprint, old.count + 1, finished)
+            rotations[location] = Rotation(fingerprint, old.count + 1, finished)
         else:
-            rotations[observation.index] = old
+            rotations[location] = old
 
     return TargetState(
         result=result,

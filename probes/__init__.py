@@ -9,6 +9,7 @@ from typing import Any
 
 from probes.base import Probe, ProbeDefaults
 from probes.files import FilesProbe, FilesSettings
+from probes.tls import TlsProbe, TlsSettings
 
 
 @dataclass(frozen=True)
@@ -20,4 +21,5 @@ class ProbeKind:
 
 KINDS: dict[str, ProbeKind] = {
     "files": ProbeKind("files", FilesSettings, FilesProbe),
+    "tls": ProbeKind("tls", TlsSettings, TlsProbe),
 }

@@ -58,6 +58,7 @@ class Reason(StrEnum):
     DNS_ERROR = "dns_error"
     CONNECT_REFUSED = "connect_refused"
     CONNECT_TIMEOUT = "connect_timeout"
+    CONNECT_FAILED = "connect_failed"  # unreachable network or host, other socket errors
     HANDSHAKE_TIMEOUT = "handshake_timeout"
     HANDSHAKE_FAILED = "handshake_failed"
     PROTOCOL_ERROR = "protocol_error"
@@ -69,6 +70,7 @@ class Reason(StrEnum):
     UNTRUSTED_ROOT = "untrusted_root"
     SELF_SIGNED = "self_signed"
     INCOMPLETE_CHAIN = "incomplete_chain"
+    CHAIN_INVALID = "chain_invalid"  # complete and anchored, and still fails validation
     REVOKED = "revoked"
     # client authentication and authorisation
     CLIENT_CERT_REQUIRED = "client_cert_required"
@@ -158,6 +160,25 @@ class SourceError:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsFacts:
+    """What a handshake showed, beyond the certificates."""
+
+    address: str  # the IP address connected to
+    server_name: str  # SNI sent ('' for none) and the name verified
+    version: str  # TLSv1.3, ...
+    cipher: str
+    alpn: str
+    handshake_seconds: float
+    chain_verified: bool
+    chain_complete: bool
+    hostname_match: bool | None  # None: no name was checked
+    # accepted | rejected | not_requested | not_sent (requested, none configured, server went on)
+    client_auth: str
+    http_status: int | None = None
+    verified_chain_not_after: float | None = None  # earliest notAfter on the verified path
+
+
+@dataclass(frozen=True, slots=True)
 class ProbeResult:
     success: bool
     reason: Reason
@@ -167,6 +188,10 @@ class ProbeResult:
     # Phase name -> seconds spent (dns, connect, tls.handshake, read, parse, ...).
     phases: tuple[tuple[str, float], ...] = ()
     message: str = ""
+    tls: TlsFacts | None = None
+    # Labels that replace or join the target's own on its series; e.g. a target
+    # probed per resolved address is labelled target=host:port, address=IP.
+    target_labels: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

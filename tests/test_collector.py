@@ -53,7 +53,7 @@ def target_state(*observations: CertObservation, reason: Reason = Reason.OK) -> 
         failures_total=MappingProxyType({} if reason is Reason.OK else {reason.value: 3}),
         certificates=observations,
         certificates_from_last_good=False,
-        rotations=MappingProxyType({0: Rotation(FACTS.fingerprint_sha256, 2, 1_749_000_000.0)}),
+        rotations=MappingProxyType({(0, "leaf"): Rotation(FACTS.fingerprint_sha256, 2, 1_749_000_000.0)}),
     )
 
 

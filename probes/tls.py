@@ -1,0 +1,554 @@
+"""The ``tls`` probe: a real handshake to an endpoint, as a real client makes it.
+
+One run: resolve the name (bounded), connect, STARTTLS if configured, handshake
+with SNI and ALPN (and a client certificate for mTLS), then one round trip: the
+optional HTTP request, or else, when a client certificate was asked for, a short
+read, because a TLS 1.3 server rejects a missing or unknown client certificate only
+after the client believes the handshake is done.  All of it runs against one
+deadline (the probe's ``timeout``); the socket is always closed.
+
+Record first, judge second: the handshake does not verify, so every certificate the
+server sends is captured (up to ``max_chain_length``) and exported whatever the
+verdict; ``probes.verify`` then judges trust and hostname in-process.
+
+One ``SSLContext`` is built per probe configuration and shared by all its runs
+(building one costs as much as twenty handshakes).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import ssl
+import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
+
+from exporter import __version__
+from probes.base import (
+    CertObservation,
+    Discovery,
+    ProbeContext,
+    ProbeDefaults,
+    ProbeResult,
+    Reason,
+    Seconds,
+    SourceError,
+    TlsFacts,
+    TrustSettings,
+    path_field,
+)
+from probes.certparse import facts_from_certificate, role_in_bundle
+from probes.starttls import PROTOCOLS, StartTlsError, upgrade
+from probes.verify import TrustStore, verify_served_chain
+
+MAX_HTTP_HEADER = 64 * 1024
+# getaddrinfo() has no timeout; it runs here so a run can stop waiting for it.
+_resolver = ThreadPoolExecutor(max_workers=8, thread_name_prefix="dns")
+
+
+@dataclass(frozen=True)
+class ClientCert:
+    """The probe's own certificate for mTLS: PEM files, or PKCS#12 with a password
+    from a file or an environment variable."""
+
+    cert_file: str | None = path_field()
+    key_file: str | None = path_field()
+    pkcs12_file: str | None = path_field()
+    password_file: str | None = path_field()
+    password_env: str | None = None
+
+    def validate(self) -> list[tuple[str, str]]:
+        pem = self.cert_file is not None or self.key_file is not None
+        if pem and self.pkcs12_file:
+            return [("pkcs12_file", "use cert_file and key_file, or pkcs12_file, not both")]
+        if pem and not (self.cert_file and self.key_file):
+            return [("key_file" if self.cert_file else "cert_file", "required with the other one")]
+        if not pem and not self.pkcs12_file:
+            return [("cert_file", "set cert_file and key_file, or pkcs12_file")]
+        return []
+
+
+@dataclass(frozen=True)
+class HttpCheck:
+    path: str = "/"
+    method: str = "GET"
+    expect_status: tuple[int, ...] = (200,)
+    host: str | None = None  # Host header; default: the server name
+
+    def validate(self) -> list[tuple[str, str]]:
+        problems = []
+        if not self.path.startswith("/"):
+            problems.append(("path", f"must start with '/', got {self.path!r}"))
+        if self.method not in ("GET", "HEAD", "OPTIONS"):
+            problems.append(("method", "must be GET, HEAD or OPTIONS"))
+        return problems
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    targets: tuple[str, ...]
+    server_name: str | None = None  # SNI and the name verified; default: the target host
+    alpn: tuple[str, ...] = ()
+    starttls: str | None = None
+    client_cert: ClientCert | None = None
+    trust: TrustSettings | None = None  # default: global.trust
+    http: HttpCheck | None = None
+    resolve: str = "first"  # first | all (every A/AAAA address, each its own target)
+    ip_version: str = "any"  # any | ipv4 | ipv6
+    max_chain_length: int = 16
+    # How long to wait after the handshake for a TLS 1.3 server to reject the client
+    # certificate, when no HTTP check makes a round trip anyway.
+    client_auth_wait: Seconds = Seconds(0.5)
+
+    def validate(self) -> list[tuple[str, str]]:
+        problems = []
+        if not self.targets:
+            problems.append(("targets", "at least one target is required"))
+        for index, target in enumerate(self.targets):
+            try:
+                split_target(target)
+            except ValueError as exc:
+                problems.append((f"targets[{index}]", str(exc)))
+        if self.starttls is not None and self.starttls not in PROTOCOLS:
+            problems.append(("starttls", f"must be one of {', '.join(PROTOCOLS)}, got {self.starttls!r}"))
+        if self.starttls and self.http:
+            problems.append(("http", "an HTTP check cannot follow STARTTLS"))
+        if self.resolve not in ("first", "all"):
+            problems.append(("resolve", f"must be first or all, got {self.resolve!r}"))
+        if self.ip_version not in ("any", "ipv4", "ipv6"):
+            problems.append(("ip_version", f"must be any, ipv4 or ipv6, got {self.ip_version!r}"))
+        if not 1 <= self.max_chain_length <= 64:
+            problems.append(("max_chain_length", "must be between 1 and 64"))
+        if self.server_name is not None and _is_ip(self.server_name):
+            problems.append(("server_name", "must be a DNS name; an IP address is never sent as SNI"))
+        return problems
+
+
+def split_target(target: str) -> tuple[str, int]:
+    """'host:443', '192.0.2.1:443', '[2001:db8::1]:443' -> (host, port)."""
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"must be host:port, got {target!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if not _is_ip(host):
+            raise ValueError(f"not an IPv6 address in brackets: {target!r}")
+    elif ":" in host:
+        raise ValueError(f"write IPv6 addresses in brackets, as [{host}]:{port}")
+    if not host:
+        raise ValueError(f"no host in {target!r}")
+    return host, int(port)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+class _Failure(Exception):
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class TlsProbe:
+    kind: ClassVar[str] = "tls"
+    target_reasons: ClassVar[tuple[Reason, ...]] = (
+        Reason.DNS_ERROR,
+        Reason.CONNECT_REFUSED,
+        Reason.CONNECT_TIMEOUT,
+        Reason.CONNECT_FAILED,
+        Reason.STARTTLS_FAILED,
+        Reason.HANDSHAKE_TIMEOUT,
+        Reason.HANDSHAKE_FAILED,
+        Reason.PROTOCOL_ERROR,
+        Reason.CERT_EXPIRED,
+        Reason.CERT_NOT_YET_VALID,
+        Reason.HOSTNAME_MISMATCH,
+        Reason.SELF_SIGNED,
+        Reason.UNTRUSTED_ROOT,
+        Reason.INCOMPLETE_CHAIN,
+        Reason.CHAIN_INVALID,
+        Reason.CLIENT_CERT_REQUIRED,
+        Reason.CLIENT_CERT_REJECTED,
+        Reason.HTTP_UNAUTHORIZED,
+        Reason.HTTP_FORBIDDEN,
+        Reason.HTTP_UNEXPECTED_STATUS,
+        Reason.INTERNAL_ERROR,
+    )
+    source_reasons: ClassVar[tuple[Reason, ...]] = (Reason.DNS_ERROR,)
+    concurrent_targets: ClassVar[bool] = True
+    keeps_last_good: ClassVar[bool] = True
+
+    def __init__(self, settings: TlsSettings, defaults: ProbeDefaults | None = None) -> None:
+        self.settings = settings
+        self.trust = TrustStore(settings.trust or (defaults or ProbeDefaults()).trust)
+        self.client_certificates: tuple[CertObservation, ...] = ()
+        self.context = self._build_context()
+
+    # -- configuration -----------------------------------------------------------
+
+    def _build_context(self) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE  # record first; probes.verify judges
+        if self.settings.alpn:
+            context.set_alpn_protocols(list(self.settings.alpn))
+        if self.settings.client_cert is not None:
+            self._load_client_cert(context, self.settings.client_cert)
+        # Private hook of the ssl module (3.8+): the only way to see whether the
+        # server sent a CertificateRequest.
+        context._msg_callback = _note_certificate_request  # type: ignore[attr-defined]
+        return context
+
+    def _load_client_cert(self, context: ssl.SSLContext, client: ClientCert) -> None:
+        password = _read_password(client)
+        if client.pkcs12_file:
+            with open(client.pkcs12_file, "rb") as handle:
+                bundle = pkcs12.load_pkcs12(handle.read(), password)
+            if bundle.cert is None or bundle.key is None:
+                raise ValueError(f"{client.pkcs12_file}: PKCS#12 holds no certificate and key")
+            certs = [bundle.cert.certificate, *(c.certificate for c in bundle.additional_certs)]
+            key_pem = bundle.key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+            chain_pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+            # load_cert_chain() reads files only; an anonymous in-memory file keeps
+            # the key off the disk.
+            fd = os.memfd_create("certscope-client", os.MFD_CLOEXEC)
+            try:
+                os.write(fd, chain_pem + key_pem)
+                context.load_cert_chain(f"/proc/self/fd/{fd}")
+            finally:
+                os.close(fd)
+            del bundle, key_pem
+        else:
+            assert client.cert_file and client.key_file
+            context.load_cert_chain(client.cert_file, client.key_file, password=password)
+            with open(client.cert_file, "rb") as handle:
+                certs = x509.load_pem_x509_certificates(handle.read())
+        self.client_certificates = tuple(
+            CertObservation(index, "client", facts_from_certificate(cert)) for index, cert in enumerate(certs)
+        )
+
+    # -- discovery ---------------------------------------------------------------
+
+    def targets(self) -> Discovery:
+        if self.settings.resolve != "all":
+            return Discovery(self.settings.targets)
+        targets: list[str] = []
+        errors: list[SourceError] = []
+        for target in self.settings.targets:
+            host, port = split_target(target)
+            try:
+                addresses = _resolve(host, port, self.settings.ip_version, time.monotonic() + 10)
+            except _Failure as failure:
+                errors.append(SourceError(failure.reason, target, f"{target}: {failure}"))
+                targets.append(target)  # probed (and failing) as a whole
+                continue
+            targets.extend(f"{target}@{address}" for address in dict.fromkeys(a for a, _ in addresses))
+        return Discovery(tuple(targets), tuple(errors))
+
+    # -- one run -----------------------------------------------------------------
+
+    def run(self, target: str, ctx: ProbeContext) -> ProbeResult:
+        started = time.monotonic()
+        name, _, pinned_address = target.partition("@")
+        host, port = split_target(name)
+        server_name = self.settings.server_name or ("" if _is_ip(host) else host)
+        labels = (("target", name), ("address", pinned_address)) if pinned_address else ()
+        observations: list[CertObservation] = list(self.client_certificates)
+        try:
+            return self._run(host, port, server_name, pinned_address, ctx, started, observations, labels)
+        except _Failure as failure:
+            return ProbeResult(
+                success=False,
+                reason=failure.reason,
+                duration_seconds=time.monotonic() - started,
+                certificates=tuple(observations),
+                phases=tuple(ctx.phases),
+                message=f"{name}: {failure}",
+                target_labels=labels,
+            )
+
+    def _run(
+        self,
+        host: str,
+        port: int,
+        server_name: str,
+        pinned_address: str,
+        ctx: ProbeContext,
+        started: float,
+        observations: list[CertObservation],
+        labels: tuple[tuple[str, str], ...],
+    ) -> ProbeResult:
+        settings = self.settings
+        phase_start = time.monotonic()
+        if pinned_address:
+            addresses = [(pinned_address, int(socket.AF_INET6 if ":" in pinned_address else socket.AF_INET))]
+        else:
+            addresses = _resolve(host, port, settings.ip_version, ctx.deadline)
+            ctx.record_phase("dns", time.monotonic() - phase_start)
+        sock, address = _connect(addresses, port, ctx)
+        try:
+            if settings.starttls:
+                phase_start = time.monotonic()
+                try:
+                    upgrade(settings.starttls, sock, server_name or host, ctx.deadline)
+                except (StartTlsError, OSError) as exc:
+                    raise _Failure(Reason.STARTTLS_FAILED, f"{settings.starttls} STARTTLS: {exc}") from None
+                ctx.record_phase("starttls", time.monotonic() - phase_start)
+
+            phase_start = time.monotonic()
+            tls = self.context.wrap_socket(sock, server_hostname=server_name or None, do_handshake_on_connect=False)
+            sock = tls  # closed below either way
+            tls.settimeout(max(ctx.remaining(), 0.001))
+            try:
+                tls.do_handshake()
+            except TimeoutError:
+                raise _Failure(Reason.HANDSHAKE_TIMEOUT, "handshake did not finish before the deadline") from None
+            except ssl.SSLError as exc:
+                raise self._handshake_failure(tls, exc) from None
+            except OSError as exc:
+                raise _Failure(Reason.HANDSHAKE_FAILED, f"connection lost during the handshake: {exc}") from None
+            handshake_seconds = time.monotonic() - phase_start
+            ctx.record_phase("tls.handshake", handshake_seconds)
+
+            served = _served_chain(tls, settings.max_chain_length)
+            observations.extend(
+                CertObservation(index, "leaf" if index == 0 else role_in_bundle(facts), facts)
+                for index, facts in enumerate(facts_from_certificate(cert) for cert in served)
+            )
+            version = tls.version() or ""
+            cipher = (tls.cipher() or ("", "", 0))[0]
+            alpn = tls.selected_alpn_protocol() or ""
+
+            client_auth, http_status, after_failure = self._round_trip(tls, server_name or host, ctx)
+
+            phase_start = time.monotonic()
+            verdict = verify_served_chain(served, self.trust, server_name or host, datetime.now(UTC))
+            ctx.record_phase("verify", time.monotonic() - phase_start)
+        finally:
+            sock.close()
+
+        verified_not_after = (
+            min(c.not_valid_after_utc for c in verdict.verified_path).timestamp() if verdict.verified_path else None
+        )
+        facts = TlsFacts(
+            address=address,
+            server_name=server_name,
+            version=version,
+            cipher=cipher,
+            alpn=alpn,
+            handshake_seconds=handshake_seconds,
+            chain_verified=verdict.chain_verified,
+            chain_complete=verdict.chain_complete,
+            hostname_match=verdict.hostname_match,
+            client_auth=client_auth,
+            http_status=http_status,
+            verified_chain_not_after=verified_not_after,
+        )
+        # Client-auth refusals come first: the cert verdict may be fine.
+        reason, message = Reason.OK, ""
+        if after_failure is not None and after_failure.reason in (
+            Reason.CLIENT_CERT_REQUIRED,
+            Reason.CLIENT_CERT_REJECTED,
+        ):
+            reason, message = after_failure.reason, str(after_failure)
+        elif verdict.reason is not Reason.OK:
+            reason, message = verdict.reason, verdict.message
+        elif after_failure is not None:
+            reason, message = after_failure.reason, str(after_failure)
+        return ProbeResult(
+            success=reason is Reason.OK,
+            reason=reason,
+            duration_seconds=time.monotonic() - started,
+            certificates=tuple(observations),
+            phases=tuple(ctx.phases),
+            message=f"{host}:{port}: {message}" if message else "",
+            tls=facts,
+            target_labels=labels,
+        )
+
+    def _handshake_failure(self, tls: ssl.SSLSocket, exc: ssl.SSLError) -> _Failure:
+        text = f"{exc.reason or ''} {exc}".upper()
+        requested = bool(getattr(tls, "certscope_certificate_requested", False))
+        sent = self.settings.client_cert is not None
+        if "CERTIFICATE_REQUIRED" in text or (requested and not sent and "HANDSHAKE_FAILURE" in text):
+            return _Failure(Reason.CLIENT_CERT_REQUIRED, "the server requires a client certificate")
+        if sent and requested and any(alert in text for alert in _CLIENT_CERT_ALERTS):
+            return _Failure(Reason.CLIENT_CERT_REJECTED, f"the server rejected the client certificate ({exc.reason})")
+        if any(marker in text for marker in _PROTOCOL_MARKERS):
+            return _Failure(Reason.PROTOCOL_ERROR, f"no common protocol version or cipher ({exc.reason})")
+        return _Failure(Reason.HANDSHAKE_FAILED, f"handshake failed: {exc.reason or exc}")
+
+    def _round_trip(self, tls: ssl.SSLSocket, host: str, ctx: ProbeContext) -> tuple[str, int | None, _Failure | None]:
+        """After the handshake: (client_auth result, HTTP status, failure or None)."""
+        requested = bool(getattr(tls, "certscope_certificate_requested", False))
+        sent = self.settings.client_cert is not None
+        http = self.settings.http
+        failure: _Failure | None = None
+        status: int | None = None
+        phase_start = time.monotonic()
+        try:
+            if http is not None:
+                status = _http_status(tls, http, host, ctx)
+                if status == 401:
+                    failure = _Failure(Reason.HTTP_UNAUTHORIZED, f"HTTP {status} for {http.path}")
+                elif status == 403:
+                    failure = _Failure(Reason.HTTP_FORBIDDEN, f"HTTP {status} for {http.path}")
+                elif status not in http.expect_status:
+                    failure = _Failure(Reason.HTTP_UNEXPECTED_STATUS, f"HTTP {status} for {http.path}")
+                ctx.record_phase("http", time.monotonic() - phase_start)
+            elif requested and tls.version() == "TLSv1.3":
+                tls.settimeout(max(0.001, min(ctx.remaining(), self.settings.client_auth_wait)))
+                try:
+                    tls.recv(1)
+                except TimeoutError:
+                    pass  # no rejection within the wait: accepted
+                ctx.record_phase("client_auth", time.monotonic() - phase_start)
+        except ssl.SSLError as exc:
+            failure = self._handshake_failure(tls, exc)
+        except TimeoutError:
+            failure = _Failure(Reason.HANDSHAKE_TIMEOUT, "no answer after the handshake before the deadline")
+        except (OSError, ValueError) as exc:
+            failure = _Failure(Reason.PROTOCOL_ERROR, f"after the handshake: {exc}")
+        if not requested:
+            client_auth = "not_requested"
+        elif failure is not None and failure.reason in (Reason.CLIENT_CERT_REQUIRED, Reason.CLIENT_CERT_REJECTED):
+            client_auth = "rejected"
+        else:
+            client_auth = "accepted" if sent else "not_sent"
+        return client_auth, status, failure
+
+
+_CLIENT_CERT_ALERTS = (
+    "UNKNOWN_CA",
+    "BAD_CERTIFICATE",
+    "CERTIFICATE_UNKNOWN",
+    "UNSUPPORTED_CERTIFICATE",
+    "CERTIFICATE_EXPIRED",
+    "CERTIFICATE_REVOKED",
+    "ACCESS_DENIED",
+    "DECRYPT_ERROR",
+    "HANDSHAKE_FAILURE",
+)
+_PROTOCOL_MARKERS = (
+    "UNSUPPORTED_PROTOCOL",
+    "PROTOCOL_VERSION",
+    "WRONG_VERSION_NUMBER",
+    "NO_PROTOCOLS_AVAILABLE",
+    "NO_SHARED_CIPHER",
+    "NO_CIPHERS_AVAILABLE",
+    "VERSION_TOO_LOW",
+    "INSUFFICIENT_SECURITY",
+)
+
+
+def _note_certificate_request(
+    conn: Any, direction: str, version: Any, content_type: Any, msg_type: Any, data: bytes
+) -> None:
+    if direction == "read" and msg_type == ssl._TLSMessageType.CERTIFICATE_REQUEST:  # type: ignore[attr-defined]
+        conn.certscope_certificate_requested = True
+
+
+def _read_password(client: ClientCert) -> bytes | None:
+    if client.password_env:
+        value = os.environ.get(client.password_env)
+        if value is None:
+            raise ValueError(f"environment variable {client.password_env} is not set")
+        return value.encode()
+    if client.password_file:
+        with open(client.password_file, "rb") as handle:
+            return handle.read().rstrip(b"\r\n")
+    return None
+
+
+def _resolve(host: str, port: int, ip_version: str, deadline: float) -> list[tuple[str, int]]:
+    family = {"ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}.get(ip_version, socket.AF_UNSPEC)
+    if _is_ip(host):
+        return [(host, int(socket.AF_INET6 if ":" in host else socket.AF_INET))]
+    future = _resolver.submit(socket.getaddrinfo, host, port, family, socket.SOCK_STREAM)
+    try:
+        infos = future.result(timeout=max(0.001, deadline - time.monotonic()))
+    except FutureTimeout:
+        raise _Failure(Reason.DNS_ERROR, f"resolving {host} took longer than the deadline") from None
+    except socket.gaierror as exc:
+        raise _Failure(Reason.DNS_ERROR, f"cannot resolve {host}: {exc.strerror}") from None
+    addresses = [(str(info[4][0]), int(info[0])) for info in infos]
+    if not addresses:
+        raise _Failure(Reason.DNS_ERROR, f"{host} has no {ip_version} address")
+    return addresses
+
+
+def _connect(addresses: list[tuple[str, int]], port: int, ctx: ProbeContext) -> tuple[socket.socket, str]:
+    """Connect to the first address that answers (in resolver order)."""
+    started = time.monotonic()
+    last: _Failure | None = None
+    for address, family in addresses:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.settimeout(max(ctx.remaining(), 0.001))
+        try:
+            sock.connect((address, port))
+        except TimeoutError:
+            sock.close()
+            last = _Failure(Reason.CONNECT_TIMEOUT, f"no answer from {address}:{port} before the deadline")
+            break  # the deadline is spent
+        except ConnectionRefusedError:
+            sock.close()
+            last = _Failure(Reason.CONNECT_REFUSED, f"connection to {address}:{port} refused")
+            continue
+        except OSError as exc:
+            sock.close()
+            last = _Failure(Reason.CONNECT_FAILED, f"cannot connect to {address}:{port}: {exc.strerror or exc}")
+            continue
+        ctx.record_phase("connect", time.monotonic() - started)
+        return sock, address
+    assert last is not None
+    raise last
+
+
+def _served_chain(tls: ssl.SSLSocket, limit: int) -> list[x509.Certificate]:
+    """Every certificate the server sent, in order, up to ``limit``."""
+    sslobj: Any = tls._sslobj  # type: ignore[attr-defined]
+    raw = sslobj.get_unverified_chain() or []
+    chain = []
+    for item in raw[:limit]:
+        der = item if isinstance(item, bytes) else item.public_bytes(ssl._ssl.ENCODING_DER)  # type: ignore[attr-defined]
+        chain.append(x509.load_der_x509_certificate(der))
+    return chain
+
+
+def _http_status(tls: ssl.SSLSocket, http: HttpCheck, host: str, ctx: ProbeContext) -> int:
+    request = (
+        f"{http.method} {http.path} HTTP/1.1\r\nHost: {http.host or host}\r\n"
+        f"User-Agent: certscope/{__version__}\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+    )
+    tls.settimeout(max(ctx.remaining(), 0.001))
+    tls.sendall(request.encode("ascii"))
+    received = b""
+    while b"\r\n" not in received:
+        tls.settimeout(max(ctx.remaining(), 0.001))
+        chunk = tls.recv(4096)
+        if not chunk:
+            break
+        received += chunk
+        if len(received) > MAX_HTTP_HEADER:
+            raise ValueError("HTTP status line longer than 64 KiB")
+    status_line = received.split(b"\r\n", 1)[0].decode("latin-1")
+    parts = status_line.split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+        raise ValueError(f"not an HTTP response: {status_line[:80]!r}")
+    return int(parts[1])
