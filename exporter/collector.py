@@ -15,8 +15,9 @@ import logging
 import platform
 from collections.abc import Iterable, Iterator, Sequence
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from exporter import __version__
 from exporter.store import ProbeInfo, ProbeState, Snapshot, TargetState
@@ -179,10 +180,15 @@ class _Families:
             p + "render_errors", "Probes whose series could not be rendered in this scrape (a bug; see the log).", ()
         )
 
+        self.handshake_histogram = HistogramMetricFamily(
+            p + "tls_handshake_seconds", "TLS handshake durations of every run of the probe.", labels=["probe", "kind"]
+        )
+
     def all(self) -> Iterator[Metric]:
         for value in vars(self).values():
             if isinstance(value, _Family):
                 yield value.metric
+        yield self.handshake_histogram
 
 
 def render(snapshot: Snapshot) -> list[Metric]:
@@ -214,6 +220,12 @@ def _render_probe(state: ProbeState, f: _Families) -> None:
             f.source_errors.add((*source_key, reason.value), state.source.errors_total.get(reason.value, 0))
         for reason_value, count in state.source.errors_total.items():
             f.source_errors.add((*source_key, reason_value), count)
+    if state.handshakes.count:
+        cumulative, buckets = 0, []
+        for bound, count in zip((*state.handshakes.bounds, float("inf")), state.handshakes.counts, strict=True):
+            cumulative += count
+            buckets.append((floatToGoString(bound), cumulative))  # type: ignore[no-untyped-call]
+        f.handshake_histogram.add_metric([info.name, info.kind], buckets, state.handshakes.total)
     owner_values = [info.labels.get(label, "") for label in f.owner_labels]
     for target, ts in state.targets.items():
         key = (info.name, info.kind, target)

@@ -11,6 +11,7 @@ A target missing from a round is gone: its series disappear with it.
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -66,12 +67,36 @@ class ProbeInfo:
     keeps_last_good: bool
 
 
+HANDSHAKE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Histogram:
+    """Cumulative-on-render histogram: per-bucket (not cumulative) counts."""
+
+    bounds: tuple[float, ...]
+    counts: tuple[int, ...]  # one per bound, plus one for +Inf
+    total: float = 0.0
+    count: int = 0
+
+    @classmethod
+    def empty(cls, bounds: tuple[float, ...]) -> Histogram:
+        return cls(bounds, (0,) * (len(bounds) + 1))
+
+    def observe_all(self, values: Sequence[float]) -> Histogram:
+        counts = list(self.counts)
+        for value in values:
+            counts[bisect.bisect_left(self.bounds, value)] += 1
+        return Histogram(self.bounds, tuple(counts), self.total + sum(values), self.count + len(values))
+
+
 @dataclass(frozen=True, slots=True)
 class ProbeState:
     info: ProbeInfo
     targets: Mapping[str, TargetState]
     source: SourceState | None  # None until the first round finished
     rounds: int = 0
+    handshakes: Histogram = Histogram.empty(HANDSHAKE_BUCKETS)  # TLS handshake seconds, all targets
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +182,12 @@ class ResultStore:
             source = _next_source_state(old_state.source, discovery, errors, round_duration)
             previous_errors = old_state.source.last_errors if old_state.source else frozenset()
             new_errors = [e for e in errors if (e.item, e.reason.value) not in previous_errors]
-            state = ProbeState(info=info, targets=targets, source=source, rounds=old_state.rounds + 1)
+            handshakes = old_state.handshakes.observe_all(
+                [r.tls.handshake_seconds for r, _ in results.values() if r.tls is not None]
+            )
+            state = ProbeState(
+                info=info, targets=targets, source=source, rounds=old_state.rounds + 1, handshakes=handshakes
+            )
             probes = dict(self._snapshot.probes)
             probes[info.name] = state
             self._snapshot = replace(self._snapshot, probes=probes)

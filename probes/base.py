@@ -107,6 +107,7 @@ class Reason(StrEnum):
     WRONG_ISSUER = "wrong_issuer"
     WEAK_KEY = "weak_key"
     EKU_MISMATCH = "eku_mismatch"
+    VALIDITY_TOO_LONG = "validity_too_long"
     # APIs (Kubernetes, CAs)
     API_UNAUTHORIZED = "api_unauthorized"
     API_FORBIDDEN = "api_forbidden"
@@ -134,6 +135,7 @@ class CertFacts:
     signature_algorithm: str
     is_ca: bool
     self_issued: bool  # subject == issuer
+    extended_key_usage: tuple[str, ...] = ()  # serverAuth, clientAuth, ... (dotted OID if unnamed)
     # Fields that could not be read (the certificate is still exported).
     problems: tuple[str, ...] = ()
 

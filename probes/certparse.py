@@ -27,7 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
-from cryptography.x509.oid import ExtensionOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 
 from probes.base import CertFacts, CertObservation, Reason, SourceError
 
@@ -205,6 +205,7 @@ def facts_from_certificate(cert: x509.Certificate) -> CertFacts:
         signature_algorithm=attempt("signature algorithm", lambda: _signature_algorithm(cert), "unknown"),
         is_ca=attempt("basicConstraints", lambda: _is_ca(cert), False),
         self_issued=attempt("self-issued", lambda: cert.subject.public_bytes() == cert.issuer.public_bytes(), False),
+        extended_key_usage=attempt("extendedKeyUsage", lambda: _extended_key_usage(cert), ()),
         problems=tuple(problems),
     )
 
@@ -236,6 +237,25 @@ def _subject_alt_names(cert: x509.Certificate) -> tuple[str, ...]:
     names.extend(san.get_values_for_type(x509.UniformResourceIdentifier))
     names.extend(san.get_values_for_type(x509.RFC822Name))
     return tuple(names)
+
+
+_EKU_NAMES = {
+    ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth",
+    ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth",
+    ExtendedKeyUsageOID.CODE_SIGNING: "codeSigning",
+    ExtendedKeyUsageOID.EMAIL_PROTECTION: "emailProtection",
+    ExtendedKeyUsageOID.TIME_STAMPING: "timeStamping",
+    ExtendedKeyUsageOID.OCSP_SIGNING: "OCSPSigning",
+}
+
+
+def _extended_key_usage(cert: x509.Certificate) -> tuple[str, ...]:
+    try:
+        usage = cert.extensions.get_extension_for_oid(ExtensionOID.EXTENDED_KEY_USAGE).value
+    except x509.ExtensionNotFound:
+        return ()
+    assert isinstance(usage, x509.ExtendedKeyUsage)
+    return tuple(_EKU_NAMES.get(oid, oid.dotted_string) for oid in usage)
 
 
 def _is_ca(cert: x509.Certificate) -> bool:

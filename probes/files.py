@@ -37,6 +37,7 @@ from probes.base import (
     path_field,
 )
 from probes.certparse import Parsed, bundle_observations, parse_container
+from probes.expect import Expect, check
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
@@ -60,6 +61,7 @@ class FilesSettings:
     # embedded default lists paths of several distributions).
     ignore_missing: bool = False
     pkcs12: Pkcs12Password | None = None
+    expect: Expect | None = None  # checked on every leaf certificate
 
     def validate(self) -> list[tuple[str, str]]:
         problems: list[tuple[str, str]] = []
@@ -100,6 +102,11 @@ class FilesProbe:
         Reason.DUPLICATE_CERTIFICATE,
         Reason.BAD_PASSWORD,
         Reason.TOO_MANY_FILES,
+        Reason.SAN_MISMATCH,
+        Reason.WRONG_ISSUER,
+        Reason.WEAK_KEY,
+        Reason.VALIDITY_TOO_LONG,
+        Reason.EKU_MISMATCH,
         Reason.INTERNAL_ERROR,
     )
     # 100,000 files times 15 reasons would be 1.5 million series of zeros.
@@ -229,7 +236,7 @@ class FilesProbe:
                 return failed(reason, started, _describe(reason, target, exc), errors=[_error(reason, target, exc)])
             parsed = parse_container(data, target, pkcs12_password=self._pkcs12_password)
             self._cache[target] = (identity, parsed)
-        return _result(parsed, target, started)
+        return _result(parsed, target, started, self.settings.expect)
 
     def _pkcs12_password(self) -> bytes | None:
         source = self.settings.pkcs12
@@ -247,9 +254,15 @@ class FilesProbe:
         return None
 
 
-def _result(parsed: Parsed, target: str, started: float) -> ProbeResult:
+def _result(parsed: Parsed, target: str, started: float, expect: Expect | None) -> ProbeResult:
     observations, duplicates = bundle_observations(parsed.certificates, target)
     errors = parsed.errors + duplicates
+    if expect is not None:
+        for observation in observations:
+            unmet = check(observation.cert, expect) if observation.role == "leaf" else None
+            if unmet is not None:
+                item = f"{target}[{observation.index}]"
+                errors += (SourceError(unmet[0], item, f"{item}: {unmet[1]}"),)
     # Duplicates lose nothing, so they are counted but do not fail the file.
     blocking = [e for e in errors if e.reason is not Reason.DUPLICATE_CERTIFICATE]
     if blocking:

@@ -47,6 +47,7 @@ from probes.base import (
     path_field,
 )
 from probes.certparse import facts_from_certificate, role_in_bundle
+from probes.expect import Expect, check
 from probes.starttls import PROTOCOLS, StartTlsError, upgrade
 from probes.verify import TrustStore, verify_served_chain
 
@@ -108,6 +109,7 @@ class TlsSettings:
     # How long to wait after the handshake for a TLS 1.3 server to reject the client
     # certificate, when no HTTP check makes a round trip anyway.
     client_auth_wait: Seconds = Seconds(0.5)
+    expect: Expect | None = None  # checked on the leaf
 
     def validate(self) -> list[tuple[str, str]]:
         problems = []
@@ -186,6 +188,11 @@ class TlsProbe:
         Reason.HTTP_UNAUTHORIZED,
         Reason.HTTP_FORBIDDEN,
         Reason.HTTP_UNEXPECTED_STATUS,
+        Reason.SAN_MISMATCH,
+        Reason.WRONG_ISSUER,
+        Reason.WEAK_KEY,
+        Reason.VALIDITY_TOO_LONG,
+        Reason.EKU_MISMATCH,
         Reason.INTERNAL_ERROR,
     )
     source_reasons: ClassVar[tuple[Reason, ...]] = (Reason.DNS_ERROR,)
@@ -371,6 +378,10 @@ class TlsProbe:
             reason, message = verdict.reason, verdict.message
         elif after_failure is not None:
             reason, message = after_failure.reason, str(after_failure)
+        elif settings.expect is not None and served:
+            unmet = check(facts_from_certificate(served[0]), settings.expect)
+            if unmet is not None:
+                reason, message = unmet
         return ProbeResult(
             success=reason is Reason.OK,
             reason=reason,

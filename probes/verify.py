@@ -37,6 +37,7 @@ from cryptography.x509.oid import ExtensionOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from probes.base import Reason, TrustSettings
+from probes.expect import covers
 
 log = logging.getLogger(__name__)
 
@@ -212,17 +213,7 @@ def matches_hostname(cert: x509.Certificate, name: str) -> bool:
         address = None
     if address is not None:
         return address in san.get_values_for_type(x509.IPAddress)
-    wanted = name.rstrip(".").lower().split(".")
-    for pattern in san.get_values_for_type(x509.DNSName):
-        labels = pattern.rstrip(".").lower().split(".")
-        if len(labels) != len(wanted):
-            continue
-        if labels[0] == "*" and len(labels) > 2:
-            if labels[1:] == wanted[1:]:
-                return True
-        elif labels == wanted:
-            return True
-    return False
+    return covers(tuple(san.get_values_for_type(x509.DNSName)), name)
 
 
 def _subject(name: str) -> x509.DNSName | x509.IPAddress:
