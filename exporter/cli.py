@@ -38,6 +38,24 @@ def _parser() -> argparse.ArgumentParser:
     scan.add_argument("--pkcs12-password-env", metavar="VAR", help="environment variable holding the PKCS#12 password")
     scan.add_argument("--pkcs12-password-file", metavar="FILE", help="file holding the PKCS#12 password")
 
+    probe = commands.add_parser("probe", help="one TLS handshake to HOST:PORT, explained")
+    probe.add_argument("target", metavar="HOST:PORT")
+    probe.add_argument("--server-name", help="SNI and the name to verify (default: the host)")
+    probe.add_argument("--starttls", choices=["smtp", "imap", "pop3", "ftp", "postgres", "ldap", "xmpp"])
+    probe.add_argument("--client-cert", metavar="PEM", help="client certificate (mTLS)")
+    probe.add_argument("--client-key", metavar="PEM", help="its private key")
+    probe.add_argument("--client-pkcs12", metavar="FILE", help="client certificate and key as PKCS#12")
+    probe.add_argument("--client-password-env", metavar="VAR", help="environment variable with the key password")
+    probe.add_argument(
+        "--ca-file", action="append", default=[], help="trust anchors (repeatable); turns the system store off"
+    )
+    probe.add_argument("--system-trust", action="store_true", default=None, help="also trust the system store")
+    probe.add_argument("--alpn", action="append", default=[], help="ALPN protocol to offer (repeatable)")
+    probe.add_argument("--http-path", help="send an HTTP request for this path after the handshake")
+    probe.add_argument("--expect-status", type=int, action="append", help="accepted HTTP status (repeatable; 200)")
+    probe.add_argument("--timeout", default="10s", help="deadline of the whole run (default 10s)")
+    probe.add_argument("--output", choices=["table", "json"], default="table")
+
     commands.add_parser("version", help="print the version")
     return parser
 
@@ -63,11 +81,44 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return scan(args.paths, warn, args.output, args.pkcs12_password_env, args.pkcs12_password_file)
 
+    if args.command == "probe":
+        return _probe(args)
+
     from exporter.daemon import Daemon
 
     level = "warning" if args.log_level == "warn" else args.log_level
     setup_logging(level, args.log_format)
     return Daemon(args.config_file, args.listen_address).serve()
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from exporter.probe_report import build_settings, probe_once, report
+
+    try:
+        timeout = parse_duration(args.timeout)
+        settings = build_settings(
+            args.target,
+            server_name=args.server_name,
+            starttls=args.starttls,
+            client_cert=args.client_cert,
+            client_key=args.client_key,
+            client_pkcs12=args.client_pkcs12,
+            client_password_env=args.client_password_env,
+            ca_files=tuple(args.ca_file),
+            system_trust=args.system_trust,
+            alpn=tuple(args.alpn),
+            http_path=args.http_path,
+            expect_status=tuple(args.expect_status or (200,)),
+        )
+        problems = settings.validate() + (settings.client_cert.validate() if settings.client_cert else [])
+        if problems:
+            raise ValueError("; ".join(f"{name}: {message}" for name, message in problems))
+        result = probe_once(settings, timeout)
+    except (ValueError, OSError) as exc:
+        print(f"certscope probe: {exc}", file=sys.stderr)
+        return 2
+    report(args.target, result, args.output)
+    return 0 if result.success else 1
 
 
 def _check_config(path: str | None) -> int:
