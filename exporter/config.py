@@ -13,6 +13,7 @@ add cross-field checks with ``validate() -> list[(field, message)]``.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import types
@@ -59,6 +60,15 @@ class Thresholds:
 class Egress:
     allow_networks: tuple[str, ...] = ()
 
+    def validate(self) -> list[tuple[str, str]]:
+        problems = []
+        for index, network in enumerate(self.allow_networks):
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                problems.append((f"allow_networks[{index}]", f"not a network: {network!r}"))
+        return problems
+
 
 @dataclass(frozen=True)
 class GlobalSettings:
@@ -79,6 +89,9 @@ class GlobalSettings:
 @dataclass(frozen=True)
 class WebSettings:
     listen_address: str = DEFAULT_LISTEN_ADDRESS
+    # /probe?module=<tls probe name>&target=host:port (the multi-target pattern).
+    # Off by default; when on, only the module's targets and allow_targets are probed.
+    probe_endpoint: bool = False
 
     def validate(self) -> list[tuple[str, str]]:
         try:

@@ -14,6 +14,7 @@ import threading
 from types import FrameType
 
 from exporter.config import Config, ConfigError, default_config, load_config, split_listen_address
+from exporter.multi_target import ProbeRefused, probe_target
 from exporter.scheduler import Scheduler
 from exporter.store import ResultStore
 from exporter.web import WebApp, WebServer
@@ -63,7 +64,7 @@ class Daemon:
             return 1
         self.config = config
         host, port = split_listen_address(self.listen_address_flag or config.web.listen_address)
-        app = WebApp(self.store, self.scheduler.ready, self.reload)
+        app = WebApp(self.store, self.scheduler.ready, self.reload, self._probe_once)
         try:
             self.web = WebServer(app, host, port)
         except OSError as exc:
@@ -93,6 +94,12 @@ class Daemon:
         self.web.stop()
         self.scheduler.stop(wait=False)
         return 0
+
+    def _probe_once(self, module: str, target: str, scrape_timeout: float | None) -> bytes:
+        config = self.config
+        if config is None:
+            raise ProbeRefused(404, "not configured yet")
+        return probe_target(config, self.scheduler.probe, module, target, scrape_timeout)
 
     def _on_hup(self, signum: int, frame: FrameType | None) -> None:
         self._reload_requested.set()

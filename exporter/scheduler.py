@@ -60,6 +60,7 @@ class Scheduler:
         self._aps: BackgroundScheduler | None = None
         self._targets_pool: ThreadPoolExecutor | None = None
         self._pending_first_round: set[str] = set()
+        self._probes: dict[str, tuple[ProbeConfig, Probe]] = {}
         # Set when the jobs of the current config are stopped, so that a round in
         # flight ends between two targets instead of running to the end.
         self._cancelled = threading.Event()
@@ -83,6 +84,7 @@ class Scheduler:
                 timezone=UTC,
             )
             self._pending_first_round = {c.name for c, _, _ in probes}
+            self._probes = {c.name: (c, probe) for c, probe, _ in probes}
             self._cancelled = threading.Event()
             now = datetime.now(UTC)
             for probe_config, probe, info in probes:
@@ -111,6 +113,10 @@ class Scheduler:
         if self._targets_pool is not None:
             self._targets_pool.shutdown(wait=wait, cancel_futures=True)
             self._targets_pool = None
+
+    def probe(self, name: str) -> tuple[ProbeConfig, Probe] | None:
+        """The configured probe called ``name``, as built for the current config."""
+        return self._probes.get(name)
 
     def ready(self) -> bool:
         """True once every configured probe has finished its first round."""

@@ -13,17 +13,26 @@ import threading
 from collections.abc import Callable, Iterable
 from socketserver import ThreadingMixIn
 from typing import Any
+from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector, make_wsgi_app
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    PlatformCollector,
+    ProcessCollector,
+    make_wsgi_app,
+)
 
 from exporter.collector import SnapshotCollector
+from exporter.multi_target import ProbeRefused
 from exporter.status_page import render_status
 from exporter.store import ResultStore
 
 log = logging.getLogger(__name__)
 
 StartResponse = Callable[..., Any]
+ProbeHandler = Callable[[str, str, float | None], bytes]  # (module, target, scrape timeout) -> exposition
 
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
@@ -43,10 +52,17 @@ class _QuietHandler(WSGIRequestHandler):
 class WebApp:
     """The WSGI application.  ``reload`` returns None on success or the error text."""
 
-    def __init__(self, store: ResultStore, ready: Callable[[], bool], reload: Callable[[], str | None]) -> None:
+    def __init__(
+        self,
+        store: ResultStore,
+        ready: Callable[[], bool],
+        reload: Callable[[], str | None],
+        probe: ProbeHandler | None = None,
+    ) -> None:
         self._store = store
         self._ready = ready
         self._reload = reload
+        self._probe = probe
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(SnapshotCollector(store))
         ProcessCollector(registry=self.registry)
@@ -61,6 +77,22 @@ class WebApp:
         if path == "/":
             body = render_status(self._store.snapshot(), self._ready())
             return _respond(start_response, "200 OK", body, "text/html; charset=utf-8")
+        if path == "/probe" and self._probe is not None:
+            query = parse_qs(environ.get("QUERY_STRING", ""))
+            module = query.get("module", [""])[0]
+            target = query.get("target", [""])[0]
+            header = environ.get("HTTP_X_PROMETHEUS_SCRAPE_TIMEOUT_SECONDS")
+            try:
+                scrape_timeout = float(header) if header else None
+                exposition = self._probe(module, target, scrape_timeout)
+            except ProbeRefused as refused:
+                reason = {400: "400 Bad Request", 403: "403 Forbidden", 404: "404 Not Found"}[refused.status]
+                return _respond(start_response, reason, f"{refused}\n")
+            except ValueError:
+                return _respond(start_response, "400 Bad Request", "bad X-Prometheus-Scrape-Timeout-Seconds\n")
+            headers = [("Content-Type", CONTENT_TYPE_LATEST), ("Content-Length", str(len(exposition)))]
+            start_response("200 OK", headers)
+            return [exposition]
         if path == "/-/healthy":
             return _respond(start_response, "200 OK", "Healthy.\n")
         if path == "/-/ready":

@@ -110,6 +110,10 @@ class TlsSettings:
     # certificate, when no HTTP check makes a round trip anyway.
     client_auth_wait: Seconds = Seconds(0.5)
     expect: Expect | None = None  # checked on the leaf
+    # Further targets /probe may be asked for, as globs over host:port
+    # ("*.example.com:443"); loopback, link-local and metadata addresses stay
+    # refused unless global.egress.allow_networks lets them through.
+    allow_targets: tuple[str, ...] = ()
 
     def validate(self) -> list[tuple[str, str]]:
         problems = []
