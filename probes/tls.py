@@ -205,7 +205,7 @@ class TlsProbe:
 
     def __init__(self, settings: TlsSettings, defaults: ProbeDefaults | None = None) -> None:
         self.settings = settings
-        self.trust = TrustStore(settings.trust or (defaults or ProbeDefaults()).trust)
+        self.trust = TrustStore.from_settings(settings.trust or (defaults or ProbeDefaults()).trust)
         self.client_certificates: tuple[CertObservation, ...] = ()
         self.context = self._build_context()
 

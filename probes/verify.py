@@ -8,8 +8,8 @@ Path validation is ``cryptography.x509.verification`` (webpki rules).  It says *
 a chain failed, not *why*, so the common causes are told apart here first, in the
 order an on-call engineer acts on them:
 
-1. ``cert_expired`` / ``cert_not_yet_valid`` - any served certificate outside its
-   validity window (the leaf, or an intermediate the server still sends);
+1. ``cert_expired`` / ``cert_not_yet_valid`` - a served certificate outside its
+   validity window (the leaf, or an intermediate), when no valid path exists;
 2. ``hostname_mismatch`` - no SAN covers the name (RFC 6125: case-insensitive, a
    wildcard only as the whole left-most label; the subject CN is not consulted);
 3. ``self_signed`` - the leaf is its own issuer and is not trusted;
@@ -54,16 +54,20 @@ _SYSTEM_BUNDLES = (
 class TrustStore:
     """Trust anchors loaded once per probe configuration."""
 
-    def __init__(self, settings: TrustSettings) -> None:
+    def __init__(self, anchors: Sequence[x509.Certificate]) -> None:
+        self.anchors = tuple(anchors)
+        self.fingerprints = frozenset(c.fingerprint(hashes.SHA256()) for c in anchors)
+        self._subjects = frozenset(c.subject.public_bytes() for c in anchors)
+        self.store = Store(list(anchors)) if anchors else None
+
+    @classmethod
+    def from_settings(cls, settings: TrustSettings) -> TrustStore:
         anchors: list[x509.Certificate] = []
         if settings.system:
             anchors.extend(_load_bundle(_system_bundle()))
         for path in settings.ca_files:
             anchors.extend(_load_bundle(path))
-        self.anchors = tuple(anchors)
-        self.fingerprints = frozenset(c.fingerprint(hashes.SHA256()) for c in anchors)
-        self._subjects = frozenset(c.subject.public_bytes() for c in anchors)
-        self.store = Store(list(anchors)) if anchors else None
+        return cls(anchors)
 
     def has_subject(self, name: x509.Name) -> bool:
         return name.public_bytes() in self._subjects
@@ -106,7 +110,11 @@ class Verdict:
 
 
 def verify_served_chain(
-    served: Sequence[x509.Certificate], trust: TrustStore, name: str | None, now: datetime
+    served: Sequence[x509.Certificate],
+    trust: TrustStore,
+    name: str | None,
+    now: datetime,
+    max_chain_depth: int = MAX_CHAIN_DEPTH,
 ) -> Verdict:
     if not served:
         return Verdict(Reason.HANDSHAKE_FAILED, "the server sent no certificate", False, False, None)
@@ -125,7 +133,7 @@ def verify_served_chain(
                 PolicyBuilder()
                 .store(trust.store)
                 .time(now)
-                .max_chain_depth(MAX_CHAIN_DEPTH)
+                .max_chain_depth(max_chain_depth)
                 .build_server_verifier(_subject(subject_name))
             )
             verified_path = tuple(verifier.verify(leaf, intermediates))
@@ -138,6 +146,10 @@ def verify_served_chain(
     else:
         verify_error = "the leaf names no DNS or IP subject alternative name"
     verified = bool(verified_path)
+    if verified and hostname_match is not False:
+        # A valid path exists; served certificates it does not use (an expired
+        # cross-sign, say) do not make the endpoint fail.
+        return Verdict(Reason.OK, "", True, True, hostname_match, verified_path)
 
     for position, cert in enumerate(served):
         what = "the leaf" if position == 0 else f"served certificate {position} ({_cn(cert)})"
@@ -167,8 +179,6 @@ def verify_served_chain(
             False,
             verified_path,
         )
-    if verified:
-        return Verdict(Reason.OK, "", True, True, hostname_match, verified_path)
     if structure_reason is not None:
         return Verdict(structure_reason, structure_message, False, complete, hostname_match)
     return Verdict(Reason.CHAIN_INVALID, f"chain does not verify: {verify_error}", False, complete, hostname_match)
