@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     probe.add_argument("--alpn", action="append", default=[], help="ALPN protocol to offer (repeatable)")
     probe.add_argument("--http-path", help="send an HTTP request for this path after the handshake")
     probe.add_argument("--expect-status", type=int, action="append", help="accepted HTTP status (repeatable; 200)")
+    probe.add_argument("--expect-name", action="append", default=[], help="a name the leaf must cover (repeatable)")
     probe.add_argument("--timeout", default="10s", help="deadline of the whole run (default 10s)")
     probe.add_argument("--output", choices=["table", "json"], default="table")
 
@@ -109,6 +110,7 @@ def _probe(args: argparse.Namespace) -> int:
             alpn=tuple(args.alpn),
             http_path=args.http_path,
             expect_status=tuple(args.expect_status or (200,)),
+            expect_names=tuple(args.expect_name),
         )
         problems = settings.validate() + (settings.client_cert.validate() if settings.client_cert else [])
         if problems:

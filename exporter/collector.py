@@ -251,8 +251,9 @@ def _render_probe(state: ProbeState, f: _Families) -> None:
 
 def _render_tls(tls: TlsFacts, key: tuple[str, ...], extra: Extra, f: _Families) -> None:
     f.tls_handshake.add(key, tls.handshake_seconds, extra)
-    f.tls_version.add((*key, tls.version), 1, extra)
-    f.tls_cipher.add((*key, tls.cipher), 1, extra)
+    if tls.version:  # empty when the handshake broke off
+        f.tls_version.add((*key, tls.version), 1, extra)
+        f.tls_cipher.add((*key, tls.cipher), 1, extra)
     f.tls_connection.add((*key, tls.address, tls.server_name, tls.alpn), 1, extra)
     f.tls_chain_verified.add(key, 1 if tls.chain_verified else 0, extra)
     f.tls_chain_complete.add(key, 1 if tls.chain_complete else 0, extra)

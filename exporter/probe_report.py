@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from probes.base import ProbeContext, ProbeResult, TrustSettings
+from probes.expect import Expect
 from probes.tls import ClientCert, HttpCheck, TlsProbe, TlsSettings
 
 
@@ -38,6 +39,7 @@ def build_settings(
     alpn: tuple[str, ...] = (),
     http_path: str | None = None,
     expect_status: tuple[int, ...] = (200,),
+    expect_names: tuple[str, ...] = (),
 ) -> TlsSettings:
     client = None
     if client_cert or client_key or client_pkcs12:
@@ -53,6 +55,7 @@ def build_settings(
         trust=TrustSettings(system=not ca_files if system_trust is None else system_trust, ca_files=ca_files),
         alpn=alpn,
         http=HttpCheck(path=http_path, expect_status=expect_status) if http_path else None,
+        expect=Expect(names=expect_names) if expect_names else None,
     )
 
 

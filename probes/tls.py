@@ -49,9 +49,10 @@ from probes.base import (
 from probes.certparse import facts_from_certificate, role_in_bundle
 from probes.expect import Expect, check
 from probes.starttls import PROTOCOLS, StartTlsError, upgrade
-from probes.verify import TrustStore, verify_served_chain
+from probes.verify import TrustStore, Verdict, verify_served_chain
 
 MAX_HTTP_HEADER = 64 * 1024
+MAX_HTTP_PEEK = 2048
 # getaddrinfo() has no timeout; it runs here so a run can stop waiting for it.
 _resolver = ThreadPoolExecutor(max_workers=8, thread_name_prefix="dns")
 
@@ -164,9 +165,10 @@ def _is_ip(text: str) -> bool:
 
 
 class _Failure(Exception):
-    def __init__(self, reason: Reason, message: str) -> None:
+    def __init__(self, reason: Reason, message: str, tls: TlsFacts | None = None) -> None:
         super().__init__(message)
         self.reason = reason
+        self.tls = tls  # what is known of a handshake that failed part-way
 
 
 class TlsProbe:
@@ -291,6 +293,7 @@ class TlsProbe:
                 certificates=tuple(observations),
                 phases=tuple(ctx.phases),
                 message=f"{name}: {failure}",
+                tls=failure.tls,
                 target_labels=labels,
             )
 
@@ -331,17 +334,22 @@ class TlsProbe:
             except TimeoutError:
                 raise _Failure(Reason.HANDSHAKE_TIMEOUT, "handshake did not finish before the deadline") from None
             except ssl.SSLError as exc:
-                raise self._handshake_failure(tls, exc) from None
+                # A TLS 1.2 server refuses a client certificate after sending its
+                # own chain: record what arrived before reporting the failure.
+                served = _served_chain(tls, settings.max_chain_length)
+                observations.extend(_observe(served))
+                failure = self._handshake_failure(tls, exc)
+                if served and failure.reason in (Reason.CLIENT_CERT_REQUIRED, Reason.CLIENT_CERT_REJECTED):
+                    verdict = verify_served_chain(served, self.trust, server_name or host, datetime.now(UTC))
+                    failure.tls = _failed_handshake_facts(address, server_name, time.monotonic() - phase_start, verdict)
+                raise failure from None
             except OSError as exc:
                 raise _Failure(Reason.HANDSHAKE_FAILED, f"connection lost during the handshake: {exc}") from None
             handshake_seconds = time.monotonic() - phase_start
             ctx.record_phase("tls.handshake", handshake_seconds)
 
             served = _served_chain(tls, settings.max_chain_length)
-            observations.extend(
-                CertObservation(index, "leaf" if index == 0 else role_in_bundle(facts), facts)
-                for index, facts in enumerate(facts_from_certificate(cert) for cert in served)
-            )
+            observations.extend(_observe(served))
             version = tls.version() or ""
             cipher = (tls.cipher() or ("", "", 0))[0]
             alpn = tls.selected_alpn_protocol() or ""
@@ -419,8 +427,18 @@ class TlsProbe:
         phase_start = time.monotonic()
         try:
             if http is not None:
-                status = _http_status(tls, http, host, ctx)
-                if status == 401:
+                status, response = _http_status(tls, http, host, ctx)
+                # nginx answers a missing or refused client certificate with a 400
+                # page instead of a TLS alert.
+                if status == 400 and b"No required SSL certificate was sent" in response:
+                    failure = _Failure(
+                        Reason.CLIENT_CERT_REQUIRED, "the server requires a client certificate (HTTP 400)"
+                    )
+                elif status == 400 and b"The SSL certificate error" in response:
+                    failure = _Failure(
+                        Reason.CLIENT_CERT_REJECTED, "the server rejected the client certificate (HTTP 400)"
+                    )
+                elif status == 401:
                     failure = _Failure(Reason.HTTP_UNAUTHORIZED, f"HTTP {status} for {http.path}")
                 elif status == 403:
                     failure = _Failure(Reason.HTTP_FORBIDDEN, f"HTTP {status} for {http.path}")
@@ -535,10 +553,33 @@ def _connect(addresses: list[tuple[str, int]], port: int, ctx: ProbeContext) -> 
     raise last
 
 
+def _failed_handshake_facts(address: str, server_name: str, seconds: float, verdict: Verdict) -> TlsFacts:
+    """Facts of a handshake the server broke off over the client certificate; its
+    own chain arrived before that and is judged as usual."""
+    return TlsFacts(
+        address=address,
+        server_name=server_name,
+        version="",
+        cipher="",
+        alpn="",
+        handshake_seconds=seconds,
+        chain_verified=verdict.chain_verified,
+        chain_complete=verdict.chain_complete,
+        hostname_match=verdict.hostname_match,
+        client_auth="rejected",
+    )
+
+
+def _observe(served: list[x509.Certificate]) -> list[CertObservation]:
+    facts = [facts_from_certificate(cert) for cert in served]
+    return [CertObservation(i, "leaf" if i == 0 else role_in_bundle(f), f) for i, f in enumerate(facts)]
+
+
 def _served_chain(tls: ssl.SSLSocket, limit: int) -> list[x509.Certificate]:
-    """Every certificate the server sent, in order, up to ``limit``."""
-    sslobj: Any = tls._sslobj  # type: ignore[attr-defined]
-    raw = sslobj.get_unverified_chain() or []
+    """Every certificate the server sent, in order, up to ``limit`` (none when the
+    handshake broke before the server's Certificate message)."""
+    sslobj: Any = getattr(tls, "_sslobj", None)
+    raw = (sslobj.get_unverified_chain() if sslobj is not None else None) or []
     chain = []
     for item in raw[:limit]:
         der = item if isinstance(item, bytes) else item.public_bytes(ssl._ssl.ENCODING_DER)  # type: ignore[attr-defined]
@@ -546,7 +587,8 @@ def _served_chain(tls: ssl.SSLSocket, limit: int) -> list[x509.Certificate]:
     return chain
 
 
-def _http_status(tls: ssl.SSLSocket, http: HttpCheck, host: str, ctx: ProbeContext) -> int:
+def _http_status(tls: ssl.SSLSocket, http: HttpCheck, host: str, ctx: ProbeContext) -> tuple[int, bytes]:
+    """(status, the start of the response) for one request on the connection."""
     request = (
         f"{http.method} {http.path} HTTP/1.1\r\nHost: {http.host or host}\r\n"
         f"User-Agent: certscope/{__version__}\r\nAccept: */*\r\nConnection: close\r\n\r\n"
@@ -554,16 +596,24 @@ def _http_status(tls: ssl.SSLSocket, http: HttpCheck, host: str, ctx: ProbeConte
     tls.settimeout(max(ctx.remaining(), 0.001))
     tls.sendall(request.encode("ascii"))
     received = b""
-    while b"\r\n" not in received:
+    while b"\r\n\r\n" not in received:
         tls.settimeout(max(ctx.remaining(), 0.001))
         chunk = tls.recv(4096)
         if not chunk:
             break
         received += chunk
         if len(received) > MAX_HTTP_HEADER:
-            raise ValueError("HTTP status line longer than 64 KiB")
+            raise ValueError("HTTP response head longer than 64 KiB")
     status_line = received.split(b"\r\n", 1)[0].decode("latin-1")
     parts = status_line.split(" ", 2)
     if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
         raise ValueError(f"not an HTTP response: {status_line[:80]!r}")
-    return int(parts[1])
+    status = int(parts[1])
+    if status == 400 and len(received) < MAX_HTTP_PEEK:
+        # Some servers (nginx) explain a client-certificate refusal in the body.
+        tls.settimeout(max(0.001, min(ctx.remaining(), 0.2)))
+        try:
+            received += tls.recv(MAX_HTTP_PEEK)
+        except (TimeoutError, ssl.SSLError, OSError):
+            pass
+    return status, received
