@@ -12,8 +12,8 @@ The answer is the exposition of that one run, rendered like ``/metrics``.
 
 from __future__ import annotations
 
-import fnmatch
 import ipaddress
+import re
 import socket
 import time
 from collections.abc import Callable
@@ -60,7 +60,7 @@ def probe_target(
     except ValueError as exc:
         raise ProbeRefused(400, f"target: {exc}") from None
     allowed = target in probe.settings.targets or any(
-        fnmatch.fnmatchcase(target.lower(), pattern.lower()) for pattern in probe.settings.allow_targets
+        _glob(pattern).fullmatch(target.lower()) for pattern in probe.settings.allow_targets
     )
     if not allowed:
         raise ProbeRefused(403, f"target {target} is not allowed for module {module}")
@@ -100,6 +100,11 @@ class _Fixed:
 
     def snapshot(self) -> Snapshot:
         return self._snapshot
+
+
+def _glob(pattern: str) -> re.Pattern[str]:
+    """'*' and '?' as wildcards, everything else literal (IPv6 brackets included)."""
+    return re.compile(re.escape(pattern.lower()).replace(r"\*", ".*").replace(r"\?", "."))
 
 
 def _checked_address(host: str, port: int, allow_networks: tuple[str, ...]) -> str:
