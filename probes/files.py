@@ -117,7 +117,8 @@ class FilesProbe:
     def __init__(self, settings: FilesSettings, defaults: ProbeDefaults | None = None) -> None:
         self.settings = settings
         self._excludes = [_pattern_regex(p) for p in settings.exclude]
-        self._cache: dict[str, tuple[_Identity, Parsed]] = {}
+        # path -> (identity, result): an unchanged file costs a stat, not a parse.
+        self._cache: dict[str, tuple[_Identity, ProbeResult]] = {}
 
     # -- discovery -------------------------------------------------------------
 
@@ -227,16 +228,16 @@ class FilesProbe:
         identity = _Identity(info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
         cached = self._cache.get(target)
         if cached is not None and cached[0] == identity:
-            parsed = cached[1]
-        else:
-            try:
-                data = _read_regular_file(target, self.settings.max_file_size)
-            except OSError as exc:
-                reason = _reason_for(exc, target)
-                return failed(reason, started, _describe(reason, target, exc), errors=[_error(reason, target, exc)])
-            parsed = parse_container(data, target, pkcs12_password=self._pkcs12_password)
-            self._cache[target] = (identity, parsed)
-        return _result(parsed, target, started, self.settings.expect)
+            return cached[1]  # its duration is that of the parse it saved
+        try:
+            data = _read_regular_file(target, self.settings.max_file_size)
+        except OSError as exc:
+            reason = _reason_for(exc, target)
+            return failed(reason, started, _describe(reason, target, exc), errors=[_error(reason, target, exc)])
+        parsed = parse_container(data, target, pkcs12_password=self._pkcs12_password)
+        result = _result(parsed, target, started, self.settings.expect)
+        self._cache[target] = (identity, result)
+        return result
 
     def _pkcs12_password(self) -> bytes | None:
         source = self.settings.pkcs12
