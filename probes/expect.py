@@ -13,6 +13,13 @@ from dataclasses import dataclass
 from probes.base import CertFacts, Reason, Seconds
 
 KEY_TYPES = ("rsa", "ec", "ed25519", "ed448", "dsa")
+EXPECT_REASONS = (
+    Reason.SAN_MISMATCH,
+    Reason.WRONG_ISSUER,
+    Reason.WEAK_KEY,
+    Reason.VALIDITY_TOO_LONG,
+    Reason.EKU_MISMATCH,
+)
 
 
 @dataclass(frozen=True)

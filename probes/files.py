@@ -37,7 +37,7 @@ from probes.base import (
     path_field,
 )
 from probes.certparse import Parsed, bundle_observations, parse_container
-from probes.expect import Expect, check
+from probes.expect import EXPECT_REASONS, Expect, check
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
@@ -102,11 +102,7 @@ class FilesProbe:
         Reason.DUPLICATE_CERTIFICATE,
         Reason.BAD_PASSWORD,
         Reason.TOO_MANY_FILES,
-        Reason.SAN_MISMATCH,
-        Reason.WRONG_ISSUER,
-        Reason.WEAK_KEY,
-        Reason.VALIDITY_TOO_LONG,
-        Reason.EKU_MISMATCH,
+        *EXPECT_REASONS,
         Reason.INTERNAL_ERROR,
     )
     # 100,000 files times 15 reasons would be 1.5 million series of zeros.

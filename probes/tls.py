@@ -47,7 +47,7 @@ from probes.base import (
     path_field,
 )
 from probes.certparse import facts_from_certificate, role_in_bundle
-from probes.expect import Expect, check
+from probes.expect import EXPECT_REASONS, Expect, check
 from probes.starttls import PROTOCOLS, StartTlsError, upgrade
 from probes.verify import TrustStore, Verdict, verify_served_chain
 
@@ -194,11 +194,7 @@ class TlsProbe:
         Reason.HTTP_UNAUTHORIZED,
         Reason.HTTP_FORBIDDEN,
         Reason.HTTP_UNEXPECTED_STATUS,
-        Reason.SAN_MISMATCH,
-        Reason.WRONG_ISSUER,
-        Reason.WEAK_KEY,
-        Reason.VALIDITY_TOO_LONG,
-        Reason.EKU_MISMATCH,
+        *EXPECT_REASONS,
         Reason.INTERNAL_ERROR,
     )
     source_reasons: ClassVar[tuple[Reason, ...]] = (Reason.DNS_ERROR,)
