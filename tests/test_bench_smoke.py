@@ -1,0 +1,26 @@
+"""The benchmarks run end to end on a tiny scenario, so they cannot rot.  Their
+numbers are not judged here (benchmarks are not pass/fail tests)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def test_files_scan_benchmark_quick(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, str(BENCH / "files_scan.py"), "--quick", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    result = json.loads((tmp_path / "files_scan.json").read_text())
+    (size,) = result["sizes"].values()
+    assert set(size["cases"]) >= {"bare_parse", "scandir_stat", "cold_scan", "warm_rescan"}
+    assert size["ratios"]["cold_over_bare_parse"] > 0
+    assert "cold_scan / bare_parse" in run.stdout
