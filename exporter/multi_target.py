@@ -12,9 +12,7 @@ The answer is the exposition of that one run, rendered like ``/metrics``.
 
 from __future__ import annotations
 
-import ipaddress
 import re
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -27,10 +25,9 @@ from exporter.config import Config, ProbeConfig
 from exporter.scheduler import probe_info
 from exporter.store import ProbeState, Snapshot, SourceState, TargetState
 from probes.base import Probe, ProbeContext
+from probes.fetch import FetchError, resolve_checked
 from probes.tls import TlsProbe, split_target
 
-# Beyond loopback, link-local, multicast and unspecified, which ipaddress knows.
-_METADATA = (ipaddress.ip_network("169.254.169.254/32"), ipaddress.ip_network("fd00:ec2::254/128"))
 SCRAPE_TIMEOUT_OFFSET = 0.5  # answer before Prometheus gives up on the scrape
 
 
@@ -64,7 +61,10 @@ def probe_target(
     )
     if not allowed:
         raise ProbeRefused(403, f"target {target} is not allowed for module {module}")
-    address = _checked_address(host, port, config.global_settings.egress.allow_networks)
+    try:
+        address = resolve_checked(host, port, config.global_settings.egress.allow_networks)
+    except FetchError as exc:
+        raise ProbeRefused(403 if exc.kind == "refused" else 400, str(exc)) from None
 
     timeout: float = probe_config.timeout
     if scrape_timeout is not None:
@@ -105,27 +105,3 @@ class _Fixed:
 def _glob(pattern: str) -> re.Pattern[str]:
     """'*' and '?' as wildcards, everything else literal (IPv6 brackets included)."""
     return re.compile(re.escape(pattern.lower()).replace(r"\*", ".*").replace(r"\?", "."))
-
-
-def _checked_address(host: str, port: int, allow_networks: tuple[str, ...]) -> str:
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise ProbeRefused(400, f"cannot resolve {host}: {exc.strerror}") from None
-    allowed_networks = [ipaddress.ip_network(n, strict=False) for n in allow_networks]
-    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
-    for address in addresses:
-        ip = ipaddress.ip_address(address)
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped  # ::ffff:169.254.169.254 is the metadata address too
-        if any(ip in network for network in allowed_networks):
-            continue
-        if (
-            ip.is_loopback
-            or ip.is_link_local
-            or ip.is_unspecified
-            or ip.is_multicast
-            or any(ip in network for network in _METADATA)
-        ):
-            raise ProbeRefused(403, f"{host} resolves to {address}, which the egress policy refuses")
-    return addresses[0]
