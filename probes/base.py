@@ -83,6 +83,7 @@ class Reason(StrEnum):
     OCSP_BAD_RESPONSE = "ocsp_bad_response"
     OCSP_UNAUTHORIZED_SIGNER = "ocsp_unauthorized_signer"
     OCSP_STALE = "ocsp_stale"
+    OCSP_UNKNOWN_CERTIFICATE = "ocsp_unknown_certificate"  # the responder answered "unknown"
     CRL_UNAVAILABLE = "crl_unavailable"
     CRL_BAD_SIGNATURE = "crl_bad_signature"
     CRL_STALE = "crl_stale"
@@ -181,6 +182,28 @@ class TlsFacts:
 
 
 @dataclass(frozen=True, slots=True)
+class RevocationFacts:
+    """One revocation check of one certificate location (``index``, ``role``)."""
+
+    method: str  # ocsp | crl | stapled
+    state: str  # good | revoked | unknown | not_applicable
+    reason: Reason  # OK, REVOKED, or why the state is unknown
+    source: str  # responder or CRL URL ('' when not applicable)
+    message: str = ""
+    stale: bool = False
+    this_update: float | None = None
+    next_update: float | None = None
+    produced_at: float | None = None
+    revocation_time: float | None = None
+    revocation_reason: str = ""
+    duration_seconds: float = 0.0
+    http_status: int | None = None
+    from_cache: bool = False
+    index: int = 0
+    role: str = "leaf"
+
+
+@dataclass(frozen=True, slots=True)
 class ProbeResult:
     success: bool
     reason: Reason
@@ -191,6 +214,7 @@ class ProbeResult:
     phases: tuple[tuple[str, float], ...] = ()
     message: str = ""
     tls: TlsFacts | None = None
+    revocation: tuple[RevocationFacts, ...] = ()
     # Labels that replace or join the target's own on its series; e.g. a target
     # probed per resolved address is labelled target=host:port, address=IP.
     target_labels: tuple[tuple[str, str], ...] = ()
