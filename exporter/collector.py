@@ -21,7 +21,7 @@ from prometheus_client.utils import floatToGoString
 
 from exporter import __version__
 from exporter.store import ProbeInfo, ProbeState, Snapshot, TargetState
-from probes.base import CertObservation, Reason, TlsFacts
+from probes.base import CertObservation, Reason, RevocationFacts, TlsFacts
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +171,46 @@ class _Families:
             "Earliest notAfter on the verified path, trust anchor included (absent unless verified).",
             TARGET_LABELS,
         )
+        revocation_labels = (*CERT_LABELS, "method")
+        self.revoked = _gauge(
+            p + "cert_revoked",
+            "1 if the certificate is revoked; 0 if good or unknown (see check_success).",
+            revocation_labels,
+        )
+        self.revocation_ok = _gauge(
+            p + "cert_revocation_check_success",
+            "1 if the revocation state was established from a valid, fresh answer.",
+            revocation_labels,
+        )
+        self.revocation_status = _gauge(
+            p + "cert_revocation_status",
+            "Revocation state; always 1 (good, revoked, unknown, not_applicable).",
+            (*revocation_labels, "state", "source"),
+        )
+        self.revocation_stale = _gauge(
+            p + "cert_revocation_stale", "1 if the revocation answer is past its nextUpdate.", revocation_labels
+        )
+        self.revocation_time = _gauge(
+            p + "cert_revocation_timestamp_seconds", "When the CA says the certificate was revoked.", revocation_labels
+        )
+        self.revocation_first_seen = _gauge(
+            p + "cert_revocation_first_seen_timestamp_seconds",
+            "When certscope first saw the certificate revoked.",
+            revocation_labels,
+        )
+        self.revocation_this_update = _gauge(
+            p + "cert_revocation_this_update_timestamp_seconds",
+            "thisUpdate of the OCSP answer or CRL.",
+            revocation_labels,
+        )
+        self.revocation_next_update = _gauge(
+            p + "cert_revocation_next_update_timestamp_seconds",
+            "nextUpdate of the OCSP answer or CRL.",
+            revocation_labels,
+        )
+        self.revocation_produced_at = _gauge(
+            p + "cert_revocation_produced_at_timestamp_seconds", "producedAt of the OCSP response.", revocation_labels
+        )
         self.build_info = _gauge(p + "build_info", "certscope build; always 1.", ("version", "python_version"))
         self.reload_ok = _gauge(p + "config_last_reload_successful", "1 if the last config (re)load succeeded.", ())
         self.reload_time = _gauge(
@@ -243,6 +283,8 @@ def _render_probe(state: ProbeState, f: _Families) -> None:
         f.status.add((*key, ts.result.reason.value), 1, extra)
         if ts.result.tls is not None:
             _render_tls(ts.result.tls, key, extra, f)
+        for check in ts.result.revocation:
+            _render_revocation(check, ts, (*key, str(check.index), check.role, check.method), extra, f)
         for observation in ts.certificates:
             _render_certificate(
                 observation, ts, (*key, str(observation.index), observation.role), extra, info, owner_values, f
@@ -264,6 +306,26 @@ def _render_tls(tls: TlsFacts, key: tuple[str, ...], extra: Extra, f: _Families)
         f.http_status.add(key, tls.http_status, extra)
     if tls.verified_chain_not_after is not None:
         f.tls_verified_expiry.add(key, tls.verified_chain_not_after, extra)
+
+
+def _render_revocation(
+    check: RevocationFacts, ts: TargetState, key: tuple[str, ...], extra: Extra, f: _Families
+) -> None:
+    f.revocation_status.add((*key, check.state, check.source), 1, extra)
+    if check.state == "not_applicable":
+        return
+    f.revoked.add(key, 1 if check.state == "revoked" else 0, extra)
+    f.revocation_ok.add(key, 1 if check.state in ("good", "revoked") and not check.stale else 0, extra)
+    f.revocation_stale.add(key, 1 if check.stale else 0, extra)
+    for family, value in (
+        (f.revocation_time, check.revocation_time),
+        (f.revocation_this_update, check.this_update),
+        (f.revocation_next_update, check.next_update),
+        (f.revocation_produced_at, check.produced_at),
+        (f.revocation_first_seen, ts.revoked_since.get((check.index, check.role, check.method))),
+    ):
+        if value is not None:
+            family.add(key, value, extra)
 
 
 def _render_certificate(

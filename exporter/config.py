@@ -216,7 +216,7 @@ def _load_probes(entries: Any, defaults: GlobalSettings | None, errors: list[str
                 thresholds=common.thresholds or defaults.thresholds,
                 labels=dict(common.labels),
                 settings=settings,
-                defaults=ProbeDefaults(trust=defaults.trust),
+                defaults=ProbeDefaults(trust=defaults.trust, allow_networks=defaults.egress.allow_networks),
             )
         )
     return probes

@@ -41,6 +41,9 @@ class TargetState:
     certificates: tuple[CertObservation, ...]
     certificates_from_last_good: bool
     rotations: Mapping[tuple[int, str], Rotation]  # by certificate (index, role)
+    # (index, role, method) -> when certscope first saw the certificate revoked, so
+    # revocation propagation (revoked at the CA -> visible to clients) is measurable.
+    revoked_since: Mapping[tuple[int, str, str], float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +232,14 @@ def _next_target_state(
         else:
             rotations[location] = old
 
+    old_revoked = previous.revoked_since if previous else {}
+    revoked_since = {
+        (r.index, r.role, r.method): old_revoked.get((r.index, r.role, r.method), finished)
+        for r in result.revocation
+        if r.state == "revoked"
+    }
     return TargetState(
+        revoked_since=MappingProxyType(revoked_since),
         result=result,
         last_run=finished,
         last_success=last_success,

@@ -47,6 +47,8 @@ class ProbeDefaults:
     """Settings a probe inherits from the config's ``global`` section."""
 
     trust: TrustSettings = TrustSettings()
+    # Networks that URLs taken from certificates may reach (global.egress.allow_networks).
+    allow_networks: tuple[str, ...] = ()
 
 
 class Reason(StrEnum):

@@ -24,7 +24,7 @@ import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -40,6 +40,7 @@ from probes.base import (
     ProbeDefaults,
     ProbeResult,
     Reason,
+    RevocationFacts,
     Seconds,
     SourceError,
     TlsFacts,
@@ -48,6 +49,7 @@ from probes.base import (
 )
 from probes.certparse import facts_from_certificate, role_in_bundle
 from probes.expect import EXPECT_REASONS, Expect, check
+from probes.revocation import CHECKER
 from probes.starttls import PROTOCOLS, StartTlsError, upgrade
 from probes.verify import TrustStore, Verdict, verify_served_chain
 
@@ -96,6 +98,16 @@ class HttpCheck:
 
 
 @dataclass(frozen=True)
+class RevocationSettings:
+    ocsp: bool = False
+    crl: bool = False
+    nonce: bool = False  # send an OCSP nonce (forces POST; many responders ignore it)
+    # Fail the target when the state cannot be established, instead of only
+    # exporting check_success 0 (what browsers call hard-fail).
+    hard_fail: bool = False
+
+
+@dataclass(frozen=True)
 class TlsSettings:
     targets: tuple[str, ...]
     server_name: str | None = None  # SNI and the name verified; default: the target host
@@ -111,6 +123,7 @@ class TlsSettings:
     # certificate, when no HTTP check makes a round trip anyway.
     client_auth_wait: Seconds = Seconds(0.5)
     expect: Expect | None = None  # checked on the leaf
+    revocation: RevocationSettings | None = None
     # Further targets /probe may be asked for, as globs over host:port
     # ("*.example.com:443"); loopback, link-local and metadata addresses stay
     # refused unless global.egress.allow_networks lets them through.
@@ -194,6 +207,16 @@ class TlsProbe:
         Reason.HTTP_UNAUTHORIZED,
         Reason.HTTP_FORBIDDEN,
         Reason.HTTP_UNEXPECTED_STATUS,
+        Reason.REVOKED,
+        Reason.OCSP_UNAVAILABLE,
+        Reason.OCSP_BAD_RESPONSE,
+        Reason.OCSP_UNAUTHORIZED_SIGNER,
+        Reason.OCSP_STALE,
+        Reason.OCSP_UNKNOWN_CERTIFICATE,
+        Reason.CRL_UNAVAILABLE,
+        Reason.CRL_BAD_SIGNATURE,
+        Reason.CRL_STALE,
+        Reason.CRL_TOO_LARGE,
         *EXPECT_REASONS,
         Reason.INTERNAL_ERROR,
     )
@@ -203,7 +226,9 @@ class TlsProbe:
 
     def __init__(self, settings: TlsSettings, defaults: ProbeDefaults | None = None) -> None:
         self.settings = settings
-        self.trust = TrustStore.from_settings(settings.trust or (defaults or ProbeDefaults()).trust)
+        defaults = defaults or ProbeDefaults()
+        self.trust = TrustStore.from_settings(settings.trust or defaults.trust)
+        self.allow_networks = defaults.allow_networks
         self.client_certificates: tuple[CertObservation, ...] = ()
         self.context = self._build_context()
 
@@ -358,6 +383,7 @@ class TlsProbe:
         finally:
             sock.close()
 
+        revocation = self._check_revocation(served, verdict, ctx)
         verified_not_after = (
             min(c.not_valid_after_utc for c in verdict.verified_path).timestamp() if verdict.verified_path else None
         )
@@ -382,14 +408,25 @@ class TlsProbe:
             Reason.CLIENT_CERT_REJECTED,
         ):
             reason, message = after_failure.reason, str(after_failure)
+        elif revoked := [r for r in revocation if r.state == "revoked"]:
+            reason, message = (
+                Reason.REVOKED,
+                f"certificate {revoked[0].index} {revoked[0].message} ({revoked[0].source})",
+            )
         elif verdict.reason is not Reason.OK:
             reason, message = verdict.reason, verdict.message
         elif after_failure is not None:
             reason, message = after_failure.reason, str(after_failure)
-        elif settings.expect is not None and served:
-            unmet = check(facts_from_certificate(served[0]), settings.expect)
-            if unmet is not None:
-                reason, message = unmet
+        elif (
+            settings.expect is not None
+            and served
+            and (unmet := check(facts_from_certificate(served[0]), settings.expect))
+        ):
+            reason, message = unmet
+        elif settings.revocation and settings.revocation.hard_fail:
+            unknown = [r for r in revocation if r.state == "unknown"]
+            if unknown:
+                reason, message = unknown[0].reason, f"{unknown[0].method}: {unknown[0].message}"
         return ProbeResult(
             success=reason is Reason.OK,
             reason=reason,
@@ -398,8 +435,44 @@ class TlsProbe:
             phases=tuple(ctx.phases),
             message=f"{host}:{port}: {message}" if message else "",
             tls=facts,
+            revocation=tuple(revocation),
             target_labels=labels,
         )
+
+    def _check_revocation(
+        self, served: list[x509.Certificate], verdict: Verdict, ctx: ProbeContext
+    ) -> list[RevocationFacts]:
+        """OCSP and/or CRL for every served certificate whose issuer is known: the
+        next certificate on the verified path, else the next one served."""
+        settings = self.settings.revocation
+        if settings is None or not (settings.ocsp or settings.crl):
+            return []
+        path = list(verdict.verified_path) or served
+        started = time.monotonic()
+        results: list[RevocationFacts] = []
+        for index, cert in enumerate(served):
+            issuer = next(
+                (path[i + 1] for i, c in enumerate(path[:-1]) if c == cert and path[i + 1].subject == cert.issuer),
+                None,
+            )
+            if issuer is None or cert.issuer == cert.subject:
+                continue
+            role = "leaf" if index == 0 else "intermediate"
+            if settings.ocsp:
+                found = CHECKER.check_ocsp(
+                    cert,
+                    issuer,
+                    None,
+                    deadline=ctx.deadline,
+                    allow_networks=self.allow_networks,
+                    use_nonce=settings.nonce,
+                )
+                results.append(replace(found, index=index, role=role))
+            if settings.crl:
+                found = CHECKER.check_crl(cert, issuer, None, deadline=ctx.deadline, allow_networks=self.allow_networks)
+                results.append(replace(found, index=index, role=role))
+        ctx.record_phase("revocation", time.monotonic() - started)
+        return results
 
     def _handshake_failure(self, tls: ssl.SSLSocket, exc: ssl.SSLError) -> _Failure:
         text = f"{exc.reason or ''} {exc}".upper()
