@@ -21,7 +21,7 @@ from prometheus_client.utils import floatToGoString
 
 from exporter import __version__
 from exporter.store import ProbeInfo, ProbeState, Snapshot, TargetState
-from probes.base import CertObservation, Reason, RevocationFacts, TlsFacts
+from probes.base import CertObservation, CrlFacts, Reason, RevocationFacts, TlsFacts
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +211,27 @@ class _Families:
         self.revocation_produced_at = _gauge(
             p + "cert_revocation_produced_at_timestamp_seconds", "producedAt of the OCSP response.", revocation_labels
         )
+        responder_labels = (*TARGET_LABELS, "responder")
+        self.ocsp_up = _gauge(
+            p + "ocsp_responder_up",
+            "1 if the OCSP responder gave a valid, authorised answer on the last uncached request.",
+            responder_labels,
+        )
+        self.ocsp_duration = _gauge(
+            p + "ocsp_request_duration_seconds", "Duration of the last uncached OCSP request.", responder_labels
+        )
+        self.crl_this_update = _gauge(p + "crl_this_update_timestamp_seconds", "thisUpdate of the CRL.", TARGET_LABELS)
+        self.crl_next_update = _gauge(p + "crl_next_update_timestamp_seconds", "nextUpdate of the CRL.", TARGET_LABELS)
+        self.crl_number = _gauge(p + "crl_number", "The CRL number extension.", TARGET_LABELS)
+        self.crl_entries = _gauge(p + "crl_entries", "Revoked certificates listed in the CRL.", TARGET_LABELS)
+        self.crl_size = _gauge(p + "crl_size_bytes", "Size of the CRL as fetched.", TARGET_LABELS)
+        self.crl_fetch = _gauge(
+            p + "crl_fetch_duration_seconds", "Duration of the last CRL download (304s included).", TARGET_LABELS
+        )
+        self.crl_signature = _gauge(
+            p + "crl_signature_valid", "1 if the CRL is signed by the configured issuer.", TARGET_LABELS
+        )
+        self.crl_status = _gauge(p + "crl_http_status_code", "HTTP status of the last CRL request.", TARGET_LABELS)
         self.build_info = _gauge(p + "build_info", "certscope build; always 1.", ("version", "python_version"))
         self.reload_ok = _gauge(p + "config_last_reload_successful", "1 if the last config (re)load succeeded.", ())
         self.reload_time = _gauge(
@@ -285,6 +306,16 @@ def _render_probe(state: ProbeState, f: _Families) -> None:
             _render_tls(ts.result.tls, key, extra, f)
         for check in ts.result.revocation:
             _render_revocation(check, ts, (*key, str(check.index), check.role, check.method), extra, f)
+            if check.method == "ocsp" and check.source and not check.from_cache:
+                up = check.reason not in (
+                    Reason.OCSP_UNAVAILABLE,
+                    Reason.OCSP_BAD_RESPONSE,
+                    Reason.OCSP_UNAUTHORIZED_SIGNER,
+                )
+                f.ocsp_up.add((*key, check.source), 1 if up else 0, extra)
+                f.ocsp_duration.add((*key, check.source), check.duration_seconds, extra)
+        if ts.result.crl is not None:
+            _render_crl(ts.result.crl, key, extra, f)
         for observation in ts.certificates:
             _render_certificate(
                 observation, ts, (*key, str(observation.index), observation.role), extra, info, owner_values, f
@@ -326,6 +357,22 @@ def _render_revocation(
     ):
         if value is not None:
             family.add(key, value, extra)
+
+
+def _render_crl(crl: CrlFacts, key: tuple[str, ...], extra: Extra, f: _Families) -> None:
+    f.crl_signature.add(key, 1 if crl.signature_valid else 0, extra)
+    for family, value in (
+        (f.crl_this_update, crl.this_update),
+        (f.crl_next_update, crl.next_update),
+        (f.crl_number, crl.number),
+        (f.crl_fetch, crl.fetch_seconds),
+        (f.crl_status, crl.http_status),
+    ):
+        if value is not None:
+            family.add(key, value, extra)
+    if crl.size_bytes:
+        f.crl_entries.add(key, crl.entries, extra)
+        f.crl_size.add(key, crl.size_bytes, extra)
 
 
 def _render_certificate(

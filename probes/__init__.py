@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from probes.base import Probe, ProbeDefaults
+from probes.crl import CrlProbe, CrlSettings
 from probes.files import FilesProbe, FilesSettings
+from probes.ocsp import OcspProbe, OcspSettings
 from probes.tls import TlsProbe, TlsSettings
 
 
@@ -22,4 +24,6 @@ class ProbeKind:
 KINDS: dict[str, ProbeKind] = {
     "files": ProbeKind("files", FilesSettings, FilesProbe),
     "tls": ProbeKind("tls", TlsSettings, TlsProbe),
+    "ocsp": ProbeKind("ocsp", OcspSettings, OcspProbe),
+    "crl": ProbeKind("crl", CrlSettings, CrlProbe),
 }

@@ -206,6 +206,21 @@ class RevocationFacts:
 
 
 @dataclass(frozen=True, slots=True)
+class CrlFacts:
+    """What one CRL fetch showed (the ``crl`` kind)."""
+
+    url: str
+    signature_valid: bool
+    this_update: float | None
+    next_update: float | None
+    number: int | None
+    entries: int
+    size_bytes: int
+    fetch_seconds: float | None  # None when served from the cache
+    http_status: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class ProbeResult:
     success: bool
     reason: Reason
@@ -217,6 +232,7 @@ class ProbeResult:
     message: str = ""
     tls: TlsFacts | None = None
     revocation: tuple[RevocationFacts, ...] = ()
+    crl: CrlFacts | None = None
     # Labels that replace or join the target's own on its series; e.g. a target
     # probed per resolved address is labelled target=host:port, address=IP.
     target_labels: tuple[tuple[str, str], ...] = ()

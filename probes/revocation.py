@@ -22,6 +22,7 @@ CRL distribution point).  A stale good answer is ``unknown``: unknown is never g
 from __future__ import annotations
 
 import base64
+import glob
 import os
 import threading
 import time
@@ -420,7 +421,7 @@ class RevocationChecker:
             judgement = Judgement(UNKNOWN, Reason.OCSP_UNAVAILABLE, f"HTTP {response.status} from the responder")
         else:
             judgement = evaluate_ocsp(response.body, cert, issuer, now, nonce=nonce, skew=skew)
-        facts = _facts("ocsp", responder, judgement, time.monotonic() - started, response.status)
+        facts = revocation_facts("ocsp", responder, judgement, time.monotonic() - started, response.status)
         if judgement.reason in (Reason.OK, Reason.REVOKED) and judgement.next_update:
             with self._lock:
                 self._ocsp[key] = (min(judgement.next_update, time.time() + 86400), facts)
@@ -429,14 +430,23 @@ class RevocationChecker:
         return facts
 
     def fetch_crl(
-        self, url: str, issuer: x509.Certificate, *, deadline: float, allow_networks: tuple[str, ...] = ()
+        self,
+        url: str,
+        issuer: x509.Certificate,
+        *,
+        deadline: float,
+        allow_networks: tuple[str, ...] = (),
+        revalidate: bool = False,
+        max_bytes: int | None = None,
     ) -> tuple[CrlInfo, float | None, int | None]:
-        """(CRL judgement, seconds the fetch took or None from cache, HTTP status)."""
+        """(CRL judgement, seconds the fetch took or None from cache, HTTP status).
+        ``revalidate`` asks the server (conditionally) even before nextUpdate."""
         with self._lock:
             entry = self._crls.get(url)
         now_wall = time.time()
         if (
-            entry is not None
+            not revalidate
+            and entry is not None
             and entry.info.crl is not None
             and entry.info.next_update is not None
             and now_wall < entry.info.next_update
@@ -451,7 +461,11 @@ class RevocationChecker:
         try:
             self.requests += 1
             response = fetch(
-                url, deadline=deadline, max_bytes=self.max_crl_bytes, allow_networks=allow_networks, headers=headers
+                url,
+                deadline=deadline,
+                max_bytes=max_bytes or self.max_crl_bytes,
+                allow_networks=allow_networks,
+                headers=headers,
             )
         except FetchError as exc:
             reason = Reason.CRL_TOO_LARGE if exc.kind == "too_large" else Reason.CRL_UNAVAILABLE
@@ -492,10 +506,12 @@ class RevocationChecker:
         started = time.monotonic()
         info, _, status = self.fetch_crl(urls[0], issuer, deadline=deadline, allow_networks=allow_networks)
         judgement = crl_lookup(info, cert)
-        return _facts("crl", urls[0], judgement, time.monotonic() - started, status)
+        return revocation_facts("crl", urls[0], judgement, time.monotonic() - started, status)
 
 
-def _facts(method: str, source: str, judgement: Judgement, seconds: float, status: int | None) -> RevocationFacts:
+def revocation_facts(
+    method: str, source: str, judgement: Judgement, seconds: float, status: int | None
+) -> RevocationFacts:
     return RevocationFacts(
         method=method,
         state=judgement.state,
@@ -511,6 +527,27 @@ def _facts(method: str, source: str, judgement: Judgement, seconds: float, statu
         duration_seconds=seconds,
         http_status=status,
     )
+
+
+def expand_paths(patterns: tuple[str, ...]) -> list[str]:
+    """Globs (``**`` included) expanded in order; a literal path is kept even when
+    missing, so that its absence is reported rather than silently skipped."""
+    found: dict[str, None] = {}
+    for pattern in patterns:
+        if glob.has_magic(pattern):
+            found.update(dict.fromkeys(sorted(glob.glob(pattern, recursive=True))))
+        else:
+            found[pattern] = None
+    return list(found)
+
+
+def load_certificates(path: str) -> list[x509.Certificate]:
+    """Certificates of a PEM or DER file (raises OSError or ValueError)."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    if b"-----BEGIN" in data:
+        return x509.load_pem_x509_certificates(data)
+    return [x509.load_der_x509_certificate(data)]
 
 
 def _issuer_id(issuer: x509.Certificate) -> str:

@@ -72,7 +72,7 @@ probes:
         "global.interval: not a duration: 'soon'",
         "global.concurrency: must be an integer, got 'many'",
         "probes[0].paths[1]: must be a string, got int",
-        "probes[1].kind: must be one of files, tls, got 'nope'",
+        "probes[1].kind: must be one of crl, files, ocsp, tls, got 'nope'",
         "probes[2].intervall: unknown key (did you mean 'interval'?)",
         "probes[2].pkcs12.password_file: file not found: /does/not/exist",
         "probes[2].max_file_size: must be a positive size like 16MiB or 512KiB, got 'huge'",

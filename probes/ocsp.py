@@ -1,0 +1,95 @@
+"""The ``ocsp`` probe: certificates checked against their OCSP responder, and the
+responder's health.
+
+Targets are certificate files (``certificates``, PEM or DER; the first certificate of
+each file is checked).  Each round asks the responder from the certificate's AIA, or
+``url`` when set, through the shared cache: an answer is reused until its
+nextUpdate, so a responder is not asked more often than its answers expire.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from typing import ClassVar
+
+from probes.base import (
+    CertObservation,
+    Discovery,
+    ProbeContext,
+    ProbeDefaults,
+    ProbeResult,
+    Reason,
+    path_field,
+)
+from probes.certparse import facts_from_certificate
+from probes.revocation import CHECKER, expand_paths, load_certificates
+
+RESPONDER_FAILURES = (Reason.OCSP_UNAVAILABLE, Reason.OCSP_BAD_RESPONSE, Reason.OCSP_UNAUTHORIZED_SIGNER)
+
+
+@dataclass(frozen=True)
+class OcspSettings:
+    certificates: tuple[str, ...] = ()  # certificate files, globs allowed
+    issuer_file: str = path_field(default="")
+    url: str | None = None  # the responder; default: the certificate's AIA OCSP URL
+    nonce: bool = False
+
+    def validate(self) -> list[tuple[str, str]]:
+        problems = []
+        if not self.certificates:
+            problems.append(("certificates", "at least one certificate file is required"))
+        if not self.issuer_file:
+            problems.append(("issuer_file", "required: the certificates' issuer"))
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            problems.append(("url", f"must be an http or https URL, got {self.url!r}"))
+        return problems
+
+
+class OcspProbe:
+    kind: ClassVar[str] = "ocsp"
+    target_reasons: ClassVar[tuple[Reason, ...]] = (
+        Reason.REVOKED,
+        Reason.OCSP_UNAVAILABLE,
+        Reason.OCSP_BAD_RESPONSE,
+        Reason.OCSP_UNAUTHORIZED_SIGNER,
+        Reason.OCSP_STALE,
+        Reason.OCSP_UNKNOWN_CERTIFICATE,
+        Reason.READ_ERROR,
+        Reason.INTERNAL_ERROR,
+    )
+    source_reasons: ClassVar[tuple[Reason, ...]] = ()
+    concurrent_targets: ClassVar[bool] = True
+    keeps_last_good: ClassVar[bool] = True
+
+    def __init__(self, settings: OcspSettings, defaults: ProbeDefaults | None = None) -> None:
+        self.settings = settings
+        self.allow_networks = (defaults or ProbeDefaults()).allow_networks
+        self.issuer = load_certificates(settings.issuer_file)[0]
+
+    def targets(self) -> Discovery:
+        return Discovery(tuple(expand_paths(self.settings.certificates)))
+
+    def run(self, target: str, ctx: ProbeContext) -> ProbeResult:
+        started = time.monotonic()
+        try:
+            cert = load_certificates(target)[0]
+        except (OSError, ValueError, IndexError) as exc:
+            return ProbeResult(False, Reason.READ_ERROR, time.monotonic() - started, message=f"{target}: {exc}")
+        check = CHECKER.check_ocsp(
+            cert,
+            self.issuer,
+            self.settings.url,
+            deadline=ctx.deadline,
+            allow_networks=self.allow_networks,
+            use_nonce=self.settings.nonce,
+        )
+        reason = check.reason
+        return ProbeResult(
+            success=check.state == "good" or (check.state == "not_applicable"),
+            reason=reason,
+            duration_seconds=time.monotonic() - started,
+            certificates=(CertObservation(0, "leaf", facts_from_certificate(cert)),),
+            message=f"{target}: {check.message}" if check.message else "",
+            revocation=(replace(check, index=0, role="leaf"),),
+        )
