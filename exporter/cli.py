@@ -37,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     scan.add_argument("--output", choices=["table", "json"], default="table")
     scan.add_argument("--pkcs12-password-env", metavar="VAR", help="environment variable holding the PKCS#12 password")
     scan.add_argument("--pkcs12-password-file", metavar="FILE", help="file holding the PKCS#12 password")
+    scan.add_argument("--ocsp", action="store_true", help="check OCSP for certificates whose issuer is scanned too")
+    scan.add_argument("--crl", action="store_true", help="check the CRLs of certificates whose issuer is scanned too")
 
     probe = commands.add_parser("probe", help="one TLS handshake to HOST:PORT, explained")
     probe.add_argument("target", metavar="HOST:PORT")
@@ -54,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     probe.add_argument("--http-path", help="send an HTTP request for this path after the handshake")
     probe.add_argument("--expect-status", type=int, action="append", help="accepted HTTP status (repeatable; 200)")
     probe.add_argument("--expect-name", action="append", default=[], help="a name the leaf must cover (repeatable)")
+    probe.add_argument("--ocsp", action="store_true", help="check revocation with the OCSP responders in the chain")
+    probe.add_argument("--crl", action="store_true", help="check revocation with the CRL distribution points")
     probe.add_argument("--timeout", default="10s", help="deadline of the whole run (default 10s)")
     probe.add_argument("--output", choices=["table", "json"], default="table")
 
@@ -80,7 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             print(f"certscope scan: --warn: {exc}", file=sys.stderr)
             return 2
-        return scan(args.paths, warn, args.output, args.pkcs12_password_env, args.pkcs12_password_file)
+        methods = tuple(m for m, wanted in (("ocsp", args.ocsp), ("crl", args.crl)) if wanted)
+        return scan(
+            args.paths, warn, args.output, args.pkcs12_password_env, args.pkcs12_password_file, revocation=methods
+        )
 
     if args.command == "probe":
         return _probe(args)
@@ -111,6 +118,8 @@ def _probe(args: argparse.Namespace) -> int:
             http_path=args.http_path,
             expect_status=tuple(args.expect_status or (200,)),
             expect_names=tuple(args.expect_name),
+            ocsp=args.ocsp,
+            crl=args.crl,
         )
         problems = settings.validate() + (settings.client_cert.validate() if settings.client_cert else [])
         if problems:

@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 from probes.base import ProbeContext, ProbeResult, TrustSettings
 from probes.expect import Expect
-from probes.tls import ClientCert, HttpCheck, TlsProbe, TlsSettings
+from probes.tls import ClientCert, HttpCheck, RevocationSettings, TlsProbe, TlsSettings
 
 
 def probe_once(settings: TlsSettings, timeout: float) -> ProbeResult:
@@ -40,6 +40,8 @@ def build_settings(
     http_path: str | None = None,
     expect_status: tuple[int, ...] = (200,),
     expect_names: tuple[str, ...] = (),
+    ocsp: bool = False,
+    crl: bool = False,
 ) -> TlsSettings:
     client = None
     if client_cert or client_key or client_pkcs12:
@@ -56,6 +58,7 @@ def build_settings(
         alpn=alpn,
         http=HttpCheck(path=http_path, expect_status=expect_status) if http_path else None,
         expect=Expect(names=expect_names) if expect_names else None,
+        revocation=RevocationSettings(ocsp=ocsp, crl=crl) if ocsp or crl else None,
     )
 
 
@@ -89,6 +92,13 @@ def report(target: str, result: ProbeResult, output: str, stream: TextIO = sys.s
         if cert["sans"]:
             write(f"        sans       {', '.join(cert['sans'])}\n")
         write(f"        sha256     {cert['fingerprint_sha256']}\n")
+    for check in document["revocation"]:
+        line = f"  revocation [{check['index']}] {check['method']}: {check['state']}"
+        if check["source"]:
+            line += f" from {check['source']}"
+        if check["message"]:
+            line += f" ({check['message']})"
+        write(line + "\n")
     timings = ", ".join(f"{name} {seconds * 1000:.1f} ms" for name, seconds in document["phases"].items())
     write(f"  timings: {timings}; total {result.duration_seconds * 1000:.1f} ms\n")
 
@@ -118,6 +128,22 @@ def _document(target: str, result: ProbeResult) -> dict[str, Any]:
             "http_status": tls.http_status,
             "handshake_seconds": tls.handshake_seconds,
         },
+        "revocation": [
+            {
+                "index": r.index,
+                "role": r.role,
+                "method": r.method,
+                "state": r.state,
+                "reason": r.reason.value,
+                "source": r.source,
+                "message": r.message,
+                "stale": r.stale,
+                "revocation_time": _iso(r.revocation_time) if r.revocation_time else None,
+                "revocation_reason": r.revocation_reason,
+                "next_update": _iso(r.next_update) if r.next_update else None,
+            }
+            for r in result.revocation
+        ],
         "certificates": [
             {
                 "index": o.index,

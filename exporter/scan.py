@@ -15,8 +15,12 @@ import time
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
 from probes.base import CertObservation, ProbeContext, SourceError
 from probes.files import FilesProbe, FilesSettings, Pkcs12Password
+from probes.revocation import CHECKER, load_certificates
 
 EXIT_OK, EXIT_EXPIRING, EXIT_ERRORS = 0, 1, 2
 
@@ -29,6 +33,7 @@ def scan(
     pkcs12_password_file: str | None = None,
     stream: TextIO = sys.stdout,
     now: float | None = None,
+    revocation: tuple[str, ...] = (),
 ) -> int:
     now = time.time() if now is None else now
     password = (
@@ -46,6 +51,8 @@ def scan(
         found.extend((target, observation) for observation in result.certificates)
     found.sort(key=lambda item: item[1].cert.not_after)
     records = [_record(path, observation, now, warn_seconds) for path, observation in found]
+    if revocation:
+        _add_revocation(records, discovery.targets, revocation)
 
     if output == "json":
         document = {
@@ -62,6 +69,38 @@ def scan(
     if any(r["expiring"] for r in records):
         return EXIT_EXPIRING
     return EXIT_OK
+
+
+def _add_revocation(records: list[dict[str, Any]], files: tuple[str, ...], methods: tuple[str, ...]) -> None:
+    """OCSP/CRL status for each certificate whose issuer is among the scanned ones
+    (PEM and DER files; PKCS#12 is not reopened here)."""
+    certificates: dict[str, x509.Certificate] = {}
+    for path in files:
+        try:
+            for cert in load_certificates(path):
+                certificates[cert.fingerprint(hashes.SHA256()).hex()] = cert
+        except (OSError, ValueError):
+            continue
+    by_subject = {loaded.subject: loaded for loaded in certificates.values()}
+    for record in records:
+        record["revocation"] = []
+        subject = certificates.get(record["fingerprint_sha256"])
+        issuer = by_subject.get(subject.issuer) if subject is not None else None
+        if subject is None or issuer is None or subject.issuer == subject.subject:
+            continue
+        for method in methods:
+            deadline = time.monotonic() + 10
+            check = (
+                CHECKER.check_ocsp(subject, issuer, None, deadline=deadline)
+                if method == "ocsp"
+                else CHECKER.check_crl(subject, issuer, None, deadline=deadline)
+            )
+            record["revocation"].append(
+                {"method": method, "state": check.state, "source": check.source, "message": check.message}
+            )
+            if check.state == "revoked":
+                record["problems"].insert(0, f"revoked ({method})")
+                record["expiring"] = True  # revoked counts as failing the scan
 
 
 def _record(path: str, observation: CertObservation, now: float, warn_seconds: float) -> dict[str, Any]:
@@ -107,6 +146,10 @@ def _print_table(records: list[dict[str, Any]], errors: list[SourceError], strea
             ("signature", record["signature_algorithm"]),
             ("serial", record["serial"]),
             ("sha256", record["fingerprint_sha256"]),
+            *(
+                ("revocation", f"{r['method']}: {r['state']}" + (f" from {r['source']}" if r["source"] else ""))
+                for r in record.get("revocation", [])
+            ),
         ]
         for name, value in rows:
             stream.write(f"    {name:<11} {value}\n")
