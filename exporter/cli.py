@@ -14,7 +14,8 @@ from exporter import __version__
 from exporter.config import ConfigError, default_config, load_config, parse_duration
 from exporter.logs import setup_logging
 
-COMMANDS = ("run", "check-config", "scan", "version")
+COMMANDS = ("run", "check-config", "scan", "probe", "version")
+ALLOW_HELP = "let revocation URLs reach this network (loopback and link-local are refused otherwise)"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     scan.add_argument("--pkcs12-password-file", metavar="FILE", help="file holding the PKCS#12 password")
     scan.add_argument("--ocsp", action="store_true", help="check OCSP for certificates whose issuer is scanned too")
     scan.add_argument("--crl", action="store_true", help="check the CRLs of certificates whose issuer is scanned too")
+    scan.add_argument("--allow-network", action="append", default=[], metavar="CIDR", help=ALLOW_HELP)
 
     probe = commands.add_parser("probe", help="one TLS handshake to HOST:PORT, explained")
     probe.add_argument("target", metavar="HOST:PORT")
@@ -58,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     probe.add_argument("--expect-name", action="append", default=[], help="a name the leaf must cover (repeatable)")
     probe.add_argument("--ocsp", action="store_true", help="check revocation with the OCSP responders in the chain")
     probe.add_argument("--crl", action="store_true", help="check revocation with the CRL distribution points")
+    probe.add_argument("--allow-network", action="append", default=[], metavar="CIDR", help=ALLOW_HELP)
     probe.add_argument("--timeout", default="10s", help="deadline of the whole run (default 10s)")
     probe.add_argument("--output", choices=["table", "json"], default="table")
 
@@ -86,7 +89,13 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         methods = tuple(m for m, wanted in (("ocsp", args.ocsp), ("crl", args.crl)) if wanted)
         return scan(
-            args.paths, warn, args.output, args.pkcs12_password_env, args.pkcs12_password_file, revocation=methods
+            args.paths,
+            warn,
+            args.output,
+            args.pkcs12_password_env,
+            args.pkcs12_password_file,
+            revocation=methods,
+            allow_networks=tuple(args.allow_network),
         )
 
     if args.command == "probe":
@@ -124,7 +133,7 @@ def _probe(args: argparse.Namespace) -> int:
         problems = settings.validate() + (settings.client_cert.validate() if settings.client_cert else [])
         if problems:
             raise ValueError("; ".join(f"{name}: {message}" for name, message in problems))
-        result = probe_once(settings, timeout)
+        result = probe_once(settings, timeout, allow_networks=tuple(args.allow_network))
     except (ValueError, OSError) as exc:
         print(f"certscope probe: {exc}", file=sys.stderr)
         return 2

@@ -14,13 +14,13 @@ import time
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from probes.base import ProbeContext, ProbeResult, TrustSettings
+from probes.base import ProbeContext, ProbeDefaults, ProbeResult, TrustSettings
 from probes.expect import Expect
 from probes.tls import ClientCert, HttpCheck, RevocationSettings, TlsProbe, TlsSettings
 
 
-def probe_once(settings: TlsSettings, timeout: float) -> ProbeResult:
-    probe = TlsProbe(settings)
+def probe_once(settings: TlsSettings, timeout: float, allow_networks: tuple[str, ...] = ()) -> ProbeResult:
+    probe = TlsProbe(settings, ProbeDefaults(allow_networks=allow_networks))
     target = probe.targets().targets[0]
     return probe.run(target, ProbeContext(deadline=time.monotonic() + timeout, probe_name="cli"))
 

@@ -34,6 +34,7 @@ def scan(
     stream: TextIO = sys.stdout,
     now: float | None = None,
     revocation: tuple[str, ...] = (),
+    allow_networks: tuple[str, ...] = (),
 ) -> int:
     now = time.time() if now is None else now
     password = (
@@ -52,7 +53,7 @@ def scan(
     found.sort(key=lambda item: item[1].cert.not_after)
     records = [_record(path, observation, now, warn_seconds) for path, observation in found]
     if revocation:
-        _add_revocation(records, discovery.targets, revocation)
+        _add_revocation(records, discovery.targets, revocation, allow_networks)
 
     if output == "json":
         document = {
@@ -71,7 +72,9 @@ def scan(
     return EXIT_OK
 
 
-def _add_revocation(records: list[dict[str, Any]], files: tuple[str, ...], methods: tuple[str, ...]) -> None:
+def _add_revocation(
+    records: list[dict[str, Any]], files: tuple[str, ...], methods: tuple[str, ...], allow_networks: tuple[str, ...]
+) -> None:
     """OCSP/CRL status for each certificate whose issuer is among the scanned ones
     (PEM and DER files; PKCS#12 is not reopened here)."""
     certificates: dict[str, x509.Certificate] = {}
@@ -91,9 +94,9 @@ def _add_revocation(records: list[dict[str, Any]], files: tuple[str, ...], metho
         for method in methods:
             deadline = time.monotonic() + 10
             check = (
-                CHECKER.check_ocsp(subject, issuer, None, deadline=deadline)
+                CHECKER.check_ocsp(subject, issuer, None, deadline=deadline, allow_networks=allow_networks)
                 if method == "ocsp"
-                else CHECKER.check_crl(subject, issuer, None, deadline=deadline)
+                else CHECKER.check_crl(subject, issuer, None, deadline=deadline, allow_networks=allow_networks)
             )
             record["revocation"].append(
                 {"method": method, "state": check.state, "source": check.source, "message": check.message}
