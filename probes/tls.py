@@ -21,6 +21,7 @@ import ipaddress
 import os
 import socket
 import ssl
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -34,6 +35,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 
 from exporter import __version__
 from probes.base import (
+    CertFacts,
     CertObservation,
     Discovery,
     ProbeContext,
@@ -54,6 +56,8 @@ from probes.starttls import PROTOCOLS, StartTlsError, upgrade
 from probes.verify import TrustStore, Verdict, verify_served_chain
 
 MAX_HTTP_HEADER = 64 * 1024
+MEMO_SIZE = 4096  # certificates and verdicts remembered per probe
+MEMO_MAX_AGE = 300.0  # seconds a verdict is reused at most (a trust store may change)
 MAX_HTTP_PEEK = 2048
 # getaddrinfo() has no timeout; it runs here so a run can stop waiting for it.
 _resolver = ThreadPoolExecutor(max_workers=8, thread_name_prefix="dns")
@@ -121,7 +125,7 @@ class TlsSettings:
     max_chain_length: int = 16
     # How long to wait after the handshake for a TLS 1.3 server to reject the client
     # certificate, when no HTTP check makes a round trip anyway.
-    client_auth_wait: Seconds = Seconds(0.5)
+    client_auth_wait: Seconds = Seconds(0.5)  # at most; see _round_trip
     expect: Expect | None = None  # checked on the leaf
     revocation: RevocationSettings | None = None
     # Further targets /probe may be asked for, as globs over host:port
@@ -231,6 +235,7 @@ class TlsProbe:
         self.allow_networks = defaults.allow_networks
         self.client_certificates: tuple[CertObservation, ...] = ()
         self.context = self._build_context()
+        self._memo = _ChainMemo(self.trust)
 
     # -- configuration -----------------------------------------------------------
 
@@ -242,9 +247,11 @@ class TlsProbe:
             context.set_alpn_protocols(list(self.settings.alpn))
         if self.settings.client_cert is not None:
             self._load_client_cert(context, self.settings.client_cert)
-        # Private hook of the ssl module (3.8+): the only way to see whether the
-        # server sent a CertificateRequest.
-        context._msg_callback = _note_certificate_request  # type: ignore[attr-defined]
+        # The ssl module's private message hook (3.8+) is the only way to see whether
+        # the server sent a CertificateRequest.  It is set on the C type directly:
+        # ssl.py's wrapper builds three enums per TLS message, which under load
+        # costs more than the handshake's own Python code.
+        _RAW_MSG_CALLBACK.__set__(context, _note_certificate_request)
         return context
 
     def _load_client_cert(self, context: ssl.SSLContext, client: ClientCert) -> None:
@@ -357,11 +364,11 @@ class TlsProbe:
             except ssl.SSLError as exc:
                 # A TLS 1.2 server refuses a client certificate after sending its
                 # own chain: record what arrived before reporting the failure.
-                served = _served_chain(tls, settings.max_chain_length)
-                observations.extend(_observe(served))
+                ders, served = _served_chain(tls, settings.max_chain_length)
+                observations.extend(self._memo.observe(ders, served))
                 failure = self._handshake_failure(tls, exc)
                 if served and failure.reason in (Reason.CLIENT_CERT_REQUIRED, Reason.CLIENT_CERT_REJECTED):
-                    verdict = verify_served_chain(served, self.trust, server_name or host, datetime.now(UTC))
+                    verdict = self._memo.verdict(ders, served, server_name or host)
                     failure.tls = _failed_handshake_facts(address, server_name, time.monotonic() - phase_start, verdict)
                 raise failure from None
             except OSError as exc:
@@ -369,16 +376,16 @@ class TlsProbe:
             handshake_seconds = time.monotonic() - phase_start
             ctx.record_phase("tls.handshake", handshake_seconds)
 
-            served = _served_chain(tls, settings.max_chain_length)
-            observations.extend(_observe(served))
+            ders, served = _served_chain(tls, settings.max_chain_length)
+            observations.extend(self._memo.observe(ders, served))
             version = tls.version() or ""
             cipher = (tls.cipher() or ("", "", 0))[0]
             alpn = tls.selected_alpn_protocol() or ""
 
-            client_auth, http_status, after_failure = self._round_trip(tls, server_name or host, ctx)
+            client_auth, http_status, after_failure = self._round_trip(tls, server_name or host, ctx, handshake_seconds)
 
             phase_start = time.monotonic()
-            verdict = verify_served_chain(served, self.trust, server_name or host, datetime.now(UTC))
+            verdict = self._memo.verdict(ders, served, server_name or host)
             ctx.record_phase("verify", time.monotonic() - phase_start)
         finally:
             sock.close()
@@ -486,7 +493,9 @@ class TlsProbe:
             return _Failure(Reason.PROTOCOL_ERROR, f"no common protocol version or cipher ({exc.reason})")
         return _Failure(Reason.HANDSHAKE_FAILED, f"handshake failed: {exc.reason or exc}")
 
-    def _round_trip(self, tls: ssl.SSLSocket, host: str, ctx: ProbeContext) -> tuple[str, int | None, _Failure | None]:
+    def _round_trip(
+        self, tls: ssl.SSLSocket, host: str, ctx: ProbeContext, handshake_seconds: float
+    ) -> tuple[str, int | None, _Failure | None]:
         """After the handshake: (client_auth result, HTTP status, failure or None)."""
         requested = bool(getattr(tls, "certscope_certificate_requested", False))
         sent = self.settings.client_cert is not None
@@ -515,7 +524,10 @@ class TlsProbe:
                     failure = _Failure(Reason.HTTP_UNEXPECTED_STATUS, f"HTTP {status} for {http.path}")
                 ctx.record_phase("http", time.monotonic() - phase_start)
             elif requested and tls.version() == "TLSv1.3":
-                tls.settimeout(max(0.001, min(ctx.remaining(), self.settings.client_auth_wait)))
+                # A rejection comes one round trip after our Finished; the handshake
+                # took about one, so twice its time (at least 50 ms) is plenty.
+                wait = min(self.settings.client_auth_wait, max(0.05, 2 * handshake_seconds))
+                tls.settimeout(max(0.001, min(ctx.remaining(), wait)))
                 try:
                     tls.recv(1)
                 except TimeoutError:
@@ -559,10 +571,15 @@ _PROTOCOL_MARKERS = (
 )
 
 
+_RAW_MSG_CALLBACK: Any = ssl._ssl._SSLContext.__dict__["_msg_callback"]  # type: ignore[attr-defined]
+_HANDSHAKE = 22  # TLS content type
+_CERTIFICATE_REQUEST = 13  # handshake message type
+
+
 def _note_certificate_request(
-    conn: Any, direction: str, version: Any, content_type: Any, msg_type: Any, data: bytes
+    conn: Any, direction: str, version: int, content_type: int, msg_type: int, data: bytes
 ) -> None:
-    if direction == "read" and msg_type == ssl._TLSMessageType.CERTIFICATE_REQUEST:  # type: ignore[attr-defined]
+    if msg_type == _CERTIFICATE_REQUEST and content_type == _HANDSHAKE and direction == "read":
         conn.certscope_certificate_requested = True
 
 
@@ -639,21 +656,64 @@ def _failed_handshake_facts(address: str, server_name: str, seconds: float, verd
     )
 
 
-def _observe(served: list[x509.Certificate]) -> list[CertObservation]:
-    facts = [facts_from_certificate(cert) for cert in served]
-    return [CertObservation(i, "leaf" if i == 0 else role_in_bundle(f), f) for i, f in enumerate(facts)]
+class _ChainMemo:
+    """The same served chain gets the same facts and verdict, without the work.
+
+    Reading a certificate's fields and validating a path cost more CPU than the
+    handshake itself, and while they run they hold the GIL every other handshake
+    needs.  Facts are kept per certificate (by DER); a verdict per (chain, name)
+    until the next notBefore/notAfter of a certificate involved, or MEMO_MAX_AGE.
+    Both are bounded; a full memo is simply cleared."""
+
+    def __init__(self, trust: TrustStore) -> None:
+        self.trust = trust
+        self._facts: dict[bytes, CertFacts] = {}
+        self._verdicts: dict[tuple[tuple[bytes, ...], str], tuple[float, Verdict]] = {}
+        self._lock = threading.Lock()
+
+    def observe(self, ders: list[bytes], served: list[x509.Certificate]) -> list[CertObservation]:
+        observations = []
+        for index, (der, cert) in enumerate(zip(ders, served, strict=True)):
+            facts = self._facts.get(der)
+            if facts is None:
+                facts = facts_from_certificate(cert)
+                with self._lock:
+                    if len(self._facts) >= MEMO_SIZE:
+                        self._facts.clear()
+                    self._facts[der] = facts
+            observations.append(CertObservation(index, "leaf" if index == 0 else role_in_bundle(facts), facts))
+        return observations
+
+    def verdict(self, ders: list[bytes], served: list[x509.Certificate], name: str) -> Verdict:
+        key = (tuple(ders), name)
+        now = time.time()
+        cached = self._verdicts.get(key)
+        if cached is not None and now < cached[0]:
+            return cached[1]
+        verdict = verify_served_chain(served, self.trust, name, datetime.now(UTC))
+        boundaries = [
+            moment.timestamp()
+            for cert in (*served, *verdict.verified_path)
+            for moment in (cert.not_valid_before_utc, cert.not_valid_after_utc)
+        ]
+        expires = min([now + MEMO_MAX_AGE, *(b for b in boundaries if b > now)])
+        with self._lock:
+            if len(self._verdicts) >= MEMO_SIZE:
+                self._verdicts.clear()
+            self._verdicts[key] = (expires, verdict)
+        return verdict
 
 
-def _served_chain(tls: ssl.SSLSocket, limit: int) -> list[x509.Certificate]:
-    """Every certificate the server sent, in order, up to ``limit`` (none when the
-    handshake broke before the server's Certificate message)."""
+def _served_chain(tls: ssl.SSLSocket, limit: int) -> tuple[list[bytes], list[x509.Certificate]]:
+    """Every certificate the server sent, in order, up to ``limit``, as DER and
+    loaded (none when the handshake broke before the server's Certificate)."""
     sslobj: Any = getattr(tls, "_sslobj", None)
     raw = (sslobj.get_unverified_chain() if sslobj is not None else None) or []
-    chain = []
-    for item in raw[:limit]:
-        der = item if isinstance(item, bytes) else item.public_bytes(ssl._ssl.ENCODING_DER)  # type: ignore[attr-defined]
-        chain.append(x509.load_der_x509_certificate(der))
-    return chain
+    ders = [
+        item if isinstance(item, bytes) else item.public_bytes(ssl._ssl.ENCODING_DER)  # type: ignore[attr-defined]
+        for item in raw[:limit]
+    ]
+    return ders, [x509.load_der_x509_certificate(der) for der in ders]
 
 
 def _http_status(tls: ssl.SSLSocket, http: HttpCheck, host: str, ctx: ProbeContext) -> tuple[int, bytes]:
