@@ -1,0 +1,1350 @@
+"""Benchmark: the ``tls`` probe against blackbox_exporter and a bare Python client.
+
+One run builds a throw-away PKI (RSA-2048 and ECDSA P-256: a CA, a server leaf with
+SANs DNS:localhost and IP:127.0.0.1, and a clientAuth leaf each), starts one nginx
+(foreground, 2 workers, ``access_log off``, no session cache and no tickets, so every
+probe is a full handshake; TLS 1.2 and 1.3) with four listeners on 127.0.0.1 (RSA,
+EC, and the same two with ``ssl_verify_client on``; each serves leaf + CA) and
+Debian's ``prometheus-blackbox-exporter`` with one ``tcp``/``tls: true`` module per
+listener.  It then measures three clients, cell by cell, interleaved (for each
+config and concurrency the three clients run back to back, in an order rotated per
+repetition), and reports medians:
+
+``certscope``
+    ``probes.tls.TlsProbe`` built through the kind registry from ``TlsSettings``
+    (``trust=TrustSettings(system=False, ca_files=(ca,))``, a ``ClientCert`` for
+    mTLS), run through ``exporter.scheduler.run_target`` (the daemon's call: a fresh
+    ``ProbeContext`` with the deadline, the exception guard) on a shared
+    ``ThreadPoolExecutor`` of N threads, one future per probe, as a scheduler round
+    fans out.  It runs in its own subprocess, whose ``getrusage(RUSAGE_SELF)`` gives
+    the client CPU per probe.  A probe counts only if ``success`` is true (and, for
+    mTLS, the client certificate was ``accepted``) and the 2-certificate chain was
+    captured.
+``blackbox``
+    ``wrk`` with keep-alive connections to ``/probe?module=...&target=127.0.0.1:PORT``;
+    each request is one new TCP + TLS handshake by the exporter.  A Lua hook counts a
+    response only if it is a 200 carrying ``probe_success 1``.  CPU per probe is the
+    exporter's own (``/proc/<pid>/stat``, all its threads).
+``bare``
+    The floor of a Python client: ``socket.create_connection`` + ``wrap_socket`` with a
+    verifying context (CA file, hostname check; client cert for mTLS) +
+    ``getpeercert(binary_form=True)``, in the same thread-pool shape and its own
+    subprocess.
+
+Each cell runs at concurrency 1, 16 and 64 for a fixed time (``--seconds``, default
+2; ``wrk`` takes whole seconds, so blackbox runs ``max(1, round(seconds))``).  nginx's
+CPU per probe and the machine's other load (busy cores not accounted to the client,
+nginx or wrk) are recorded for every cell.  certscope alone is also run, at
+concurrency 64, on two mTLS variants with an ``http`` check (``GET /``): without one,
+every mTLS probe waits ``client_auth_wait`` (0.5 s) for a TLS 1.3 server to reject the
+client certificate, and nginx, which accepted it, stays silent for that long.
+
+"1,000 loopback endpoints": one scheduler round of 1,000 targets (all the same
+listener) on a 64-thread pool, wall time from the first submit to the last result;
+RSA, EC and the two ``+http`` mTLS variants each repetition, plain mTLS-EC once.
+
+The certscope client is profiled once (``py-spy record --nonblocking`` attached to its
+subprocess, EC at concurrency 16; cProfile of a sequential run if py-spy is missing).
+
+``--quick`` (a smoke test, about 25 s): concurrency 1 and 64 only, 0.5 s per run
+(blackbox 1 s), one repetition, no ``+http`` variants, the 1,000-endpoint round for
+EC only, no profile.
+
+Usage::
+
+    python bench/tls_probe.py [--quick] [--seconds N] [--repeats R] [--out bench/out]
+
+Results are printed and written to ``<out>/tls_probe.json`` (the raw py-spy samples
+to ``<out>/tls_probe.pyspy.txt``).  Every server and worker process runs in its own
+session under ``setpriv --pdeathsig KILL`` and is stopped at the end, on error and
+on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import datetime as dt
+import ipaddress
+import json
+import os
+import platform
+import pstats
+import resource
+import shutil
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import cryptography
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+HOST = "127.0.0.1"
+CONCURRENCIES = (1, 16, 64)
+QUICK_CONCURRENCIES = (1, 64)
+SIDES = ("certscope", "blackbox", "bare")
+ENDPOINT_ROUND = 1000
+ROUND_CONCURRENCY = 64
+PROFILE_CONCURRENCY = 16
+PROBE_TIMEOUT = 10.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+# Goals (docs/performance.md, after the shared performance baseline).
+GOAL_CPU_RATIO = 1.0  # certscope client CPU per probe <= 1.0x blackbox's
+GOAL_THROUGHPUT_RATIO = 0.9  # certscope probes/s at concurrency 64 >= 0.9x blackbox's
+GOAL_ROUND_SECONDS = {"rsa": 0.8, "ec": 0.8, "mtls-rsa": 1.3, "mtls-ec": 1.1}
+
+WRK_SCRIPT = r"""
+-- Count a response only if blackbox says the probe succeeded.
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) ok = 0; bad = 0; sample = "" end
+function response(status, headers, body)
+  if status == 200 and body ~= nil and string.find(body, "\nprobe_success 1\n", 1, true) then
+    ok = ok + 1
+  else
+    bad = bad + 1
+    if sample == "" then sample = tostring(status) .. " " .. string.sub(body or "", 1, 300) end
+  end
+end
+function done(summary, latency, requests)
+  local ok_total, bad_total, first = 0, 0, ""
+  for _, t in ipairs(threads) do
+    ok_total = ok_total + t:get("ok")
+    bad_total = bad_total + t:get("bad")
+    local s = t:get("sample")
+    if first == "" and s ~= nil and s ~= "" then first = s end
+  end
+  local e = summary.errors
+  io.write(string.format(
+    "RESULT requests=%.0f duration_us=%.0f ok=%.0f bad=%.0f connect=%.0f read=%.0f write=%.0f status=%.0f "
+    .. "timeout=%.0f p50_us=%.0f p99_us=%.0f\n",
+    summary.requests, summary.duration, ok_total, bad_total, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+  if first ~= "" then io.write("SAMPLE " .. (string.gsub(first, "\n", " | ")) .. "\n") end
+end
+"""
+
+
+# --------------------------------------------------------------------------- configs
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One thing probed: a listener, and how certscope is configured for it."""
+
+    name: str  # rsa | ec | mtls-rsa | mtls-ec | mtls-rsa+http | mtls-ec+http
+    key_kind: str  # rsa | ec
+    mtls: bool
+    http: bool = False  # certscope only: an HTTP GET / after the handshake
+
+    @property
+    def listener(self) -> str:
+        return ("mtls-" if self.mtls else "") + self.key_kind
+
+    @property
+    def module(self) -> str:
+        return f"{'mtls' if self.mtls else 'tls'}_{self.key_kind}"
+
+
+MAIN_VARIANTS = (
+    Variant("rsa", "rsa", False),
+    Variant("ec", "ec", False),
+    Variant("mtls-rsa", "rsa", True),
+    Variant("mtls-ec", "ec", True),
+)
+HTTP_VARIANTS = (Variant("mtls-rsa+http", "rsa", True, True), Variant("mtls-ec+http", "ec", True, True))
+VARIANTS = {v.name: v for v in (*MAIN_VARIANTS, *HTTP_VARIANTS)}
+
+
+# --------------------------------------------------------------------------- PKI
+
+
+def _private_key(kind: str) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
+    return rsa.generate_private_key(65537, 2048) if kind == "rsa" else ec.generate_private_key(ec.SECP256R1())
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "certscope bench"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+
+
+def _certificate(
+    common_name: str,
+    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey,
+    issuer_name: str,
+    issuer_key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey,
+    *,
+    role: str,  # ca | server | client
+) -> x509.Certificate:
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(_name(issuer_name))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=90))
+        .add_extension(x509.BasicConstraints(ca=role == "ca", path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    )
+    if role == "ca":
+        usage = x509.KeyUsage(True, False, False, False, False, True, True, False, False)
+        return builder.add_extension(usage, critical=True).sign(issuer_key, hashes.SHA256())
+    usage = x509.KeyUsage(True, False, role == "server" and isinstance(key, rsa.RSAPrivateKey), *[False] * 6)
+    eku = ExtendedKeyUsageOID.SERVER_AUTH if role == "server" else ExtendedKeyUsageOID.CLIENT_AUTH
+    builder = (
+        builder.add_extension(usage, critical=True)
+        .add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
+    )
+    if role == "server":
+        sans = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(HOST))]
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _pem(obj: x509.Certificate | rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
+    if isinstance(obj, x509.Certificate):
+        return obj.public_bytes(serialization.Encoding.PEM)
+    return obj.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def write_pki(directory: Path) -> None:
+    """``{kind}-ca.pem``, ``{kind}-chain.pem`` (leaf + CA), ``{kind}-leaf.key``,
+    ``{kind}-client.pem`` / ``.key`` for kind in rsa, ec."""
+    for kind in ("rsa", "ec"):
+        ca_key, leaf_key, client_key = _private_key(kind), _private_key(kind), _private_key(kind)
+        ca_name = f"bench {kind} CA"
+        ca = _certificate(ca_name, ca_key, ca_name, ca_key, role="ca")
+        leaf = _certificate("localhost", leaf_key, ca_name, ca_key, role="server")
+        client = _certificate("bench client", client_key, ca_name, ca_key, role="client")
+        files = {
+            f"{kind}-ca.pem": _pem(ca),
+            f"{kind}-chain.pem": _pem(leaf) + _pem(ca),
+            f"{kind}-leaf.key": _pem(leaf_key),
+            f"{kind}-client.pem": _pem(client),
+            f"{kind}-client.key": _pem(client_key),
+        }
+        for name, data in files.items():
+            (directory / name).write_bytes(data)
+
+
+# --------------------------------------------------------------------------- /proc accounting
+
+
+def process_cpu_seconds(pid: int, with_children: bool = False) -> float:
+    """utime + stime of ``pid`` (all its threads), plus its direct children's."""
+    pids = [pid]
+    if with_children:
+        with contextlib.suppress(OSError):
+            pids += [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    ticks = 0
+    for one in pids:
+        try:
+            fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / CLK_TCK
+
+
+def system_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies over all CPUs from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]
+    total = sum(values[:8])
+    return total - idle, total
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def cpu_pressure() -> str:
+    try:
+        return Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except OSError:
+        return "n/a"
+
+
+# --------------------------------------------------------------------------- processes
+
+
+class Managed:
+    """A child process in its own session, killed with its parent (setpriv
+    --pdeathsig); ``stop()`` is idempotent and kills the whole process group."""
+
+    def __init__(self, name: str, args: list[str], *, log: Path | None = None, pipes: bool = False) -> None:
+        self.name = name
+        prefix = ["setpriv", "--pdeathsig", "KILL", "--"] if shutil.which("setpriv") else []
+        self._log = open(log, "ab") if log else None
+        self.process = subprocess.Popen(
+            [*prefix, *args],
+            stdin=subprocess.PIPE if pipes else subprocess.DEVNULL,
+            stdout=subprocess.PIPE if pipes else (self._log or subprocess.DEVNULL),
+            stderr=self._log if self._log else None,
+            start_new_session=True,
+            text=pipes,
+        )
+        self.pid = self.process.pid
+        self._stopped = False
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 5.0) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, sig)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
+            self.process.wait()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)  # anything left in the group
+        for stream in (self.process.stdin, self.process.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        if self._log:
+            self._log.close()
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind((HOST, 0))
+            sockets.append(sock)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def wait_until(check: Callable[[], bool], what: str, process: Managed, log: Path, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not process.running():
+            break
+        with contextlib.suppress(OSError):
+            if check():
+                return
+        time.sleep(0.05)
+    tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+    raise RuntimeError(f"{what} did not start (exit status {process.process.poll()}):\n{tail}")
+
+
+def can_connect(port: int) -> bool:
+    with socket.create_connection((HOST, port), timeout=0.5):
+        return True
+
+
+def start_nginx(workdir: Path, pki: Path, ports: dict[str, int]) -> Managed:
+    servers = []
+    for listener, port in ports.items():
+        kind = listener.removeprefix("mtls-")
+        verify = (
+            f"ssl_verify_client on; ssl_client_certificate {pki}/{kind}-ca.pem;" if listener.startswith("mtls") else ""
+        )
+        servers.append(
+            f"  server {{ listen {HOST}:{port} ssl; ssl_certificate {pki}/{kind}-chain.pem; "
+            f'ssl_certificate_key {pki}/{kind}-leaf.key; {verify} return 200 "ok\\n"; }}'
+        )
+    config = workdir / "nginx.conf"
+    config.write_text(
+        f"""daemon off;
+worker_processes 2;
+pid {workdir}/nginx.pid;
+error_log {workdir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {workdir}/client_body;
+  proxy_temp_path {workdir}/proxy;
+  fastcgi_temp_path {workdir}/fastcgi;
+  uwsgi_temp_path {workdir}/uwsgi;
+  scgi_temp_path {workdir}/scgi;
+  ssl_protocols TLSv1.2 TLSv1.3;
+  ssl_session_cache off;
+  ssl_session_tickets off;
+  keepalive_timeout 0;
+{chr(10).join(servers)}
+}}
+"""
+    )
+    log = workdir / "nginx.out"
+    nginx = Managed(
+        "nginx", ["nginx", "-p", str(workdir), "-c", str(config), "-e", str(workdir / "error.log")], log=log
+    )
+    wait_until(lambda: all(can_connect(p) for p in ports.values()), "nginx", nginx, workdir / "error.log")
+    return nginx
+
+
+def start_blackbox(workdir: Path, pki: Path, ports: dict[str, int], port: int) -> Managed:
+    lines = ["modules:"]
+    for variant in MAIN_VARIANTS:
+        tls = f"ca_file: {pki}/{variant.key_kind}-ca.pem"
+        if variant.mtls:
+            tls += f", cert_file: {pki}/{variant.key_kind}-client.pem, key_file: {pki}/{variant.key_kind}-client.key"
+        lines.append(
+            f"  {variant.module}:\n    prober: tcp\n    timeout: 30s\n    tcp: {{tls: true, tls_config: {{{tls}}}}}"
+        )
+    config = workdir / "blackbox.yml"
+    config.write_text("\n".join(lines) + "\n")
+    log = workdir / "blackbox.log"
+    blackbox = Managed(
+        "blackbox",
+        [
+            "prometheus-blackbox-exporter",
+            f"--config.file={config}",
+            f"--web.listen-address={HOST}:{port}",
+            "--log.level=warn",
+        ],
+        log=log,
+    )
+
+    def healthy() -> bool:
+        with urllib.request.urlopen(f"http://{HOST}:{port}/-/healthy", timeout=1) as response:
+            return bool(response.status == 200)
+
+    wait_until(healthy, "blackbox_exporter", blackbox, log)
+    return blackbox
+
+
+class Worker(Managed):
+    """A client subprocess (``--worker certscope|bare``) driven over JSON lines."""
+
+    def __init__(self, side: str, init: dict[str, Any]) -> None:
+        super().__init__(
+            f"worker-{side}", [sys.executable, str(Path(__file__).resolve()), "--worker", side], pipes=True
+        )
+        self.side = side
+        self._send(init)  # the reply is read by wait_ready(), so that workers start in parallel
+
+    def wait_ready(self) -> None:
+        reply = self._receive()
+        if not reply.get("ready"):
+            raise RuntimeError(f"{self.name} did not start: {reply}")
+
+    def _send(self, command: dict[str, Any]) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps(command) + "\n")
+        self.process.stdin.flush()
+
+    def call(self, command: dict[str, Any]) -> dict[str, Any]:
+        self._send(command)
+        return self._receive()
+
+    def _receive(self) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.name} exited (status {self.process.poll()})")
+        reply: dict[str, Any] = json.loads(line)
+        if "error" in reply:
+            raise RuntimeError(f"{self.name}: {reply['error']}")
+        return reply
+
+
+# --------------------------------------------------------------------------- worker side
+
+
+def _percentile(sorted_values: list[float], share: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * share))]
+
+
+class ClientWorker:
+    """Runs inside the worker subprocess: builds the clients, then runs commands."""
+
+    def __init__(self, side: str, init: dict[str, Any]) -> None:
+        self.side = side
+        pki = Path(init["pki"])
+        ports: dict[str, int] = init["ports"]
+        self.pools: dict[int, ThreadPoolExecutor] = {}
+        self.tasks: dict[str, Callable[[], tuple[bool, str]]] = {}
+        for variant in VARIANTS.values():
+            if side == "bare" and variant.http:
+                continue
+            port = ports[variant.listener]
+            builder = self._certscope_task if side == "certscope" else self._bare_task
+            self.tasks[variant.name] = builder(variant, pki, port)
+        for concurrency in {*CONCURRENCIES, ROUND_CONCURRENCY, PROFILE_CONCURRENCY}:
+            self._pool(concurrency)
+
+    def _pool(self, concurrency: int) -> ThreadPoolExecutor:
+        """A shared pool per concurrency, its threads started beforehand (the daemon's
+        pool lives as long as the config)."""
+        pool = self.pools.get(concurrency)
+        if pool is None:
+            pool = self.pools[concurrency] = ThreadPoolExecutor(concurrency, thread_name_prefix="target")
+            barrier = threading.Barrier(concurrency)
+            for future in [pool.submit(barrier.wait) for _ in range(concurrency)]:
+                future.result()
+        return pool
+
+    @staticmethod
+    def _certscope_task(variant: Variant, pki: Path, port: int) -> Callable[[], tuple[bool, str]]:
+        from exporter.config import ProbeConfig, Thresholds
+        from exporter.scheduler import run_target
+        from probes import KINDS
+        from probes.base import ProbeDefaults, Seconds, TrustSettings
+        from probes.tls import ClientCert, HttpCheck, TlsSettings
+
+        client = None
+        if variant.mtls:
+            client = ClientCert(
+                cert_file=str(pki / f"{variant.key_kind}-client.pem"),
+                key_file=str(pki / f"{variant.key_kind}-client.key"),
+            )
+        target = f"{HOST}:{port}"
+        settings = TlsSettings(
+            targets=(target,),
+            trust=TrustSettings(system=False, ca_files=(str(pki / f"{variant.key_kind}-ca.pem"),)),
+            client_cert=client,
+            http=HttpCheck() if variant.http else None,
+        )
+        defaults = ProbeDefaults()
+        config = ProbeConfig(
+            name=f"bench-{variant.name}",
+            kind="tls",
+            interval=Seconds(60),
+            timeout=Seconds(PROBE_TIMEOUT),
+            thresholds=Thresholds(),
+            labels={},
+            settings=settings,
+            defaults=defaults,
+        )
+        probe = KINDS["tls"].build(settings, defaults)
+
+        def task() -> tuple[bool, str]:
+            result, _ = run_target(probe, target, config)
+            served = sum(1 for c in result.certificates if c.role != "client")
+            tls = result.tls
+            ok = result.success and served == 2 and tls is not None
+            if ok and variant.mtls:
+                ok = tls is not None and tls.client_auth == "accepted"
+            detail = f"{tls.version} {tls.cipher} client_auth={tls.client_auth}" if tls else ""
+            return ok, detail if ok else f"{result.reason.value}: {result.message} served={served} {detail}"
+
+        return task
+
+    @staticmethod
+    def _bare_task(variant: Variant, pki: Path, port: int) -> Callable[[], tuple[bool, str]]:
+        context = ssl.create_default_context(cafile=str(pki / f"{variant.key_kind}-ca.pem"))
+        if variant.mtls:
+            context.load_cert_chain(
+                str(pki / f"{variant.key_kind}-client.pem"), str(pki / f"{variant.key_kind}-client.key")
+            )
+
+        def task() -> tuple[bool, str]:
+            try:
+                with (
+                    socket.create_connection((HOST, port), timeout=PROBE_TIMEOUT) as sock,
+                    context.wrap_socket(sock, server_hostname=HOST) as tls,
+                ):
+                    der = tls.getpeercert(binary_form=True)
+                    negotiated = f"{tls.version()} {(tls.cipher() or ('',))[0]}"
+            except (OSError, ssl.SSLError) as exc:
+                return False, repr(exc)
+            return bool(der), negotiated
+
+        return task
+
+    def run(self, command: dict[str, Any]) -> dict[str, Any]:
+        op = command["op"]
+        if op == "once":
+            ok, detail = self.tasks[command["variant"]]()
+            return {"ok": ok, "detail": detail}
+        if op == "cprofile":
+            return self._cprofile(command["variant"], float(command["seconds"]))
+        task = self.tasks[command["variant"]]
+        pool = self._pool(int(command["concurrency"]))
+        latencies: list[float] = []
+        failures: Counter[str] = Counter()
+        lock = threading.Lock()
+
+        def timed() -> None:
+            started = time.perf_counter()
+            try:
+                ok, detail = task()
+            except Exception as exc:  # noqa: BLE001 - counted as a failure
+                ok, detail = False, repr(exc)
+            elapsed = time.perf_counter() - started
+            with lock:
+                if ok:
+                    latencies.append(elapsed)
+                else:
+                    failures[detail[:200]] += 1
+
+        usage0 = resource.getrusage(resource.RUSAGE_SELF)
+        started = time.perf_counter()
+        if op == "round":
+            # One scheduler round: every target submitted at once, then every result awaited.
+            futures = [pool.submit(timed) for _ in range(int(command["count"]))]
+            for future in futures:
+                future.result()
+        else:
+            # Fixed duration, one future per probe; N + N/4 in flight or queued, so the
+            # pool never starves and the tail after the deadline stays short.
+            concurrency = int(command["concurrency"])
+            slots = threading.BoundedSemaphore(concurrency + max(1, concurrency // 4))
+            end = started + float(command["seconds"])
+            futures = []
+            while time.perf_counter() < end:
+                slots.acquire()
+                future = pool.submit(timed)
+                future.add_done_callback(lambda _: slots.release())
+                futures.append(future)
+            for future in futures:
+                future.result()
+        wall = time.perf_counter() - started
+        usage1 = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
+        latencies.sort()
+        return {
+            "probes": len(latencies),
+            "failures": sum(failures.values()),
+            "failure_samples": dict(failures.most_common(3)),
+            "wall_s": wall,
+            "cpu_s": cpu,
+            "p50_ms": _percentile(latencies, 0.50) * 1e3,
+            "p99_ms": _percentile(latencies, 0.99) * 1e3,
+        }
+
+    def _cprofile(self, variant: str, seconds: float) -> dict[str, Any]:
+        """Fallback profile without py-spy: sequential probes in this thread."""
+        task = self.tasks[variant]
+        profiler = cProfile.Profile()
+        end = time.perf_counter() + seconds
+        count = 0
+        profiler.enable()
+        while time.perf_counter() < end:
+            task()
+            count += 1
+        profiler.disable()
+        stats = pstats.Stats(profiler)
+        total = sum(row[2] for row in stats.stats.values())  # type: ignore[attr-defined]
+        rows = []
+        for (filename, line, function), (_, _, tottime, cumtime, _) in stats.stats.items():  # type: ignore[attr-defined]
+            rows.append((f"{function} ({_short_path(filename)}:{line})", tottime, cumtime))
+        self_top = sorted(rows, key=lambda r: -r[1])[:15]
+        incl_top = sorted(rows, key=lambda r: -r[2])[:25]
+        return {
+            "tool": "cProfile (sequential, main thread)",
+            "probes": count,
+            "self": [(name, tot / total) for name, tot, _ in self_top],
+            "inclusive": [(name, cum / total) for name, _, cum in incl_top],
+        }
+
+
+def worker_main(side: str) -> None:
+    """The worker subprocess: first line is the init command, then one command per line."""
+    out = sys.stdout
+    sys.stdout = sys.stderr  # nothing but replies on the pipe
+    worker: ClientWorker | None = None
+    for line in sys.stdin:
+        command = json.loads(line)
+        try:
+            if command.get("op") == "init":
+                worker = ClientWorker(side, command)
+                reply: dict[str, Any] = {"ready": True, "pid": os.getpid()}
+            elif command.get("op") == "quit":
+                break
+            else:
+                assert worker is not None
+                reply = worker.run(command)
+        except Exception as exc:  # noqa: BLE001 - reported to the driver
+            reply = {"error": repr(exc)}
+        out.write(json.dumps(reply) + "\n")
+        out.flush()
+    os._exit(0)  # do not wait for pool threads
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+@dataclass
+class Cell:
+    """One measured run of one client on one variant at one concurrency."""
+
+    side: str
+    variant: str
+    concurrency: int
+    repeat: int
+    probes: int
+    failures: int
+    wall_s: float
+    client_cpu_s: float
+    nginx_cpu_s: float
+    other_cores: float  # busy cores not accounted to the client, nginx or wrk
+    p50_ms: float
+    p99_ms: float
+    loadgen_cpu_s: float = 0.0
+    failure_samples: str = ""
+
+    @property
+    def valid(self) -> bool:
+        return self.failures == 0 and self.probes > 0
+
+    @property
+    def rate(self) -> float:
+        return self.probes / self.wall_s if self.wall_s else 0.0
+
+    @property
+    def cpu_ms(self) -> float:
+        return self.client_cpu_s * 1e3 / self.probes if self.probes else float("nan")
+
+    @property
+    def nginx_ms(self) -> float:
+        return self.nginx_cpu_s * 1e3 / self.probes if self.probes else float("nan")
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.args = args
+        self.workdir = workdir
+        self.pki = workdir / "pki"
+        self.cells: list[Cell] = []
+        self.rounds: list[dict[str, Any]] = []
+        self.processes: list[Managed] = []
+        self.workers: dict[str, Worker] = {}
+        self.nginx: Managed | None = None
+        self.blackbox: Managed | None = None
+        self.blackbox_port = 0
+        self.negotiated: dict[str, dict[str, str]] = {}
+        self.wrk_script = workdir / "check.lua"
+
+    # -- setup ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.pki.mkdir()
+        write_pki(self.pki)
+        *listener_ports, self.blackbox_port = free_ports(5)
+        self.ports = dict(zip((v.listener for v in MAIN_VARIANTS), listener_ports, strict=True))
+        self.nginx = start_nginx(self._dir("nginx"), self.pki, self.ports)
+        self.processes.append(self.nginx)
+        self.blackbox = start_blackbox(self._dir("blackbox"), self.pki, self.ports, self.blackbox_port)
+        self.processes.append(self.blackbox)
+        self.wrk_script.write_text(WRK_SCRIPT)
+        init = {"op": "init", "pki": str(self.pki), "ports": self.ports}
+        for side in ("certscope", "bare"):
+            worker = Worker(side, init)
+            self.processes.append(worker)
+            self.workers[side] = worker
+        for worker in self.workers.values():
+            worker.wait_ready()
+
+    def _dir(self, name: str) -> Path:
+        path = self.workdir / name
+        path.mkdir()
+        return path
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            if isinstance(process, Worker) and process.running():
+                with contextlib.suppress(OSError, ValueError):
+                    assert process.process.stdin is not None
+                    process.process.stdin.write('{"op": "quit"}\n')
+                    process.process.stdin.flush()
+            process.stop(signal.SIGQUIT if process is self.nginx else signal.SIGTERM)
+
+    def check(self) -> None:
+        """One probe per variant and client must succeed before anything is timed."""
+        for variant in VARIANTS.values():
+            found: dict[str, str] = {}
+            for side, worker in self.workers.items():
+                if side == "bare" and variant.http:
+                    continue
+                reply = worker.call({"op": "once", "variant": variant.name})
+                if not reply["ok"]:
+                    raise RuntimeError(f"{side} {variant.name}: {reply['detail']}")
+                found[side] = reply["detail"]
+            if not variant.http:
+                body = self._blackbox_once(variant)
+                if "\nprobe_success 1\n" not in body:
+                    raise RuntimeError(f"blackbox {variant.name}: probe failed:\n{body[-1500:]}")
+                found["blackbox"] = next(
+                    (line for line in body.splitlines() if line.startswith("probe_tls_version_info")), "?"
+                )
+            self.negotiated[variant.name] = found
+
+    def _blackbox_once(self, variant: Variant) -> str:
+        url = f"{self._probe_url(variant)}&debug=true"
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return str(response.read().decode())
+
+    def _probe_url(self, variant: Variant) -> str:
+        port = self.ports[variant.listener]
+        return f"http://{HOST}:{self.blackbox_port}/probe?module={variant.module}&target={HOST}:{port}"
+
+    # -- one cell ------------------------------------------------------------------
+
+    def measure(self, side: str, variant: Variant, concurrency: int, seconds: float, repeat: int) -> Cell:
+        assert self.nginx is not None and self.blackbox is not None
+        nginx0 = process_cpu_seconds(self.nginx.pid, with_children=True)
+        busy0, _ = system_ticks()
+        if side == "blackbox":
+            cell = self._measure_blackbox(variant, concurrency, seconds, repeat)
+        else:
+            reply = self.workers[side].call(
+                {"op": "run", "variant": variant.name, "concurrency": concurrency, "seconds": seconds}
+            )
+            cell = self._cell(side, variant.name, concurrency, repeat, reply)
+        busy1, _ = system_ticks()
+        cell.nginx_cpu_s = process_cpu_seconds(self.nginx.pid, with_children=True) - nginx0
+        ours = cell.client_cpu_s + cell.nginx_cpu_s + cell.loadgen_cpu_s
+        cell.other_cores = max(0.0, ((busy1 - busy0) / CLK_TCK - ours) / cell.wall_s) if cell.wall_s else 0.0
+        self.cells.append(cell)
+        mark = "" if cell.valid else f"  INVALID: {cell.failures} failures {cell.failure_samples}"
+        print(
+            f"  r{repeat} {variant.name:14s} c={concurrency:<3d} {side:9s} {cell.rate:8.0f}/s "
+            f"client {cell.cpu_ms:6.3f} ms/probe  nginx {cell.nginx_ms:6.3f} ms  "
+            f"p50 {cell.p50_ms:6.1f} ms  p99 {cell.p99_ms:6.1f} ms  other load {cell.other_cores:4.2f} cores{mark}",
+            flush=True,
+        )
+        return cell
+
+    @staticmethod
+    def _cell(side: str, variant: str, concurrency: int, repeat: int, reply: dict[str, Any]) -> Cell:
+        return Cell(
+            side=side,
+            variant=variant,
+            concurrency=concurrency,
+            repeat=repeat,
+            probes=int(reply["probes"]),
+            failures=int(reply["failures"]),
+            wall_s=float(reply["wall_s"]),
+            client_cpu_s=float(reply["cpu_s"]),
+            nginx_cpu_s=0.0,
+            other_cores=0.0,
+            p50_ms=float(reply["p50_ms"]),
+            p99_ms=float(reply["p99_ms"]),
+            failure_samples=json.dumps(reply.get("failure_samples", {}))[:300],
+        )
+
+    def _measure_blackbox(self, variant: Variant, concurrency: int, seconds: float, repeat: int) -> Cell:
+        assert self.blackbox is not None
+        duration = max(1, round(seconds))  # wrk takes whole seconds
+        command = [
+            "wrk",
+            f"-t{min(2, concurrency)}",
+            f"-c{concurrency}",
+            f"-d{duration}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(self.wrk_script),
+            self._probe_url(variant),
+        ]
+        loadgen0 = children_cpu_seconds()
+        blackbox0 = process_cpu_seconds(self.blackbox.pid)
+        output = subprocess.run(command, capture_output=True, text=True, check=False, timeout=duration + 60).stdout
+        blackbox1 = process_cpu_seconds(self.blackbox.pid)
+        loadgen = children_cpu_seconds() - loadgen0
+        result = next((line for line in output.splitlines() if line.startswith("RESULT ")), None)
+        if result is None:
+            raise RuntimeError(f"wrk gave no result:\n{output}")
+        values = {k: float(v) for k, v in (item.split("=") for item in result.split()[1:])}
+        errors = sum(values[k] for k in ("connect", "read", "write", "timeout"))
+        sample = next((line[7:] for line in output.splitlines() if line.startswith("SAMPLE ")), "")
+        return Cell(
+            side="blackbox",
+            variant=variant.name,
+            concurrency=concurrency,
+            repeat=repeat,
+            probes=int(values["ok"]),
+            failures=int(values["bad"] + errors),
+            wall_s=values["duration_us"] / 1e6,
+            client_cpu_s=blackbox1 - blackbox0,
+            nginx_cpu_s=0.0,
+            other_cores=0.0,
+            p50_ms=values["p50_us"] / 1e3,
+            p99_ms=values["p99_us"] / 1e3,
+            loadgen_cpu_s=loadgen,
+            failure_samples=sample[:300],
+        )
+
+    def endpoint_round(self, variant: Variant, repeat: int) -> dict[str, Any]:
+        assert self.nginx is not None
+        nginx0 = process_cpu_seconds(self.nginx.pid, with_children=True)
+        reply = self.workers["certscope"].call(
+            {"op": "round", "variant": variant.name, "concurrency": ROUND_CONCURRENCY, "count": ENDPOINT_ROUND}
+        )
+        nginx_cpu = process_cpu_seconds(self.nginx.pid, with_children=True) - nginx0
+        row = {
+            "variant": variant.name,
+            "repeat": repeat,
+            "targets": ENDPOINT_ROUND,
+            "concurrency": ROUND_CONCURRENCY,
+            "probes_ok": reply["probes"],
+            "failures": reply["failures"],
+            "failure_samples": reply["failure_samples"],
+            "seconds": reply["wall_s"],
+            "client_cpu_ms_per_probe": reply["cpu_s"] * 1e3 / max(1, reply["probes"]),
+            "nginx_cpu_ms_per_probe": nginx_cpu * 1e3 / max(1, reply["probes"]),
+        }
+        self.rounds.append(row)
+        print(
+            f"  r{repeat} 1,000 endpoints {variant.name:14s} {row['seconds']:.3f} s "
+            f"({row['client_cpu_ms_per_probe']:.3f} ms CPU/probe, failures {row['failures']})",
+            flush=True,
+        )
+        return row
+
+    # -- profile -------------------------------------------------------------------
+
+    def profile(self, seconds: float) -> dict[str, Any]:
+        worker = self.workers["certscope"]
+        pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        command = {"op": "run", "variant": "ec", "concurrency": PROFILE_CONCURRENCY, "seconds": seconds}
+        if not os.access(pyspy, os.X_OK):
+            print("  py-spy not found: cProfile of a sequential run instead", flush=True)
+            return worker.call({"op": "cprofile", "variant": "ec", "seconds": seconds})
+        raw = self.args.out / "tls_probe.pyspy.txt"
+        spy = Managed(
+            "py-spy",
+            [
+                pyspy,
+                "record",
+                "--pid",
+                str(worker.pid),
+                "--rate",
+                "250",
+                "--nonblocking",  # in blocking mode py-spy 0.4 counts idle pool threads as busy
+                "--format",
+                "raw",
+                "--output",
+                str(raw),
+            ],
+            log=self.workdir / "py-spy.log",
+        )
+        self.processes.append(spy)
+        time.sleep(1.0)  # attach
+        reply = worker.call(command)
+        time.sleep(0.2)
+        spy.stop(signal.SIGINT, timeout=20)  # py-spy writes its output on SIGINT
+        if not raw.exists():
+            log = (self.workdir / "py-spy.log").read_text(errors="replace")[-1500:]
+            print(f"  py-spy wrote nothing:\n{log}", flush=True)
+            return {"tool": "py-spy", "error": log}
+        summary = summarize_pyspy(raw.read_text())
+        summary.update(
+            {
+                "tool": "py-spy record --rate 250 --nonblocking (attached; idle threads excluded)",
+                "variant": "ec",
+                "concurrency": PROFILE_CONCURRENCY,
+                "probes": reply["probes"],
+                "rate_under_profiler": reply["probes"] / reply["wall_s"],
+                "cpu_ms_per_probe_under_profiler": reply["cpu_s"] * 1e3 / max(1, reply["probes"]),
+                "raw": str(raw),
+            }
+        )
+        return summary
+
+
+def _short_path(path: str) -> str:
+    with contextlib.suppress(ValueError):
+        return str(Path(path).resolve().relative_to(REPO_ROOT))
+    parts = Path(path).parts
+    if "site-packages" in parts:
+        return "/".join(parts[parts.index("site-packages") + 1 :])
+    return Path(path).name
+
+
+# Frames every sample of a pool thread passes through: left out of the printed
+# inclusive list (kept in the JSON).
+_PLUMBING = frozenset(
+    {
+        "Thread._bootstrap",
+        "Thread._bootstrap_inner",
+        "Thread.run",
+        "_worker",
+        "_WorkItem.run",
+        "ClientWorker.run.<locals>.timed",
+        "ClientWorker._certscope_task.<locals>.task",
+        "ClientWorker.run",
+        "worker_main",
+        "main",
+        "<module>",
+    }
+)
+
+
+def summarize_pyspy(raw: str) -> dict[str, Any]:
+    """Self and inclusive shares per function from py-spy's collapsed stacks
+    (``frame;frame;... count``, each frame ``function (file:line)``).  Shares are of
+    all samples of busy threads, i.e. of the client's CPU time."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in raw.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = []
+        for frame in stack.split(";"):
+            name, _, where = frame.partition(" (")
+            filename = where.rsplit(":", 1)[0].rstrip(")")
+            frames.append(f"{name} ({_short_path(filename)})" if filename else name)
+        own[frames[-1]] += count
+        for frame in set(frames):
+            inclusive[frame] += count
+    if not total:
+        return {"samples": 0, "self": [], "inclusive": [], "inclusive_all": []}
+    ranked = inclusive.most_common()
+    return {
+        "samples": total,
+        "self": [(name, n / total) for name, n in own.most_common(20)],
+        "inclusive": [(name, n / total) for name, n in ranked if name.split(" (")[0] not in _PLUMBING][:40],
+        "inclusive_all": [(name, n / total) for name, n in ranked[:60]],
+    }
+
+
+# --------------------------------------------------------------------------- report
+
+
+def median_of(cells: list[Cell], attribute: str) -> float:
+    values = [getattr(c, attribute) for c in cells if c.valid]
+    return statistics.median(values) if values else float("nan")
+
+
+def summarize(cells: list[Cell]) -> list[dict[str, Any]]:
+    rows = []
+    for variant in (*MAIN_VARIANTS, *HTTP_VARIANTS):
+        for concurrency in CONCURRENCIES:
+            row: dict[str, Any] = {"variant": variant.name, "concurrency": concurrency}
+            present = False
+            for side in SIDES:
+                group = [c for c in cells if (c.side, c.variant, c.concurrency) == (side, variant.name, concurrency)]
+                if not group:
+                    continue
+                present = True
+                rates = [c.rate for c in group if c.valid]
+                row[side] = {
+                    "probes_per_s": median_of(group, "rate"),
+                    "probes_per_s_range": [min(rates), max(rates)] if rates else None,
+                    "cpu_ms_per_probe": median_of(group, "cpu_ms"),
+                    "nginx_cpu_ms_per_probe": median_of(group, "nginx_ms"),
+                    "p50_ms": median_of(group, "p50_ms"),
+                    "p99_ms": median_of(group, "p99_ms"),
+                    "other_load_cores": median_of(group, "other_cores"),
+                    "runs": len(group),
+                    "invalid_runs": sum(1 for c in group if not c.valid),
+                }
+            if not present:
+                continue
+            cs, bb = row.get("certscope"), row.get("blackbox")
+            if cs and bb:
+                row["throughput_ratio"] = cs["probes_per_s"] / bb["probes_per_s"]
+                row["cpu_ratio"] = cs["cpu_ms_per_probe"] / bb["cpu_ms_per_probe"]
+            rows.append(row)
+    return rows
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    if value is None or value != value:  # None or NaN
+        return "-"
+    return format(value, spec)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| config | conc | certscope /s | blackbox /s | bare /s | certscope CPU ms/probe | blackbox CPU ms/probe "
+        "| bare CPU ms/probe | nginx CPU ms/probe (cs / bb) | throughput cs/bb | CPU cs/bb |"
+    )
+    lines = [head, "|" + "---|" * 11]
+    for row in rows:
+        cs, bb, bare = row.get("certscope", {}), row.get("blackbox", {}), row.get("bare", {})
+        lines.append(
+            f"| {row['variant']} | {row['concurrency']} | {_fmt(cs.get('probes_per_s'), ',.0f')} "
+            f"| {_fmt(bb.get('probes_per_s'), ',.0f')} | {_fmt(bare.get('probes_per_s'), ',.0f')} "
+            f"| {_fmt(cs.get('cpu_ms_per_probe'), '.3f')} | {_fmt(bb.get('cpu_ms_per_probe'), '.3f')} "
+            f"| {_fmt(bare.get('cpu_ms_per_probe'), '.3f')} "
+            f"| {_fmt(cs.get('nginx_cpu_ms_per_probe'), '.2f')} / {_fmt(bb.get('nginx_cpu_ms_per_probe'), '.2f')} "
+            f"| {_fmt(row.get('throughput_ratio'), '.2f')} | {_fmt(row.get('cpu_ratio'), '.2f')} |"
+        )
+    return "\n".join(lines)
+
+
+def round_summary(rounds: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for name in dict.fromkeys(r["variant"] for r in rounds):
+        group = [r for r in rounds if r["variant"] == name]
+        valid = [r for r in group if r["failures"] == 0]
+        seconds = [r["seconds"] for r in valid]
+        listener = VARIANTS[name].listener
+        blackbox = next(
+            (r.get("blackbox") for r in rows if r["variant"] == listener and r["concurrency"] == ROUND_CONCURRENCY),
+            None,
+        )
+        goal = GOAL_ROUND_SECONDS.get(listener)
+        median = statistics.median(seconds) if seconds else float("nan")
+        out.append(
+            {
+                "variant": name,
+                "median_s": median,
+                "range_s": [min(seconds), max(seconds)] if seconds else None,
+                "client_cpu_ms_per_probe": statistics.median(r["client_cpu_ms_per_probe"] for r in valid)
+                if valid
+                else float("nan"),
+                "runs": len(group),
+                "invalid_runs": len(group) - len(valid),
+                "blackbox_equivalent_s": ENDPOINT_ROUND / blackbox["probes_per_s"] if blackbox else None,
+                "goal_s": goal,
+                "goal_met": bool(median <= goal) if goal and seconds else None,
+            }
+        )
+    return out
+
+
+def goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for row in rows:
+        if row["concurrency"] != ROUND_CONCURRENCY or "throughput_ratio" not in row:
+            continue
+        out.append(
+            {
+                "variant": row["variant"],
+                "cpu_ratio": row["cpu_ratio"],
+                "cpu_goal_met": bool(row["cpu_ratio"] <= GOAL_CPU_RATIO),
+                "throughput_ratio": row["throughput_ratio"],
+                "throughput_goal_met": bool(row["throughput_ratio"] >= GOAL_THROUGHPUT_RATIO),
+            }
+        )
+    return out
+
+
+def _command_output(command: list[str]) -> str:
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unavailable ({exc})"
+    return (result.stdout + result.stderr).strip().splitlines()[0] if (result.stdout + result.stderr).strip() else ""
+
+
+def machine() -> dict[str, Any]:
+    cpu_model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    from cryptography.hazmat.backends.openssl.backend import backend
+
+    commit = _command_output(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"])
+    dirty = _command_output(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--", "probes", "exporter"])
+    return {
+        "certscope_commit": commit + (" (probes/ or exporter/ modified)" if dirty else ""),
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "kernel": platform.release(),
+        "debian": Path("/etc/debian_version").read_text().strip() if Path("/etc/debian_version").exists() else "",
+        "python": platform.python_version(),
+        "python_ssl": ssl.OPENSSL_VERSION,
+        "cryptography": cryptography.__version__,
+        "cryptography_openssl": backend.openssl_version_text(),
+        "nginx": _command_output(["nginx", "-v"]),
+        "blackbox_exporter": _command_output(["prometheus-blackbox-exporter", "--version"]),
+        "wrk": _command_output(["wrk", "-v"]),
+        "py_spy": _command_output([shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"), "-V"]),
+    }
+
+
+def noise() -> dict[str, Any]:
+    return {"loadavg": Path("/proc/loadavg").read_text().strip(), "cpu_pressure": cpu_pressure()}
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _interleaved(repeat: int) -> tuple[str, ...]:
+    """The three clients in an order rotated per repetition (A B C, B C A, C A B)."""
+    shift = repeat % len(SIDES)
+    return SIDES[shift:] + SIDES[:shift]
+
+
+@contextlib.contextmanager
+def terminate_on_sigterm() -> Iterator[None]:
+    def raise_exit(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, raise_exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    seconds: float = args.seconds
+    repeats: int = args.repeats
+    concurrencies = QUICK_CONCURRENCIES if args.quick else CONCURRENCIES
+    print(f"TLS probe benchmark: {seconds} s per run, {repeats} repetitions, concurrency {concurrencies}", flush=True)
+    started = time.monotonic()
+    noise_start = noise()
+    workdir = Path(tempfile.mkdtemp(prefix="certscope-tls-bench-"))
+    bench = Bench(args, workdir)
+    try:
+        bench.start()
+        print(
+            f"nginx pid {bench.nginx.pid if bench.nginx else '?'} ports {bench.ports}; blackbox :{bench.blackbox_port}"
+        )
+        bench.check()
+        for name, found in bench.negotiated.items():
+            print(f"  {name}: {found}")
+        for repeat in range(repeats):
+            print(f"repetition {repeat + 1}/{repeats}", flush=True)
+            for variant in MAIN_VARIANTS:
+                for concurrency in concurrencies:
+                    for side in _interleaved(repeat + concurrency):
+                        bench.measure(side, variant, concurrency, seconds, repeat)
+            if not args.quick:
+                for variant in HTTP_VARIANTS:
+                    bench.measure("certscope", variant, ROUND_CONCURRENCY, seconds, repeat)
+        print("1,000 loopback endpoints (one round, 64 threads)", flush=True)
+        round_variants = [VARIANTS["ec"]] if args.quick else [VARIANTS["rsa"], VARIANTS["ec"], *HTTP_VARIANTS]
+        for repeat in range(max(1, repeats)):
+            for variant in round_variants:
+                bench.endpoint_round(variant, repeat)
+        profile: dict[str, Any] = {"skipped": "--quick"}
+        if not args.quick:
+            # Every probe waits client_auth_wait (0.5 s): about 8 s per round, so once.
+            bench.endpoint_round(VARIANTS["mtls-ec"], 0)
+            print(f"profile: certscope, ec, concurrency {PROFILE_CONCURRENCY}", flush=True)
+            profile = bench.profile(max(3.0, seconds))
+    finally:
+        bench.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    rows = summarize(bench.cells)
+    return {
+        "generated": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv),
+        "settings": {
+            "seconds": seconds,
+            "blackbox_seconds": max(1, round(seconds)),
+            "repeats": repeats,
+            "concurrencies": concurrencies,
+            "quick": args.quick,
+        },
+        "machine": machine(),
+        "noise": {"start": noise_start, "end": noise()},
+        "elapsed_s": time.monotonic() - started,
+        "negotiated": bench.negotiated,
+        "summary": rows,
+        "goals_at_64": goals(rows),
+        "endpoint_round": round_summary(bench.rounds, rows),
+        "profile": profile,
+        "cells": [asdict(c) | {"rate": c.rate, "cpu_ms": c.cpu_ms, "valid": c.valid} for c in bench.cells],
+        "rounds": bench.rounds,
+    }
+
+
+def report(result: dict[str, Any]) -> None:
+    print()
+    print(table(result["summary"]))
+    print()
+    print("Goals at concurrency 64 (CPU cs/bb <= 1.0, throughput cs/bb >= 0.9):")
+    for goal in result["goals_at_64"]:
+        print(
+            f"  {goal['variant']:14s} CPU ratio {goal['cpu_ratio']:.2f} "
+            f"({'met' if goal['cpu_goal_met'] else 'NOT met'}), throughput ratio {goal['throughput_ratio']:.2f} "
+            f"({'met' if goal['throughput_goal_met'] else 'NOT met'})"
+        )
+    print("1,000 loopback endpoints, concurrency 64 (median):")
+    for row in result["endpoint_round"]:
+        verdict = "" if row["goal_met"] is None else ("met" if row["goal_met"] else "NOT met")
+        equivalent = row["blackbox_equivalent_s"]
+        print(
+            f"  {row['variant']:14s} {row['median_s']:.3f} s  (goal {row['goal_s']} s {verdict}; "
+            f"blackbox at its c=64 rate: {_fmt(equivalent, '.3f')} s; "
+            f"{row['client_cpu_ms_per_probe']:.3f} ms CPU/probe; runs {row['runs']}, invalid {row['invalid_runs']})"
+        )
+    profile = result["profile"]
+    if profile.get("self"):
+        print(f"Profile ({profile['tool']}, {profile.get('samples', profile.get('probes'))} samples):")
+        print("  inclusive (thread and pool plumbing left out):")
+        for name, share in profile["inclusive"][:25]:
+            print(f"    {share * 100:5.1f}%  {name}")
+        print("  self:")
+        for name, share in profile["self"][:15]:
+            print(f"    {share * 100:5.1f}%  {name}")
+    print(f"elapsed {result['elapsed_s']:.0f} s; noise start {result['noise']['start']}, end {result['noise']['end']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke test: concurrency 1 and 64, 0.5 s per run, 1 repetition"
+    )
+    parser.add_argument("--seconds", type=float, default=None, help="seconds per run (default 2, quick 0.5)")
+    parser.add_argument("--repeats", type=int, default=None, help="interleaved repetitions (default 3, quick 1)")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "out")
+    parser.add_argument("--worker", choices=("certscope", "bare"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        worker_main(args.worker)
+        return 0
+    args.seconds = args.seconds if args.seconds is not None else (0.5 if args.quick else 2.0)
+    args.repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
+    missing = [tool for tool in ("nginx", "prometheus-blackbox-exporter", "wrk") if not shutil.which(tool)]
+    if missing:
+        print(
+            f"missing: {', '.join(missing)} (apt-get install -y --no-install-recommends "
+            "nginx prometheus-blackbox-exporter wrk)",
+            file=sys.stderr,
+        )
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    with terminate_on_sigterm():
+        result = run(args)
+    path = args.out / "tls_probe.json"
+    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    report(result)
+    invalid = sum(1 for c in result["cells"] if not c["valid"])
+    print(f"wrote {path}" + (f"; {invalid} invalid runs (failures)" if invalid else ""))
+    return 1 if invalid else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
