@@ -24,3 +24,16 @@ def test_files_scan_benchmark_quick(tmp_path: Path) -> None:
     assert set(size["cases"]) >= {"bare_parse", "scandir_stat", "cold_scan", "warm_rescan"}
     assert size["ratios"]["cold_over_bare_parse"] > 0
     assert "cold_scan / bare_parse" in run.stdout
+
+
+def test_tls_probe_benchmark_quick(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, str(BENCH / "tls_probe.py"), "--quick", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    result = json.loads((tmp_path / "tls_probe.json").read_text())
+    assert result["goals_at_64"], "the certscope/blackbox ratios were computed"
+    assert "1,000 loopback endpoints" in run.stdout
