@@ -356,8 +356,8 @@ class RevocationChecker:
 
     def __init__(self, *, max_crl_bytes: int = 32 * 1024 * 1024, crl_refresh: float = 3600.0) -> None:
         self._lock = threading.Lock()
-        self._ocsp: OrderedDict[tuple[str, str, int], tuple[float, RevocationFacts]] = OrderedDict()
-        self._crls: dict[str, _CrlEntry] = {}
+        self._ocsp: OrderedDict[tuple[str, str, int, tuple[str, ...]], tuple[float, RevocationFacts]] = OrderedDict()
+        self._crls: dict[tuple[str, tuple[str, ...]], _CrlEntry] = {}
         self.max_crl_bytes = max_crl_bytes
         self.crl_refresh = crl_refresh
         self.requests = 0  # network requests made, for tests and benchmarks
@@ -377,7 +377,9 @@ class RevocationChecker:
         if not urls:
             return RevocationFacts("ocsp", NOT_APPLICABLE, Reason.OK, "", "the certificate names no OCSP responder")
         responder = urls[0]
-        key = (responder, _issuer_id(issuer), cert.serial_number)
+        # The egress policy is part of the key: an answer fetched under a looser
+        # policy must not reach a probe whose policy refuses the responder.
+        key = (responder, _issuer_id(issuer), cert.serial_number, allow_networks)
         with self._lock:
             cached = self._ocsp.get(key)
             if cached is not None and time.time() < cached[0]:
@@ -441,8 +443,9 @@ class RevocationChecker:
     ) -> tuple[CrlInfo, float | None, int | None]:
         """(CRL judgement, seconds the fetch took or None from cache, HTTP status).
         ``revalidate`` asks the server (conditionally) even before nextUpdate."""
+        cache_key = (url, allow_networks)
         with self._lock:
-            entry = self._crls.get(url)
+            entry = self._crls.get(cache_key)
         now_wall = time.time()
         if (
             not revalidate
@@ -484,7 +487,7 @@ class RevocationChecker:
         else:
             info = evaluate_crl(response.body, issuer, now)
         with self._lock:
-            self._crls[url] = _CrlEntry(
+            self._crls[cache_key] = _CrlEntry(
                 info, time.monotonic(), response.headers.get("etag"), response.headers.get("last-modified")
             )
         return info, response.seconds, response.status
