@@ -51,7 +51,8 @@ from probes.base import (
 )
 from probes.certparse import facts_from_certificate, role_in_bundle
 from probes.expect import EXPECT_REASONS, Expect, check
-from probes.revocation import CHECKER
+from probes.revocation import CHECKER, evaluate_ocsp, revocation_facts
+from probes.stapling import fetch_stapled_response
 from probes.starttls import PROTOCOLS, StartTlsError, upgrade
 from probes.verify import TrustStore, Verdict, verify_served_chain
 
@@ -105,6 +106,9 @@ class HttpCheck:
 class RevocationSettings:
     ocsp: bool = False
     crl: bool = False
+    # Ask the server to staple an OCSP response and judge it.  Python's ssl cannot
+    # ask (no status_request), so this is a second, pyOpenSSL handshake per run.
+    stapled: bool = False
     nonce: bool = False  # send an OCSP nonce (forces POST; many responders ignore it)
     # Fail the target when the state cannot be established, instead of only
     # exporting check_success 0 (what browsers call hard-fail).
@@ -390,7 +394,7 @@ class TlsProbe:
         finally:
             sock.close()
 
-        revocation = self._check_revocation(served, verdict, ctx)
+        revocation = self._check_revocation(served, verdict, ctx, (address, port, server_name))
         verified_not_after = (
             min(c.not_valid_after_utc for c in verdict.verified_path).timestamp() if verdict.verified_path else None
         )
@@ -447,12 +451,16 @@ class TlsProbe:
         )
 
     def _check_revocation(
-        self, served: list[x509.Certificate], verdict: Verdict, ctx: ProbeContext
+        self,
+        served: list[x509.Certificate],
+        verdict: Verdict,
+        ctx: ProbeContext,
+        endpoint: tuple[str, int, str],
     ) -> list[RevocationFacts]:
         """OCSP and/or CRL for every served certificate whose issuer is known: the
         next certificate on the verified path, else the next one served."""
         settings = self.settings.revocation
-        if settings is None or not (settings.ocsp or settings.crl):
+        if settings is None or not (settings.ocsp or settings.crl or settings.stapled):
             return []
         path = list(verdict.verified_path) or served
         started = time.monotonic()
@@ -478,8 +486,26 @@ class TlsProbe:
             if settings.crl:
                 found = CHECKER.check_crl(cert, issuer, None, deadline=ctx.deadline, allow_networks=self.allow_networks)
                 results.append(replace(found, index=index, role=role))
+        if settings.stapled and served:
+            issuer = path[1] if len(path) > 1 and path[1].subject == served[0].issuer else None
+            results.append(self._check_stapled(served[0], issuer, ctx, endpoint))
         ctx.record_phase("revocation", time.monotonic() - started)
         return results
+
+    def _check_stapled(
+        self, leaf: x509.Certificate, issuer: x509.Certificate | None, ctx: ProbeContext, endpoint: tuple[str, int, str]
+    ) -> RevocationFacts:
+        address, port, server_name = endpoint
+        try:
+            staple = fetch_stapled_response(address, port, server_name, ctx.deadline)
+        except OSError as exc:
+            return RevocationFacts("stapled", "unknown", Reason.OCSP_UNAVAILABLE, "", f"stapling handshake: {exc}")
+        if staple is None:
+            return RevocationFacts("stapled", "not_applicable", Reason.OK, "", "the server staples no OCSP response")
+        if issuer is None:
+            return RevocationFacts("stapled", "unknown", Reason.OCSP_BAD_RESPONSE, "", "the leaf's issuer is unknown")
+        judgement = evaluate_ocsp(staple, leaf, issuer, datetime.now(UTC))
+        return revocation_facts("stapled", "stapled", judgement, 0.0, None)
 
     def _handshake_failure(self, tls: ssl.SSLSocket, exc: ssl.SSLError) -> _Failure:
         text = f"{exc.reason or ''} {exc}".upper()

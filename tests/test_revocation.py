@@ -19,7 +19,16 @@ from probes.revocation import CHECKER
 from probes.tls import RevocationSettings, TlsProbe, TlsSettings
 from tests import servers
 from tests.helpers import DaemonProcess, find
-from tests.revocation_servers import HTTP_PATHS, RevocationStack, html_reply, refused_port, revocation_stack, tarpit
+from tests.revocation_servers import (
+    HTTP_PATHS,
+    RevocationStack,
+    html_reply,
+    ocsp_request,
+    python_ocsp_response,
+    refused_port,
+    revocation_stack,
+    tarpit,
+)
 
 LOCAL = ProbeDefaults(allow_networks=("127.0.0.0/8", "::1/128"))
 
@@ -247,3 +256,35 @@ def test_daemon_exports_revocation(stack: RevocationStack, start_daemon: Any) ->
     stale = stack.http.url(HTTP_PATHS["crl_stale"])
     assert find(metrics, "certscope_probe_status", target=stale)[0][0]["reason"] == "crl_stale"
     assert find(metrics, "certscope_crl_next_update_timestamp_seconds", target=stale)[0][1] < time.time()
+
+
+@pytest.mark.parametrize(
+    ("which", "variant", "state", "reason"),
+    [
+        ("good", "good", "good", "ok"),
+        ("revoked", "good", "revoked", "revoked"),  # "good" variant: status read from index.txt
+        ("good", "stale", "unknown", "ok"),  # soft-fail: the target passes, check_success says no
+        ("good", None, "not_applicable", "ok"),
+    ],
+)
+def test_stapled_ocsp(stack: RevocationStack, tmp_path: Path, which: str, variant: str | None, state: str,
+                      reason: str) -> None:  # fmt: skip
+    leaf = getattr(stack.pki, which)
+    extra: tuple[str, ...] = ()
+    if variant is not None:
+        staple = tmp_path / "staple.der"
+        request = ocsp_request(leaf.cert, stack.pki.ca.cert)
+        staple.write_bytes(python_ocsp_response(stack.pki, request, variant))  # type: ignore[arg-type]
+        extra = ("-status_file", str(staple))
+    server = servers.openssl_s_server(leaf.cert_path, leaf.key_path, None, extra_args=extra)
+    try:
+        target = f"127.0.0.1:{server.port}"
+        name = leaf.cert.subject.rfc4514_string().split("CN=")[1].split(",")[0]
+        settings = TlsSettings(
+            targets=(target,), server_name=name, trust=servers_trust(stack), revocation=RevocationSettings(stapled=True)
+        )
+        result = TlsProbe(settings, LOCAL).run(target, ProbeContext(deadline=time.monotonic() + 5))
+        (stapled,) = [r for r in result.revocation if r.method == "stapled"]
+        assert (stapled.state, result.reason.value) == (state, reason), stapled.message
+    finally:
+        server.stop()
