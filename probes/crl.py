@@ -27,7 +27,7 @@ from probes.base import (
     path_field,
 )
 from probes.certparse import facts_from_certificate
-from probes.revocation import CHECKER, crl_lookup, expand_paths, load_certificates, revocation_facts
+from probes.revocation import CHECKER, CRL_REASONS, crl_lookup, expand_paths, load_certificates, revocation_facts
 
 
 @dataclass(frozen=True)
@@ -53,10 +53,7 @@ class CrlSettings:
 class CrlProbe:
     kind: ClassVar[str] = "crl"
     target_reasons: ClassVar[tuple[Reason, ...]] = (
-        Reason.CRL_UNAVAILABLE,
-        Reason.CRL_BAD_SIGNATURE,
-        Reason.CRL_STALE,
-        Reason.CRL_TOO_LARGE,
+        *CRL_REASONS,
         Reason.REVOKED,
         Reason.INTERNAL_ERROR,
     )

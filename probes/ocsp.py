@@ -23,7 +23,7 @@ from probes.base import (
     path_field,
 )
 from probes.certparse import facts_from_certificate
-from probes.revocation import CHECKER, expand_paths, load_certificates
+from probes.revocation import CHECKER, OCSP_REASONS, expand_paths, load_certificates
 
 RESPONDER_FAILURES = (Reason.OCSP_UNAVAILABLE, Reason.OCSP_BAD_RESPONSE, Reason.OCSP_UNAUTHORIZED_SIGNER)
 
@@ -50,11 +50,7 @@ class OcspProbe:
     kind: ClassVar[str] = "ocsp"
     target_reasons: ClassVar[tuple[Reason, ...]] = (
         Reason.REVOKED,
-        Reason.OCSP_UNAVAILABLE,
-        Reason.OCSP_BAD_RESPONSE,
-        Reason.OCSP_UNAUTHORIZED_SIGNER,
-        Reason.OCSP_STALE,
-        Reason.OCSP_UNKNOWN_CERTIFICATE,
+        *OCSP_REASONS,
         Reason.READ_ERROR,
         Reason.INTERNAL_ERROR,
     )

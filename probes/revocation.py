@@ -41,6 +41,14 @@ from probes.base import Reason, RevocationFacts
 from probes.fetch import FetchError, fetch
 
 GOOD, REVOKED, UNKNOWN, NOT_APPLICABLE = "good", "revoked", "unknown", "not_applicable"
+OCSP_REASONS = (
+    Reason.OCSP_UNAVAILABLE,
+    Reason.OCSP_BAD_RESPONSE,
+    Reason.OCSP_UNAUTHORIZED_SIGNER,
+    Reason.OCSP_STALE,
+    Reason.OCSP_UNKNOWN_CERTIFICATE,
+)
+CRL_REASONS = (Reason.CRL_UNAVAILABLE, Reason.CRL_BAD_SIGNATURE, Reason.CRL_STALE, Reason.CRL_TOO_LARGE)
 DEFAULT_SKEW = timedelta(minutes=5)
 MAX_OCSP_BYTES = 64 * 1024
 MAX_OCSP_CACHE = 10_000

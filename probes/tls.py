@@ -51,7 +51,7 @@ from probes.base import (
 )
 from probes.certparse import facts_from_certificate, role_in_bundle
 from probes.expect import EXPECT_REASONS, Expect, check
-from probes.revocation import CHECKER, evaluate_ocsp, revocation_facts
+from probes.revocation import CHECKER, CRL_REASONS, OCSP_REASONS, evaluate_ocsp, revocation_facts
 from probes.stapling import fetch_stapled_response
 from probes.starttls import PROTOCOLS, StartTlsError, upgrade
 from probes.verify import TrustStore, Verdict, verify_served_chain
@@ -216,15 +216,8 @@ class TlsProbe:
         Reason.HTTP_FORBIDDEN,
         Reason.HTTP_UNEXPECTED_STATUS,
         Reason.REVOKED,
-        Reason.OCSP_UNAVAILABLE,
-        Reason.OCSP_BAD_RESPONSE,
-        Reason.OCSP_UNAUTHORIZED_SIGNER,
-        Reason.OCSP_STALE,
-        Reason.OCSP_UNKNOWN_CERTIFICATE,
-        Reason.CRL_UNAVAILABLE,
-        Reason.CRL_BAD_SIGNATURE,
-        Reason.CRL_STALE,
-        Reason.CRL_TOO_LARGE,
+        *OCSP_REASONS,
+        *CRL_REASONS,
         *EXPECT_REASONS,
         Reason.INTERNAL_ERROR,
     )
