@@ -37,3 +37,15 @@ def test_tls_probe_benchmark_quick(tmp_path: Path) -> None:
     result = json.loads((tmp_path / "tls_probe.json").read_text())
     assert result["goals_at_64"], "the certscope/blackbox ratios were computed"
     assert "1,000 loopback endpoints" in run.stdout
+
+
+def test_revocation_benchmark_quick(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, str(BENCH / "revocation.py"), "--quick", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert (tmp_path / "revocation.json").exists()
+    assert "OCSP cached network requests = 0" in run.stdout
