@@ -11,14 +11,19 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
-def test_files_scan_benchmark_quick(tmp_path: Path) -> None:
+def run_quick(script: str, out: Path, timeout: float) -> subprocess.CompletedProcess[str]:
     run = subprocess.run(
-        [sys.executable, str(BENCH / "files_scan.py"), "--quick", "--out", str(tmp_path)],
+        [sys.executable, str(BENCH / script), "--quick", "--out", str(out)],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
     )
-    assert run.returncode == 0, run.stderr
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return run
+
+
+def test_files_scan_benchmark_quick(tmp_path: Path) -> None:
+    run = run_quick("files_scan.py", tmp_path, 120)
     result = json.loads((tmp_path / "files_scan.json").read_text())
     (size,) = result["sizes"].values()
     assert set(size["cases"]) >= {"bare_parse", "scandir_stat", "cold_scan", "warm_rescan"}
@@ -27,25 +32,13 @@ def test_files_scan_benchmark_quick(tmp_path: Path) -> None:
 
 
 def test_tls_probe_benchmark_quick(tmp_path: Path) -> None:
-    run = subprocess.run(
-        [sys.executable, str(BENCH / "tls_probe.py"), "--quick", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    run = run_quick("tls_probe.py", tmp_path, 300)
     result = json.loads((tmp_path / "tls_probe.json").read_text())
     assert result["goals_at_64"], "the certscope/blackbox ratios were computed"
     assert "1,000 loopback endpoints" in run.stdout
 
 
 def test_revocation_benchmark_quick(tmp_path: Path) -> None:
-    run = subprocess.run(
-        [sys.executable, str(BENCH / "revocation.py"), "--quick", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    run = run_quick("revocation.py", tmp_path, 120)
     assert (tmp_path / "revocation.json").exists()
     assert "OCSP cached network requests = 0" in run.stdout
