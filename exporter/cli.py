@@ -11,8 +11,9 @@ import argparse
 import sys
 
 from exporter import __version__
-from exporter.config import ConfigError, default_config, load_config, parse_duration
+from exporter.config import ConfigError, default_config, load_config
 from exporter.logs import setup_logging
+from probes.base import parse_duration
 
 COMMANDS = ("run", "check-config", "scan", "probe", "version")
 ALLOW_HELP = "let revocation URLs reach this network (loopback and link-local are refused otherwise)"

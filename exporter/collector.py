@@ -133,6 +133,16 @@ class _Families:
         self.source_round = _gauge(
             p + "source_round_duration_seconds", "Duration of the source's last complete round.", SOURCE_LABELS
         )
+        self.source_scope_up = _gauge(
+            p + "source_scope_up",
+            "1 if this part of the source (a Kubernetes resource, namespace and type) is listed and watched.",
+            (*SOURCE_LABELS, "scope"),
+        )
+        self.watch_restarts = _counter(
+            p + "kubernetes_watch_restarts",
+            "Kubernetes watches restarted, by reason (expired: 410, relist; dropped; error; timeout: normal end).",
+            ("probe", "reason"),
+        )
         self.tls_handshake = _gauge(
             p + "tls_handshake_duration_seconds", "Duration of the last TLS handshake.", TARGET_LABELS
         )
@@ -277,6 +287,10 @@ def _render_probe(state: ProbeState, f: _Families) -> None:
         f.source_up.add(source_key, 1 if state.source.up else 0)
         f.source_objects.add(source_key, state.source.objects)
         f.source_round.add(source_key, state.source.round_duration_seconds)
+        for scope, up in state.source.scopes:
+            f.source_scope_up.add((*source_key, scope), 1 if up else 0)
+        for reason_value, count in state.source.watch_restarts:
+            f.watch_restarts.add((info.name, reason_value), count)
         for reason in info.source_reasons:
             f.source_errors.add((*source_key, reason.value), state.source.errors_total.get(reason.value, 0))
         for reason_value, count in state.source.errors_total.items():
@@ -397,9 +411,14 @@ def _render_certificate(
         cert.signature_algorithm,
         _sans_label(cert.sans),
     )
-    f.info.add((*cert_key, *identity, *owner_values), 1, extra)
-    f.threshold.add((*cert_key, "warning"), info.warning_seconds, extra)
-    f.threshold.add((*cert_key, "critical"), info.critical_seconds, extra)
+    f.info.add((*cert_key, *identity, *owner_values), 1, extra + ts.result.info_labels)
+    warning, critical = info.warning_seconds, info.critical_seconds
+    if ts.result.thresholds is not None:  # per-object policy (annotations); negative: not set
+        own_warning, own_critical = ts.result.thresholds
+        warning = own_warning if own_warning >= 0 else warning
+        critical = own_critical if own_critical >= 0 else critical
+    f.threshold.add((*cert_key, "warning"), warning, extra)
+    f.threshold.add((*cert_key, "critical"), critical, extra)
     rotation = ts.rotations.get((observation.index, observation.role))
     f.rotations.add(cert_key, rotation.count if rotation else 0, extra)
     if rotation is not None and rotation.last_timestamp is not None:

@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from probes import KINDS
-from probes.base import ByteSize, ProbeDefaults, Seconds, TrustSettings
+from probes.base import ByteSize, ProbeDefaults, Seconds, TrustSettings, parse_duration
 
 DEFAULT_LISTEN_ADDRESS = "127.0.0.1:9754"
 EMBEDDED_DEFAULT = "<embedded default>"
@@ -302,25 +302,6 @@ def _convert(hint: Any, value: Any, path: str, errors: list[str], metadata: Mapp
             errors.append(f"{path}: file not found: {value}")
         return value
     raise TypeError(f"config loader cannot handle {hint!r} at {path}")  # a bug in a settings class
-
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
-_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
-
-
-def parse_duration(text: str) -> float:
-    """'30s', '5m', '1h30m', '28d' -> seconds.  Raises ValueError."""
-    text = text.strip()
-    position = 0
-    total = 0.0
-    for match in _DURATION.finditer(text):
-        if match.start() != position:
-            break
-        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        position = match.end()
-    if not text or position != len(text):
-        raise ValueError(f"not a duration: {text!r} (use e.g. 30s, 5m, 1h30m, 28d)")
-    return total
 
 
 def _seconds(value: Any, path: str, errors: list[str]) -> Seconds:

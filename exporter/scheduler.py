@@ -107,6 +107,10 @@ class Scheduler:
 
     def _stop_locked(self, wait: bool) -> None:
         self._cancelled.set()
+        for _, probe in self._probes.values():
+            close = getattr(probe, "close", None)  # probes holding threads or connections
+            if close is not None:
+                close()
         if self._aps is not None:
             self._aps.shutdown(wait=wait)
             self._aps = None

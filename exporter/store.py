@@ -53,6 +53,8 @@ class SourceState:
     errors_total: Mapping[str, int]  # reason -> count, cumulative
     last_errors: frozenset[tuple[str, str]]  # (item, reason) of the latest round
     round_duration_seconds: float
+    scopes: tuple[tuple[str, bool], ...] = ()  # (scope, up) for sources made of parts
+    watch_restarts: tuple[tuple[str, int], ...] = ()  # (reason, cumulative count)
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,4 +265,6 @@ def _next_source_state(
         errors_total=MappingProxyType(counts),
         last_errors=frozenset((e.item, e.reason.value) for e in errors),
         round_duration_seconds=round_duration,
+        scopes=discovery.scopes,
+        watch_restarts=discovery.watch_restarts,
     )

@@ -10,6 +10,7 @@ from typing import Any
 from probes.base import Probe, ProbeDefaults
 from probes.crl import CrlProbe, CrlSettings
 from probes.files import FilesProbe, FilesSettings
+from probes.kubernetes import KubernetesProbe, KubernetesSettings
 from probes.ocsp import OcspProbe, OcspSettings
 from probes.tls import TlsProbe, TlsSettings
 
@@ -26,4 +27,5 @@ KINDS: dict[str, ProbeKind] = {
     "tls": ProbeKind("tls", TlsSettings, TlsProbe),
     "ocsp": ProbeKind("ocsp", OcspSettings, OcspProbe),
     "crl": ProbeKind("crl", CrlSettings, CrlProbe),
+    "kubernetes": ProbeKind("kubernetes", KubernetesSettings, KubernetesProbe),
 }

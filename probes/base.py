@@ -18,6 +18,7 @@ weigh several kilobytes once their fields have been read.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -27,6 +28,25 @@ from typing import Any, ClassVar, NewType, Protocol
 # Types the config loader understands beyond the builtins (exporter/config.py):
 Seconds = NewType("Seconds", float)  # "30s", "5m", "28d" or a number of seconds
 ByteSize = NewType("ByteSize", int)  # "16MiB", "512KiB" or a number of bytes
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
+
+
+def parse_duration(text: str) -> float:
+    """'30s', '5m', '1h30m', '28d' -> seconds.  Raises ValueError."""
+    text = text.strip()
+    position = 0
+    total = 0.0
+    for match in _DURATION.finditer(text):
+        if match.start() != position:
+            break
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        position = match.end()
+    if not text or position != len(text):
+        raise ValueError(f"not a duration: {text!r} (use e.g. 30s, 5m, 1h30m, 28d)")
+    return total
 
 
 def path_field(default: Any = None) -> Any:
@@ -236,6 +256,11 @@ class ProbeResult:
     # Labels that replace or join the target's own on its series; e.g. a target
     # probed per resolved address is labelled target=host:port, address=IP.
     target_labels: tuple[tuple[str, str], ...] = ()
+    # Labels for this target's ``certscope_cert_info`` only (owner, team, issuer from
+    # annotations): identity lives on info, numeric series keep small label sets.
+    info_labels: tuple[tuple[str, str], ...] = ()
+    # (warning, critical) seconds replacing the probe's thresholds for this target.
+    thresholds: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +273,11 @@ class Discovery:
     targets: tuple[str, ...]
     errors: tuple[SourceError, ...] = ()
     up: bool = True
+    # Sources made of several independently failing parts (a Kubernetes watch per
+    # namespace): (scope, up) of each, so one forbidden namespace is visible alone.
+    scopes: tuple[tuple[str, bool], ...] = ()
+    # Cumulative counters the source keeps itself: (reason, count) of watch restarts.
+    watch_restarts: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass

@@ -231,7 +231,7 @@ class FilesProbe:
             reason = _reason_for(exc, target)
             return failed(reason, started, _describe(reason, target, exc), errors=[_error(reason, target, exc)])
         parsed = parse_container(data, target, pkcs12_password=self._pkcs12_password)
-        result = _result(parsed, target, started, self.settings.expect)
+        result = container_result(parsed, target, started, self.settings.expect)
         self._cache[target] = (identity, result)
         return result
 
@@ -251,7 +251,7 @@ class FilesProbe:
         return None
 
 
-def _result(parsed: Parsed, target: str, started: float, expect: Expect | None) -> ProbeResult:
+def container_result(parsed: Parsed, target: str, started: float, expect: Expect | None) -> ProbeResult:
     observations, duplicates = bundle_observations(parsed.certificates, target)
     errors = parsed.errors + duplicates
     if expect is not None:
