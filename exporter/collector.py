@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import platform
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -38,6 +39,8 @@ IDENTITY_LABELS = (
     "sans",
 )
 SOURCE_LABELS = ("probe", "kind")
+STORED_KINDS = ("files", "kubernetes")  # certificates at rest, compared with what is served
+MAX_MISMATCH_LOCATIONS = 10  # stored locations reported per served certificate
 MAX_SANS_LABEL = 200  # characters; the sans label is for humans, not for joins
 
 
@@ -142,6 +145,12 @@ class _Families:
             p + "kubernetes_watch_restarts",
             "Kubernetes watches restarted, by reason (expired: 410, relist; dropped; error; timeout: normal end).",
             ("probe", "reason"),
+        )
+        self.served_mismatch = _gauge(
+            p + "cert_served_mismatch",
+            "1 if a newer certificate for the served names is stored at source_target (renewed, not served);"
+            " 0 if the served certificate is the one stored there.",
+            (*TARGET_LABELS, "source_probe", "source_kind", "source_target"),
         )
         self.tls_handshake = _gauge(
             p + "tls_handshake_duration_seconds", "Duration of the last TLS handshake.", TARGET_LABELS
@@ -276,6 +285,11 @@ def render(snapshot: Snapshot) -> list[Metric]:
         except Exception:
             broken += 1
             log.exception("cannot render the series of probe %s", state.info.name)
+    try:
+        _render_served_mismatch(snapshot, families)
+    except Exception:
+        broken += 1
+        log.exception("cannot render certscope_cert_served_mismatch")
     families.render_errors.add((), broken)
     return list(families.all())
 
@@ -334,6 +348,72 @@ def _render_probe(state: ProbeState, f: _Families) -> None:
             _render_certificate(
                 observation, ts, (*key, str(observation.index), observation.role), extra, info, owner_values, f
             )
+
+
+@dataclass(frozen=True, slots=True)
+class _Location:
+    probe: str
+    kind: str
+    target: str
+    not_before: float
+
+
+_StoredIndex = tuple[dict[str, list[_Location]], dict[tuple[str, ...], list[_Location]]]
+_index_memo: tuple[tuple[ProbeState, ...], _StoredIndex] | None = None
+
+
+def _stored_leaf_index(snapshot: Snapshot) -> _StoredIndex:
+    """Leaf certificates of the stored kinds, by fingerprint and by identity.  The
+    states are immutable, so the index of the same states is reused across scrapes."""
+    global _index_memo
+    states = tuple(s for s in snapshot.probes.values() if s.info.kind in STORED_KINDS)
+    memo = _index_memo
+    if memo is not None and len(memo[0]) == len(states) and all(a is b for a, b in zip(memo[0], states, strict=True)):
+        return memo[1]
+    by_fingerprint: dict[str, list[_Location]] = {}
+    by_identity: dict[tuple[str, ...], list[_Location]] = {}
+    for state in states:
+        for target, ts in state.targets.items():
+            for observation in ts.certificates:
+                if observation.role != "leaf":
+                    continue
+                cert = observation.cert
+                location = _Location(state.info.name, state.info.kind, target, cert.not_before)
+                by_fingerprint.setdefault(cert.fingerprint_sha256, []).append(location)
+                by_identity.setdefault(_identity_key(cert.sans, cert.subject), []).append(location)
+    _index_memo = (states, (by_fingerprint, by_identity))
+    return by_fingerprint, by_identity
+
+
+def _identity_key(sans: Sequence[str], subject: str) -> tuple[str, ...]:
+    # Renewals keep the names; they may change the issuer (a new intermediate).
+    return tuple(sorted(sans)) if sans else ("subject", subject)
+
+
+def _render_served_mismatch(snapshot: Snapshot, f: _Families) -> None:
+    """For each leaf a TLS probe was served: 0 per stored location (file, Secret)
+    holding the same certificate, or 1 per stored location holding a newer
+    certificate for the same names — renewed on disk or in the Secret, not yet
+    served.  No series when the served certificate is stored nowhere we look."""
+    served = [s for s in snapshot.probes.values() if s.info.kind == "tls" and s.targets]
+    if not served or not any(s.info.kind in STORED_KINDS for s in snapshot.probes.values()):
+        return
+    by_fingerprint, by_identity = _stored_leaf_index(snapshot)
+    for state in served:
+        for target, ts in state.targets.items():
+            leaf = next((o.cert for o in ts.certificates if o.index == 0 and o.role == "leaf"), None)
+            if leaf is None:
+                continue
+            key = (state.info.name, state.info.kind, target)
+            same = by_fingerprint.get(leaf.fingerprint_sha256)
+            if same:
+                locations, value = same, 0
+            else:
+                candidates = by_identity.get(_identity_key(leaf.sans, leaf.subject), [])
+                locations, value = [c for c in candidates if c.not_before > leaf.not_before], 1
+            for location in locations[:MAX_MISMATCH_LOCATIONS]:
+                labels = (*key, location.probe, location.kind, location.target)
+                f.served_mismatch.add(labels, value, ts.result.target_labels)
 
 
 def _render_tls(tls: TlsFacts, key: tuple[str, ...], extra: Extra, f: _Families) -> None:
