@@ -136,3 +136,39 @@ def test_store_keeps_counters_across_rounds_and_drops_vanished_targets() -> None
     store.configure([info()], "new config")
     assert store.publish_round(probe, Discovery(("/a",)), {"/a": (ok, 3.0)}, 0.1) == ([], [])
     assert render(store.snapshot())  # still renders
+
+
+def test_served_mismatch_compares_the_served_leaf_with_stored_ones() -> None:
+    from dataclasses import replace
+
+    served_old = FACTS
+    renewed = replace(FACTS, fingerprint_sha256="cd" * 32, not_before=FACTS.not_before + 86400)
+    unrelated = replace(FACTS, fingerprint_sha256="ef" * 32, sans=("other.test",), not_before=FACTS.not_before + 1)
+    older = replace(FACTS, fingerprint_sha256="01" * 32, not_before=FACTS.not_before - 86400)
+
+    def probe_state(name: str, kind: str, targets: dict[str, CertFacts]) -> ProbeState:
+        return ProbeState(
+            info=replace(info(name), kind=kind),
+            targets={t: target_state(CertObservation(0, "leaf", facts)) for t, facts in targets.items()},
+            source=None,
+        )
+
+    def mismatches(stored: dict[str, CertFacts]) -> list[tuple[str, float]]:
+        snapshot = Snapshot(
+            probes={
+                "site": probe_state("site", "tls", {"site:443": served_old}),
+                "disk": probe_state("disk", "files", stored),
+            }
+        )
+        samples = parse_metrics(scrape(snapshot))
+        return sorted(
+            (labels["source_target"], v)
+            for labels, v in find(samples, "certscope_cert_served_mismatch", probe="site", target="site:443")
+        )
+
+    # Renewed on disk (newer, same names) -> 1; an unrelated or older certificate -> nothing.
+    assert mismatches({"/new.pem": renewed, "/other.pem": unrelated, "/old-backup.pem": older}) == [("/new.pem", 1)]
+    # The served certificate is what the file holds -> 0, and the renewal is not reported.
+    assert mismatches({"/cur.pem": served_old, "/new.pem": renewed}) == [("/cur.pem", 0)]
+    # Stored nowhere: no series.
+    assert mismatches({"/other.pem": unrelated}) == []
