@@ -140,7 +140,7 @@ class Reason(StrEnum):
     INTERNAL_ERROR = "internal_error"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class CertFacts:
     """What certscope keeps of one certificate (about half a kilobyte)."""
 

@@ -17,8 +17,10 @@ broken still reports its expiry, with the problem listed in ``CertFacts.problems
 from __future__ import annotations
 
 import binascii
+import hashlib
 import re
 import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -89,11 +91,9 @@ def _parse_pem(data: bytes, name: str) -> Parsed:
         if block_type == b"TRUSTED CERTIFICATE":
             der = _first_der_element(der)
         try:
-            certificate = x509.load_der_x509_certificate(der)
+            certs.append(facts_from_der(der))
         except Exception as exc:  # noqa: BLE001 - any loader failure is a parse error
             errors.append(SourceError(Reason.PARSE_ERROR, item, f"{item}: not a valid certificate ({_short(exc)})"))
-            continue
-        certs.append(facts_from_certificate(certificate))
     if truncated:
         errors.append(
             SourceError(Reason.PARSE_ERROR, name, f"{name}: {truncated} PEM block(s) truncated (BEGIN without END)")
@@ -134,7 +134,7 @@ def _parse_binary(data: bytes, name: str, pkcs12_password: PasswordSource) -> Pa
     if _looks_like_pkcs12(data):
         return _load_pkcs12(data, name, pkcs12_password())
     try:
-        return Parsed((facts_from_certificate(x509.load_der_x509_certificate(data)),), ())
+        return Parsed((facts_from_der(data),), ())
     except Exception:  # noqa: BLE001 - not a DER certificate; try the next format
         pass
     certs: list[CertFacts] = []
@@ -196,6 +196,24 @@ def _first_der_element(der: bytes) -> bytes:
     count = length_octet & 0x7F
     length = int.from_bytes(der[2 : 2 + count], "big")
     return der[: 2 + count + length]
+
+
+# Facts of every certificate in use, by SHA-256 of its DER: the intermediate and root
+# repeated in thousands of Secrets or files are parsed once and kept once.  Weak
+# values: an entry goes when the last observation holding it does.
+_known: weakref.WeakValueDictionary[str, CertFacts] = weakref.WeakValueDictionary()
+
+
+def facts_from_der(der: bytes) -> CertFacts:
+    """``facts_from_certificate`` of a DER certificate, shared with every other
+    holder of the same bytes.  Raises what ``load_der_x509_certificate`` raises."""
+    fingerprint = hashlib.sha256(der).hexdigest()
+    known = _known.get(fingerprint)
+    if known is not None:
+        return known
+    facts = facts_from_certificate(x509.load_der_x509_certificate(der))
+    _known[fingerprint] = facts
+    return facts
 
 
 def facts_from_certificate(cert: x509.Certificate) -> CertFacts:

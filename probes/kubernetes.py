@@ -201,6 +201,7 @@ class _Stream:
 
     def stop(self) -> None:
         self._stop.set()
+        self.synced.set()  # nobody waits for a stream that is going away
 
     def view(self) -> list[_Stored]:
         with self._lock:
@@ -429,8 +430,8 @@ class KubernetesProbe:
     # -- lifecycle ---------------------------------------------------------------
 
     def _start(self) -> None:
-        """Connect and start the streams (on the first round, not at build time, so
-        that building a probe never touches the network)."""
+        """Start the streams (on the first round, not at build time, so that
+        building a probe never touches the network).  Called under ``_lock``."""
         settings = self.settings
         try:
             if settings.kubeconfig:
@@ -453,9 +454,6 @@ class KubernetesProbe:
         self._streams = [_Stream(scope, self._cluster, self) for scope in scopes]
         for stream in self._streams:
             stream.start()
-        deadline = time.monotonic() + settings.list_timeout
-        for stream in self._streams:
-            stream.synced.wait(max(0.0, deadline - time.monotonic()))
 
     def close(self) -> None:
         """Stop the streams (on reload or shutdown); their threads end on their own."""
@@ -478,6 +476,12 @@ class KubernetesProbe:
                 return Discovery((), up=False)
             if self._cluster is None and self._setup_error is None:
                 self._start()
+            streams = list(self._streams)
+        # The first round waits for the first complete list of every scope (or its
+        # failure), so that it reports a whole inventory; later rounds never wait.
+        deadline = time.monotonic() + self.settings.list_timeout
+        for stream in streams:
+            stream.synced.wait(max(0.0, deadline - time.monotonic()))
         with self._restarts_lock:
             restarts = tuple(sorted(self._restarts.items()))
         if self._setup_error is not None:
@@ -487,7 +491,7 @@ class KubernetesProbe:
         results: dict[str, ProbeResult] = {}
         errors: list[SourceError] = []
         scopes: list[tuple[str, bool]] = []
-        for stream in self._streams:
+        for stream in streams:
             scopes.append((stream.scope.name, stream.up))
             if stream.error is not None:
                 errors.append(stream.error)
