@@ -38,6 +38,7 @@ import json
 import logging
 import random
 import re
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -78,6 +79,8 @@ RESERVED_INFO_LABELS = frozenset(
     | {"key_type", "key_bits", "signature_algorithm", "sans", "instance", "job"}
     | {"secret_namespace", "secret_name", "secret_key", "configmap_namespace", "configmap_name", "configmap_key"}
 )
+SECRET_LABELS = ("secret_namespace", "secret_name", "secret_key")
+CONFIGMAP_LABELS = ("configmap_namespace", "configmap_name", "configmap_key")
 PRIVATE_KEY_KEYS = ("tls.key", "*.key", "ssh-privatekey", "*-key.pem", "*.key.pem")
 CONNECT_TIMEOUT = 10.0
 READ_MARGIN = 30.0  # seconds a watch may stay silent beyond its timeoutSeconds
@@ -391,8 +394,16 @@ def _object_key(obj: Mapping[str, Any]) -> tuple[str, str]:
     return str(metadata.get("namespace") or ""), str(metadata.get("name") or "")
 
 
+def _globs(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    """One compiled regex for a list of glob patterns (``fnmatch`` syntax)."""
+    return re.compile("|".join(fnmatch.translate(p) for p in patterns) or "(?!)")
+
+
+_PRIVATE_KEY_NAME = _globs(PRIVATE_KEY_KEYS)
+
+
 def _is_private_key_name(key: str) -> bool:
-    return any(fnmatch.fnmatchcase(key, pattern) for pattern in PRIVATE_KEY_KEYS)
+    return _PRIVATE_KEY_NAME.match(key) is not None
 
 
 class KubernetesProbe:
@@ -426,6 +437,8 @@ class KubernetesProbe:
         self._restarts: dict[str, int] = {"expired": 0, "dropped": 0, "error": 0, "timeout": 0}
         self._round: dict[str, ProbeResult] = {}
         self._closed = False
+        self._secret_keys = _globs(settings.keys)
+        self._configmap_keys = _globs(settings.configmap_keys)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -517,7 +530,8 @@ class KubernetesProbe:
 
     def parse_object(self, resource: str, obj: Mapping[str, Any], uid: str, version: str) -> _Stored:
         metadata = obj.get("metadata") or {}
-        namespace, name = str(metadata.get("namespace") or ""), str(metadata.get("name") or "")
+        # Interned: a namespace is repeated on every object in it, a key name on most.
+        namespace, name = sys.intern(str(metadata.get("namespace") or "")), str(metadata.get("name") or "")
         annotations = metadata.get("annotations") or {}
         object_item = f"{namespace}/{name}" if resource == "secrets" else f"configmap/{namespace}/{name}"
         errors: list[SourceError] = []
@@ -525,25 +539,21 @@ class KubernetesProbe:
         info_labels = self._info_labels(annotations)
         if resource == "secrets":
             encoded = obj.get("data") or {}
-            patterns, label_prefix = self.settings.keys, "secret"
+            wanted, label_names = self._secret_keys, SECRET_LABELS
             values = {key: (value, True) for key, value in encoded.items()}
         else:
-            patterns, label_prefix = self.settings.configmap_keys, "configmap"
+            wanted, label_names = self._configmap_keys, CONFIGMAP_LABELS
             values = {key: (value, False) for key, value in (obj.get("data") or {}).items()}
             values.update({key: (value, True) for key, value in (obj.get("binaryData") or {}).items()})
         results = []
         for key in sorted(values):
-            if _is_private_key_name(key) or not any(fnmatch.fnmatchcase(key, p) for p in patterns):
+            if _is_private_key_name(key) or not wanted.match(key):
                 continue  # never decoded
             value, is_base64 = values[key]
             if not value:
                 continue  # cert-manager leaves ca.crt empty for ACME issuers
             target = f"{object_item}/{key}"
-            labels = (
-                (f"{label_prefix}_namespace", namespace),
-                (f"{label_prefix}_name", name),
-                (f"{label_prefix}_key", key),
-            )
+            labels = tuple(zip(label_names, (namespace, name, sys.intern(key)), strict=True))
             result = self._parse_value(target, str(value), is_base64)
             results.append((target, _with_policy(result, labels, info_labels, thresholds)))
         return _Stored(uid, version, tuple(results), tuple(errors))

@@ -42,3 +42,11 @@ def test_revocation_benchmark_quick(tmp_path: Path) -> None:
     run = run_quick("revocation.py", tmp_path, 120)
     assert (tmp_path / "revocation.json").exists()
     assert "OCSP cached network requests = 0" in run.stdout
+
+
+def test_kubernetes_benchmark_quick(tmp_path: Path) -> None:
+    run = run_quick("kubernetes.py", tmp_path, 180)
+    result = json.loads((tmp_path / "kubernetes.json").read_text())
+    assert [r["helm_secrets"] for r in result["runs"]] == [0, 5]
+    assert all(r["certscope"]["targets"] == 2 * r["secrets"] for r in result["runs"])
+    assert "bare_parse" in run.stdout

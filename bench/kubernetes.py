@@ -1,0 +1,320 @@
+"""Benchmark: the ``kubernetes`` probe's first complete inventory, and its peak memory.
+
+The API server fixture (``tests/kube_apiserver.py``, real HTTP on 127.0.0.1) holds N
+``kubernetes.io/tls`` Secrets — ``tls.crt`` = a distinct leaf plus the shared
+intermediate, ``ca.crt`` = the root, ``tls.key`` = a key (never decoded) — and H Helm
+release Secrets of 1 MB each (type ``helm.sh/release.v1``).  The fixture runs in this
+process; each measured case runs in a fresh child process, so its peak RSS is its
+own:
+
+``bare``
+    The limit: paginated GETs (``limit=500``, ``fieldSelector=type=kubernetes.io/tls``)
+    with ``requests``, ``json`` parse of each page, base64 decode of every ``tls.crt``
+    and ``ca.crt`` value; nothing kept.
+``bare_parse``
+    ``bare``, plus each distinct certificate loaded with ``cryptography`` and the
+    fields certscope needs read into a tuple (``bench/files_scan.py``'s
+    ``bare_fields``), every Secret key's tuples kept: the least an inventory costs.
+``certscope``
+    ``KubernetesProbe.targets()`` until the first complete inventory (every Secret's
+    certificates parsed into facts and kept), then one ``run`` per target, as a
+    round does.
+
+Reported per case: seconds to the first complete inventory, peak RSS (``VmHWM``)
+and its growth over the child's RSS after imports.  The peak memory must not grow
+with H: the Helm Secrets are filtered out by the API server.
+
+Usage::
+
+    python bench/kubernetes.py [--sizes 10000,30000] [--helm 0,300] [--out bench/out] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from cryptography import x509  # noqa: E402
+from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
+from cryptography.x509.oid import NameOID  # noqa: E402
+
+TOKEN = "bench-token"
+PAGE = 500
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _ca(
+    common_name: str, key: ec.EllipticCurvePrivateKey, issuer: tuple[x509.Certificate, Any] | None
+) -> x509.Certificate:
+    now = dt.datetime.now(dt.UTC)
+    signer_name, signer_key = (issuer[0].subject, issuer[1]) if issuer else (_name(common_name), key)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(signer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(signer_key, hashes.SHA256())
+    )
+
+
+def populate(server: Any, size: int, helm: int) -> None:
+    """N TLS Secrets with distinct leaves (one shared key pair: signing is the cost
+    that matters here, and the key is never read) and H 1 MB Helm Secrets."""
+    root_key = ec.generate_private_key(ec.SECP256R1())
+    root = _ca("bench root", root_key, None)
+    intermediate_key = ec.generate_private_key(ec.SECP256R1())
+    intermediate = _ca("bench intermediate", intermediate_key, (root, root_key))
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    key_b64 = base64.b64encode(
+        leaf_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    ).decode()
+    intermediate_pem = intermediate.public_bytes(serialization.Encoding.PEM)
+    root_b64 = base64.b64encode(root.public_bytes(serialization.Encoding.PEM)).decode()
+    now = dt.datetime.now(dt.UTC)
+    for number in range(size):
+        name = f"app-{number}.bench.example"
+        leaf = (
+            x509.CertificateBuilder()
+            .subject_name(_name(name))
+            .issuer_name(intermediate.subject)
+            .public_key(leaf_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=60 + number % 30))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .sign(intermediate_key, hashes.SHA256())
+        )
+        chain = leaf.public_bytes(serialization.Encoding.PEM) + intermediate_pem
+        server.put(
+            "secrets",
+            {
+                "metadata": {"namespace": f"ns-{number % 50}", "name": f"tls-{number}"},
+                "type": "kubernetes.io/tls",
+                "data": {"tls.crt": base64.b64encode(chain).decode(), "tls.key": key_b64, "ca.crt": root_b64},
+            },
+        )
+    release = base64.b64encode(os.urandom(750_000)).decode()  # 1 MB once base64-encoded
+    for number in range(helm):
+        server.put(
+            "secrets",
+            {
+                "metadata": {"namespace": f"ns-{number % 50}", "name": f"sh.helm.release.v1.app-{number}.v1"},
+                "type": "helm.sh/release.v1",
+                "data": {"release": release},
+            },
+        )
+
+
+# --------------------------------------------------------------------------- children
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def _rss_kib() -> int:
+    return _status_kib("VmRSS")
+
+
+def child_bare(url: str) -> dict[str, Any]:
+    import requests
+
+    baseline = _rss_kib()
+    started = time.perf_counter()
+    session = requests.Session()
+    params = {"limit": str(PAGE), "fieldSelector": "type=kubernetes.io/tls"}
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    objects = 0
+    decoded = 0
+    while True:
+        page = session.get(url + "/api/v1/secrets", params=params, headers=headers, timeout=60).json()
+        for item in page["items"]:
+            objects += 1
+            for key in ("tls.crt", "ca.crt"):
+                decoded += len(base64.b64decode(item["data"][key]))
+        token = page["metadata"].get("continue")
+        del page
+        if not token:
+            break
+        params["continue"] = token
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "objects": objects, "decoded_bytes": decoded, **_peak(baseline)}
+
+
+def child_bare_parse(url: str) -> dict[str, Any]:
+    import requests
+
+    from bench.files_scan import bare_fields
+
+    baseline = _rss_kib()
+    started = time.perf_counter()
+    session = requests.Session()
+    params = {"limit": str(PAGE), "fieldSelector": "type=kubernetes.io/tls"}
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    known: dict[bytes, tuple[Any, ...]] = {}
+    inventory: dict[tuple[str, str, str], list[tuple[Any, ...]]] = {}
+    while True:
+        page = session.get(url + "/api/v1/secrets", params=params, headers=headers, timeout=60).json()
+        for item in page["items"]:
+            metadata = item["metadata"]
+            for key in ("tls.crt", "ca.crt"):
+                rows = []
+                for cert in x509.load_pem_x509_certificates(base64.b64decode(item["data"][key])):
+                    der = cert.public_bytes(serialization.Encoding.DER)
+                    if der not in known:
+                        known[der] = bare_fields(cert)
+                    rows.append(known[der])
+                inventory[(metadata["namespace"], metadata["name"], key)] = rows
+        token = page["metadata"].get("continue")
+        del page
+        if not token:
+            break
+        params["continue"] = token
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "targets": len(inventory), **_peak(baseline)}
+
+
+def child_certscope(url: str, workdir: str) -> dict[str, Any]:
+    from probes.base import ProbeContext
+    from probes.kubernetes import KubernetesProbe, KubernetesSettings
+
+    kubeconfig = Path(workdir) / "kubeconfig"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "current-context": "bench",
+                "contexts": [{"name": "bench", "context": {"cluster": "bench", "user": "bench"}}],
+                "clusters": [{"name": "bench", "cluster": {"server": url}}],
+                "users": [{"name": "bench", "user": {"token": TOKEN}}],
+            }
+        )
+    )
+    baseline = _rss_kib()
+    started = time.perf_counter()
+    probe = KubernetesProbe(KubernetesSettings(kubeconfig=str(kubeconfig), page_size=PAGE, list_timeout=600))
+    discovery = probe.targets()
+    listed = time.perf_counter() - started
+    ctx = ProbeContext(deadline=float("inf"))
+    certificates = sum(len(probe.run(target, ctx).certificates) for target in discovery.targets)
+    seconds = time.perf_counter() - started
+    assert discovery.up, discovery.errors
+    result = {
+        "seconds": seconds,
+        "list_seconds": listed,
+        "targets": len(discovery.targets),
+        "certificates": certificates,
+        **_peak(baseline),
+    }
+    probe.close()
+    return result
+
+
+def _peak(baseline_kib: int) -> dict[str, int]:
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork and exec, so a child
+    # of this (large) process would report the parent's peak.
+    peak = _status_kib("VmHWM")
+    return {"peak_rss_kib": peak, "baseline_rss_kib": baseline_kib, "peak_growth_kib": peak - baseline_kib}
+
+
+def run_child(case: str, url: str, workdir: Path) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", case, "--url", url, "--out", str(workdir)],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{case} child failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10000,30000")
+    parser.add_argument("--helm", default="0,300", help="1 MB Helm Secrets beside the TLS Secrets")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "out"))
+    parser.add_argument("--quick", action="store_true", help="a tiny run that checks the benchmark works")
+    parser.add_argument("--child", choices=("bare", "bare_parse", "certscope"))
+    parser.add_argument("--url")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.child == "bare":
+        print(json.dumps(child_bare(args.url)))
+        return
+    if args.child == "bare_parse":
+        print(json.dumps(child_bare_parse(args.url)))
+        return
+    if args.child == "certscope":
+        print(json.dumps(child_certscope(args.url, args.out)))
+        return
+
+    from tests.kube_apiserver import FakeApiServer
+
+    sizes = [200] if args.quick else [int(s) for s in args.sizes.split(",")]
+    helm_counts = [0, 5] if args.quick else [int(h) for h in args.helm.split(",")]
+    results: dict[str, Any] = {"machine": platform.platform(), "cpus": os.cpu_count(), "runs": []}
+    print(f"{'secrets':>8} {'helm':>5} {'case':>10} {'seconds':>8} {'peak RSS MiB':>13} {'growth MiB':>11}")
+    for size in sizes:
+        for helm in helm_counts:
+            server = FakeApiServer().start()
+            try:
+                server.allow(token=TOKEN)
+                populate(server, size, helm)
+                run: dict[str, Any] = {"secrets": size, "helm_secrets": helm}
+                for case in ("bare", "bare_parse", "certscope"):
+                    run[case] = run_child(case, server.url, out)
+                    figures = run[case]
+                    print(
+                        f"{size:>8} {helm:>5} {case:>10} {figures['seconds']:>8.2f}"
+                        f" {figures['peak_rss_kib'] / 1024:>13.1f} {figures['peak_growth_kib'] / 1024:>11.1f}"
+                    )
+                assert run["certscope"]["targets"] == 2 * size, run["certscope"]
+                ours, floor = run["certscope"], run["bare_parse"]
+                run["time_over_bare"] = ours["seconds"] / run["bare"]["seconds"]
+                run["time_over_bare_parse"] = ours["seconds"] / floor["seconds"]
+                run["growth_over_bare_parse"] = ours["peak_growth_kib"] / max(1, floor["peak_growth_kib"])
+                run["bytes_per_secret"] = ours["peak_growth_kib"] * 1024 / size
+                print(
+                    f"{'':>8} {'':>5} certscope: time {run['time_over_bare']:.2f}x bare,"
+                    f" {run['time_over_bare_parse']:.2f}x bare_parse; peak growth"
+                    f" {run['growth_over_bare_parse']:.2f}x bare_parse, {run['bytes_per_secret']:.0f} B per Secret"
+                )
+                results["runs"].append(run)
+            finally:
+                server.stop()
+    (out / "kubernetes.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
