@@ -251,15 +251,15 @@ class _Stream:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise KubeError(
-                    Reason.DEADLINE_EXCEEDED, f"list not complete after list_timeout={self._settings.list_timeout:g}s"
-                )
+                raise self._list_deadline()
             try:
                 response = self._cluster.get(
                     session, self.scope.path, params, timeout=(min(CONNECT_TIMEOUT, remaining), remaining)
                 )
                 page = response.json()
             except KubeError as exc:
+                if time.monotonic() >= deadline:  # the request was cut by the list's deadline
+                    raise self._list_deadline() from None
                 if exc.status == 410 and "continue" in params:
                     # The continue token expired mid-list (compaction): start over.
                     self._owner.count_restart("expired")
@@ -282,6 +282,10 @@ class _Stream:
                     self.items = fresh
                 return str(metadata.get("resourceVersion") or "")
             params["continue"] = str(token)
+
+    def _list_deadline(self) -> KubeError:
+        timeout = self._settings.list_timeout
+        return KubeError(Reason.DEADLINE_EXCEEDED, f"list not complete after list_timeout={timeout:g}s")
 
     def _watch(self, session: requests.Session, version: str, backoff: _Backoff) -> None:
         """Apply watch events until a relist is due (410, resync) or stop."""
@@ -492,7 +496,8 @@ class KubernetesProbe:
             streams = list(self._streams)
         # The first round waits for the first complete list of every scope (or its
         # failure), so that it reports a whole inventory; later rounds never wait.
-        deadline = time.monotonic() + self.settings.list_timeout
+        # A second more than the streams' own deadline, so that they report it themselves.
+        deadline = time.monotonic() + self.settings.list_timeout + 1
         for stream in streams:
             stream.synced.wait(max(0.0, deadline - time.monotonic()))
         with self._restarts_lock:
@@ -508,6 +513,9 @@ class KubernetesProbe:
             scopes.append((stream.scope.name, stream.up))
             if stream.error is not None:
                 errors.append(stream.error)
+            elif not stream.synced.is_set():
+                name = stream.scope.name
+                errors.append(SourceError(Reason.DEADLINE_EXCEEDED, name, f"{name}: first list still in progress"))
             for stored in stream.view():
                 errors.extend(stored.errors)
                 results.update(stored.results)

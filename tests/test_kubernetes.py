@@ -519,3 +519,42 @@ def test_api_errors_mark_the_scope_down_until_it_recovers(
     # Retried after a jittered backoff (0.25-0.5 s, then 0.5-1 s): up with the Secret.
     recovered = wait_for(lambda: (d := probe.targets()).up and d, 10, "the scope to recover")
     assert recovered.targets == ("ns/a/tls.crt",) and recovered.errors == ()
+
+
+def test_relabelled_out_secret_disappears(
+    api: FakeApiServer, kubeconfig: Path, pki: Pki, probes: list[KubernetesProbe]
+) -> None:
+    api.put("secrets", tls_secret("ns", "a", pki.valid, labels={"certscope.io/watch": "true"}))
+    api.put("secrets", tls_secret("ns", "b", pki.valid))
+    probe = make_probe(kubeconfig, label_selector="certscope.io/watch=true")
+    probes.append(probe)
+    assert set(inventory(probe)) == {"ns/a/tls.crt"}
+    api.put("secrets", tls_secret("ns", "a", pki.valid, labels={"certscope.io/watch": "false"}))
+    wait_for(lambda: inventory(probe) == {}, 10, "the relabelled Secret to go")
+
+
+def test_resync_lists_again_and_list_has_a_deadline(
+    api: FakeApiServer, kubeconfig: Path, pki: Pki, probes: list[KubernetesProbe]
+) -> None:
+    for number in range(3):
+        api.put("secrets", tls_secret("ns", f"s{number}", pki.valid))
+    probe = make_probe(kubeconfig, resync_interval=2)
+    probes.append(probe)
+    assert len(inventory(probe)) == 3
+
+    def lists() -> int:
+        return sum(1 for r in api.requests if "watch" not in r.query and r.path == "/api/v1/secrets")
+
+    wait_for(lambda: lists() >= 2, 10, "a resync list")
+    assert len(inventory(probe)) == 3
+
+    # One object per page and a deadline far shorter than 300 pages take.
+    for number in range(300):
+        api.put("secrets", tls_secret("slow", f"s{number}", pki.valid))
+    slow = make_probe(kubeconfig, namespaces=("slow",), page_size=1, list_timeout=0.2)
+    probes.append(slow)
+    discovery = slow.targets()
+    assert not discovery.up
+    [error] = discovery.errors
+    assert error.reason is Reason.DEADLINE_EXCEEDED
+    assert error.message == "secrets/slow/kubernetes.io/tls: list not complete after list_timeout=0.2s"
