@@ -33,6 +33,7 @@ IDENTITY_LABELS = (
     "issuer_cn",
     "serial",
     "fingerprint_sha256",
+    "spki_sha256",
     "key_type",
     "key_bits",
     "signature_algorithm",
@@ -151,6 +152,16 @@ class _Families:
             "1 if a newer certificate for the served names is stored at source_target (renewed, not served);"
             " 0 if the served certificate is the one stored there.",
             (*TARGET_LABELS, "source_probe", "source_kind", "source_target"),
+        )
+        self.key_exposed = _gauge(
+            p + "private_key_exposed",
+            "1 when a private key stored with this target is exposed, by cause (never decoded to tell).",
+            (*TARGET_LABELS, "cause"),
+        )
+        self.key_reuse = _gauge(
+            p + "key_reuse_subjects",
+            "Distinct certificate subjects sharing this public key, when more than one.",
+            ("spki_sha256", "key_type"),
         )
         self.tls_handshake = _gauge(
             p + "tls_handshake_duration_seconds", "Duration of the last TLS handshake.", TARGET_LABELS
@@ -285,11 +296,12 @@ def render(snapshot: Snapshot) -> list[Metric]:
         except Exception:
             broken += 1
             log.exception("cannot render the series of probe %s", state.info.name)
-    try:
-        _render_served_mismatch(snapshot, families)
-    except Exception:
-        broken += 1
-        log.exception("cannot render certscope_cert_served_mismatch")
+    for cross_probe in (_render_served_mismatch, _render_key_reuse):
+        try:
+            cross_probe(snapshot, families)
+        except Exception:
+            broken += 1
+            log.exception("cannot render %s", cross_probe.__name__)
     families.render_errors.add((), broken)
     return list(families.all())
 
@@ -330,6 +342,8 @@ def _render_probe(state: ProbeState, f: _Families) -> None:
         for reason_value, count in ts.failures_total.items():
             f.failures.add((*key, reason_value), count, extra)
         f.status.add((*key, ts.result.reason.value), 1, extra)
+        for cause in ts.result.key_exposure:
+            f.key_exposed.add((*key, cause), 1, extra)
         if ts.result.tls is not None:
             _render_tls(ts.result.tls, key, extra, f)
         for check in ts.result.revocation:
@@ -362,6 +376,18 @@ _StoredIndex = tuple[dict[str, list[_Location]], dict[tuple[str, ...], list[_Loc
 _index_memo: tuple[tuple[ProbeState, ...], _StoredIndex] | None = None
 
 
+def _readable_targets(states: Iterable[ProbeState]) -> Iterator[tuple[ProbeState, str, TargetState]]:
+    """Every target of ``states``, skipping a probe whose records cannot be read (its
+    own series are already counted in ``certscope_render_errors``)."""
+    for state in states:
+        try:
+            targets = [(target, ts) for target, ts in state.targets.items() if ts.certificates is not None]
+        except Exception:  # noqa: BLE001 - a broken record costs its probe only
+            continue
+        for target, ts in targets:
+            yield state, target, ts
+
+
 def _stored_leaf_index(snapshot: Snapshot) -> _StoredIndex:
     """Leaf certificates of the stored kinds, by fingerprint and by identity.  The
     states are immutable, so the index of the same states is reused across scrapes."""
@@ -372,15 +398,14 @@ def _stored_leaf_index(snapshot: Snapshot) -> _StoredIndex:
         return memo[1]
     by_fingerprint: dict[str, list[_Location]] = {}
     by_identity: dict[tuple[str, ...], list[_Location]] = {}
-    for state in states:
-        for target, ts in state.targets.items():
-            for observation in ts.certificates:
-                if observation.role != "leaf":
-                    continue
-                cert = observation.cert
-                location = _Location(state.info.name, state.info.kind, target, cert.not_before)
-                by_fingerprint.setdefault(cert.fingerprint_sha256, []).append(location)
-                by_identity.setdefault(_identity_key(cert.sans, cert.subject), []).append(location)
+    for state, target, ts in _readable_targets(states):
+        for observation in ts.certificates:
+            if observation.role != "leaf":
+                continue
+            cert = observation.cert
+            location = _Location(state.info.name, state.info.kind, target, cert.not_before)
+            by_fingerprint.setdefault(cert.fingerprint_sha256, []).append(location)
+            by_identity.setdefault(_identity_key(cert.sans, cert.subject), []).append(location)
     _index_memo = (states, (by_fingerprint, by_identity))
     return by_fingerprint, by_identity
 
@@ -414,6 +439,29 @@ def _render_served_mismatch(snapshot: Snapshot, f: _Families) -> None:
             for location in locations[:MAX_MISMATCH_LOCATIONS]:
                 labels = (*key, location.probe, location.kind, location.target)
                 f.served_mismatch.add(labels, value, ts.result.target_labels)
+
+
+_reuse_memo: tuple[tuple[ProbeState, ...], dict[tuple[str, str], int]] | None = None
+
+
+def _render_key_reuse(snapshot: Snapshot, f: _Families) -> None:
+    """Public keys found in certificates of more than one subject (a key baked into a
+    shared image, or copied between services).  Renewals keep their subject, so
+    they do not count."""
+    global _reuse_memo
+    states = tuple(snapshot.probes.values())
+    memo = _reuse_memo
+    if memo is None or len(memo[0]) != len(states) or any(a is not b for a, b in zip(memo[0], states, strict=True)):
+        subjects: dict[tuple[str, str], set[str]] = {}
+        for _state, _target, ts in _readable_targets(states):
+            for observation in ts.certificates:
+                cert = observation.cert
+                if cert.spki_sha256:
+                    subjects.setdefault((cert.spki_sha256, cert.key_type), set()).add(cert.subject)
+        memo = (states, {key: len(names) for key, names in subjects.items() if len(names) > 1})
+        _reuse_memo = memo
+    for (spki, key_type), count in memo[1].items():
+        f.key_reuse.add((spki, key_type), count)
 
 
 def _render_tls(tls: TlsFacts, key: tuple[str, ...], extra: Extra, f: _Families) -> None:
@@ -486,6 +534,7 @@ def _render_certificate(
         cert.issuer_cn,
         cert.serial,
         cert.fingerprint_sha256,
+        cert.spki_sha256,
         cert.key_type,
         str(cert.key_bits),
         cert.signature_algorithm,

@@ -159,6 +159,7 @@ class CertFacts:
     is_ca: bool
     self_issued: bool  # subject == issuer
     extended_key_usage: tuple[str, ...] = ()  # serverAuth, clientAuth, ... (dotted OID if unnamed)
+    spki_sha256: str = ""  # SHA-256 of the SubjectPublicKeyInfo: the same key in other certificates
     # Fields that could not be read (the certificate is still exported).
     problems: tuple[str, ...] = ()
 
@@ -261,6 +262,9 @@ class ProbeResult:
     info_labels: tuple[tuple[str, str], ...] = ()
     # (warning, critical) seconds replacing the probe's thresholds for this target.
     thresholds: tuple[float, float] | None = None
+    # Why a private key stored with this target is exposed (other_readable, ...),
+    # judged from PEM headers and file metadata; the key itself is never decoded.
+    key_exposure: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

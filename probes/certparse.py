@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from cryptography import utils as crypto_utils
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
@@ -229,7 +229,7 @@ def facts_from_certificate(cert: x509.Certificate) -> CertFacts:
 
     subject = attempt("subject", lambda: cert.subject.rfc4514_string(), "")
     issuer = attempt("issuer", lambda: cert.issuer.rfc4514_string(), "")
-    key_type, key_bits = attempt("public key", lambda: _key_type_and_bits(cert), ("unknown", 0))
+    key_type, key_bits, spki_sha256 = attempt("public key", lambda: _public_key_facts(cert), ("unknown", 0, ""))
     return CertFacts(
         fingerprint_sha256=cert.fingerprint(hashes.SHA256()).hex(),
         not_before=attempt("notBefore", lambda: cert.not_valid_before_utc.timestamp(), 0.0),
@@ -242,6 +242,7 @@ def facts_from_certificate(cert: x509.Certificate) -> CertFacts:
         sans=attempt("subjectAltName", lambda: _subject_alt_names(cert), ()),
         key_type=key_type,
         key_bits=key_bits,
+        spki_sha256=spki_sha256,
         signature_algorithm=attempt("signature algorithm", lambda: _signature_algorithm(cert), "unknown"),
         is_ca=attempt("basicConstraints", lambda: _is_ca(cert), False),
         # The RFC 4514 strings are already at hand; comparing them is 50x cheaper.
@@ -309,8 +310,14 @@ def _is_ca(cert: x509.Certificate) -> bool:
     return constraints.ca
 
 
-def _key_type_and_bits(cert: x509.Certificate) -> tuple[str, int]:
+def _public_key_facts(cert: x509.Certificate) -> tuple[str, int, str]:
+    """Key type, size, and the SHA-256 of the SubjectPublicKeyInfo (for key reuse)."""
     key = cert.public_key()
+    spki = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return (*_key_type_and_bits(key), hashlib.sha256(spki).hexdigest())
+
+
+def _key_type_and_bits(key: object) -> tuple[str, int]:
     if isinstance(key, rsa.RSAPublicKey):
         return "rsa", key.key_size
     if isinstance(key, ec.EllipticCurvePublicKey):

@@ -22,7 +22,7 @@ import re
 import stat
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from probes.base import (
@@ -83,6 +83,8 @@ class _Identity:
     inode: int
     size: int
     mtime_ns: int
+    mode: int  # chmod and chown change neither size nor mtime, and exposure depends on them
+    uid: int
 
 
 class FilesProbe:
@@ -221,7 +223,7 @@ class FilesProbe:
                 Reason.FILE_TOO_LARGE, started, message, errors=[SourceError(Reason.FILE_TOO_LARGE, target, message)]
             )
 
-        identity = _Identity(info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+        identity = _Identity(info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_mode, info.st_uid)
         cached = self._cache.get(target)
         if cached is not None and cached[0] == identity:
             return cached[1]  # its duration is that of the parse it saved
@@ -232,6 +234,9 @@ class FilesProbe:
             return failed(reason, started, _describe(reason, target, exc), errors=[_error(reason, target, exc)])
         parsed = parse_container(data, target, pkcs12_password=self._pkcs12_password)
         result = container_result(parsed, target, started, self.settings.expect)
+        exposure = key_exposure(parsed.other_blocks, info, target)
+        if exposure:
+            result = replace(result, key_exposure=exposure)
         self._cache[target] = (identity, result)
         return result
 
@@ -249,6 +254,25 @@ class FilesProbe:
             except OSError:
                 return None
         return None
+
+
+def key_exposure(block_types: tuple[str, ...], info: os.stat_result, path: str) -> tuple[str, ...]:
+    """Why an unencrypted private key in this file is exposed, judged from its PEM
+    block types and the file's metadata (the key is never decoded): readable by
+    group or others, or owned by another user than its directory."""
+    if not any(t.endswith("PRIVATE KEY") and not t.startswith("ENCRYPTED") for t in block_types):
+        return ()
+    causes = []
+    if info.st_mode & stat.S_IROTH:
+        causes.append("other_readable")
+    if info.st_mode & stat.S_IRGRP:
+        causes.append("group_readable")
+    try:
+        if os.stat(os.path.dirname(path) or ".").st_uid != info.st_uid:
+            causes.append("owner_mismatch")
+    except OSError:
+        pass
+    return tuple(causes)
 
 
 def container_result(parsed: Parsed, target: str, started: float, expect: Expect | None) -> ProbeResult:

@@ -404,6 +404,7 @@ def _globs(patterns: tuple[str, ...]) -> re.Pattern[str]:
 
 
 _PRIVATE_KEY_NAME = _globs(PRIVATE_KEY_KEYS)
+_PRIVATE_KEY_PEM = re.compile(r"-----BEGIN (?!ENCRYPTED )[A-Z0-9 ]*PRIVATE KEY-----")
 
 
 def _is_private_key_name(key: str) -> bool:
@@ -555,14 +556,21 @@ class KubernetesProbe:
             values.update({key: (value, True) for key, value in (obj.get("binaryData") or {}).items()})
         results = []
         for key in sorted(values):
-            if _is_private_key_name(key) or not wanted.match(key):
-                continue  # never decoded
             value, is_base64 = values[key]
-            if not value:
-                continue  # cert-manager leaves ca.crt empty for ACME issuers
+            # A ConfigMap is readable by anyone who may read the namespace's config: a
+            # private key there is exposed.  Seen from the PEM header; never decoded.
+            exposed = resource == "configmaps" and not is_base64 and _PRIVATE_KEY_PEM.search(str(value)) is not None
+            wanted_key = wanted.match(key) and not _is_private_key_name(key) and value
+            if not (wanted_key or exposed):
+                continue  # never decoded
             target = f"{object_item}/{key}"
             labels = tuple(zip(label_names, (namespace, name, sys.intern(key)), strict=True))
-            result = self._parse_value(target, str(value), is_base64)
+            if wanted_key:
+                result = self._parse_value(target, str(value), is_base64)
+            else:
+                result = ProbeResult(success=True, reason=Reason.OK, duration_seconds=0.0)
+            if exposed:
+                result = replace(result, key_exposure=("configmap",))
             results.append((target, _with_policy(result, labels, info_labels, thresholds)))
         return _Stored(uid, version, tuple(results), tuple(errors))
 
