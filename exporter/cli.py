@@ -8,12 +8,14 @@ means ``run``.
 from __future__ import annotations
 
 import argparse
+import re
+import socket
 import sys
 
 from exporter import __version__
 from exporter.config import ConfigError, default_config, load_config
 from exporter.logs import setup_logging
-from probes.base import parse_duration
+from probes.base import Shard, parse_duration
 
 COMMANDS = ("run", "check-config", "scan", "probe", "version")
 ALLOW_HELP = "let revocation URLs reach this network (loopback and link-local are refused otherwise)"
@@ -27,6 +29,13 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the daemon (the default command)")
     run.add_argument("--config.file", dest="config_file", help="YAML config; the embedded default when absent")
     run.add_argument("--web.listen-address", dest="listen_address", help="host:port (default 127.0.0.1:9754)")
+    run.add_argument(
+        "--shard.index",
+        dest="shard_index",
+        default="0",
+        help="this replica's shard, 0..count-1, or 'hostname' for the ordinal ending a StatefulSet pod's name",
+    )
+    run.add_argument("--shard.count", dest="shard_count", type=int, default=1, help="replicas sharing the work")
     run.add_argument("--log.level", dest="log_level", default="info", choices=["debug", "info", "warn", "error"])
     run.add_argument("--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"])
 
@@ -106,7 +115,32 @@ def main(argv: list[str] | None = None) -> int:
 
     level = "warning" if args.log_level == "warn" else args.log_level
     setup_logging(level, args.log_format)
-    return Daemon(args.config_file, args.listen_address).serve()
+    try:
+        shard = parse_shard(args.shard_index, args.shard_count, socket.gethostname())
+    except ValueError as exc:
+        print(f"certscope: {exc}", file=sys.stderr)
+        return 2
+    return Daemon(args.config_file, args.listen_address, shard).serve()
+
+
+def parse_shard(index: str, count: int, hostname: str) -> Shard:
+    """``--shard.index``/``--shard.count`` -> a Shard; 'hostname' takes the ordinal a
+    StatefulSet gives its pods (``certscope-2`` -> 2)."""
+    if count < 1:
+        raise ValueError(f"--shard.count must be at least 1, got {count}")
+    if index == "hostname":
+        match = re.search(r"-(\d+)$", hostname)
+        if match is None:
+            raise ValueError(f"--shard.index=hostname: {hostname!r} does not end in -<ordinal>")
+        number = int(match.group(1))
+    else:
+        try:
+            number = int(index)
+        except ValueError:
+            raise ValueError(f"--shard.index must be a number or 'hostname', got {index!r}") from None
+    if not 0 <= number < count:
+        raise ValueError(f"--shard.index {number} is outside 0..{count - 1} (--shard.count {count})")
+    return Shard(number, count)
 
 
 def _probe(args: argparse.Namespace) -> int:

@@ -18,16 +18,18 @@ from exporter.multi_target import ProbeRefused, probe_target
 from exporter.scheduler import Scheduler
 from exporter.store import ResultStore
 from exporter.web import WebApp, WebServer
+from probes.base import NO_SHARD, Shard
 
 log = logging.getLogger(__name__)
 
 
 class Daemon:
-    def __init__(self, config_file: str | None, listen_address: str | None = None) -> None:
+    def __init__(self, config_file: str | None, listen_address: str | None = None, shard: Shard = NO_SHARD) -> None:
         self.config_file = config_file
         self.listen_address_flag = listen_address
         self.store = ResultStore()
-        self.scheduler = Scheduler(self.store)
+        self.shard = shard
+        self.scheduler = Scheduler(self.store, shard)
         self.config: Config | None = None
         self._reload_lock = threading.Lock()
         self._stop = threading.Event()
@@ -74,9 +76,11 @@ class Daemon:
         self.store.record_reload(True)
         self.web.start()
         log.info(
-            "certscope started: config=%s probes=%d listening on %s:%d",
+            "certscope started: config=%s probes=%d shard=%d/%d listening on %s:%d",
             config.source,
             len(config.probes),
+            self.shard.index,
+            self.shard.count,
             host,
             self.web.port,
         )

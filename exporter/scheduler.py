@@ -5,6 +5,10 @@ One APScheduler 3.11 ``BackgroundScheduler`` job per configured probe, with
 runs once, not many times).  A round discovers the probe's targets, runs each one
 with its own deadline (``timeout``), and publishes the whole round to the store.
 
+With ``--shard.count`` above 1, a round keeps only the targets this replica owns
+(``Shard.owns``); a probe that shards itself (``shards_itself``, the kubernetes kind:
+by namespace, before parsing) is left to do so.
+
 Probes whose targets are network endpoints set ``concurrent_targets = True``; their
 targets fan out over a shared pool of ``global.concurrency`` threads.  Local kinds
 (files) run their targets in the job's own thread.
@@ -20,6 +24,7 @@ import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from apscheduler.executors.pool import ThreadPoolExecutor as JobExecutor
@@ -28,7 +33,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from exporter.config import Config, ProbeConfig
 from exporter.store import ProbeInfo, ResultStore
 from probes import KINDS
-from probes.base import Discovery, Probe, ProbeContext, ProbeResult, Reason, SourceError
+from probes.base import NO_SHARD, Discovery, Probe, ProbeContext, ProbeResult, Reason, Shard, SourceError
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +59,9 @@ def probe_info(config: ProbeConfig, probe: Probe) -> ProbeInfo:
 
 
 class Scheduler:
-    def __init__(self, store: ResultStore) -> None:
+    def __init__(self, store: ResultStore, shard: Shard = NO_SHARD) -> None:
         self._store = store
+        self._shard = shard
         self._lock = threading.Lock()
         self._aps: BackgroundScheduler | None = None
         self._targets_pool: ThreadPoolExecutor | None = None
@@ -71,7 +77,8 @@ class Scheduler:
         """Start probing ``config``, replacing any previous config's jobs."""
         probes: list[tuple[ProbeConfig, Probe, ProbeInfo]] = []
         for probe_config in config.probes:
-            probe = KINDS[probe_config.kind].build(probe_config.settings, probe_config.defaults)
+            defaults = replace(probe_config.defaults, shard=self._shard)
+            probe = KINDS[probe_config.kind].build(probe_config.settings, defaults)
             probes.append((probe_config, probe, probe_info(probe_config, probe)))
         concurrency = config.global_settings.concurrency
         with self._lock:
@@ -144,6 +151,9 @@ class Scheduler:
             discovery = Discovery(
                 (), (SourceError(Reason.INTERNAL_ERROR, config.name, f"discovery failed: {exc}"),), up=False
             )
+        if self._shard.count > 1 and not getattr(probe, "shards_itself", False):
+            owned = tuple(t for t in discovery.targets if self._shard.owns(t))
+            discovery = replace(discovery, targets=owned)
         results: dict[str, tuple[ProbeResult, float]] = {}
         if probe.concurrent_targets and len(discovery.targets) > 1:
             futures = {target: pool.submit(run_target, probe, target, config) for target in discovery.targets}

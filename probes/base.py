@@ -18,6 +18,7 @@ weigh several kilobytes once their fields have been read.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from collections.abc import Iterable
@@ -63,12 +64,33 @@ class TrustSettings:
 
 
 @dataclass(frozen=True)
+class Shard:
+    """This replica's share of the work when several run side by side
+    (``--shard.index``/``--shard.count``): a stable hash partition, so a target stays
+    on the same replica across restarts and every replica agrees without talking."""
+
+    index: int = 0
+    count: int = 1
+
+    def owns(self, key: str) -> bool:
+        if self.count <= 1:
+            return True
+        digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=8).digest()
+        return int.from_bytes(digest, "big") % self.count == self.index
+
+
+NO_SHARD = Shard()  # one replica does everything
+
+
+@dataclass(frozen=True)
 class ProbeDefaults:
-    """Settings a probe inherits from the config's ``global`` section."""
+    """Settings a probe inherits from the config's ``global`` section (and the
+    command line's shard)."""
 
     trust: TrustSettings = TrustSettings()
     # Networks that URLs taken from certificates may reach (global.egress.allow_networks).
     allow_networks: tuple[str, ...] = ()
+    shard: Shard = NO_SHARD
 
 
 class Reason(StrEnum):

@@ -48,6 +48,7 @@ from typing import Any, ClassVar
 import requests
 
 from probes.base import (
+    NO_SHARD,
     Discovery,
     ProbeContext,
     ProbeDefaults,
@@ -373,6 +374,8 @@ class _Stream:
         annotations = metadata.get("annotations") or {}
         if str(annotations.get(ANNOTATION_PREFIX + "ignore", "")).lower() in ("true", "1", "yes"):
             return None
+        if not self._owner.shard.owns(str(metadata.get("namespace") or "")):
+            return None  # another replica's namespace
         if previous is not None and previous.uid == uid and previous.resource_version == version and version:
             return previous
         return self._owner.parse_object(self.scope.resource, obj, uid, version)
@@ -431,9 +434,12 @@ class KubernetesProbe:
     target_reasons: ClassVar[tuple[Reason, ...]] = ()  # tens of thousands of targets
     concurrent_targets: ClassVar[bool] = False  # a run reads the cache: no I/O
     keeps_last_good: ClassVar[bool] = False
+    # Sharded by namespace, before anything is parsed (see Shard).
+    shards_itself: ClassVar[bool] = True
 
     def __init__(self, settings: KubernetesSettings, defaults: ProbeDefaults | None = None) -> None:
         self.settings = settings
+        self.shard = defaults.shard if defaults is not None else NO_SHARD
         self._lock = threading.Lock()
         self._streams: list[_Stream] = []
         self._cluster: Cluster | None = None
@@ -459,7 +465,11 @@ class KubernetesProbe:
         except KubeError as exc:
             self._setup_error = SourceError(exc.reason, settings.kubeconfig or "in-cluster", exc.message)
             return
-        namespaces: tuple[str | None, ...] = settings.namespaces or (None,)
+        # Explicit namespaces: watch only this replica's; all namespaces: one watch,
+        # and objects of other replicas' namespaces are dropped unparsed.
+        namespaces: tuple[str | None, ...] = tuple(n for n in settings.namespaces if self.shard.owns(n)) or (
+            () if settings.namespaces else (None,)
+        )
         scopes = [
             _Scope("secrets", namespace, secret_type, settings.label_selector)
             for namespace in namespaces
