@@ -7,6 +7,7 @@ a scrape renders the latest snapshot and never waits on a probe.
 
 from __future__ import annotations
 
+import gzip
 import logging
 import socket
 import threading
@@ -23,6 +24,7 @@ from prometheus_client import (
     ProcessCollector,
     make_wsgi_app,
 )
+from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 from exporter.collector import SnapshotCollector
 from exporter.multi_target import ProbeRefused
@@ -63,17 +65,30 @@ class WebApp:
         self._ready = ready
         self._reload = reload
         self._probe = probe
-        self.registry = CollectorRegistry(auto_describe=False)
+        # Two registries: the snapshot's series, whose exposition is cached until the
+        # snapshot changes, and the process's own, rendered on every scrape.
+        self.snapshot_registry = CollectorRegistry(auto_describe=False)
+        self.snapshot_registry.register(SnapshotCollector(store))
+        self.process_registry = CollectorRegistry(auto_describe=False)
+        ProcessCollector(registry=self.process_registry)
+        PlatformCollector(registry=self.process_registry)
+        self.registry = CollectorRegistry(auto_describe=False)  # both, for name[] filters
         self.registry.register(SnapshotCollector(store))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         self._metrics = make_wsgi_app(self.registry)
+        self._exposition_cache = ExpositionCache(store, self.snapshot_registry, self.process_registry)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
         method = environ.get("REQUEST_METHOD", "GET")
         if path == "/metrics":
-            return self._metrics(environ, start_response)  # type: ignore[no-any-return]
+            if method != "GET" or environ.get("QUERY_STRING"):
+                return self._metrics(environ, start_response)  # type: ignore[no-any-return]
+            accept, encoding = environ.get("HTTP_ACCEPT"), environ.get("HTTP_ACCEPT_ENCODING")
+            exposition, headers = self._exposition_cache.get(accept, encoding)
+            start_response("200 OK", [*headers, ("Content-Length", str(len(exposition)))])
+            return [exposition]
         if path == "/":
             body = render_status(self._store.snapshot(), self._ready())
             return _respond(start_response, "200 OK", body, "text/html; charset=utf-8")
@@ -123,6 +138,44 @@ def _respond(
     data = body.encode("utf-8")
     start_response(status, [("Content-Type", content_type), ("Content-Length", str(len(data))), *(extra or [])])
     return [data]
+
+
+class ExpositionCache:
+    """``/metrics`` bodies per (snapshot, format, compression).
+
+    The snapshot changes once per probe round; Prometheus scrapes far more often (and
+    an HA pair scrapes twice).  So the snapshot's part of the exposition is rendered
+    and gzipped (level 1) once per snapshot and format, and only the process's own
+    few series are rendered on each scrape.  Gzip bodies are two gzip members, which
+    every gzip reader (Go's included) decodes as one stream."""
+
+    def __init__(self, store: ResultStore, snapshot: CollectorRegistry, process: CollectorRegistry) -> None:
+        self._store = store
+        self._snapshot_registry = snapshot
+        self._process_registry = process
+        self._lock = threading.Lock()
+        self._entries: dict[tuple[str, bool], tuple[object, bytes]] = {}
+
+    def get(self, accept: str | None, accept_encoding: str | None) -> tuple[bytes, list[tuple[str, str]]]:
+        encoder, content_type = choose_encoder(accept or "")
+        compress = gzip_accepted(accept_encoding or "")
+        openmetrics = content_type.startswith("application/openmetrics-text")
+        snapshot = self._store.snapshot()
+        key = (content_type, compress)
+        with self._lock:  # one render per snapshot, however many scrapes arrive at once
+            cached = self._entries.get(key)
+            if cached is None or cached[0] is not snapshot:
+                body = encoder(self._snapshot_registry)
+                if openmetrics:
+                    body = body.removesuffix(b"# EOF\n")
+                cached = (snapshot, gzip.compress(body, compresslevel=1) if compress else body)
+                self._entries[key] = cached
+        tail = encoder(self._process_registry)
+        headers = [("Content-Type", content_type)]
+        if compress:
+            headers.append(("Content-Encoding", "gzip"))
+            tail = gzip.compress(tail, compresslevel=1)
+        return cached[1] + tail, headers
 
 
 class WebServer:

@@ -50,3 +50,11 @@ def test_kubernetes_benchmark_quick(tmp_path: Path) -> None:
     assert [r["helm_secrets"] for r in result["runs"]] == [0, 5]
     assert all(r["certscope"]["targets"] == 2 * r["secrets"] for r in result["runs"])
     assert "bare_parse" in run.stdout
+
+
+def test_scrape_benchmark_quick(tmp_path: Path) -> None:
+    run = run_quick("scrape.py", tmp_path, 120)
+    result = json.loads((tmp_path / "scrape.json").read_text())
+    assert set(result["medians_seconds"]) >= {"client_collector", "certscope_http_first", "certscope_http_cached"}
+    assert result["series"] > 1000
+    assert "certscope_http_cached / client_collector" in run.stdout

@@ -1,0 +1,85 @@
+"""``/metrics`` bodies are rendered once per snapshot and format, and say the same as
+prometheus-client's own exposition of the same registry."""
+
+from __future__ import annotations
+
+import gzip
+from typing import Any
+
+import pytest
+import requests
+from prometheus_client import generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+from prometheus_client.parser import text_string_to_metric_families
+
+import exporter.collector
+from exporter.store import ResultStore
+from exporter.web import WebApp, WebServer
+from probes.base import CertObservation, Discovery, ProbeResult, Reason
+from tests.test_collector import FACTS, info
+
+OPENMETRICS = "application/openmetrics-text; version=1.0.0"
+
+
+def certscope_samples(text: str, openmetrics: bool) -> list[tuple[str, tuple[tuple[str, str], ...], float]]:
+    parse = parse_openmetrics if openmetrics else text_string_to_metric_families
+    return sorted(
+        (s.name, tuple(sorted(s.labels.items())), s.value)
+        for family in parse(text)
+        for s in family.samples
+        if s.name.startswith("certscope_")
+    )
+
+
+@pytest.fixture
+def served() -> Any:
+    store = ResultStore()
+    probe = info()
+    store.configure([probe], "test")
+    result = ProbeResult(True, Reason.OK, 0.01, (CertObservation(0, "leaf", FACTS),))
+    store.publish_round(probe, Discovery(("/a.pem",)), {"/a.pem": (result, 1.0)}, 0.1)
+    app = WebApp(store, lambda: True, lambda: None)
+    server = WebServer(app, "127.0.0.1", 0)
+    server.start()
+    yield store, probe, app, f"http://127.0.0.1:{server.port}/metrics"
+    server.stop()
+
+
+@pytest.mark.parametrize("openmetrics", [False, True])
+@pytest.mark.parametrize("compress", [False, True])
+def test_cached_body_says_what_the_client_would(served: Any, openmetrics: bool, compress: bool) -> None:
+    _, _, app, url = served
+    headers = {"Accept-Encoding": "gzip" if compress else "identity"}
+    if openmetrics:
+        headers["Accept"] = OPENMETRICS
+    response = requests.get(url, headers=headers, timeout=10, stream=True)
+    raw = response.raw.read()
+    assert (response.headers.get("Content-Encoding") == "gzip") is compress
+    body = gzip.decompress(raw) if compress else raw  # two gzip members decode as one stream
+    reference = (generate_openmetrics if openmetrics else generate_latest)(app.registry)
+    assert certscope_samples(body.decode(), openmetrics) == certscope_samples(reference.decode(), openmetrics)
+    assert body.count(b"# EOF") == (1 if openmetrics else 0) and body.endswith(b"# EOF\n") is openmetrics
+    assert b"process_cpu_seconds_total" in body
+
+
+def test_one_render_per_snapshot(served: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    store, probe, _, url = served
+    calls = []
+    real_render = exporter.collector.render
+
+    def counting_render(snapshot: Any) -> Any:
+        calls.append(snapshot)
+        return real_render(snapshot)
+
+    monkeypatch.setattr(exporter.collector, "render", counting_render)
+    first = requests.get(url, timeout=10).text
+    for _ in range(4):
+        assert certscope_samples(requests.get(url, timeout=10).text, False) == certscope_samples(first, False)
+    assert len(calls) == 1
+    # A new round is a new snapshot: rendered again, with the new value.
+    failing = ProbeResult(False, Reason.PARSE_ERROR, 0.01)
+    store.publish_round(probe, Discovery(("/a.pem",)), {"/a.pem": (failing, 2.0)}, 0.1)
+    after = requests.get(url, timeout=10).text
+    assert len(calls) == 2
+    assert 'certscope_probe_success{kind="files",probe="pki",target="/a.pem"} 0.0' in after
