@@ -27,6 +27,7 @@ from prometheus_client import (
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 from exporter.collector import SnapshotCollector
+from exporter.exposition import encoder_for
 from exporter.multi_target import ProbeRefused
 from exporter.status_page import render_status
 from exporter.store import ResultStore
@@ -157,7 +158,8 @@ class ExpositionCache:
         self._entries: dict[tuple[str, bool], tuple[object, bytes]] = {}
 
     def get(self, accept: str | None, accept_encoding: str | None) -> tuple[bytes, list[tuple[str, str]]]:
-        encoder, content_type = choose_encoder(accept or "")
+        client_encoder, content_type = choose_encoder(accept or "")
+        encoder = encoder_for(content_type) or client_encoder
         compress = gzip_accepted(accept_encoding or "")
         openmetrics = content_type.startswith("application/openmetrics-text")
         snapshot = self._store.snapshot()

@@ -4,17 +4,20 @@ prometheus-client's own exposition of the same registry."""
 from __future__ import annotations
 
 import gzip
+from dataclasses import replace
 from typing import Any
 
 import pytest
 import requests
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
 import exporter.collector
-from exporter.store import ResultStore
+from exporter.exposition import encode_openmetrics, encode_text
+from exporter.store import ProbeState, ResultStore, Snapshot
 from exporter.web import WebApp, WebServer
 from probes.base import CertObservation, Discovery, ProbeResult, Reason
 from tests.test_collector import FACTS, info
@@ -83,3 +86,29 @@ def test_one_render_per_snapshot(served: Any, monkeypatch: pytest.MonkeyPatch) -
     after = requests.get(url, timeout=10).text
     assert len(calls) == 2
     assert 'certscope_probe_success{kind="files",probe="pki",target="/a.pem"} 0.0' in after
+
+
+def test_fast_encoder_is_byte_identical_to_the_client(served: Any) -> None:
+    store, probe, _, _ = served
+    odd = replace(FACTS, subject_cn='quote " back\\slash\nnewline', sans=("ü.example", "tab\there"))
+    observation = CertObservation(0, "leaf", odd)
+    state = store.snapshot().probes["pki"]
+    target = replace(state.targets["/a.pem"], certificates=(observation,))
+    weird = Snapshot(probes={"pki": ProbeState(info=probe, targets={"/a.pem": target}, source=state.source)})
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(exporter.collector.SnapshotCollector(type("S", (), {"snapshot": lambda self: weird})()))
+
+    class Extra:
+        def collect(self) -> Any:
+            gauge = GaugeMetricFamily("x_gauge", 'doc with "quotes" and \\ and\nnewline', labels=["a"])
+            gauge.add_metric(["v"], 1.5, timestamp=1700000000.25)
+            counter = CounterMetricFamily("x_events", "events", labels=["b"])
+            counter.add_metric(["w"], 3)
+            histogram = HistogramMetricFamily("x_seconds", "latency", labels=["c"])
+            histogram.add_metric(["u"], [("0.5", 1), ("+Inf", 2)], sum_value=0.9)
+            return [gauge, counter, histogram]
+
+    registry.register(Extra())  # type: ignore[arg-type]
+    assert encode_text(registry) == generate_latest(registry)
+    assert encode_openmetrics(registry) == generate_openmetrics(registry)
+    assert b'subject_cn="quote \\" back\\\\slash\\nnewline"' in encode_text(registry)
