@@ -281,7 +281,7 @@ def main() -> None:
 
     from tests.kube_apiserver import FakeApiServer
 
-    sizes = [200] if args.quick else [int(s) for s in args.sizes.split(",")]
+    sizes = [100, 200] if args.quick else [int(s) for s in args.sizes.split(",")]
     helm_counts = [0, 5] if args.quick else [int(h) for h in args.helm.split(",")]
     results: dict[str, Any] = {"machine": platform.platform(), "cpus": os.cpu_count(), "runs": []}
     print(f"{'secrets':>8} {'helm':>5} {'case':>10} {'seconds':>8} {'peak RSS MiB':>13} {'growth MiB':>11}")

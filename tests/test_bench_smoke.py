@@ -47,7 +47,7 @@ def test_revocation_benchmark_quick(tmp_path: Path) -> None:
 def test_kubernetes_benchmark_quick(tmp_path: Path) -> None:
     run = run_quick("kubernetes.py", tmp_path, 180)
     result = json.loads((tmp_path / "kubernetes.json").read_text())
-    assert [r["helm_secrets"] for r in result["runs"]] == [0, 5]
+    assert [(r["secrets"], r["helm_secrets"]) for r in result["runs"]] == [(100, 0), (100, 5), (200, 0), (200, 5)]
     assert all(r["certscope"]["targets"] == 2 * r["secrets"] for r in result["runs"])
     assert "bare_parse" in run.stdout
 
@@ -58,3 +58,17 @@ def test_scrape_benchmark_quick(tmp_path: Path) -> None:
     assert set(result["medians_seconds"]) >= {"client_collector", "certscope_http_first", "certscope_http_cached"}
     assert result["series"] > 1000
     assert "certscope_http_cached / client_collector" in run.stdout
+
+
+def test_harness_runs_scenarios_and_plots(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, str(BENCH / "run.py"), "--quick", "--only", "kubernetes,scrape", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    rows = json.loads((tmp_path / "summary.json").read_text())
+    assert {row["scenario"] for row in rows} == {"kubernetes", "scrape"}
+    assert "| scenario | goal | measured | met |" in (tmp_path / "summary.md").read_text()
+    assert (tmp_path / "scale.png").read_bytes().startswith(b"\x89PNG")
