@@ -15,9 +15,11 @@ import logging
 import platform
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import chain
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 from exporter import __version__
@@ -59,18 +61,19 @@ class _Family:
         self.label_names = tuple(labels)
         self.sample_name = metric.name + ("_total" if isinstance(metric, CounterMetricFamily) else "")
         self._seen: set[tuple[str, ...]] = set()
+        self._samples = metric.samples
 
-    def add(self, labels: Sequence[str], value: float, extra: Extra = ()) -> None:
-        key = (*labels, *(item for pair in extra for item in pair))
+    def add(self, labels: tuple[str, ...], value: float, extra: Extra = ()) -> None:
+        # The hot loop of a scrape (one call per series): samples are appended
+        # directly rather than through add_metric, which copies the labels twice.
+        key = (*labels, *chain.from_iterable(extra)) if extra else labels
         if key in self._seen:
             return
         self._seen.add(key)
-        if not extra:
-            self.metric.add_metric(list(labels), value)
-            return
-        merged = dict(zip(self.label_names, labels, strict=True))
-        merged.update(extra)
-        self.metric.add_sample(self.sample_name, merged, value)
+        merged = dict(zip(self.label_names, labels))  # noqa: B905 - lengths match by construction
+        if extra:
+            merged.update(extra)
+        self._samples.append(Sample(self.sample_name, merged, value, None, None, None))
 
 
 def _gauge(name: str, documentation: str, labels: Sequence[str]) -> _Family:
