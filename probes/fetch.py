@@ -108,7 +108,10 @@ def fetch(
     method: str = "GET",
     body: bytes | None = None,
     headers: Mapping[str, str] | None = None,
+    tls_context: ssl.SSLContext | None = None,
 ) -> Response:
+    """``tls_context`` replaces the system-trust context for https (a CA API whose
+    certificate chains to a private root)."""
     started = time.monotonic()
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -124,7 +127,9 @@ def fetch(
 
     connection: http.client.HTTPConnection
     if parts.scheme == "https":
-        connection = _PinnedHTTPSConnection(parts.hostname, port, address, remaining(), _TLS_CONTEXT)
+        connection = _PinnedHTTPSConnection(
+            parts.hostname, port, address, remaining(), tls_context or _TLS_CONTEXT
+        )
     else:
         connection = _PinnedHTTPConnection(parts.hostname, port, address, remaining())
     path = parts.path or "/"
