@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from probes.base import Probe, ProbeDefaults
+from probes.ca import CaProbe, CaSettings
 from probes.crl import CrlProbe, CrlSettings
 from probes.files import FilesProbe, FilesSettings
 from probes.ocsp import OcspProbe, OcspSettings
@@ -26,4 +27,5 @@ KINDS: dict[str, ProbeKind] = {
     "tls": ProbeKind("tls", TlsSettings, TlsProbe),
     "ocsp": ProbeKind("ocsp", OcspSettings, OcspProbe),
     "crl": ProbeKind("crl", CrlSettings, CrlProbe),
+    "ca": ProbeKind("ca", CaSettings, CaProbe),
 }
