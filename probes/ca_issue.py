@@ -74,7 +74,7 @@ def issue(settings: CaSettings, client: CaClient, anchors: list[x509.Certificate
         del key  # the certificate is checked and dropped; nothing uses the key
         phase = time.monotonic()
         try:
-            _check(chain, anchors, settings.issuance)
+            check(chain, anchors, settings.issuance)
         finally:
             ctx.record_phase("issuance.verify", time.monotonic() - phase)
         return IssuanceFacts(True, Reason.OK, seconds)
@@ -266,7 +266,7 @@ def _load_chain(pems: Any, url: str, seconds: float) -> list[x509.Certificate]:
         raise CaFailure(Reason.CA_BAD_RESPONSE, f"{url}: the certificate in the answer is not PEM", seconds) from None
 
 
-def _check(chain: list[x509.Certificate], anchors: list[x509.Certificate], issuance: CaIssuance) -> None:
+def check(chain: list[x509.Certificate], anchors: list[x509.Certificate], issuance: CaIssuance) -> None:
     leaf, intermediates = chain[0], [c for c in chain[1:] if c not in anchors]
     if not anchors:
         raise CaFailure(Reason.ISSUED_CERT_INVALID, "no CA certificate was published to verify the issued one against")
