@@ -24,7 +24,7 @@ from prometheus_client.utils import floatToGoString
 
 from exporter import __version__
 from exporter.store import ProbeInfo, ProbeState, Snapshot, TargetState
-from probes.base import CertObservation, CrlFacts, Reason, RevocationFacts, TlsFacts
+from probes.base import CaFacts, CertObservation, CrlFacts, Reason, RevocationFacts, TlsFacts
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +265,25 @@ class _Families:
             p + "crl_signature_valid", "1 if the CRL is signed by the configured issuer.", TARGET_LABELS
         )
         self.crl_status = _gauge(p + "crl_http_status_code", "HTTP status of the last CRL request.", TARGET_LABELS)
+        self.ca_up = _gauge(
+            p + "ca_up", "1 if the CA's API gave a well-formed answer to the availability request.", TARGET_LABELS
+        )
+        self.ca_response = _gauge(
+            p + "ca_response_duration_seconds", "Round trip of the CA's availability request.", TARGET_LABELS
+        )
+        self.ca_issuance_success = _gauge(
+            p + "ca_issuance_success",
+            "1 if the last synthetic issuance gave a certificate that checked out (absent when issuance is off).",
+            TARGET_LABELS,
+        )
+        self.ca_issuance_duration = _gauge(
+            p + "ca_issuance_duration_seconds",
+            "How long the CA took to answer the last synthetic issuance request.",
+            TARGET_LABELS,
+        )
+        self.ca_issuance_total = _counter(
+            p + "ca_issuance", "Synthetic issuances by result (success, failure).", (*TARGET_LABELS, "result")
+        )
         self.build_info = _gauge(p + "build_info", "certscope build; always 1.", ("version", "python_version"))
         self.reload_ok = _gauge(p + "config_last_reload_successful", "1 if the last config (re)load succeeded.", ())
         self.reload_time = _gauge(
@@ -361,6 +380,8 @@ def _render_probe(state: ProbeState, f: _Families) -> None:
                 f.ocsp_duration.add((*key, check.source), check.duration_seconds, extra)
         if ts.result.crl is not None:
             _render_crl(ts.result.crl, key, extra, f)
+        if ts.result.ca is not None:
+            _render_ca(ts.result.ca, ts, key, extra, f)
         for observation in ts.certificates:
             _render_certificate(
                 observation, ts, (*key, str(observation.index), observation.role), extra, info, owner_values, f
@@ -518,6 +539,20 @@ def _render_crl(crl: CrlFacts, key: tuple[str, ...], extra: Extra, f: _Families)
     if crl.size_bytes:
         f.crl_entries.add(key, crl.entries, extra)
         f.crl_size.add(key, crl.size_bytes, extra)
+
+
+def _render_ca(ca: CaFacts, ts: TargetState, key: tuple[str, ...], extra: Extra, f: _Families) -> None:
+    f.ca_up.add(key, 1 if ca.up else 0, extra)
+    if ca.response_seconds is not None:
+        f.ca_response.add(key, ca.response_seconds, extra)
+    if ca.issuance is not None:
+        f.ca_issuance_success.add(key, 1 if ca.issuance.success else 0, extra)
+        if ca.issuance.seconds is not None:
+            f.ca_issuance_duration.add(key, ca.issuance.seconds, extra)
+    if ca.issuance is not None or ts.issuance_total:
+        # Both results from the first issuance on, so rate() of either is never absent.
+        for result in ("success", "failure"):
+            f.ca_issuance_total.add((*key, result), ts.issuance_total.get(result, 0), extra)
 
 
 def _render_certificate(

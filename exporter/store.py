@@ -44,6 +44,8 @@ class TargetState:
     # (index, role, method) -> when certscope first saw the certificate revoked, so
     # revocation propagation (revoked at the CA -> visible to clients) is measurable.
     revoked_since: Mapping[tuple[int, str, str], float] = field(default_factory=dict)
+    # Synthetic issuances of a ca target by result (success | failure), cumulative.
+    issuance_total: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,8 +242,14 @@ def _next_target_state(
         for r in result.revocation
         if r.state == "revoked"
     }
+    issuance_total = dict(previous.issuance_total) if previous else {}
+    issuance = result.ca.issuance if result.ca is not None else None
+    if issuance is not None:
+        outcome = "success" if issuance.success else "failure"
+        issuance_total[outcome] = issuance_total.get(outcome, 0) + 1
     return TargetState(
         revoked_since=MappingProxyType(revoked_since),
+        issuance_total=MappingProxyType(issuance_total) if issuance_total else _EMPTY,
         result=result,
         last_run=finished,
         last_success=last_success,

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from probes.base import Probe, ProbeDefaults
+from probes.ca import CaProbe, CaSettings
 from probes.crl import CrlProbe, CrlSettings
 from probes.files import FilesProbe, FilesSettings
 from probes.kubernetes import KubernetesProbe, KubernetesSettings
@@ -28,4 +29,5 @@ KINDS: dict[str, ProbeKind] = {
     "ocsp": ProbeKind("ocsp", OcspSettings, OcspProbe),
     "crl": ProbeKind("crl", CrlSettings, CrlProbe),
     "kubernetes": ProbeKind("kubernetes", KubernetesSettings, KubernetesProbe),
+    "ca": ProbeKind("ca", CaSettings, CaProbe),
 }

@@ -157,6 +157,13 @@ class Reason(StrEnum):
     API_UNAUTHORIZED = "api_unauthorized"
     API_FORBIDDEN = "api_forbidden"
     API_ERROR = "api_error"
+    # certificate authorities (the ca kind)
+    CA_BAD_RESPONSE = "ca_bad_response"  # the CA answered, but not what its API promises
+    ISSUANCE_REFUSED = "issuance_refused"  # the CA declined to issue (a 4xx other than 401/403)
+    ISSUED_CERT_INVALID = "issued_cert_invalid"  # the issued certificate does not chain to the published roots
+    VALIDITY_MISMATCH = "validity_mismatch"  # the issued certificate's lifetime is not what was asked
+    PROVISIONER_NOT_FOUND = "provisioner_not_found"  # step-ca lists no JWK provisioner of that name
+    CREDENTIAL_UNAVAILABLE = "credential_unavailable"  # the password/key file or variable cannot be read
     # ours
     DEADLINE_EXCEEDED = "deadline_exceeded"
     INTERNAL_ERROR = "internal_error"
@@ -264,6 +271,28 @@ class CrlFacts:
 
 
 @dataclass(frozen=True, slots=True)
+class IssuanceFacts:
+    """One synthetic issuance (the ``ca`` kind): asked, received, verified."""
+
+    success: bool
+    reason: Reason  # OK or why it failed
+    # Seconds the CA took to answer the issuance request(s); None when no request
+    # reached the CA (the credential could not be read, the key did not decrypt).
+    seconds: float | None
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CaFacts:
+    """What one run of the ``ca`` kind showed about the CA's API."""
+
+    flavor: str  # step | cfssl | acme | bundle
+    up: bool  # the availability request got a well-formed answer
+    response_seconds: float | None  # that request's round trip (None: no answer at all)
+    issuance: IssuanceFacts | None = None  # None when synthetic issuance is off
+
+
+@dataclass(frozen=True, slots=True)
 class ProbeResult:
     success: bool
     reason: Reason
@@ -276,6 +305,7 @@ class ProbeResult:
     tls: TlsFacts | None = None
     revocation: tuple[RevocationFacts, ...] = ()
     crl: CrlFacts | None = None
+    ca: CaFacts | None = None
     # Labels that replace or join the target's own on its series; e.g. a target
     # probed per resolved address is labelled target=host:port, address=IP.
     target_labels: tuple[tuple[str, str], ...] = ()

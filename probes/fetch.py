@@ -32,9 +32,12 @@ METADATA_NETWORKS = (ipaddress.ip_network("169.254.169.254/32"), ipaddress.ip_ne
 
 
 class FetchError(Exception):
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: str, message: str, cause: str = "") -> None:
         super().__init__(message)
         self.kind = kind  # refused | unavailable | too_large
+        # For unavailable: dns | connect_refused | timeout | tls | other ('' when unknown),
+        # so a caller can name the reason without parsing the message.
+        self.cause = cause
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +70,7 @@ def resolve_checked(host: str, port: int, allow_networks: Sequence[str]) -> str:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise FetchError("unavailable", f"cannot resolve {host}: {exc.strerror}") from None
+        raise FetchError("unavailable", f"cannot resolve {host}: {exc.strerror}", "dns") from None
     addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
     for address in addresses:
         if refused_address(address, allow_networks):
@@ -108,7 +111,10 @@ def fetch(
     method: str = "GET",
     body: bytes | None = None,
     headers: Mapping[str, str] | None = None,
+    tls_context: ssl.SSLContext | None = None,
 ) -> Response:
+    """``tls_context`` replaces the system-trust context for https (a CA API whose
+    certificate chains to a private root)."""
     started = time.monotonic()
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -119,12 +125,12 @@ def fetch(
     def remaining() -> float:
         left = deadline - time.monotonic()
         if left <= 0:
-            raise FetchError("unavailable", f"{url}: no complete answer before the deadline")
+            raise FetchError("unavailable", f"{url}: no complete answer before the deadline", "timeout")
         return left
 
     connection: http.client.HTTPConnection
     if parts.scheme == "https":
-        connection = _PinnedHTTPSConnection(parts.hostname, port, address, remaining(), _TLS_CONTEXT)
+        connection = _PinnedHTTPSConnection(parts.hostname, port, address, remaining(), tls_context or _TLS_CONTEXT)
     else:
         connection = _PinnedHTTPConnection(parts.hostname, port, address, remaining())
     path = parts.path or "/"
@@ -160,8 +166,16 @@ def fetch(
     except FetchError:
         raise
     except TimeoutError:
-        raise FetchError("unavailable", f"{url}: no complete answer before the deadline") from None
+        raise FetchError("unavailable", f"{url}: no complete answer before the deadline", "timeout") from None
     except (OSError, http.client.HTTPException) as exc:
-        raise FetchError("unavailable", f"{url}: {type(exc).__name__}: {exc}") from None
+        raise FetchError("unavailable", f"{url}: {type(exc).__name__}: {exc}", _cause(exc)) from None
     finally:
         connection.close()
+
+
+def _cause(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connect_refused"
+    if isinstance(exc, ssl.SSLError):
+        return "tls"
+    return "other"
