@@ -11,6 +11,9 @@ targets fan out over a shared pool of ``global.concurrency`` threads.  Local kin
 
 An exception escaping ``Probe.run`` is a bug: it becomes ``Reason.INTERNAL_ERROR``
 with a logged traceback, never a dead job.
+
+Each target run is traced when tracing is on (``exporter.tracing``): the run's root
+span wraps ``Probe.run`` and the result carries its trace id to the store.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from exporter.config import Config, ProbeConfig
 from exporter.store import ProbeInfo, ResultStore
+from exporter.tracing import TRACING_OFF, Tracing
 from probes import KINDS
 from probes.base import Discovery, Probe, ProbeContext, ProbeResult, Reason, SourceError
 
@@ -54,8 +58,9 @@ def probe_info(config: ProbeConfig, probe: Probe) -> ProbeInfo:
 
 
 class Scheduler:
-    def __init__(self, store: ResultStore) -> None:
+    def __init__(self, store: ResultStore, tracing: Tracing = TRACING_OFF) -> None:
         self._store = store
+        self.tracing = tracing
         self._lock = threading.Lock()
         self._aps: BackgroundScheduler | None = None
         self._targets_pool: ThreadPoolExecutor | None = None
@@ -142,14 +147,16 @@ class Scheduler:
             )
         results: dict[str, tuple[ProbeResult, float]] = {}
         if probe.concurrent_targets and len(discovery.targets) > 1:
-            futures = {target: pool.submit(run_target, probe, target, config) for target in discovery.targets}
+            futures = {
+                target: pool.submit(run_target, probe, target, config, self.tracing) for target in discovery.targets
+            }
             for target, future in futures.items():
                 results[target] = future.result()
         else:
             for target in discovery.targets:
                 if cancelled.is_set():
                     return
-                results[target] = run_target(probe, target, config)
+                results[target] = run_target(probe, target, config, self.tracing)
         if cancelled.is_set():
             return
         duration = time.monotonic() - started
@@ -172,9 +179,12 @@ class Scheduler:
         log.debug("probe=%s round done targets=%d seconds=%.3f", config.name, len(results), duration)
 
 
-def run_target(probe: Probe, target: str, config: ProbeConfig) -> tuple[ProbeResult, float]:
+def run_target(
+    probe: Probe, target: str, config: ProbeConfig, tracing: Tracing = TRACING_OFF
+) -> tuple[ProbeResult, float]:
     """Run one target with its deadline; returns (result, wall-clock finish time)."""
-    ctx = ProbeContext(deadline=time.monotonic() + config.timeout, probe_name=config.name)
+    run = tracing.start_run(config.name, config.kind, target)
+    ctx = ProbeContext(deadline=time.monotonic() + config.timeout, probe_name=config.name, tracer=run)
     started = time.monotonic()
     try:
         result = probe.run(target, ctx)
@@ -186,4 +196,8 @@ def run_target(probe: Probe, target: str, config: ProbeConfig) -> tuple[ProbeRes
             duration_seconds=time.monotonic() - started,
             message=f"internal error: {type(exc).__name__}",
         )
+        if run is not None:
+            tracing.internal_error(run, exc)
+    if run is not None:
+        result = run.finish(result)
     return result, time.time()
