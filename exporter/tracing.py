@@ -192,7 +192,8 @@ class _BoundedBatchSpanProcessor(BatchSpanProcessor):
     spans when full) and bounds its shutdown."""
 
     def __init__(self, exporter: SpanExporter, health: ExportHealth, max_queue_size: int, shutdown_ms: int) -> None:
-        super().__init__(exporter, max_queue_size=max_queue_size)
+        # A batch may not exceed the queue (the SDK refuses it); 512 is its default.
+        super().__init__(exporter, max_queue_size=max_queue_size, max_export_batch_size=min(512, max_queue_size))
         self._health = health
         self._max_queue = max_queue_size
         self._shutdown_ms = shutdown_ms

@@ -337,8 +337,9 @@ class TlsProbe:
         settings = self.settings
         ctx.set_attribute("server.address", host)
         ctx.set_attribute("server.port", port)
-        if pinned_address:
-            addresses = [(pinned_address, int(socket.AF_INET6 if ":" in pinned_address else socket.AF_INET))]
+        if pinned_address or _is_ip(host):
+            literal = pinned_address or host  # no lookup, so no dns phase
+            addresses = [(literal, int(socket.AF_INET6 if ":" in literal else socket.AF_INET))]
         else:
             with ctx.phase("dns") as phase:
                 addresses = _resolve(host, port, settings.ip_version, ctx.deadline)

@@ -137,14 +137,14 @@ class OtlpReceiver:
         receiver = self
 
         class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
-            def Export(  # noqa: N802 - the generated service's method name
+            def Export(
                 self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.ServicerContext
             ) -> trace_service_pb2.ExportTraceServiceResponse:
                 receiver.record(request, "grpc", {k: v for k, v in context.invocation_metadata()})
                 return trace_service_pb2.ExportTraceServiceResponse()
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's method name
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 if self.path != "/v1/traces" or self.headers.get("Content-Type") != "application/x-protobuf":
                     self.send_error(404 if self.path != "/v1/traces" else 415)
