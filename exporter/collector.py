@@ -19,11 +19,12 @@ from itertools import chain
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Exemplar as PromExemplar
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 from exporter import __version__
-from exporter.store import ProbeInfo, ProbeState, Snapshot, TargetState
+from exporter.store import Histogram, ProbeInfo, ProbeState, Snapshot, TargetState
 from probes.base import CaFacts, CertObservation, CrlFacts, Reason, RevocationFacts, TlsFacts
 
 log = logging.getLogger(__name__)
@@ -296,12 +297,16 @@ class _Families:
         self.handshake_histogram = HistogramMetricFamily(
             p + "tls_handshake_seconds", "TLS handshake durations of every run of the probe.", labels=["probe", "kind"]
         )
+        self.probe_histogram = HistogramMetricFamily(
+            p + "probe_seconds", "Durations of every run of the probe, all targets.", labels=["probe", "kind"]
+        )
 
     def all(self) -> Iterator[Metric]:
         for value in vars(self).values():
             if isinstance(value, _Family):
                 yield value.metric
         yield self.handshake_histogram
+        yield self.probe_histogram
 
 
 def render(snapshot: Snapshot) -> list[Metric]:
@@ -344,11 +349,9 @@ def _render_probe(state: ProbeState, f: _Families) -> None:
         for reason_value, count in state.source.errors_total.items():
             f.source_errors.add((*source_key, reason_value), count)
     if state.handshakes.count:
-        cumulative, buckets = 0, []
-        for bound, count in zip((*state.handshakes.bounds, float("inf")), state.handshakes.counts, strict=True):
-            cumulative += count
-            buckets.append((floatToGoString(bound), cumulative))  # type: ignore[no-untyped-call]
-        f.handshake_histogram.add_metric([info.name, info.kind], buckets, state.handshakes.total)
+        f.handshake_histogram.add_metric([info.name, info.kind], _buckets(state.handshakes), state.handshakes.total)
+    if state.durations.count:
+        f.probe_histogram.add_metric([info.name, info.kind], _buckets(state.durations), state.durations.total)
     owner_values = [info.labels.get(label, "") for label in f.owner_labels]
     for target, ts in state.targets.items():
         key = (info.name, info.kind, target)
@@ -486,6 +489,27 @@ def _render_key_reuse(snapshot: Snapshot, f: _Families) -> None:
         _reuse_memo = memo
     for (spki, key_type), count in memo[1].items():
         f.key_reuse.add((spki, key_type), count)
+
+
+_Bucket = tuple[str, float] | tuple[str, float, PromExemplar]
+
+
+def _buckets(histogram: Histogram) -> list[_Bucket]:
+    """Cumulative buckets; a bucket with a traced observation carries it as an
+    exemplar (shown in the OpenMetrics exposition only)."""
+    cumulative = 0
+    buckets: list[_Bucket] = []
+    exemplars = histogram.exemplars or (None,) * len(histogram.counts)
+    bounds = (*histogram.bounds, float("inf"))
+    for bound, count, exemplar in zip(bounds, histogram.counts, exemplars, strict=True):
+        cumulative += count
+        le = floatToGoString(bound)  # type: ignore[no-untyped-call]
+        if exemplar is None:
+            buckets.append((le, cumulative))
+        else:
+            traced = PromExemplar({"trace_id": exemplar.trace_id}, exemplar.value, exemplar.timestamp)
+            buckets.append((le, cumulative, traced))
+    return buckets
 
 
 def _render_tls(tls: TlsFacts, key: tuple[str, ...], extra: Extra, f: _Families) -> None:

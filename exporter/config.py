@@ -101,6 +101,40 @@ class WebSettings:
         return []
 
 
+TRACE_PROTOCOLS = ("http/protobuf", "grpc")
+
+
+@dataclass(frozen=True)
+class TracingSettings:
+    """The ``tracing:`` section (docs/tracing.md).  Present means on, unless
+    ``enabled: false``; a field left out falls back to the standard ``OTEL_*``
+    variable, then to the SDK default.  Export headers (tokens) come only from
+    ``OTEL_EXPORTER_OTLP_HEADERS``, never from this file."""
+
+    enabled: bool = True
+    # Base URL, as OTEL_EXPORTER_OTLP_ENDPOINT: /v1/traces is added for http/protobuf.
+    endpoint: str | None = None
+    protocol: str | None = None  # http/protobuf (default) | grpc
+    service_name: str | None = None
+    resource_attributes: dict[str, str] = field(default_factory=dict)
+    sample_ratio: float | None = None  # None: OTEL_TRACES_SAMPLER, else every run
+    max_queue_size: int = 2048  # spans waiting for export; beyond it, new spans drop the oldest
+    export_timeout: Seconds | None = None  # one export, retries included (OTEL_EXPORTER_OTLP_TIMEOUT)
+    shutdown_timeout: Seconds = Seconds(5)  # flushing at exit waits no longer
+
+    def validate(self) -> list[tuple[str, str]]:
+        problems = []
+        if self.protocol is not None and self.protocol not in TRACE_PROTOCOLS:
+            problems.append(("protocol", f"must be one of {', '.join(TRACE_PROTOCOLS)}, got {self.protocol!r}"))
+        if self.endpoint is not None and not re.match(r"^https?://[^/\s]+", self.endpoint):
+            problems.append(("endpoint", f"must be an http:// or https:// URL, got {self.endpoint!r}"))
+        if self.sample_ratio is not None and not 0.0 <= self.sample_ratio <= 1.0:
+            problems.append(("sample_ratio", "must be between 0 and 1"))
+        if not 1 <= self.max_queue_size <= 1_000_000:
+            problems.append(("max_queue_size", "must be between 1 and 1000000"))
+        return problems
+
+
 @dataclass(frozen=True)
 class ProbeConfig:
     name: str
@@ -120,6 +154,7 @@ class Config:
     web: WebSettings
     probes: tuple[ProbeConfig, ...]
     source: str  # the file it came from, or EMBEDDED_DEFAULT
+    tracing: TracingSettings | None = None  # None: no tracing section (OTEL_* variables decide)
 
 
 # Keys every probe entry may have besides its kind's own settings.
@@ -160,13 +195,14 @@ def parse_config(text: str, source: str) -> Config:
     errors: list[str] = []
     if not isinstance(document, dict):
         raise ConfigError(source, [f"top level must be a mapping, got {_type_name(document)}"])
-    _reject_unknown(document, {"global", "web", "probes"}, "", errors)
+    _reject_unknown(document, {"global", "web", "probes", "tracing"}, "", errors)
     global_settings = _load(GlobalSettings, document.get("global", {}), "global", errors)
     web = _load(WebSettings, document.get("web", {}), "web", errors)
     probes = _load_probes(document.get("probes", []), global_settings, errors)
+    tracing = _load(TracingSettings, document["tracing"] or {}, "tracing", errors) if "tracing" in document else None
     if errors:
         raise ConfigError(source, errors)
-    return Config(global_settings, web, tuple(probes), source)
+    return Config(global_settings, web, tuple(probes), source, tracing)
 
 
 def _load_probes(entries: Any, defaults: GlobalSettings | None, errors: list[str]) -> list[ProbeConfig]:

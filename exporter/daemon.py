@@ -3,7 +3,12 @@
 Reload (SIGHUP or ``POST /-/reload``) loads and validates the new config first; a
 bad one is logged with every error, keeps the old config running and sets
 ``certscope_config_last_reload_successful 0``.  SIGTERM and SIGINT stop the web
-server and the scheduler; a round in flight stops after its current target.
+server and the scheduler; a round in flight stops after its current target, then
+queued spans are flushed for at most ``tracing.shutdown_timeout``.
+
+Tracing is set up once at start from the config's ``tracing`` section and the
+``OTEL_*`` variables; a reload that changes the section is logged and takes effect
+on restart (like ``web.listen_address``).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from exporter.config import Config, ConfigError, default_config, load_config, sp
 from exporter.multi_target import ProbeRefused, probe_target
 from exporter.scheduler import Scheduler
 from exporter.store import ResultStore
+from exporter.tracing import setup_tracing
 from exporter.web import WebApp, WebServer
 from probes.base import NO_SHARD, Shard
 
@@ -51,6 +57,8 @@ class Daemon:
                 return "\n".join(exc.messages)
             if self.config and config.web.listen_address != self.config.web.listen_address:
                 log.warning("web.listen_address changed; it takes effect on restart")
+            if self.config and config.tracing != self.config.tracing:
+                log.warning("the tracing section changed; it takes effect on restart")
             self.scheduler.apply(config)
             self.config = config
             self.store.record_reload(True)
@@ -72,6 +80,7 @@ class Daemon:
         except OSError as exc:
             log.error("cannot listen on %s:%d: %s", host, port, exc.strerror)
             return 1
+        self.scheduler.tracing = setup_tracing(config.tracing)
         self.scheduler.apply(config)
         self.store.record_reload(True)
         self.web.start()
@@ -97,6 +106,7 @@ class Daemon:
         log.info("stopping")
         self.web.stop()
         self.scheduler.stop(wait=False)
+        self.scheduler.tracing.shutdown()
         return 0
 
     def _probe_once(self, module: str, target: str, scrape_timeout: float | None) -> bytes:

@@ -15,6 +15,9 @@ targets fan out over a shared pool of ``global.concurrency`` threads.  Local kin
 
 An exception escaping ``Probe.run`` is a bug: it becomes ``Reason.INTERNAL_ERROR``
 with a logged traceback, never a dead job.
+
+Each target run is traced when tracing is on (``exporter.tracing``): the run's root
+span wraps ``Probe.run`` and the result carries its trace id to the store.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from exporter.config import Config, ProbeConfig
 from exporter.store import ProbeInfo, ResultStore
+from exporter.tracing import TRACING_OFF, Tracing
 from probes import KINDS
 from probes.base import NO_SHARD, Discovery, Probe, ProbeContext, ProbeResult, Reason, Shard, SourceError
 
@@ -59,9 +63,10 @@ def probe_info(config: ProbeConfig, probe: Probe) -> ProbeInfo:
 
 
 class Scheduler:
-    def __init__(self, store: ResultStore, shard: Shard = NO_SHARD) -> None:
+    def __init__(self, store: ResultStore, shard: Shard = NO_SHARD, tracing: Tracing = TRACING_OFF) -> None:
         self._store = store
         self._shard = shard
+        self.tracing = tracing
         self._lock = threading.Lock()
         self._aps: BackgroundScheduler | None = None
         self._targets_pool: ThreadPoolExecutor | None = None
@@ -156,14 +161,16 @@ class Scheduler:
             discovery = replace(discovery, targets=owned)
         results: dict[str, tuple[ProbeResult, float]] = {}
         if probe.concurrent_targets and len(discovery.targets) > 1:
-            futures = {target: pool.submit(run_target, probe, target, config) for target in discovery.targets}
+            futures = {
+                target: pool.submit(run_target, probe, target, config, self.tracing) for target in discovery.targets
+            }
             for target, future in futures.items():
                 results[target] = future.result()
         else:
             for target in discovery.targets:
                 if cancelled.is_set():
                     return
-                results[target] = run_target(probe, target, config)
+                results[target] = run_target(probe, target, config, self.tracing)
         if cancelled.is_set():
             return
         duration = time.monotonic() - started
@@ -186,9 +193,12 @@ class Scheduler:
         log.debug("probe=%s round done targets=%d seconds=%.3f", config.name, len(results), duration)
 
 
-def run_target(probe: Probe, target: str, config: ProbeConfig) -> tuple[ProbeResult, float]:
+def run_target(
+    probe: Probe, target: str, config: ProbeConfig, tracing: Tracing = TRACING_OFF
+) -> tuple[ProbeResult, float]:
     """Run one target with its deadline; returns (result, wall-clock finish time)."""
-    ctx = ProbeContext(deadline=time.monotonic() + config.timeout, probe_name=config.name)
+    run = tracing.start_run(config.name, config.kind, target)
+    ctx = ProbeContext(deadline=time.monotonic() + config.timeout, probe_name=config.name, tracer=run)
     started = time.monotonic()
     try:
         result = probe.run(target, ctx)
@@ -200,4 +210,8 @@ def run_target(probe: Probe, target: str, config: ProbeConfig) -> tuple[ProbeRes
             duration_seconds=time.monotonic() - started,
             message=f"internal error: {type(exc).__name__}",
         )
+        if run is not None:
+            tracing.internal_error(run, exc)
+    if run is not None:
+        result = run.finish(result)
     return result, time.time()

@@ -75,26 +75,49 @@ class ProbeInfo:
 
 
 HANDSHAKE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Whole runs: a handshake plus revocation checks and an HTTP request, up to the timeout.
+PROBE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Exemplar:
+    """A traced observation: which run (trace) put a value in a bucket, and when."""
+
+    trace_id: str
+    value: float
+    timestamp: float  # wall clock
 
 
 @dataclass(frozen=True, slots=True)
 class Histogram:
-    """Cumulative-on-render histogram: per-bucket (not cumulative) counts."""
+    """Cumulative-on-render histogram: per-bucket (not cumulative) counts, and per
+    bucket the latest traced observation (OpenMetrics exemplars)."""
 
     bounds: tuple[float, ...]
     counts: tuple[int, ...]  # one per bound, plus one for +Inf
     total: float = 0.0
     count: int = 0
+    exemplars: tuple[Exemplar | None, ...] = ()  # () until a traced observation; else one per count
 
     @classmethod
     def empty(cls, bounds: tuple[float, ...]) -> Histogram:
         return cls(bounds, (0,) * (len(bounds) + 1))
 
-    def observe_all(self, values: Sequence[float]) -> Histogram:
+    def observe_all(self, values: Sequence[float], traces: Sequence[tuple[str, float]] = ()) -> Histogram:
+        """Add ``values``; ``traces``, when given, holds (trace id or '', wall-clock
+        time) for each value and makes the traced ones their bucket's exemplar."""
         counts = list(self.counts)
-        for value in values:
-            counts[bisect.bisect_left(self.bounds, value)] += 1
-        return Histogram(self.bounds, tuple(counts), self.total + sum(values), self.count + len(values))
+        exemplars = list(self.exemplars)
+        for position, value in enumerate(values):
+            bucket = bisect.bisect_left(self.bounds, value)
+            counts[bucket] += 1
+            if traces and traces[position][0]:
+                if not exemplars:
+                    exemplars = [None] * len(counts)
+                exemplars[bucket] = Exemplar(traces[position][0], value, traces[position][1])
+        return Histogram(
+            self.bounds, tuple(counts), self.total + sum(values), self.count + len(values), tuple(exemplars)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +127,7 @@ class ProbeState:
     source: SourceState | None  # None until the first round finished
     rounds: int = 0
     handshakes: Histogram = Histogram.empty(HANDSHAKE_BUCKETS)  # TLS handshake seconds, all targets
+    durations: Histogram = Histogram.empty(PROBE_BUCKETS)  # run seconds, all targets
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,11 +213,22 @@ class ResultStore:
             source = _next_source_state(old_state.source, discovery, errors, round_duration)
             previous_errors = old_state.source.last_errors if old_state.source else frozenset()
             new_errors = [e for e in errors if (e.item, e.reason.value) not in previous_errors]
+            tls_runs = [(r, finished) for r, finished in results.values() if r.tls is not None]
             handshakes = old_state.handshakes.observe_all(
-                [r.tls.handshake_seconds for r, _ in results.values() if r.tls is not None]
+                [r.tls.handshake_seconds for r, _ in tls_runs if r.tls is not None],
+                [(r.trace_id, finished) for r, finished in tls_runs],
+            )
+            durations = old_state.durations.observe_all(
+                [r.duration_seconds for r, _ in results.values()],
+                [(r.trace_id, finished) for r, finished in results.values()],
             )
             state = ProbeState(
-                info=info, targets=targets, source=source, rounds=old_state.rounds + 1, handshakes=handshakes
+                info=info,
+                targets=targets,
+                source=source,
+                rounds=old_state.rounds + 1,
+                handshakes=handshakes,
+                durations=durations,
             )
             probes = dict(self._snapshot.probes)
             probes[info.name] = state

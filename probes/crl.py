@@ -71,14 +71,20 @@ class CrlProbe:
 
     def run(self, target: str, ctx: ProbeContext) -> ProbeResult:
         started = time.monotonic()
-        info, seconds, status = CHECKER.fetch_crl(
-            target,
-            self.issuer,
-            deadline=ctx.deadline,
-            allow_networks=self.allow_networks,
-            revalidate=True,
-            max_bytes=self.settings.max_size,
-        )
+        with ctx.phase("crl") as phase:
+            info, seconds, status = CHECKER.fetch_crl(
+                target,
+                self.issuer,
+                deadline=ctx.deadline,
+                allow_networks=self.allow_networks,
+                revalidate=True,
+                max_bytes=self.settings.max_size,
+            )
+            if status is not None:
+                phase.set("http.response.status_code", status)
+            phase.set("certscope.crl.cached", seconds is None)
+            if info.reason is not Reason.OK:
+                phase.fail(info.reason, info.message)
         facts = CrlFacts(
             url=target,
             signature_valid=info.crl is not None and info.reason is not Reason.CRL_BAD_SIGNATURE,

@@ -227,13 +227,18 @@ class FilesProbe:
         cached = self._cache.get(target)
         if cached is not None and cached[0] == identity:
             return cached[1]  # its duration is that of the parse it saved
-        try:
-            data = _read_regular_file(target, self.settings.max_file_size)
-        except OSError as exc:
-            reason = _reason_for(exc, target)
-            return failed(reason, started, _describe(reason, target, exc), errors=[_error(reason, target, exc)])
-        parsed = parse_container(data, target, pkcs12_password=self._pkcs12_password)
-        result = container_result(parsed, target, started, self.settings.expect)
+        with ctx.phase("file.read") as phase:
+            try:
+                data = _read_regular_file(target, self.settings.max_file_size)
+            except OSError as exc:
+                reason = _reason_for(exc, target)
+                phase.fail(reason, _describe(reason, target, exc))
+                return failed(reason, started, _describe(reason, target, exc), errors=[_error(reason, target, exc)])
+            phase.set("certscope.file.size", len(data))
+        with ctx.phase("parse") as phase:
+            parsed = parse_container(data, target, pkcs12_password=self._pkcs12_password)
+            result = container_result(parsed, target, started, self.settings.expect)
+            phase.set("certscope.certificates", len(result.certificates))
         exposure = key_exposure(parsed.other_blocks, info, target)
         if exposure:
             result = replace(result, key_exposure=exposure)

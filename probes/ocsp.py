@@ -20,6 +20,7 @@ from probes.base import (
     ProbeDefaults,
     ProbeResult,
     Reason,
+    annotate_revocation,
     path_field,
 )
 from probes.certparse import facts_from_certificate
@@ -72,14 +73,16 @@ class OcspProbe:
             cert = load_certificates(target)[0]
         except (OSError, ValueError, IndexError) as exc:
             return ProbeResult(False, Reason.READ_ERROR, time.monotonic() - started, message=f"{target}: {exc}")
-        check = CHECKER.check_ocsp(
-            cert,
-            self.issuer,
-            self.settings.url,
-            deadline=ctx.deadline,
-            allow_networks=self.allow_networks,
-            use_nonce=self.settings.nonce,
-        )
+        with ctx.phase("ocsp") as phase:
+            check = CHECKER.check_ocsp(
+                cert,
+                self.issuer,
+                self.settings.url,
+                deadline=ctx.deadline,
+                allow_networks=self.allow_networks,
+                use_nonce=self.settings.nonce,
+            )
+            annotate_revocation(phase, check, 0, "leaf")
         reason = check.reason
         return ProbeResult(
             success=check.state == "good" or (check.state == "not_applicable"),

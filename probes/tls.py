@@ -47,6 +47,7 @@ from probes.base import (
     SourceError,
     TlsFacts,
     TrustSettings,
+    annotate_revocation,
     path_field,
 )
 from probes.certparse import facts_from_certificate, role_in_bundle
@@ -334,44 +335,52 @@ class TlsProbe:
         labels: tuple[tuple[str, str], ...],
     ) -> ProbeResult:
         settings = self.settings
-        phase_start = time.monotonic()
-        if pinned_address:
-            addresses = [(pinned_address, int(socket.AF_INET6 if ":" in pinned_address else socket.AF_INET))]
+        ctx.set_attribute("server.address", host)
+        ctx.set_attribute("server.port", port)
+        if pinned_address or _is_ip(host):
+            literal = pinned_address or host  # no lookup, so no dns phase
+            addresses = [(literal, int(socket.AF_INET6 if ":" in literal else socket.AF_INET))]
         else:
-            addresses = _resolve(host, port, settings.ip_version, ctx.deadline)
-            ctx.record_phase("dns", time.monotonic() - phase_start)
+            with ctx.phase("dns") as phase:
+                addresses = _resolve(host, port, settings.ip_version, ctx.deadline)
+                phase.set("certscope.dns.addresses", len(addresses))
         sock, address = _connect(addresses, port, ctx)
+        ctx.set_attribute("network.peer.address", address)
+        ctx.set_attribute("network.peer.port", port)
         try:
             if settings.starttls:
-                phase_start = time.monotonic()
-                try:
-                    upgrade(settings.starttls, sock, server_name or host, ctx.deadline)
-                except (StartTlsError, OSError) as exc:
-                    raise _Failure(Reason.STARTTLS_FAILED, f"{settings.starttls} STARTTLS: {exc}") from None
-                ctx.record_phase("starttls", time.monotonic() - phase_start)
+                with ctx.phase("starttls") as phase:
+                    phase.set("certscope.starttls.protocol", settings.starttls)
+                    try:
+                        upgrade(settings.starttls, sock, server_name or host, ctx.deadline)
+                    except (StartTlsError, OSError) as exc:
+                        raise _Failure(Reason.STARTTLS_FAILED, f"{settings.starttls} STARTTLS: {exc}") from None
 
             phase_start = time.monotonic()
-            tls = self.context.wrap_socket(sock, server_hostname=server_name or None, do_handshake_on_connect=False)
-            sock = tls  # closed below either way
-            tls.settimeout(max(ctx.remaining(), 0.001))
-            try:
-                tls.do_handshake()
-            except TimeoutError:
-                raise _Failure(Reason.HANDSHAKE_TIMEOUT, "handshake did not finish before the deadline") from None
-            except ssl.SSLError as exc:
-                # A TLS 1.2 server refuses a client certificate after sending its
-                # own chain: record what arrived before reporting the failure.
-                ders, served = _served_chain(tls, settings.max_chain_length)
-                observations.extend(self._memo.observe(ders, served))
-                failure = self._handshake_failure(tls, exc)
-                if served and failure.reason in (Reason.CLIENT_CERT_REQUIRED, Reason.CLIENT_CERT_REJECTED):
-                    verdict = self._memo.verdict(ders, served, server_name or host)
-                    failure.tls = _failed_handshake_facts(address, server_name, time.monotonic() - phase_start, verdict)
-                raise failure from None
-            except OSError as exc:
-                raise _Failure(Reason.HANDSHAKE_FAILED, f"connection lost during the handshake: {exc}") from None
-            handshake_seconds = time.monotonic() - phase_start
-            ctx.record_phase("tls.handshake", handshake_seconds)
+            with ctx.phase("tls.handshake") as phase:
+                tls = self.context.wrap_socket(sock, server_hostname=server_name or None, do_handshake_on_connect=False)
+                sock = tls  # closed below either way
+                tls.settimeout(max(ctx.remaining(), 0.001))
+                try:
+                    tls.do_handshake()
+                except TimeoutError:
+                    raise _Failure(Reason.HANDSHAKE_TIMEOUT, "handshake did not finish before the deadline") from None
+                except ssl.SSLError as exc:
+                    # A TLS 1.2 server refuses a client certificate after sending its
+                    # own chain: record what arrived before reporting the failure.
+                    ders, served = _served_chain(tls, settings.max_chain_length)
+                    observations.extend(self._memo.observe(ders, served))
+                    failure = self._handshake_failure(tls, exc)
+                    if served and failure.reason in (Reason.CLIENT_CERT_REQUIRED, Reason.CLIENT_CERT_REJECTED):
+                        verdict = self._memo.verdict(ders, served, server_name or host)
+                        failure.tls = _failed_handshake_facts(
+                            address, server_name, time.monotonic() - phase_start, verdict
+                        )
+                    raise failure from None
+                except OSError as exc:
+                    raise _Failure(Reason.HANDSHAKE_FAILED, f"connection lost during the handshake: {exc}") from None
+                handshake_seconds = time.monotonic() - phase_start
+                phase.set("tls.established", True)
 
             ders, served = _served_chain(tls, settings.max_chain_length)
             observations.extend(self._memo.observe(ders, served))
@@ -381,9 +390,18 @@ class TlsProbe:
 
             client_auth, http_status, after_failure = self._round_trip(tls, server_name or host, ctx, handshake_seconds)
 
-            phase_start = time.monotonic()
-            verdict = self._memo.verdict(ders, served, server_name or host)
-            ctx.record_phase("verify", time.monotonic() - phase_start)
+            with ctx.phase("verify") as phase:
+                verdict = self._memo.verdict(ders, served, server_name or host)
+                phase.set("certscope.chain.length", len(served))
+                phase.set("certscope.chain.verified", verdict.chain_verified)
+                if verdict.hostname_match is not None:
+                    phase.set("certscope.hostname.match", verdict.hostname_match)
+                if verdict.reason is not Reason.OK:
+                    phase.event(
+                        "certscope.verification_error",
+                        **{"error.type": verdict.reason.value, "certscope.message": verdict.message},
+                    )
+                    phase.fail(verdict.reason, verdict.message)
         finally:
             sock.close()
 
@@ -456,33 +474,41 @@ class TlsProbe:
         if settings is None or not (settings.ocsp or settings.crl or settings.stapled):
             return []
         path = list(verdict.verified_path) or served
-        started = time.monotonic()
         results: list[RevocationFacts] = []
-        for index, cert in enumerate(served):
-            issuer = next(
-                (path[i + 1] for i, c in enumerate(path[:-1]) if c == cert and path[i + 1].subject == cert.issuer),
-                None,
-            )
-            if issuer is None or cert.issuer == cert.subject:
-                continue
-            role = "leaf" if index == 0 else "intermediate"
-            if settings.ocsp:
-                found = CHECKER.check_ocsp(
-                    cert,
-                    issuer,
+        with ctx.phase("revocation"):
+            for index, cert in enumerate(served):
+                issuer = next(
+                    (path[i + 1] for i, c in enumerate(path[:-1]) if c == cert and path[i + 1].subject == cert.issuer),
                     None,
-                    deadline=ctx.deadline,
-                    allow_networks=self.allow_networks,
-                    use_nonce=settings.nonce,
                 )
-                results.append(replace(found, index=index, role=role))
-            if settings.crl:
-                found = CHECKER.check_crl(cert, issuer, None, deadline=ctx.deadline, allow_networks=self.allow_networks)
-                results.append(replace(found, index=index, role=role))
-        if settings.stapled and served:
-            issuer = path[1] if len(path) > 1 and path[1].subject == served[0].issuer else None
-            results.append(self._check_stapled(served[0], issuer, ctx, endpoint))
-        ctx.record_phase("revocation", time.monotonic() - started)
+                if issuer is None or cert.issuer == cert.subject:
+                    continue
+                role = "leaf" if index == 0 else "intermediate"
+                if settings.ocsp:
+                    with ctx.phase("ocsp") as phase:
+                        found = CHECKER.check_ocsp(
+                            cert,
+                            issuer,
+                            None,
+                            deadline=ctx.deadline,
+                            allow_networks=self.allow_networks,
+                            use_nonce=settings.nonce,
+                        )
+                        annotate_revocation(phase, found, index, role)
+                    results.append(replace(found, index=index, role=role))
+                if settings.crl:
+                    with ctx.phase("crl") as phase:
+                        found = CHECKER.check_crl(
+                            cert, issuer, None, deadline=ctx.deadline, allow_networks=self.allow_networks
+                        )
+                        annotate_revocation(phase, found, index, role)
+                    results.append(replace(found, index=index, role=role))
+            if settings.stapled and served:
+                issuer = path[1] if len(path) > 1 and path[1].subject == served[0].issuer else None
+                with ctx.phase("stapled") as phase:
+                    found = self._check_stapled(served[0], issuer, ctx, endpoint)
+                    annotate_revocation(phase, found, 0, "leaf")
+                results.append(found)
         return results
 
     def _check_stapled(
@@ -521,43 +547,31 @@ class TlsProbe:
         http = self.settings.http
         failure: _Failure | None = None
         status: int | None = None
-        phase_start = time.monotonic()
-        try:
-            if http is not None:
-                status, response = _http_status(tls, http, host, ctx)
-                # nginx answers a missing or refused client certificate with a 400
-                # page instead of a TLS alert.
-                if status == 400 and b"No required SSL certificate was sent" in response:
-                    failure = _Failure(
-                        Reason.CLIENT_CERT_REQUIRED, "the server requires a client certificate (HTTP 400)"
-                    )
-                elif status == 400 and b"The SSL certificate error" in response:
-                    failure = _Failure(
-                        Reason.CLIENT_CERT_REJECTED, "the server rejected the client certificate (HTTP 400)"
-                    )
-                elif status == 401:
-                    failure = _Failure(Reason.HTTP_UNAUTHORIZED, f"HTTP {status} for {http.path}")
-                elif status == 403:
-                    failure = _Failure(Reason.HTTP_FORBIDDEN, f"HTTP {status} for {http.path}")
-                elif status not in http.expect_status:
-                    failure = _Failure(Reason.HTTP_UNEXPECTED_STATUS, f"HTTP {status} for {http.path}")
-                ctx.record_phase("http", time.monotonic() - phase_start)
-            elif requested and tls.version() == "TLSv1.3":
-                # A rejection comes one round trip after our Finished; the handshake
-                # took about one, so twice its time (at least 50 ms) is plenty.
-                wait = min(self.settings.client_auth_wait, max(0.05, 2 * handshake_seconds))
-                tls.settimeout(max(0.001, min(ctx.remaining(), wait)))
+        if http is not None or (requested and tls.version() == "TLSv1.3"):
+            with ctx.phase("http" if http is not None else "client_auth") as phase:
                 try:
-                    tls.recv(1)
+                    if http is not None:
+                        phase.set("http.request.method", http.method)
+                        status, response = _http_status(tls, http, host, ctx)
+                        phase.set("http.response.status_code", status)
+                        failure = _http_failure(status, response, http)
+                    else:
+                        # A rejection comes one round trip after our Finished; the handshake
+                        # took about one, so twice its time (at least 50 ms) is plenty.
+                        wait = min(self.settings.client_auth_wait, max(0.05, 2 * handshake_seconds))
+                        tls.settimeout(max(0.001, min(ctx.remaining(), wait)))
+                        try:
+                            tls.recv(1)
+                        except TimeoutError:
+                            pass  # no rejection within the wait: accepted
+                except ssl.SSLError as exc:
+                    failure = self._handshake_failure(tls, exc)
                 except TimeoutError:
-                    pass  # no rejection within the wait: accepted
-                ctx.record_phase("client_auth", time.monotonic() - phase_start)
-        except ssl.SSLError as exc:
-            failure = self._handshake_failure(tls, exc)
-        except TimeoutError:
-            failure = _Failure(Reason.HANDSHAKE_TIMEOUT, "no answer after the handshake before the deadline")
-        except (OSError, ValueError) as exc:
-            failure = _Failure(Reason.PROTOCOL_ERROR, f"after the handshake: {exc}")
+                    failure = _Failure(Reason.HANDSHAKE_TIMEOUT, "no answer after the handshake before the deadline")
+                except (OSError, ValueError) as exc:
+                    failure = _Failure(Reason.PROTOCOL_ERROR, f"after the handshake: {exc}")
+                if failure is not None:
+                    phase.fail(failure.reason, str(failure))
         if not requested:
             client_auth = "not_requested"
         elif failure is not None and failure.reason in (Reason.CLIENT_CERT_REQUIRED, Reason.CLIENT_CERT_REJECTED):
@@ -565,6 +579,23 @@ class TlsProbe:
         else:
             client_auth = "accepted" if sent else "not_sent"
         return client_auth, status, failure
+
+
+def _http_failure(status: int, response: bytes, http: HttpCheck) -> _Failure | None:
+    """The failure an HTTP answer after the handshake means, if any."""
+    # nginx answers a missing or refused client certificate with a 400 page
+    # instead of a TLS alert.
+    if status == 400 and b"No required SSL certificate was sent" in response:
+        return _Failure(Reason.CLIENT_CERT_REQUIRED, "the server requires a client certificate (HTTP 400)")
+    if status == 400 and b"The SSL certificate error" in response:
+        return _Failure(Reason.CLIENT_CERT_REJECTED, "the server rejected the client certificate (HTTP 400)")
+    if status == 401:
+        return _Failure(Reason.HTTP_UNAUTHORIZED, f"HTTP {status} for {http.path}")
+    if status == 403:
+        return _Failure(Reason.HTTP_FORBIDDEN, f"HTTP {status} for {http.path}")
+    if status not in http.expect_status:
+        return _Failure(Reason.HTTP_UNEXPECTED_STATUS, f"HTTP {status} for {http.path}")
+    return None
 
 
 _CLIENT_CERT_ALERTS = (
@@ -633,29 +664,30 @@ def _resolve(host: str, port: int, ip_version: str, deadline: float) -> list[tup
 
 def _connect(addresses: list[tuple[str, int]], port: int, ctx: ProbeContext) -> tuple[socket.socket, str]:
     """Connect to the first address that answers (in resolver order)."""
-    started = time.monotonic()
     last: _Failure | None = None
-    for address, family in addresses:
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.settimeout(max(ctx.remaining(), 0.001))
-        try:
-            sock.connect((address, port))
-        except TimeoutError:
-            sock.close()
-            last = _Failure(Reason.CONNECT_TIMEOUT, f"no answer from {address}:{port} before the deadline")
-            break  # the deadline is spent
-        except ConnectionRefusedError:
-            sock.close()
-            last = _Failure(Reason.CONNECT_REFUSED, f"connection to {address}:{port} refused")
-            continue
-        except OSError as exc:
-            sock.close()
-            last = _Failure(Reason.CONNECT_FAILED, f"cannot connect to {address}:{port}: {exc.strerror or exc}")
-            continue
-        ctx.record_phase("connect", time.monotonic() - started)
-        return sock, address
-    assert last is not None
-    raise last
+    with ctx.phase("connect") as phase:
+        for attempt, (address, family) in enumerate(addresses, 1):
+            phase.set("certscope.connect.attempts", attempt)
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.settimeout(max(ctx.remaining(), 0.001))
+            try:
+                sock.connect((address, port))
+            except TimeoutError:
+                sock.close()
+                last = _Failure(Reason.CONNECT_TIMEOUT, f"no answer from {address}:{port} before the deadline")
+                break  # the deadline is spent
+            except ConnectionRefusedError:
+                sock.close()
+                last = _Failure(Reason.CONNECT_REFUSED, f"connection to {address}:{port} refused")
+                continue
+            except OSError as exc:
+                sock.close()
+                last = _Failure(Reason.CONNECT_FAILED, f"cannot connect to {address}:{port}: {exc.strerror or exc}")
+                continue
+            phase.set("network.peer.address", address)
+            return sock, address
+        assert last is not None
+        raise last
 
 
 def _failed_handshake_facts(address: str, server_name: str, seconds: float, verdict: Verdict) -> TlsFacts:
