@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Exemplar
 
 import exporter.collector
 from exporter.exposition import encode_openmetrics, encode_text
@@ -105,10 +106,12 @@ def test_fast_encoder_is_byte_identical_to_the_client(served: Any) -> None:
             counter = CounterMetricFamily("x_events", "events", labels=["b"])
             counter.add_metric(["w"], 3)
             histogram = HistogramMetricFamily("x_seconds", "latency", labels=["c"])
-            histogram.add_metric(["u"], [("0.5", 1), ("+Inf", 2)], sum_value=0.9)
+            traced = Exemplar({"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736"}, 0.42, 1700000000.5)
+            histogram.add_metric(["u"], [("0.5", 1, traced), ("+Inf", 2)], sum_value=0.9)
             return [gauge, counter, histogram]
 
     registry.register(Extra())  # type: ignore[arg-type]
     assert encode_text(registry) == generate_latest(registry)
     assert encode_openmetrics(registry) == generate_openmetrics(registry)
+    assert b'# {trace_id="4bf92f3577b34da6a3ce929d0e0e4736"} 0.42 1700000000.5' in encode_openmetrics(registry)
     assert b'subject_cn="quote \\" back\\\\slash\\nnewline"' in encode_text(registry)
