@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from exporter.config import ConfigError, default_config, load_config, parse_config, parse_duration
+from probes import KINDS
 
 
 def errors_of(text: str) -> list[str]:
@@ -72,7 +73,8 @@ probes:
         "global.interval: not a duration: 'soon'",
         "global.concurrency: must be an integer, got 'many'",
         "probes[0].paths[1]: must be a string, got int",
-        "probes[1].kind: must be one of crl, files, ocsp, tls, got 'nope'",
+        # Every registered kind, sorted (so a new kind does not break this test).
+        f"probes[1].kind: must be one of {', '.join(sorted(KINDS))}, got 'nope'",
         "probes[2].intervall: unknown key (did you mean 'interval'?)",
         "probes[2].pkcs12.password_file: file not found: /does/not/exist",
         "probes[2].max_file_size: must be a positive size like 16MiB or 512KiB, got 'huge'",
