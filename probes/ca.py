@@ -88,6 +88,11 @@ class CaIssuance:
             problems.append(("password_env", "set password_file or password_env, not both"))
         if self.auth_key_file and self.auth_key_env:
             problems.append(("auth_key_env", "set auth_key_file or auth_key_env, not both"))
+        if not self.common_name.strip():
+            problems.append(("common_name", "must not be empty"))
+        for index, name in enumerate(self.sans):
+            if not name.strip() or not name.isascii():
+                problems.append((f"sans[{index}]", f"must be a DNS name or an IP address, got {name!r}"))
         if self.endpoint not in ("sign", "newcert"):
             problems.append(("endpoint", f"must be sign or newcert, got {self.endpoint!r}"))
         if (self.auth_key_file or self.auth_key_env) and self.endpoint != "sign":

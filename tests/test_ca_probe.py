@@ -389,3 +389,20 @@ def test_daemon_exports_ca_metrics_without_credentials(
         assert secret not in text
     assert "eyJ" not in text  # no JWT, JWE or JWK in any form
     assert "bad_password" in daemon.log()  # the failure itself is logged
+
+
+def test_ca_metric_families_are_documented() -> None:
+    from exporter.collector import render
+    from exporter.store import Snapshot
+
+    documented = (Path(__file__).parent.parent / "docs" / "metrics.md").read_text()
+    rendered = {family.name for family in render(Snapshot()) if family.name.startswith("certscope_ca_")}
+    assert rendered == {
+        "certscope_ca_up",
+        "certscope_ca_response_duration_seconds",
+        "certscope_ca_issuance_success",
+        "certscope_ca_issuance_duration_seconds",
+        "certscope_ca_issuance",  # the counter's family name; samples end in _total
+    }
+    for name in rendered:
+        assert f"`{name}{'_total' if name == 'certscope_ca_issuance' else ''}`" in documented, name

@@ -74,6 +74,7 @@ probes:
         "global.interval: not a duration: 'soon'",
         "global.concurrency: must be an integer, got 'many'",
         "probes[0].paths[1]: must be a string, got int",
+        # Every registered kind, sorted (so a new kind does not break this test).
         f"probes[1].kind: must be one of {', '.join(sorted(KINDS))}, got 'nope'",
         "probes[2].intervall: unknown key (did you mean 'interval'?)",
         "probes[2].pkcs12.password_file: file not found: /does/not/exist",
