@@ -109,7 +109,7 @@ class Daemon:
         config = self.config
         if config is None:
             raise ProbeRefused(404, "not configured yet")
-        return probe_target(config, self.scheduler.probe, module, target, scrape_timeout)
+        return probe_target(config, self.scheduler.probe, module, target, scrape_timeout, self.scheduler.tracing)
 
     def _on_hup(self, signum: int, frame: FrameType | None) -> None:
         self._reload_requested.set()

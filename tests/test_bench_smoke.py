@@ -42,3 +42,18 @@ def test_revocation_benchmark_quick(tmp_path: Path) -> None:
     run = run_quick("revocation.py", tmp_path, 120)
     assert (tmp_path / "revocation.json").exists()
     assert "OCSP cached network requests = 0" in run.stdout
+
+
+def test_tracing_benchmark_quick(tmp_path: Path) -> None:
+    run = run_quick("tracing.py", tmp_path, 120)
+    result = json.loads((tmp_path / "tracing.json").read_text())
+    assert set(result["cells"]) == {
+        "phase_untraced",
+        "record_phase",
+        "run_untraced",
+        "run_traced",
+        "tls_untraced",
+        "tls_traced",
+    }
+    assert result["spans_received"] > 0
+    assert "overhead tracing_per_run" in run.stdout

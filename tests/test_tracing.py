@@ -10,6 +10,8 @@ and probing at full rate with a collector that is down or hangs.
 from __future__ import annotations
 
 import itertools
+import logging
+import re
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -23,7 +25,7 @@ from exporter.config import ProbeConfig, TracingSettings, parse_config
 from exporter.scheduler import run_target
 from exporter.tracing import TRACING_OFF, redact_url, setup_tracing, tracing_wanted
 from probes import KINDS
-from probes.base import ProbeContext, ProbeResult, Reason
+from probes.base import ProbeContext, ProbeResult, Reason, Seconds
 from tests import servers
 from tests.helpers import DaemonProcess, find, wait_for
 from tests.otlp_receiver import STATUS_ERROR, STATUS_UNSET, OtlpReceiver, ReceivedSpan, span_tree
@@ -244,6 +246,46 @@ def test_files_probe_phases_and_source_errors(
     assert root.status_code == STATUS_ERROR
     assert root.attributes["error.type"] == result.reason.value
     assert [name for name, _ in root.events] == ["certscope.source_error"] * len(result.errors)
+
+
+def test_export_failure_and_recovery_are_logged_once_each(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tls_files: servers.TlsFiles
+) -> None:
+    """A collector that goes away and comes back on the same port: one warning when
+    exports start failing, one message when they work again, nothing in between."""
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+    caplog.set_level(logging.INFO, logger="exporter.tracing")
+    with OtlpReceiver() as first:
+        port = first.http_port
+    certificate = tmp_path / "leaf.pem"
+    certificate.write_bytes(tls_files.localhost.cert.read_bytes())
+    config = parse_config(f'probes: [{{name: disk, kind: files, paths: ["{certificate}"]}}]', "test").probes[0]
+    probe = KINDS["files"].build(config.settings, config.defaults)
+    settings = TracingSettings(endpoint=f"http://127.0.0.1:{port}", export_timeout=Seconds(0.5))
+    tracing = setup_tracing(settings, environ={})
+
+    def messages(word: str) -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "exporter.tracing" and word in r.getMessage()]
+
+    def run_some() -> None:
+        for _ in range(20):
+            run_target(probe, str(certificate), config, tracing)
+        time.sleep(0.1)
+
+    try:
+        wait_for(lambda: run_some() or messages("fails"), 20, "the failure to be logged")
+        for _ in range(10):
+            run_some()
+        assert len(messages("fails")) == 1, messages("fails")
+        with OtlpReceiver(http_port=port) as second:
+            wait_for(lambda: run_some() or messages("works again"), 20, "the recovery to be logged")
+            second.wait_for(lambda spans: len(spans) > 0)
+    finally:
+        tracing.shutdown()
+    assert len(messages("fails")) == 1
+    (recovered,) = messages("works again")
+    assert re.search(r"; \d+ spans were lost meanwhile", recovered), recovered
+    assert tracing.health is not None and tracing.health.failed_spans > 0
 
 
 # -- the switch and the no-op path ----------------------------------------------------
