@@ -30,6 +30,7 @@ from tests import servers
 from tests.helpers import DaemonProcess, find, wait_for
 from tests.otlp_receiver import STATUS_ERROR, STATUS_UNSET, OtlpReceiver, ReceivedSpan, span_tree
 from tests.pki import Pki
+from tests.revocation_servers import revocation_stack
 
 PROTOCOLS = {"http/protobuf": "http_endpoint", "grpc": "grpc_endpoint"}
 
@@ -203,6 +204,55 @@ def test_expired_certificate_fails_verify_with_an_event(
     assert handshake.status_code == STATUS_UNSET
     # The chain is recorded first: the expired leaf's dates are on the span.
     assert root.attributes["tls.server.not_after"] < iso(time.time())
+
+
+def test_revocation_phases_nest_under_revocation(receiver: OtlpReceiver, tmp_path: Path) -> None:
+    """A revoked leaf, checked by OCSP (a real ``openssl ocsp`` responder) and CRL:
+    the ocsp and crl spans are children of the revocation span, fail with an event,
+    and only the top-level phases are in the result's timings."""
+    with revocation_stack(tmp_path / "revocation", big_entries=None) as stack:
+        leaf = stack.pki.revoked
+        name = leaf.cert.subject.rfc4514_string().split("CN=")[1].split(",")[0]
+        with servers.openssl_s_server(leaf.cert_path, leaf.key_path, None) as server:
+            config = parse_config(
+                f"""
+global: {{egress: {{allow_networks: ["127.0.0.0/8"]}}}}
+probes:
+  - name: revocation
+    kind: tls
+    targets: ["127.0.0.1:{server.port}"]
+    server_name: "{name}"
+    trust: {{system: false, ca_files: ["{stack.pki.ca.cert_path}"]}}
+    revocation: {{ocsp: true, crl: true}}
+""",
+                "test",
+            ).probes[0]
+            result = traced_run(config, TracingSettings(endpoint=receiver.http_endpoint))
+    assert result.reason is Reason.REVOKED, result.message
+    spans = one_trace(receiver, result.trace_id, 7)
+    tree = [(depth, span.name) for depth, span in span_tree(spans)]
+    assert tree == [
+        (0, "probe tls"),
+        (1, "connect"),
+        (1, "tls.handshake"),
+        (1, "verify"),
+        (1, "revocation"),
+        (2, "ocsp"),
+        (2, "crl"),
+    ], tree
+    named = by_name(spans)
+    assert named["ocsp"].parent_span_id == named["crl"].parent_span_id == named["revocation"].span_id
+    assert named["ocsp"].start_ns >= named["revocation"].start_ns
+    assert named["crl"].end_ns <= named["revocation"].end_ns
+    for method in ("ocsp", "crl"):
+        span = named[method]
+        assert span.status_code == STATUS_ERROR and span.attributes["error.type"] == "revoked", method
+        assert span.attributes["certscope.revocation.state"] == "revoked"
+        assert span.attributes["certscope.revocation.method"] == method
+        assert span.attributes["server.address"] == "127.0.0.1"
+        assert [event for event, _ in span.events] == ["certscope.revoked"]
+    assert named["probe tls"].attributes["error.type"] == "revoked"
+    assert [phase for phase, _ in result.phases] == ["connect", "tls.handshake", "verify", "revocation"]
 
 
 def test_mtls_client_certificate_attributes(receiver: OtlpReceiver, tls_files: servers.TlsFiles) -> None:
