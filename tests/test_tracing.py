@@ -27,7 +27,7 @@ from exporter.tracing import TRACING_OFF, redact_url, setup_tracing, tracing_wan
 from probes import KINDS
 from probes.base import ProbeContext, ProbeResult, Reason, Seconds
 from tests import servers
-from tests.helpers import DaemonProcess, find, wait_for
+from tests.helpers import DaemonProcess, find, value, wait_for
 from tests.otlp_receiver import STATUS_ERROR, STATUS_UNSET, OtlpReceiver, ReceivedSpan, span_tree
 from tests.pki import Pki
 from tests.revocation_servers import revocation_stack
@@ -454,6 +454,9 @@ def test_daemon_traces_from_otel_variables_and_exposes_exemplars(
     assert plain.headers["Content-Type"].startswith("text/plain")
     assert "trace_id" not in plain.text
     assert "tracing on (OTEL_EXPORTER_OTLP_ENDPOINT is set)" in daemon.log()
+    samples = daemon.metrics()
+    assert value(samples, "certscope_trace_spans_total", outcome="exported") > 0
+    assert value(samples, "certscope_trace_export_up") == 1
 
 
 @pytest.mark.parametrize("collector", ["down", "hanging"])
@@ -498,6 +501,7 @@ probes:
         time.sleep(10)
         rss_late = _rss_peak_kib(daemon)
         runs_after, elapsed = _runs(daemon), time.monotonic() - started
+        samples = daemon.metrics()
         log = daemon.log()
         stop_started = time.monotonic()
         assert daemon.stop() == 0
@@ -522,6 +526,12 @@ probes:
     # The SDK's own per-batch warnings (retrying, failed, queue full) are held back.
     assert [line for line in log.splitlines() if "logger=opentelemetry" in line] == []
     assert stop_seconds < 8, f"shutdown took {stop_seconds:.1f}s"
+    lost = value(samples, "certscope_trace_spans_total", outcome="dropped") + value(
+        samples, "certscope_trace_spans_total", outcome="failed"
+    )
+    assert lost > 10 * 256
+    assert value(samples, "certscope_trace_spans_total", outcome="exported") == 0
+    assert value(samples, "certscope_trace_export_up") == 0
     print(
         f"{collector}: {rounds:.0f} rounds in {elapsed:.1f}s (ideal {expected:.0f}), VmRSS {growth:+} KiB, "
         f"{spans_offered} spans offered, stop {stop_seconds:.2f}s"
