@@ -350,49 +350,55 @@ class RunTrace:
 
 
 def _describe_result(root: Span, result: ProbeResult) -> None:
-    root.set_attribute("certscope.probe.success", result.success)
-    root.set_attribute("certscope.certificates", len(result.certificates))
+    # One set_attributes call: each set_attribute takes the span's lock and checks
+    # the value, which adds up over twenty attributes a run.
+    attributes: dict[str, AttributeValue] = {
+        "certscope.probe.success": result.success,
+        "certscope.certificates": len(result.certificates),
+    }
     tls = result.tls
     if tls is not None:
         if tls.address:
-            root.set_attribute("network.peer.address", tls.address)
-        root.set_attribute("tls.established", bool(tls.version))
+            attributes["network.peer.address"] = tls.address
+        attributes["tls.established"] = bool(tls.version)
         if tls.version:
             name, _, number = tls.version.partition("v")  # TLSv1.3 -> tls, 1.3
-            root.set_attribute("tls.protocol.name", name.lower())
-            root.set_attribute("tls.protocol.version", number)
-            root.set_attribute("tls.cipher", tls.cipher)
+            attributes["tls.protocol.name"] = name.lower()
+            attributes["tls.protocol.version"] = number
+            attributes["tls.cipher"] = tls.cipher
         if tls.alpn:
-            root.set_attribute("tls.next_protocol", tls.alpn)
-        root.set_attribute("certscope.tls.chain_verified", tls.chain_verified)
+            attributes["tls.next_protocol"] = tls.alpn
+        attributes["certscope.tls.chain_verified"] = tls.chain_verified
         if tls.hostname_match is not None:
-            root.set_attribute("certscope.tls.hostname_match", tls.hostname_match)
-        root.set_attribute("certscope.tls.client_auth", tls.client_auth)
+            attributes["certscope.tls.hostname_match"] = tls.hostname_match
+        attributes["certscope.tls.client_auth"] = tls.client_auth
         if tls.http_status is not None:
-            root.set_attribute("http.response.status_code", tls.http_status)
+            attributes["http.response.status_code"] = tls.http_status
         for observation in result.certificates:
             if observation.role == "leaf" and observation.index == 0:
-                _certificate_attributes(root, "tls.server", observation.cert)
+                _certificate_attributes(attributes, "tls.server", observation.cert)
                 break
         for observation in result.certificates:
             if observation.role == "client" and observation.index == 0:
-                _certificate_attributes(root, "tls.client", observation.cert)
+                _certificate_attributes(attributes, "tls.client", observation.cert)
                 break
+    if not result.success:
+        attributes["error.type"] = result.reason.value
+    root.set_attributes(attributes)
     for error in result.errors[:MAX_SOURCE_ERROR_EVENTS]:
         root.add_event(
             "certscope.source_error", {"error.type": error.reason.value, "certscope.item": redact_url(error.item)}
         )
     if not result.success:
-        root.set_attribute("error.type", result.reason.value)
         root.set_status(Status(StatusCode.ERROR, result.message or result.reason.value))
 
 
-def _certificate_attributes(span: Span, prefix: str, cert: CertFacts) -> None:
-    span.set_attribute(f"{prefix}.subject", cert.subject)
-    span.set_attribute(f"{prefix}.issuer", cert.issuer)
-    span.set_attribute(f"{prefix}.not_before", _iso(cert.not_before))
-    span.set_attribute(f"{prefix}.not_after", _iso(cert.not_after))
-    span.set_attribute(f"{prefix}.hash.sha256", cert.fingerprint_sha256.upper())
+def _certificate_attributes(attributes: dict[str, AttributeValue], prefix: str, cert: CertFacts) -> None:
+    attributes[f"{prefix}.subject"] = cert.subject
+    attributes[f"{prefix}.issuer"] = cert.issuer
+    attributes[f"{prefix}.not_before"] = _iso(cert.not_before)
+    attributes[f"{prefix}.not_after"] = _iso(cert.not_after)
+    attributes[f"{prefix}.hash.sha256"] = cert.fingerprint_sha256.upper()
 
 
 def _iso(timestamp: float) -> str:
