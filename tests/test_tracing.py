@@ -255,6 +255,24 @@ probes:
     assert [phase for phase, _ in result.phases] == ["connect", "tls.handshake", "verify", "revocation"]
 
 
+def test_starttls_phase(receiver: OtlpReceiver, tls_files: servers.TlsFiles) -> None:
+    leaf = tls_files.localhost
+    with servers.smtp_starttls_server(leaf.cert, leaf.key, leaf.chain) as server:
+        config = tls_probe(f"localhost:{server.port}", tls_files, "    starttls: smtp")
+        result = traced_run(config, TracingSettings(endpoint=receiver.http_endpoint))
+    assert result.success, result.message
+    spans = one_trace(receiver, result.trace_id, 6)
+    assert [span.name for _, span in span_tree(spans)] == [
+        "probe tls",
+        "dns",
+        "connect",
+        "starttls",
+        "tls.handshake",
+        "verify",
+    ]
+    assert by_name(spans)["starttls"].attributes["certscope.starttls.protocol"] == "smtp"
+
+
 def test_mtls_client_certificate_attributes(receiver: OtlpReceiver, tls_files: servers.TlsFiles) -> None:
     leaf = tls_files.localhost
     client = tls_files.client
