@@ -22,7 +22,7 @@ from exporter.config import Config, ConfigError, default_config, load_config, sp
 from exporter.multi_target import ProbeRefused, probe_target
 from exporter.scheduler import Scheduler
 from exporter.store import ResultStore
-from exporter.tracing import setup_tracing
+from exporter.tracing import TracingCollector, setup_tracing
 from exporter.web import WebApp, WebServer
 from probes.base import NO_SHARD, Shard
 
@@ -81,6 +81,8 @@ class Daemon:
             log.error("cannot listen on %s:%d: %s", host, port, exc.strerror)
             return 1
         self.scheduler.tracing = setup_tracing(config.tracing)
+        if self.scheduler.tracing.enabled:
+            app.registry.register(TracingCollector(lambda: self.scheduler.tracing))
         self.scheduler.apply(config)
         self.store.record_reload(True)
         self.web.start()
@@ -113,7 +115,7 @@ class Daemon:
         config = self.config
         if config is None:
             raise ProbeRefused(404, "not configured yet")
-        return probe_target(config, self.scheduler.probe, module, target, scrape_timeout)
+        return probe_target(config, self.scheduler.probe, module, target, scrape_timeout, self.scheduler.tracing)
 
     def _on_hup(self, signum: int, frame: FrameType | None) -> None:
         self._reload_requested.set()

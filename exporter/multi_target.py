@@ -7,7 +7,9 @@ policy (no loopback, link-local, unspecified, multicast or cloud-metadata addres
 unless ``global.egress.allow_networks`` lists them).  The probe then connects to the
 address that was checked, so a DNS answer cannot change between check and connect.
 
-The answer is the exposition of that one run, rendered like ``/metrics``.
+The answer is the exposition of that one run, rendered like ``/metrics``.  With
+tracing on, the run is traced like a scheduled one (its root span says
+``certscope.probe.trigger=probe_endpoint``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from exporter.collector import SnapshotCollector
 from exporter.config import Config, ProbeConfig
 from exporter.scheduler import probe_info
 from exporter.store import ProbeState, Snapshot, SourceState, TargetState
+from exporter.tracing import TRACING_OFF, Tracing
 from probes.base import Probe, ProbeContext
 from probes.fetch import FetchError, resolve_checked
 from probes.tls import TlsProbe, split_target
@@ -43,6 +46,7 @@ def probe_target(
     module: str,
     target: str,
     scrape_timeout: float | None,
+    tracing: Tracing = TRACING_OFF,
 ) -> bytes:
     """Run one probe for /probe and return its exposition, or raise ProbeRefused."""
     if not config.web.probe_endpoint:
@@ -69,8 +73,13 @@ def probe_target(
     timeout: float = probe_config.timeout
     if scrape_timeout is not None:
         timeout = max(0.1, min(timeout, scrape_timeout - SCRAPE_TIMEOUT_OFFSET))
-    ctx = ProbeContext(deadline=time.monotonic() + timeout, probe_name=probe_config.name)
+    run = tracing.start_run(probe_config.name, probe_config.kind, target)
+    if run is not None:
+        run.set_attribute("certscope.probe.trigger", "probe_endpoint")
+    ctx = ProbeContext(deadline=time.monotonic() + timeout, probe_name=probe_config.name, tracer=run)
     result = probe.run(f"{target}@{address}", ctx)
+    if run is not None:
+        result = run.finish(result)
     result_labels = tuple(pair for pair in result.target_labels if pair[0] != "address")
     finished = time.time()
     state = ProbeState(

@@ -34,7 +34,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -47,6 +47,8 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, format_trace_id
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter.config import TracingSettings
@@ -335,59 +337,68 @@ class RunTrace:
         self.root.set_attribute(key, value)
 
     def finish(self, result: ProbeResult) -> ProbeResult:
-        """End the root span with what ``result`` says; the result gains the trace id."""
+        """End the root span with what ``result`` says; the result gains the trace id.
+        Never raises: a tracing bug must cost the trace, not the probe's result."""
         root = self.root
         try:
             _describe_result(root, result)
+        except Exception:
+            log.exception("cannot describe probe run %s on its span", result.reason.value)
         finally:
             root.end(end_time=self.wall_ns(time.monotonic_ns()))
         return replace(result, trace_id=format_trace_id(root.get_span_context().trace_id))
 
 
 def _describe_result(root: Span, result: ProbeResult) -> None:
-    root.set_attribute("certscope.probe.success", result.success)
-    root.set_attribute("certscope.certificates", len(result.certificates))
+    # One set_attributes call: each set_attribute takes the span's lock and checks
+    # the value, which adds up over twenty attributes a run.
+    attributes: dict[str, AttributeValue] = {
+        "certscope.probe.success": result.success,
+        "certscope.certificates": len(result.certificates),
+    }
     tls = result.tls
     if tls is not None:
         if tls.address:
-            root.set_attribute("network.peer.address", tls.address)
-        root.set_attribute("tls.established", bool(tls.version))
+            attributes["network.peer.address"] = tls.address
+        attributes["tls.established"] = bool(tls.version)
         if tls.version:
             name, _, number = tls.version.partition("v")  # TLSv1.3 -> tls, 1.3
-            root.set_attribute("tls.protocol.name", name.lower())
-            root.set_attribute("tls.protocol.version", number)
-            root.set_attribute("tls.cipher", tls.cipher)
+            attributes["tls.protocol.name"] = name.lower()
+            attributes["tls.protocol.version"] = number
+            attributes["tls.cipher"] = tls.cipher
         if tls.alpn:
-            root.set_attribute("tls.next_protocol", tls.alpn)
-        root.set_attribute("certscope.tls.chain_verified", tls.chain_verified)
+            attributes["tls.next_protocol"] = tls.alpn
+        attributes["certscope.tls.chain_verified"] = tls.chain_verified
         if tls.hostname_match is not None:
-            root.set_attribute("certscope.tls.hostname_match", tls.hostname_match)
-        root.set_attribute("certscope.tls.client_auth", tls.client_auth)
+            attributes["certscope.tls.hostname_match"] = tls.hostname_match
+        attributes["certscope.tls.client_auth"] = tls.client_auth
         if tls.http_status is not None:
-            root.set_attribute("http.response.status_code", tls.http_status)
+            attributes["http.response.status_code"] = tls.http_status
         for observation in result.certificates:
             if observation.role == "leaf" and observation.index == 0:
-                _certificate_attributes(root, "tls.server", observation.cert)
+                _certificate_attributes(attributes, "tls.server", observation.cert)
                 break
         for observation in result.certificates:
             if observation.role == "client" and observation.index == 0:
-                _certificate_attributes(root, "tls.client", observation.cert)
+                _certificate_attributes(attributes, "tls.client", observation.cert)
                 break
+    if not result.success:
+        attributes["error.type"] = result.reason.value
+    root.set_attributes(attributes)
     for error in result.errors[:MAX_SOURCE_ERROR_EVENTS]:
         root.add_event(
             "certscope.source_error", {"error.type": error.reason.value, "certscope.item": redact_url(error.item)}
         )
     if not result.success:
-        root.set_attribute("error.type", result.reason.value)
         root.set_status(Status(StatusCode.ERROR, result.message or result.reason.value))
 
 
-def _certificate_attributes(span: Span, prefix: str, cert: CertFacts) -> None:
-    span.set_attribute(f"{prefix}.subject", cert.subject)
-    span.set_attribute(f"{prefix}.issuer", cert.issuer)
-    span.set_attribute(f"{prefix}.not_before", _iso(cert.not_before))
-    span.set_attribute(f"{prefix}.not_after", _iso(cert.not_after))
-    span.set_attribute(f"{prefix}.hash.sha256", cert.fingerprint_sha256.upper())
+def _certificate_attributes(attributes: dict[str, AttributeValue], prefix: str, cert: CertFacts) -> None:
+    attributes[f"{prefix}.subject"] = cert.subject
+    attributes[f"{prefix}.issuer"] = cert.issuer
+    attributes[f"{prefix}.not_before"] = _iso(cert.not_before)
+    attributes[f"{prefix}.not_after"] = _iso(cert.not_after)
+    attributes[f"{prefix}.hash.sha256"] = cert.fingerprint_sha256.upper()
 
 
 def _iso(timestamp: float) -> str:
@@ -402,11 +413,16 @@ class Tracing:
     """Tracing of probe runs, on or off.  ``start_run`` returns None when off or
     when the run is not sampled, so the caller's only cost is that test."""
 
-    def __init__(self, provider: TracerProvider | None = None, health: ExportHealth | None = None) -> None:
+    def __init__(
+        self,
+        provider: TracerProvider | None = None,
+        health: ExportHealth | None = None,
+        shutdown_timeout: float = 5.0,
+    ) -> None:
         self._provider = provider
         self.health = health
         self._tracer = provider.get_tracer(SCOPE, __version__) if provider is not None else None
-        self._shutdown_timeout = 5.0
+        self._shutdown_timeout = shutdown_timeout
 
     @property
     def enabled(self) -> bool:
@@ -415,7 +431,11 @@ class Tracing:
     def start_run(self, name: str, kind: str, target: str) -> RunTrace | None:
         if self._tracer is None:
             return None
-        run = RunTrace(self._tracer, name, kind, target)
+        try:
+            run = RunTrace(self._tracer, name, kind, target)
+        except Exception:  # the run goes on untraced
+            log.exception("cannot start the span of probe %s", name)
+            return None
         if not run.recording:
             run.root.end()
             return None
@@ -445,6 +465,33 @@ class Tracing:
 TRACING_OFF = Tracing()
 
 
+class TracingCollector(Collector):
+    """Self-metrics of the span export, present only while tracing is on."""
+
+    def __init__(self, current: Callable[[], Tracing]) -> None:
+        self._current = current
+
+    def collect(self) -> Iterable[Metric]:
+        health = self._current().health
+        if health is None:
+            return []
+        spans = CounterMetricFamily(
+            "certscope_trace_spans",
+            "Spans of probe runs by outcome: exported; failed (the collector refused or did not answer); "
+            "dropped (the export queue was full).",
+            labels=["outcome"],
+        )
+        spans.add_metric(["exported"], health.exported_spans)
+        spans.add_metric(["failed"], health.failed_spans)
+        spans.add_metric(["dropped"], health.dropped_spans)
+        up = GaugeMetricFamily("certscope_trace_export_up", "1 unless the last span export failed.")
+        up.add_metric([], 0 if health.failing else 1)
+        return [spans, up]
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+
 def setup_tracing(settings: TracingSettings | None, environ: Mapping[str, str] = os.environ) -> Tracing:
     """A ``Tracing`` as configured, or ``TRACING_OFF``.  Never raises: a bad OTEL_*
     value is logged and leaves tracing off, since traces are not worth a dead daemon."""
@@ -472,7 +519,6 @@ def setup_tracing(settings: TracingSettings | None, environ: Mapping[str, str] =
     except Exception as exc:  # noqa: BLE001 - see the docstring
         log.error("tracing off: cannot set up the OTLP exporter: %s", exc)
         return TRACING_OFF
-    tracing = Tracing(provider, health)
-    tracing._shutdown_timeout = shutdown_seconds
+    tracing = Tracing(provider, health, shutdown_seconds)
     log.info("tracing on (%s): OTLP %s to %s", why, protocol, endpoint)
     return tracing

@@ -11,6 +11,10 @@ scheduler:
   exception escaping ``run`` is a bug, which the scheduler turns into
   ``Reason.INTERNAL_ERROR``.
 
+A probe times its steps with ``with ctx.phase("connect") as phase: ...``: the timing
+goes to ``ProbeResult.phases`` and, when the run is traced, the step becomes a child
+span of the run (``exporter.tracing``).  Probes never import OpenTelemetry.
+
 Certificates are reported as ``CertFacts``: a compact, immutable record of the
 fields metrics and people need.  ``cryptography`` objects are never kept, since they
 weigh several kilobytes once their fields have been read.

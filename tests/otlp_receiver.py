@@ -200,3 +200,19 @@ def span_tree(spans: list[ReceivedSpan]) -> Iterator[tuple[int, ReceivedSpan]]:
             yield from walk(span.span_id, depth + 1)
 
     yield from walk("", 0)
+
+
+def main() -> None:
+    """``python -m tests.otlp_receiver``: serve until stdin closes, printing the two
+    endpoints and then, at the end, the number of spans received (for benchmarks,
+    which keep the receiver's CPU out of their own process)."""
+    import sys
+
+    with OtlpReceiver() as receiver:
+        print(receiver.http_endpoint, receiver.grpc_endpoint, flush=True)
+        sys.stdin.read()
+        print(len(receiver.spans()), flush=True)
+
+
+if __name__ == "__main__":
+    main()

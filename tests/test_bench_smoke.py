@@ -72,3 +72,18 @@ def test_harness_runs_scenarios_and_plots(tmp_path: Path) -> None:
     assert {row["scenario"] for row in rows} == {"kubernetes", "scrape"}
     assert "| scenario | goal | measured | met |" in (tmp_path / "summary.md").read_text()
     assert (tmp_path / "scale.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_tracing_benchmark_quick(tmp_path: Path) -> None:
+    run = run_quick("tracing.py", tmp_path, 120)
+    result = json.loads((tmp_path / "tracing.json").read_text())
+    assert set(result["cells"]) == {
+        "phase_untraced",
+        "record_phase",
+        "run_untraced",
+        "run_traced",
+        "tls_untraced",
+        "tls_traced",
+    }
+    assert result["spans_received"] > 0
+    assert "overhead tracing_per_run" in run.stdout

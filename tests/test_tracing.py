@@ -10,6 +10,8 @@ and probing at full rate with a collector that is down or hangs.
 from __future__ import annotations
 
 import itertools
+import logging
+import re
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -23,11 +25,12 @@ from exporter.config import ProbeConfig, TracingSettings, parse_config
 from exporter.scheduler import run_target
 from exporter.tracing import TRACING_OFF, redact_url, setup_tracing, tracing_wanted
 from probes import KINDS
-from probes.base import ProbeContext, ProbeResult, Reason
+from probes.base import ProbeContext, ProbeResult, Reason, Seconds
 from tests import servers
-from tests.helpers import DaemonProcess, find, wait_for
+from tests.helpers import DaemonProcess, find, value, wait_for
 from tests.otlp_receiver import STATUS_ERROR, STATUS_UNSET, OtlpReceiver, ReceivedSpan, span_tree
 from tests.pki import Pki
+from tests.revocation_servers import revocation_stack
 
 PROTOCOLS = {"http/protobuf": "http_endpoint", "grpc": "grpc_endpoint"}
 
@@ -203,6 +206,73 @@ def test_expired_certificate_fails_verify_with_an_event(
     assert root.attributes["tls.server.not_after"] < iso(time.time())
 
 
+def test_revocation_phases_nest_under_revocation(receiver: OtlpReceiver, tmp_path: Path) -> None:
+    """A revoked leaf, checked by OCSP (a real ``openssl ocsp`` responder) and CRL:
+    the ocsp and crl spans are children of the revocation span, fail with an event,
+    and only the top-level phases are in the result's timings."""
+    with revocation_stack(tmp_path / "revocation", big_entries=None) as stack:
+        leaf = stack.pki.revoked
+        name = leaf.cert.subject.rfc4514_string().split("CN=")[1].split(",")[0]
+        with servers.openssl_s_server(leaf.cert_path, leaf.key_path, None) as server:
+            config = parse_config(
+                f"""
+global: {{egress: {{allow_networks: ["127.0.0.0/8"]}}}}
+probes:
+  - name: revocation
+    kind: tls
+    targets: ["127.0.0.1:{server.port}"]
+    server_name: "{name}"
+    trust: {{system: false, ca_files: ["{stack.pki.ca.cert_path}"]}}
+    revocation: {{ocsp: true, crl: true}}
+""",
+                "test",
+            ).probes[0]
+            result = traced_run(config, TracingSettings(endpoint=receiver.http_endpoint))
+    assert result.reason is Reason.REVOKED, result.message
+    spans = one_trace(receiver, result.trace_id, 7)
+    tree = [(depth, span.name) for depth, span in span_tree(spans)]
+    assert tree == [
+        (0, "probe tls"),
+        (1, "connect"),
+        (1, "tls.handshake"),
+        (1, "verify"),
+        (1, "revocation"),
+        (2, "ocsp"),
+        (2, "crl"),
+    ], tree
+    named = by_name(spans)
+    assert named["ocsp"].parent_span_id == named["crl"].parent_span_id == named["revocation"].span_id
+    assert named["ocsp"].start_ns >= named["revocation"].start_ns
+    assert named["crl"].end_ns <= named["revocation"].end_ns
+    for method in ("ocsp", "crl"):
+        span = named[method]
+        assert span.status_code == STATUS_ERROR and span.attributes["error.type"] == "revoked", method
+        assert span.attributes["certscope.revocation.state"] == "revoked"
+        assert span.attributes["certscope.revocation.method"] == method
+        assert span.attributes["server.address"] == "127.0.0.1"
+        assert [event for event, _ in span.events] == ["certscope.revoked"]
+    assert named["probe tls"].attributes["error.type"] == "revoked"
+    assert [phase for phase, _ in result.phases] == ["connect", "tls.handshake", "verify", "revocation"]
+
+
+def test_starttls_phase(receiver: OtlpReceiver, tls_files: servers.TlsFiles) -> None:
+    leaf = tls_files.localhost
+    with servers.smtp_starttls_server(leaf.cert, leaf.key, leaf.chain) as server:
+        config = tls_probe(f"localhost:{server.port}", tls_files, "    starttls: smtp")
+        result = traced_run(config, TracingSettings(endpoint=receiver.http_endpoint))
+    assert result.success, result.message
+    spans = one_trace(receiver, result.trace_id, 6)
+    assert [span.name for _, span in span_tree(spans)] == [
+        "probe tls",
+        "dns",
+        "connect",
+        "starttls",
+        "tls.handshake",
+        "verify",
+    ]
+    assert by_name(spans)["starttls"].attributes["certscope.starttls.protocol"] == "smtp"
+
+
 def test_mtls_client_certificate_attributes(receiver: OtlpReceiver, tls_files: servers.TlsFiles) -> None:
     leaf = tls_files.localhost
     client = tls_files.client
@@ -244,6 +314,46 @@ def test_files_probe_phases_and_source_errors(
     assert root.status_code == STATUS_ERROR
     assert root.attributes["error.type"] == result.reason.value
     assert [name for name, _ in root.events] == ["certscope.source_error"] * len(result.errors)
+
+
+def test_export_failure_and_recovery_are_logged_once_each(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tls_files: servers.TlsFiles
+) -> None:
+    """A collector that goes away and comes back on the same port: one warning when
+    exports start failing, one message when they work again, nothing in between."""
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+    caplog.set_level(logging.INFO, logger="exporter.tracing")
+    with OtlpReceiver() as first:
+        port = first.http_port
+    certificate = tmp_path / "leaf.pem"
+    certificate.write_bytes(tls_files.localhost.cert.read_bytes())
+    config = parse_config(f'probes: [{{name: disk, kind: files, paths: ["{certificate}"]}}]', "test").probes[0]
+    probe = KINDS["files"].build(config.settings, config.defaults)
+    settings = TracingSettings(endpoint=f"http://127.0.0.1:{port}", export_timeout=Seconds(0.5))
+    tracing = setup_tracing(settings, environ={})
+
+    def messages(word: str) -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "exporter.tracing" and word in r.getMessage()]
+
+    def run_some() -> None:
+        for _ in range(20):
+            run_target(probe, str(certificate), config, tracing)
+        time.sleep(0.1)
+
+    try:
+        wait_for(lambda: run_some() or messages("fails"), 20, "the failure to be logged")
+        for _ in range(10):
+            run_some()
+        assert len(messages("fails")) == 1, messages("fails")
+        with OtlpReceiver(http_port=port) as second:
+            wait_for(lambda: run_some() or messages("works again"), 20, "the recovery to be logged")
+            second.wait_for(lambda spans: len(spans) > 0)
+    finally:
+        tracing.shutdown()
+    assert len(messages("fails")) == 1
+    (recovered,) = messages("works again")
+    assert re.search(r"; \d+ spans were lost meanwhile", recovered), recovered
+    assert tracing.health is not None and tracing.health.failed_spans > 0
 
 
 # -- the switch and the no-op path ----------------------------------------------------
@@ -338,7 +448,6 @@ def test_daemon_traces_from_otel_variables_and_exposes_exemplars(
     assert roots[0].resource["service.name"] == "certscope-under-test"
     assert roots[0].resource["deployment.environment.name"] == "test"
     assert receiver.headers[0].get("x-collector-token") == "token-from-env"
-    trace_ids = {s.trace_id for s in receiver.spans()}
 
     def exemplars() -> dict[str, list[str]]:
         response = daemon.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
@@ -355,13 +464,16 @@ def test_daemon_traces_from_otel_variables_and_exposes_exemplars(
         20,
         "exemplars on both histograms",
     )
+    # Every exemplar names a trace the receiver got.
     receiver.wait_for(lambda spans: {t for ids in found.values() for t in ids} <= {s.trace_id for s in spans})
-    assert trace_ids  # the exemplars name traces the receiver got
     # The classic text format has no exemplars, and still parses.
     plain = daemon.get("/metrics")
     assert plain.headers["Content-Type"].startswith("text/plain")
     assert "trace_id" not in plain.text
     assert "tracing on (OTEL_EXPORTER_OTLP_ENDPOINT is set)" in daemon.log()
+    samples = daemon.metrics()
+    assert value(samples, "certscope_trace_spans_total", outcome="exported") > 0
+    assert value(samples, "certscope_trace_export_up") == 1
 
 
 @pytest.mark.parametrize("collector", ["down", "hanging"])
@@ -406,6 +518,7 @@ probes:
         time.sleep(10)
         rss_late = _rss_peak_kib(daemon)
         runs_after, elapsed = _runs(daemon), time.monotonic() - started
+        samples = daemon.metrics()
         log = daemon.log()
         stop_started = time.monotonic()
         assert daemon.stop() == 0
@@ -430,6 +543,12 @@ probes:
     # The SDK's own per-batch warnings (retrying, failed, queue full) are held back.
     assert [line for line in log.splitlines() if "logger=opentelemetry" in line] == []
     assert stop_seconds < 8, f"shutdown took {stop_seconds:.1f}s"
+    lost = value(samples, "certscope_trace_spans_total", outcome="dropped") + value(
+        samples, "certscope_trace_spans_total", outcome="failed"
+    )
+    assert lost > 10 * 256
+    assert value(samples, "certscope_trace_spans_total", outcome="exported") == 0
+    assert value(samples, "certscope_trace_export_up") == 0
     print(
         f"{collector}: {rounds:.0f} rounds in {elapsed:.1f}s (ideal {expected:.0f}), VmRSS {growth:+} KiB, "
         f"{spans_offered} spans offered, stop {stop_seconds:.2f}s"
