@@ -27,11 +27,17 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the daemon (the default command)")
     run.add_argument("--config.file", dest="config_file", help="YAML config; the embedded default when absent")
     run.add_argument("--web.listen-address", dest="listen_address", help="host:port (default 127.0.0.1:9754)")
+    run.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        help="TLS, client certificates and basic auth (exporter-toolkit format); wins over web.config_file",
+    )
     run.add_argument("--log.level", dest="log_level", default="info", choices=["debug", "info", "warn", "error"])
     run.add_argument("--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"])
 
     check = commands.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("file", nargs="?", help="the config file; the embedded default when absent")
+    check.add_argument("--web.config.file", dest="web_config_file", help="also validate this web config file")
 
     scan = commands.add_parser("scan", help="list the certificates in files and what is wrong with them")
     scan.add_argument("paths", nargs="+", metavar="PATH", help="files, directories or globs (quote globs)")
@@ -79,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"certscope {__version__}")
         return 0
     if args.command == "check-config":
-        return _check_config(args.file)
+        return _check_config(args.file, args.web_config_file)
     if args.command == "scan":
         from exporter.scan import scan
 
@@ -106,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
     level = "warning" if args.log_level == "warn" else args.log_level
     setup_logging(level, args.log_format)
-    return Daemon(args.config_file, args.listen_address).serve()
+    return Daemon(args.config_file, args.listen_address, args.web_config_file).serve()
 
 
 def _probe(args: argparse.Namespace) -> int:
@@ -142,10 +148,14 @@ def _probe(args: argparse.Namespace) -> int:
     return 0 if result.success else 1
 
 
-def _check_config(path: str | None) -> int:
+def _check_config(path: str | None, web_config_file: str | None = None) -> int:
+    from exporter.webconfig import WebConfigError, load_web_config
+
     try:
         config = load_config(path) if path else default_config()
-    except ConfigError as exc:
+        if web_config_file:
+            load_web_config(web_config_file)
+    except (ConfigError, WebConfigError) as exc:
         for message in exc.messages:
             print(f"{exc.source}: {message}", file=sys.stderr)
         print(f"{exc.source}: {len(exc.messages)} error(s)", file=sys.stderr)

@@ -18,14 +18,18 @@ from exporter.multi_target import ProbeRefused, probe_target
 from exporter.scheduler import Scheduler
 from exporter.store import ResultStore
 from exporter.web import WebApp, WebServer
+from exporter.webconfig import WebConfigError, WebConfigSource
 
 log = logging.getLogger(__name__)
 
 
 class Daemon:
-    def __init__(self, config_file: str | None, listen_address: str | None = None) -> None:
+    def __init__(
+        self, config_file: str | None, listen_address: str | None = None, web_config_file: str | None = None
+    ) -> None:
         self.config_file = config_file
         self.listen_address_flag = listen_address
+        self.web_config_flag = web_config_file
         self.store = ResultStore()
         self.scheduler = Scheduler(self.store)
         self.config: Config | None = None
@@ -49,6 +53,8 @@ class Daemon:
                 return "\n".join(exc.messages)
             if self.config and config.web.listen_address != self.config.web.listen_address:
                 log.warning("web.listen_address changed; it takes effect on restart")
+            if self.config and config.web.config_file != self.config.web.config_file:
+                log.warning("web.config_file changed; it takes effect on restart (its content reloads by itself)")
             self.scheduler.apply(config)
             self.config = config
             self.store.record_reload(True)
@@ -64,9 +70,18 @@ class Daemon:
             return 1
         self.config = config
         host, port = split_listen_address(self.listen_address_flag or config.web.listen_address)
+        web_config_path = self.web_config_flag or config.web.config_file
+        web_config = None
+        if web_config_path:
+            try:
+                web_config = WebConfigSource(web_config_path)
+            except WebConfigError as exc:
+                for message in exc.messages:
+                    log.error("invalid web config: %s: %s", exc.source, message)
+                return 1
         app = WebApp(self.store, self.scheduler.ready, self.reload, self._probe_once)
         try:
-            self.web = WebServer(app, host, port)
+            self.web = WebServer(app, host, port, web_config)
         except OSError as exc:
             log.error("cannot listen on %s:%d: %s", host, port, exc.strerror)
             return 1
@@ -74,11 +89,12 @@ class Daemon:
         self.store.record_reload(True)
         self.web.start()
         log.info(
-            "certscope started: config=%s probes=%d listening on %s:%d",
+            "certscope started: config=%s probes=%d listening on %s:%d%s",
             config.source,
             len(config.probes),
             host,
             self.web.port,
+            " (https)" if self.web.tls else "",
         )
         signal.signal(signal.SIGHUP, self._on_hup)
         signal.signal(signal.SIGTERM, self._on_stop)
