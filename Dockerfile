@@ -18,8 +18,7 @@ COPY pyproject.toml README.md ./
 COPY exporter exporter
 COPY probes probes
 # Every dependency ships binary wheels for amd64 and arm64: nothing is compiled.
-RUN python -m pip wheel --only-binary=:all: --wheel-dir /wheels . \
-    || python -m pip wheel --wheel-dir /wheels .
+RUN python -m pip wheel --only-binary=:all: --wheel-dir /wheels .
 
 # ---- runtime: no compiler, no build tools, no pip cache, a non-root user
 FROM ${PYTHON_IMAGE}
