@@ -26,10 +26,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN groupadd --system --gid 10001 certscope \
     && useradd --system --uid 10001 --gid 10001 --home-dir /nonexistent --no-create-home \
        --shell /usr/sbin/nologin certscope
-# The wheels are mounted for this one step, never copied into a layer.
+# The wheels are mounted for this one step, never copied into a layer; pip goes too.
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     python -m pip install --no-index --find-links=/wheels certscope \
-    && python -m pip uninstall -y pip setuptools wheel || true
+    && python -m pip uninstall -y setuptools wheel pip
 LABEL org.opencontainers.image.title="certscope" \
       org.opencontainers.image.description="Certificate observability for Prometheus" \
       org.opencontainers.image.licenses="Apache-2.0" \
