@@ -730,7 +730,7 @@ def test_dockerfile_and_chart_agree(chart: Chart) -> None:
 WHOLE_VALUES = {"config", "resources", "podSecurityContext", "securityContext", "livenessProbe", "readinessProbe"}
 
 
-def test_the_dockerfile_build_steps_outside_docker(tmp_path: Path, chart: Chart) -> None:
+def test_the_dockerfile_build_steps_outside_docker(tmp_path: Path, chart: Chart, pki: Pki) -> None:
     """No Docker daemon here: the Dockerfile's two pip steps run as written, outside it.
 
     The build stage's ``pip wheel --only-binary=:all:`` proves that nothing needs a
@@ -777,6 +777,36 @@ def test_the_dockerfile_build_steps_outside_docker(tmp_path: Path, chart: Chart)
         [str(venv / "bin" / "certscope"), "check-config", str(config)], capture_output=True, text=True, timeout=60
     )
     assert checked.returncode == 0 and "cluster-secrets (kubernetes)" in checked.stdout, checked.stderr
+
+    # The image drops pip and setuptools after the install: the daemon must not need them.
+    dropped = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "uninstall", "-y", "setuptools", "wheel", "pip"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert dropped.returncode == 0, dropped.stderr
+    assert not list((venv / "lib").glob("python3*/site-packages/pip"))
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    (certs / "valid.pem").write_bytes(pki.valid.pem)
+    config.write_text(f"global: {{interval: 1s}}\nprobes: [{{name: pki, kind: files, paths: ['{certs}']}}]\n")
+    log_path = tmp_path / "image-daemon.log"
+    with open(log_path, "wb") as log:
+        daemon = subprocess.Popen(
+            [str(venv / "bin" / "certscope"), "run", f"--config.file={config}", "--web.listen-address=127.0.0.1:0"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        match = wait_for(lambda: re.search(r"listening on \S+:(\d+)", log_path.read_text()), 20, "the daemon")
+        base = f"http://127.0.0.1:{match.group(1)}"
+        wait_for(lambda: requests.get(base + "/-/ready", timeout=5).ok, 20, "ready")
+        metrics = parse_metrics(requests.get(base + "/metrics", timeout=5).text)
+        assert value(metrics, "certscope_probe_success", target=str(certs / "valid.pem")) == 1
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=15)
 
 
 def test_chart_readme_documents_every_value() -> None:
