@@ -960,8 +960,8 @@ def test_the_daemon_runs_on_the_rendered_configs_as_nobody(
         path.chmod(0o644)
     (pki_dir / "apiserver.key").write_bytes(pki.valid.key_pem)
     (pki_dir / "apiserver.key").chmod(0o600)
-    for directory in [pki_dir, pki_dir / "etcd", host / "var/lib/kubelet/pki", *pki_dir.parents]:
-        directory.chmod(directory.stat().st_mode | 0o005)
+    for directory in [*(p for p in host.rglob("*") if p.is_dir()), *pki_dir.parents]:
+        directory.chmod(directory.stat().st_mode | 0o005)  # whatever the umask: nobody traverses
     port, log, pid = nobody_daemon(node_config.replace(" /etc/", f" {host}/etc/").replace(" /var/", f" {host}/var/"))
     assert uid_of(pid) == NOBODY
     base = f"http://127.0.0.1:{port}"
@@ -969,7 +969,8 @@ def test_the_daemon_runs_on_the_rendered_configs_as_nobody(
     metrics = parse_metrics(requests.get(base + "/metrics", timeout=5).text)
     assert value(metrics, "certscope_source_up", probe="node-kubeadm-pki") == 1
     assert value(metrics, "certscope_source_objects", probe="node-kubeadm-pki") == 3
-    assert value(metrics, "certscope_source_objects", probe="node-kubelet-pki") == 1
+    kubelet_objects = value(metrics, "certscope_source_objects", probe="node-kubelet-pki")
+    assert kubelet_objects == 1, log.read_text()[-5000:]
     not_after = value(
         metrics, "certscope_cert_not_after_timestamp_seconds", target=str(pki_dir / "etcd" / "server.crt")
     )
