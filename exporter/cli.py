@@ -30,6 +30,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config.file", dest="config_file", help="YAML config; the embedded default when absent")
     run.add_argument("--web.listen-address", dest="listen_address", help="host:port (default 127.0.0.1:9754)")
     run.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        help="TLS, client certificates and basic auth (exporter-toolkit format); wins over web.config_file",
+    )
+    run.add_argument(
         "--shard.index",
         dest="shard_index",
         default="0",
@@ -41,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("file", nargs="?", help="the config file; the embedded default when absent")
+    check.add_argument("--web.config.file", dest="web_config_file", help="also validate this web config file")
 
     scan = commands.add_parser("scan", help="list the certificates in files and what is wrong with them")
     scan.add_argument("paths", nargs="+", metavar="PATH", help="files, directories or globs (quote globs)")
@@ -88,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"certscope {__version__}")
         return 0
     if args.command == "check-config":
-        return _check_config(args.file)
+        return _check_config(args.file, args.web_config_file)
     if args.command == "scan":
         from exporter.scan import scan
 
@@ -120,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"certscope: {exc}", file=sys.stderr)
         return 2
-    return Daemon(args.config_file, args.listen_address, shard).serve()
+    return Daemon(args.config_file, args.listen_address, args.web_config_file, shard).serve()
 
 
 def parse_shard(index: str, count: int, hostname: str) -> Shard:
@@ -176,10 +182,14 @@ def _probe(args: argparse.Namespace) -> int:
     return 0 if result.success else 1
 
 
-def _check_config(path: str | None) -> int:
+def _check_config(path: str | None, web_config_file: str | None = None) -> int:
+    from exporter.webconfig import WebConfigError, load_web_config
+
     try:
         config = load_config(path) if path else default_config()
-    except ConfigError as exc:
+        if web_config_file:
+            load_web_config(web_config_file)
+    except (ConfigError, WebConfigError) as exc:
         for message in exc.messages:
             print(f"{exc.source}: {message}", file=sys.stderr)
         print(f"{exc.source}: {len(exc.messages)} error(s)", file=sys.stderr)

@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from probes import KINDS
-from probes.base import ByteSize, ProbeDefaults, Seconds, TrustSettings, parse_duration
+from probes.base import ByteSize, ProbeDefaults, Seconds, TrustSettings, parse_duration, path_field
 
 DEFAULT_LISTEN_ADDRESS = "127.0.0.1:9754"
 EMBEDDED_DEFAULT = "<embedded default>"
@@ -92,13 +92,23 @@ class WebSettings:
     # /probe?module=<tls probe name>&target=host:port (the multi-target pattern).
     # Off by default; when on, only the module's targets and allow_targets are probed.
     probe_endpoint: bool = False
+    # TLS, client certificates and basic auth: the exporter-toolkit web config format.
+    config_file: str | None = path_field()
 
     def validate(self) -> list[tuple[str, str]]:
+        problems = []
         try:
             split_listen_address(self.listen_address)
         except ValueError as exc:
-            return [("listen_address", str(exc))]
-        return []
+            problems.append(("listen_address", str(exc)))
+        if self.config_file:
+            from exporter.webconfig import WebConfigError, load_web_config
+
+            try:
+                load_web_config(self.config_file)
+            except WebConfigError as exc:
+                problems.extend(("config_file", message) for message in exc.messages)
+        return problems
 
 
 TRACE_PROTOCOLS = ("http/protobuf", "grpc")

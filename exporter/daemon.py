@@ -24,15 +24,23 @@ from exporter.scheduler import Scheduler
 from exporter.store import ResultStore
 from exporter.tracing import TracingCollector, setup_tracing
 from exporter.web import WebApp, WebServer
+from exporter.webconfig import WebConfigError, WebConfigSource
 from probes.base import NO_SHARD, Shard
 
 log = logging.getLogger(__name__)
 
 
 class Daemon:
-    def __init__(self, config_file: str | None, listen_address: str | None = None, shard: Shard = NO_SHARD) -> None:
+    def __init__(
+        self,
+        config_file: str | None,
+        listen_address: str | None = None,
+        web_config_file: str | None = None,
+        shard: Shard = NO_SHARD,
+    ) -> None:
         self.config_file = config_file
         self.listen_address_flag = listen_address
+        self.web_config_flag = web_config_file
         self.store = ResultStore()
         self.shard = shard
         self.scheduler = Scheduler(self.store, shard)
@@ -59,6 +67,8 @@ class Daemon:
                 log.warning("web.listen_address changed; it takes effect on restart")
             if self.config and config.tracing != self.config.tracing:
                 log.warning("the tracing section changed; it takes effect on restart")
+            if self.config and config.web.config_file != self.config.web.config_file:
+                log.warning("web.config_file changed; it takes effect on restart (its content reloads by itself)")
             self.scheduler.apply(config)
             self.config = config
             self.store.record_reload(True)
@@ -74,26 +84,36 @@ class Daemon:
             return 1
         self.config = config
         host, port = split_listen_address(self.listen_address_flag or config.web.listen_address)
+        web_config_path = self.web_config_flag or config.web.config_file
+        web_config = None
+        if web_config_path:
+            try:
+                web_config = WebConfigSource(web_config_path)
+            except WebConfigError as exc:
+                for message in exc.messages:
+                    log.error("invalid web config: %s: %s", exc.source, message)
+                return 1
         app = WebApp(self.store, self.scheduler.ready, self.reload, self._probe_once)
         try:
-            self.web = WebServer(app, host, port)
+            self.web = WebServer(app, host, port, web_config)
         except OSError as exc:
             log.error("cannot listen on %s:%d: %s", host, port, exc.strerror)
             return 1
         self.scheduler.tracing = setup_tracing(config.tracing)
         if self.scheduler.tracing.enabled:
-            app.registry.register(TracingCollector(lambda: self.scheduler.tracing))
+            app.register_live(TracingCollector(lambda: self.scheduler.tracing))
         self.scheduler.apply(config)
         self.store.record_reload(True)
         self.web.start()
         log.info(
-            "certscope started: config=%s probes=%d shard=%d/%d listening on %s:%d",
+            "certscope started: config=%s probes=%d shard=%d/%d listening on %s:%d%s",
             config.source,
             len(config.probes),
             self.shard.index,
             self.shard.count,
             host,
             self.web.port,
+            " (https)" if self.web.tls else "",
         )
         signal.signal(signal.SIGHUP, self._on_hup)
         signal.signal(signal.SIGTERM, self._on_stop)

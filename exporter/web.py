@@ -3,6 +3,13 @@
 ``/metrics`` is prometheus-client's WSGI app (gzip and OpenMetrics negotiation)
 over a registry holding only the snapshot collector and the process collectors, so
 a scrape renders the latest snapshot and never waits on a probe.
+
+With a web config (``--web.config.file``, see :mod:`exporter.webconfig`) every
+accepted connection is wrapped in the TLS context current at that moment, so a
+rotated certificate serves the next connection; the handshake runs in the
+connection's own thread under a deadline, so a client that never finishes it holds
+one thread for ``TLS_HANDSHAKE_TIMEOUT`` seconds and never the accept loop.  Basic
+auth and the configured response headers wrap the WSGI application.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import gzip
 import logging
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterable
 from socketserver import ThreadingMixIn
@@ -25,12 +33,14 @@ from prometheus_client import (
     make_wsgi_app,
 )
 from prometheus_client.exposition import choose_encoder, gzip_accepted
+from prometheus_client.registry import Collector
 
 from exporter.collector import SnapshotCollector
 from exporter.exposition import encoder_for
 from exporter.multi_target import ProbeRefused
 from exporter.status_page import render_status
 from exporter.store import ResultStore
+from exporter.webconfig import AuthMiddleware, WebConfigSource, peer_sans
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +48,38 @@ StartResponse = Callable[..., Any]
 ProbeHandler = Callable[[str, str, float | None], bytes]  # (module, target, scrape timeout) -> exposition
 
 
+TLS_HANDSHAKE_TIMEOUT = 10.0
+
+
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
     allow_reuse_address = True
+    web_config: WebConfigSource | None = None
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, address = self.socket.accept()
+        if self.web_config is None:
+            return sock, address
+        _, context = self.web_config.current()
+        if context is None:
+            return sock, address
+        return context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), address
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if isinstance(request, ssl.SSLSocket):
+            try:
+                request.settimeout(TLS_HANDSHAKE_TIMEOUT)
+                request.do_handshake()
+                request.settimeout(None)
+            except (ssl.SSLError, OSError) as exc:
+                log.debug("tls handshake with %s failed: %s", client_address[0], exc)
+                return
+            config = self.web_config.current()[0] if self.web_config else None
+            allowed = config.tls.client_allowed_sans if config and config.tls else ()
+            if allowed and not peer_sans(request.getpeercert()) & set(allowed):
+                log.debug("client certificate of %s has none of client_allowed_sans", client_address[0])
+                return
+        super().finish_request(request, client_address)
 
 
 class _IPv6ThreadingServer(_ThreadingServer):
@@ -48,6 +87,12 @@ class _IPv6ThreadingServer(_ThreadingServer):
 
 
 class _QuietHandler(WSGIRequestHandler):
+    def get_environ(self) -> dict[str, Any]:
+        environ: dict[str, Any] = super().get_environ()
+        if isinstance(self.request, ssl.SSLSocket):
+            environ["HTTPS"] = "on"
+        return environ
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         log.debug("http %s", format % args)
 
@@ -79,6 +124,12 @@ class WebApp:
         PlatformCollector(registry=self.registry)
         self._metrics = make_wsgi_app(self.registry)
         self._exposition_cache = ExpositionCache(store, self.snapshot_registry, self.process_registry)
+
+    def register_live(self, collector: Collector) -> None:
+        """A collector rendered on every scrape (not cached with the snapshot): the
+        daemon's own state, such as the trace exporter's counters."""
+        self.process_registry.register(collector)
+        self.registry.register(collector)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
@@ -181,9 +232,14 @@ class ExpositionCache:
 
 
 class WebServer:
-    def __init__(self, app: WebApp, host: str, port: int) -> None:
+    def __init__(self, app: WebApp, host: str, port: int, web_config: WebConfigSource | None = None) -> None:
         server_class = _IPv6ThreadingServer if ":" in host else _ThreadingServer
-        self._server = make_server(host, port, app, server_class=server_class, handler_class=_QuietHandler)
+        wsgi_app: Any = app
+        if web_config is not None:
+            wsgi_app = AuthMiddleware(app, lambda: web_config.current()[0])
+        self._server = make_server(host, port, wsgi_app, server_class=server_class, handler_class=_QuietHandler)
+        self._server.web_config = web_config
+        self.tls = web_config is not None and web_config.current()[1] is not None
         self._thread = threading.Thread(target=self._server.serve_forever, name="http", daemon=True)
 
     @property

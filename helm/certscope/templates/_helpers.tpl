@@ -1,0 +1,128 @@
+{{/* Names */}}
+{{- define "certscope.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "certscope.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "certscope.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "certscope.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "certscope.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "certscope.labels" -}}
+helm.sh/chart: {{ include "certscope.chart" . }}
+{{ include "certscope.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: certscope
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "certscope.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "certscope.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "certscope.image" -}}
+{{- $tag := default .Chart.AppVersion .Values.image.tag -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository $tag -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+RBAC scopes the kubernetes probes of .Values.config need, as JSON:
+{"cluster": ["secrets", ...] (empty: no ClusterRole), "namespaces": {"ns": ["secrets", ...]}, "inCluster": bool}
+Probes with a kubeconfig talk to another cluster and need nothing here.
+*/}}
+{{- define "certscope.rbacScopes" -}}
+{{- $cluster := list -}}
+{{- $namespaces := dict -}}
+{{- $inCluster := false -}}
+{{- range .Values.config.probes -}}
+{{- if and (eq (toString .kind) "kubernetes") (not .kubeconfig) -}}
+{{- $inCluster = true -}}
+{{- $resources := list "secrets" -}}
+{{- if .configmaps -}}{{- $resources = append $resources "configmaps" -}}{{- end -}}
+{{- if .namespaces -}}
+{{- range .namespaces -}}
+{{- $_ := set $namespaces . (concat (get $namespaces .  | default list) $resources | uniq | sortAlpha) -}}
+{{- end -}}
+{{- else -}}
+{{- $cluster = concat $cluster $resources | uniq | sortAlpha -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- dict "cluster" $cluster "namespaces" $namespaces "inCluster" $inCluster | toJson -}}
+{{- end -}}
+
+{{/* Whether a web config file is passed to certscope. */}}
+{{- define "certscope.webConfigEnabled" -}}
+{{- if or .Values.web.existingConfigSecret .Values.web.tls.enabled .Values.web.basicAuthUsers .Values.web.headers -}}true{{- end -}}
+{{- end -}}
+
+{{- define "certscope.webConfigSecretName" -}}
+{{- default (printf "%s-web-config" (include "certscope.fullname" .)) .Values.web.existingConfigSecret -}}
+{{- end -}}
+
+{{- define "certscope.scheme" -}}
+{{- if .scheme -}}{{ .scheme }}{{- else if .root.Values.web.tls.enabled -}}https{{- else -}}http{{- end -}}
+{{- end -}}
+
+{{/* The DaemonSet's config: its own global and probes, plus one files probe per preset and host path. */}}
+{{- define "certscope.daemonsetConfig" -}}
+{{- $probes := list -}}
+{{- range .Values.daemonset.config.probes -}}{{- $probes = append $probes . -}}{{- end -}}
+{{- range (include "certscope.hostPaths" . | fromJson).paths -}}
+{{- $globs := list -}}
+{{- $root := .path -}}
+{{- range .globs -}}{{- $globs = append $globs (printf "%s/%s" $root .) -}}{{- end -}}
+{{- $probes = append $probes (dict "name" (printf "node-%s" .name) "kind" "files" "paths" $globs "ignore_missing" true "exclude" (list "**/expired/**")) -}}
+{{- end -}}
+{{- $config := deepCopy .Values.daemonset.config -}}
+{{- $_ := set $config "probes" $probes -}}
+{{- toYaml $config -}}
+{{- end -}}
+
+{{/* Host directories of the presets and daemonset.hostPaths: {"paths": [{name, path, globs}]} */}}
+{{- define "certscope.hostPaths" -}}
+{{- $paths := list -}}
+{{- range .Values.daemonset.presets -}}
+{{- if eq . "kubeadm" -}}
+{{- $paths = append $paths (dict "name" "kubeadm-pki" "path" "/etc/kubernetes/pki" "globs" (list "**/*.crt")) -}}
+{{- $paths = append $paths (dict "name" "kubelet-pki" "path" "/var/lib/kubelet/pki" "globs" (list "*.crt")) -}}
+{{- else if eq . "k3s" -}}
+{{- $paths = append $paths (dict "name" "k3s-server-tls" "path" "/var/lib/rancher/k3s/server/tls" "globs" (list "**/*.crt")) -}}
+{{- $paths = append $paths (dict "name" "k3s-agent" "path" "/var/lib/rancher/k3s/agent" "globs" (list "*.crt")) -}}
+{{- else -}}
+{{- fail (printf "daemonset.presets: unknown preset %q (kubeadm, k3s)" .) -}}
+{{- end -}}
+{{- end -}}
+{{- range .Values.daemonset.hostPaths -}}
+{{- $paths = append $paths (dict "name" .name "path" .path "globs" (.globs | default (list "**/*.crt" "**/*.pem"))) -}}
+{{- end -}}
+{{- dict "paths" $paths | toJson -}}
+{{- end -}}
