@@ -47,7 +47,7 @@ class DashboardSchema:
 
     def for_validation(self) -> dict[str, Any]:
         """The schema with the definitions Grafana's CUE declares open reopened (see the module doc)."""
-        relaxed = json.loads(json.dumps(self.schema))
+        relaxed: dict[str, Any] = json.loads(json.dumps(self.schema))
         for name in OPEN_DEFINITIONS:
             relaxed["definitions"][name]["additionalProperties"] = True
         return relaxed

@@ -70,7 +70,8 @@ CORE_PANELS = [
 
 
 def load(name: str) -> dict[str, Any]:
-    return json.loads((ROOT / "dashboards" / f"{name}.json").read_text())
+    dashboard: dict[str, Any] = json.loads((ROOT / "dashboards" / f"{name}.json").read_text())
+    return dashboard
 
 
 def panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -367,12 +368,17 @@ def stack(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]
     daemon: DaemonProcess | None = None
     prometheus: PrometheusServer | None = None
     try:
-        for leaf, extra in (
-            (tls.localhost, {}),
-            (tls.expired, {}),
-            (tls.localhost, {"verify_client": "require", "client_ca": tls.client_ca}),
-        ):
-            started_servers.append(servers.openssl_s_server(leaf.cert, leaf.key, leaf.chain, **extra))  # type: ignore[arg-type]
+        started_servers.append(servers.openssl_s_server(tls.localhost.cert, tls.localhost.key, tls.localhost.chain))
+        started_servers.append(servers.openssl_s_server(tls.expired.cert, tls.expired.key, tls.expired.chain))
+        started_servers.append(  # requires a client certificate from client_ca; the probe sends one from wrong_ca
+            servers.openssl_s_server(
+                tls.localhost.cert,
+                tls.localhost.key,
+                tls.localhost.chain,
+                verify_client="require",
+                client_ca=tls.client_ca,
+            )
+        )
         valid, expired, mtls = (f"localhost:{server.port}" for server in started_servers)
         config = work / "certscope.yaml"
         config.write_text(
