@@ -60,6 +60,10 @@ class _Family:
         self._seen: set[tuple[str, ...]] = set()
 
     def add(self, labels: Sequence[str], value: float, extra: Extra = ()) -> None:
+        if not all(label.isascii() for label in labels):
+            labels = [_utf8_label(label) for label in labels]
+        if extra and not all(item.isascii() for pair in extra for item in pair):
+            extra = tuple((name, _utf8_label(item)) for name, item in extra)
         key = (*labels, *(item for pair in extra for item in pair))
         if key in self._seen:
             return
@@ -70,6 +74,16 @@ class _Family:
         merged = dict(zip(self.label_names, labels, strict=True))
         merged.update(extra)
         self.metric.add_sample(self.sample_name, merged, value)
+
+
+def _utf8_label(text: str) -> str:
+    """A label value the exposition can encode: file names arrive with their
+    undecodable bytes as lone surrogates (surrogateescape), and one of them would
+    make the whole scrape fail with UnicodeEncodeError.  They become U+FFFD."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate that was never a byte
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
 def _gauge(name: str, documentation: str, labels: Sequence[str]) -> _Family:
