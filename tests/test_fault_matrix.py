@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import http.server
 import os
 import socket
 import struct
@@ -40,6 +41,7 @@ from exporter.store import ResultStore
 from exporter.web import WebApp, WebServer
 from probes.base import Discovery, ProbeContext, ProbeDefaults, ProbeResult, Reason, TrustSettings
 from probes.files import FilesProbe, FilesSettings
+from probes.ocsp import OcspProbe, OcspSettings
 from probes.tls import RevocationSettings, TlsProbe, TlsSettings
 from tests import servers
 from tests.helpers import DaemonProcess, find, parse_metrics, value, wait_for
@@ -536,3 +538,51 @@ def test_twenty_scrapes_during_a_slow_discovery(kinds: None, scheduler: tuple[Sc
     finally:
         SlowDiscoveryProbe.release.set()
         web.stop()
+
+
+# ------------------------------------------------------------------- OCSP oversize
+
+
+class _OversizeOcsp(http.server.BaseHTTPRequestHandler):
+    """Answers every request with 2 MiB of OCSP-typed zeros (honest Content-Length)."""
+
+    def do_GET(self) -> None:
+        body = b"\x30" + b"\x00" * (2 * 1024 * 1024)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/ocsp-response")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        with contextlib.suppress(OSError):
+            self.wfile.write(body)
+
+    do_POST = do_GET
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        pass
+
+
+def test_an_oversize_ocsp_answer_is_refused_at_the_cap(pki: Pki, tmp_path: Path) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OversizeOcsp)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        (tmp_path / "leaf.pem").write_bytes(pki.valid.pem)
+        (tmp_path / "issuer.pem").write_bytes(pki.intermediate.pem)
+        probe = OcspProbe(
+            OcspSettings(
+                certificates=(str(tmp_path / "leaf.pem"),),
+                issuer_file=str(tmp_path / "issuer.pem"),
+                url=f"http://127.0.0.1:{server.server_address[1]}/",
+            ),
+            ProbeDefaults(allow_networks=("127.0.0.0/8",)),
+        )
+        started = time.monotonic()
+        result = probe.run(str(tmp_path / "leaf.pem"), ProbeContext(deadline=time.monotonic() + 5))
+        assert time.monotonic() - started < 2
+        assert result.reason is Reason.OCSP_UNAVAILABLE, result.message
+        [check] = [r for r in result.revocation if r.method == "ocsp"]
+        assert check.state == "unknown", check
+        assert "over the 65536-byte cap" in check.message, check
+        assert result.certificates, "the certificate is still exported"
+    finally:
+        server.shutdown()
+        server.server_close()
