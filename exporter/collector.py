@@ -67,6 +67,10 @@ class _Family:
     def add(self, labels: tuple[str, ...], value: float, extra: Extra = ()) -> None:
         # The hot loop of a scrape (one call per series): samples are appended
         # directly rather than through add_metric, which copies the labels twice.
+        if not all(label.isascii() for label in labels):
+            labels = tuple(_utf8_label(label) for label in labels)
+        if extra and not all(item.isascii() for pair in extra for item in pair):
+            extra = tuple((name, _utf8_label(item)) for name, item in extra)
         key = (*labels, *chain.from_iterable(extra)) if extra else labels
         if key in self._seen:
             return
@@ -75,6 +79,16 @@ class _Family:
         if extra:
             merged.update(extra)
         self._samples.append(Sample(self.sample_name, merged, value, None, None, None))
+
+
+def _utf8_label(text: str) -> str:
+    """A label value the exposition can encode: file names arrive with their
+    undecodable bytes as lone surrogates (surrogateescape), and one of them would
+    make the whole scrape fail with UnicodeEncodeError.  They become U+FFFD."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate that was never a byte
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
 def _gauge(name: str, documentation: str, labels: Sequence[str]) -> _Family:

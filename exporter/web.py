@@ -187,7 +187,7 @@ def _respond(
     content_type: str = "text/plain; charset=utf-8",
     extra: list[tuple[str, str]] | None = None,
 ) -> list[bytes]:
-    data = body.encode("utf-8")
+    data = body.encode("utf-8", "replace")  # file names may hold undecodable bytes
     start_response(status, [("Content-Type", content_type), ("Content-Length", str(len(data))), *(extra or [])])
     return [data]
 

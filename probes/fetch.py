@@ -22,9 +22,11 @@ import http.client
 import ipaddress
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 # Beyond loopback, link-local, multicast and unspecified, which ipaddress knows.
@@ -65,12 +67,49 @@ def refused_address(address: str, allow_networks: Sequence[str]) -> bool:
     )
 
 
-def resolve_checked(host: str, port: int, allow_networks: Sequence[str]) -> str:
+# getaddrinfo() has no timeout.  Each lookup runs in its own daemon thread, so a run
+# stops waiting at its deadline, a resolver that never answers holds no shared pool
+# (a fixed pool of 8 let 8 hanging names fail every other name), and a lookup still
+# hanging never delays the process's exit.  At most MAX_LOOKUPS hang at once.
+MAX_LOOKUPS = 256
+_lookups = threading.BoundedSemaphore(MAX_LOOKUPS)
+
+AddrInfo = tuple[socket.AddressFamily, socket.SocketKind, int, str, tuple[str, int] | tuple[str, int, int, int]]
+
+
+def getaddrinfo_by(host: str, port: int, family: int, deadline: float) -> list[AddrInfo]:
+    """``socket.getaddrinfo(host, port, family, SOCK_STREAM)`` or TimeoutError once
+    ``deadline`` (a ``time.monotonic()`` value) passes; resolver errors as raised."""
+    if not _lookups.acquire(timeout=max(0.0, deadline - time.monotonic())):
+        raise TimeoutError(f"resolving {host}: {MAX_LOOKUPS} lookups already waiting for the resolver")
+    done = threading.Event()
+    outcome: list[Any] = []
+
+    def lookup() -> None:
+        try:
+            outcome.append(socket.getaddrinfo(host, port, family, socket.SOCK_STREAM))
+        except Exception as exc:  # noqa: BLE001 - handed to the waiting caller
+            outcome.append(exc)
+        finally:
+            _lookups.release()
+            done.set()
+
+    threading.Thread(target=lookup, name="dns", daemon=True).start()
+    if not done.wait(max(0.0, deadline - time.monotonic())):
+        raise TimeoutError(f"resolving {host} took longer than the deadline")
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]  # type: ignore[no-any-return]
+
+
+def resolve_checked(host: str, port: int, allow_networks: Sequence[str], deadline: float | None = None) -> str:
     """The first address of ``host``, after checking every address it has."""
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = getaddrinfo_by(host, port, 0, time.monotonic() + 30 if deadline is None else deadline)
     except socket.gaierror as exc:
         raise FetchError("unavailable", f"cannot resolve {host}: {exc.strerror}", "dns") from None
+    except TimeoutError as exc:
+        raise FetchError("unavailable", str(exc), "timeout") from None
     addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
     for address in addresses:
         if refused_address(address, allow_networks):
@@ -120,7 +159,7 @@ def fetch(
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise FetchError("refused", f"{url}: only http and https URLs are fetched")
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    address = resolve_checked(parts.hostname, port, allow_networks)
+    address = resolve_checked(parts.hostname, port, allow_networks, deadline)
 
     def remaining() -> float:
         left = deadline - time.monotonic()

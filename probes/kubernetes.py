@@ -381,19 +381,39 @@ class _Stream:
         return self._owner.parse_object(self.scope.resource, obj, uid, version)
 
 
+# Larger than any object etcd stores (1.5 MiB by default): a line this long without
+# an end is not a watch event, and buffering it further would grow without bound.
+MAX_EVENT_BYTES = 16 * 1024 * 1024
+
+
 def _events(response: requests.Response) -> Iterator[Mapping[str, Any]]:
     """Watch events as they arrive (one JSON object per line).  ``iter_content(None)``
     yields each chunk as soon as it is read, so an event is never held back waiting
-    for more bytes."""
+    for more bytes.  Anything that is not a JSON object per line raises ValueError."""
     pending = b""
     for chunk in response.iter_content(chunk_size=None):
         pending += chunk
         while (newline := pending.find(b"\n")) >= 0:
             line, pending = pending[:newline], pending[newline + 1 :]
             if line.strip():
-                yield json.loads(line)
+                yield _event(line)
+        if len(pending) > MAX_EVENT_BYTES:
+            raise ValueError(f"watch event longer than {MAX_EVENT_BYTES} bytes")
     if pending.strip():
-        yield json.loads(pending)
+        yield _event(pending)
+
+
+def _event(line: bytes) -> Mapping[str, Any]:
+    try:
+        event: object = json.loads(line)
+    except RecursionError:  # nesting deeper than the interpreter's stack
+        raise ValueError("watch event nested too deeply") from None
+    if not isinstance(event, dict):
+        raise ValueError("watch event is not a JSON object")
+    obj = event.get("object") or {}
+    if not isinstance(obj, dict) or not isinstance(obj.get("metadata") or {}, dict):
+        raise ValueError("watch event holds no object with metadata")
+    return event
 
 
 def _object_key(obj: Mapping[str, Any]) -> tuple[str, str]:

@@ -315,8 +315,11 @@ def evaluate_crl(data: bytes, issuer: x509.Certificate, now: datetime, skew: tim
         entries=entries,
         size_bytes=len(data),
     )
-    public_key = issuer.public_key()
-    if crl.issuer != issuer.subject or not crl.is_signature_valid(public_key):  # type: ignore[arg-type]
+    try:
+        signed = crl.issuer == issuer.subject and crl.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]
+    except Exception as exc:  # noqa: BLE001 - an issuer name or signature that fails to parse
+        return replace(judged, crl=None, reason=Reason.CRL_UNAVAILABLE, message=f"malformed CRL ({_short(exc)})")
+    if not signed:
         return replace(judged, reason=Reason.CRL_BAD_SIGNATURE, message="the CRL is not signed by the issuer")
     if next_update is not None and next_update < now - skew:
         return replace(judged, reason=Reason.CRL_STALE, message=f"the CRL expired at {next_update:%Y-%m-%d %H:%M} UTC")

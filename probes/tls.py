@@ -23,8 +23,6 @@ import socket
 import ssl
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -52,6 +50,7 @@ from probes.base import (
 )
 from probes.certparse import facts_from_certificate, role_in_bundle
 from probes.expect import EXPECT_REASONS, Expect, check
+from probes.fetch import getaddrinfo_by
 from probes.revocation import CHECKER, CRL_REASONS, OCSP_REASONS, evaluate_ocsp, revocation_facts
 from probes.stapling import fetch_stapled_response
 from probes.starttls import PROTOCOLS, StartTlsError, upgrade
@@ -61,8 +60,6 @@ MAX_HTTP_HEADER = 64 * 1024
 MEMO_SIZE = 4096  # certificates and verdicts remembered per probe
 MEMO_MAX_AGE = 300.0  # seconds a verdict is reused at most (a trust store may change)
 MAX_HTTP_PEEK = 2048
-# getaddrinfo() has no timeout; it runs here so a run can stop waiting for it.
-_resolver = ThreadPoolExecutor(max_workers=8, thread_name_prefix="dns")
 
 
 @dataclass(frozen=True)
@@ -649,11 +646,10 @@ def _resolve(host: str, port: int, ip_version: str, deadline: float) -> list[tup
     family = {"ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}.get(ip_version, socket.AF_UNSPEC)
     if _is_ip(host):
         return [(host, int(socket.AF_INET6 if ":" in host else socket.AF_INET))]
-    future = _resolver.submit(socket.getaddrinfo, host, port, family, socket.SOCK_STREAM)
     try:
-        infos = future.result(timeout=max(0.001, deadline - time.monotonic()))
-    except FutureTimeout:
-        raise _Failure(Reason.DNS_ERROR, f"resolving {host} took longer than the deadline") from None
+        infos = getaddrinfo_by(host, port, family, deadline)
+    except TimeoutError as exc:
+        raise _Failure(Reason.DNS_ERROR, str(exc)) from None
     except socket.gaierror as exc:
         raise _Failure(Reason.DNS_ERROR, f"cannot resolve {host}: {exc.strerror}") from None
     addresses = [(str(info[4][0]), int(info[0])) for info in infos]
