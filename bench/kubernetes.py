@@ -40,6 +40,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -142,45 +143,45 @@ def _rss_kib() -> int:
     return _status_kib("VmRSS")
 
 
-def child_bare(url: str) -> dict[str, Any]:
+def _pages(url: str) -> Iterator[dict[str, Any]]:
+    """The paginated LIST a client must make: limit, the type as a field selector, continue."""
     import requests
 
-    baseline = _rss_kib()
-    started = time.perf_counter()
     session = requests.Session()
     params = {"limit": str(PAGE), "fieldSelector": "type=kubernetes.io/tls"}
     headers = {"Authorization": f"Bearer {TOKEN}"}
-    objects = 0
-    decoded = 0
     while True:
         page = session.get(url + "/api/v1/secrets", params=params, headers=headers, timeout=60).json()
+        token = page["metadata"].get("continue")
+        yield page
+        del page  # the page's objects go before the next page arrives
+        if not token:
+            return
+        params["continue"] = token
+
+
+def child_bare(url: str) -> dict[str, Any]:
+    baseline = _rss_kib()
+    started = time.perf_counter()
+    objects = 0
+    decoded = 0
+    for page in _pages(url):
         for item in page["items"]:
             objects += 1
             for key in ("tls.crt", "ca.crt"):
                 decoded += len(base64.b64decode(item["data"][key]))
-        token = page["metadata"].get("continue")
-        del page
-        if not token:
-            break
-        params["continue"] = token
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "objects": objects, "decoded_bytes": decoded, **_peak(baseline)}
 
 
 def child_bare_parse(url: str) -> dict[str, Any]:
-    import requests
-
     from bench.files_scan import bare_fields
 
     baseline = _rss_kib()
     started = time.perf_counter()
-    session = requests.Session()
-    params = {"limit": str(PAGE), "fieldSelector": "type=kubernetes.io/tls"}
-    headers = {"Authorization": f"Bearer {TOKEN}"}
     known: dict[bytes, tuple[Any, ...]] = {}
     inventory: dict[tuple[str, str, str], list[tuple[Any, ...]]] = {}
-    while True:
-        page = session.get(url + "/api/v1/secrets", params=params, headers=headers, timeout=60).json()
+    for page in _pages(url):
         for item in page["items"]:
             metadata = item["metadata"]
             for key in ("tls.crt", "ca.crt"):
@@ -191,11 +192,6 @@ def child_bare_parse(url: str) -> dict[str, Any]:
                         known[der] = bare_fields(cert)
                     rows.append(known[der])
                 inventory[(metadata["namespace"], metadata["name"], key)] = rows
-        token = page["metadata"].get("continue")
-        del page
-        if not token:
-            break
-        params["continue"] = token
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "targets": len(inventory), **_peak(baseline)}
 

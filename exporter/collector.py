@@ -417,6 +417,11 @@ _StoredIndex = tuple[dict[str, list[_Location]], dict[tuple[str, ...], list[_Loc
 _index_memo: tuple[tuple[ProbeState, ...], _StoredIndex] | None = None
 
 
+def _same_states(cached: tuple[ProbeState, ...], current: tuple[ProbeState, ...]) -> bool:
+    """States are immutable and replaced on every round: the same objects, the same data."""
+    return len(cached) == len(current) and all(a is b for a, b in zip(cached, current, strict=True))
+
+
 def _readable_targets(states: Iterable[ProbeState]) -> Iterator[tuple[ProbeState, str, TargetState]]:
     """Every target of ``states``, skipping a probe whose records cannot be read (its
     own series are already counted in ``certscope_render_errors``)."""
@@ -435,7 +440,7 @@ def _stored_leaf_index(snapshot: Snapshot) -> _StoredIndex:
     global _index_memo
     states = tuple(s for s in snapshot.probes.values() if s.info.kind in STORED_KINDS)
     memo = _index_memo
-    if memo is not None and len(memo[0]) == len(states) and all(a is b for a, b in zip(memo[0], states, strict=True)):
+    if memo is not None and _same_states(memo[0], states):
         return memo[1]
     by_fingerprint: dict[str, list[_Location]] = {}
     by_identity: dict[tuple[str, ...], list[_Location]] = {}
@@ -492,7 +497,7 @@ def _render_key_reuse(snapshot: Snapshot, f: _Families) -> None:
     global _reuse_memo
     states = tuple(snapshot.probes.values())
     memo = _reuse_memo
-    if memo is None or len(memo[0]) != len(states) or any(a is not b for a, b in zip(memo[0], states, strict=True)):
+    if memo is None or not _same_states(memo[0], states):
         subjects: dict[tuple[str, str], set[str]] = {}
         for _state, _target, ts in _readable_targets(states):
             for observation in ts.certificates:

@@ -35,6 +35,7 @@ from tests.helpers import wait_for
 from tests.pki import Pki
 from tests.revocation_servers import revocation_stack
 from tests.servers import build_tls_pki, openssl_s_server, write_tls_files
+from tests.test_e2e_prometheus import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "alerts" / "certscope.rules.yml"
@@ -178,14 +179,6 @@ class Webhook:
         self.server.server_close()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Process:
     def __init__(self, args: list[str], log: Path) -> None:
         self.log_path = log
@@ -209,7 +202,7 @@ class Process:
 def start_ready(args_for_port: Any, log: Path, what: str) -> tuple[Process, str]:
     """Start a server on a free port (retried if the port is taken first); wait for /-/ready."""
     for attempt in range(3):
-        port = _free_port()
+        port = free_port()
         process = Process(args_for_port(port), log.with_suffix(f".{attempt}.log"))
         url = f"http://127.0.0.1:{port}"
 
