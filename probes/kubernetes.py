@@ -456,6 +456,8 @@ class KubernetesProbe:
     keeps_last_good: ClassVar[bool] = False
     # Sharded by namespace, before anything is parsed (see Shard).
     shards_itself: ClassVar[bool] = True
+    # A run reads the watch's cache: a span per Secret key and round would say nothing.
+    traced_runs: ClassVar[bool] = False
 
     def __init__(self, settings: KubernetesSettings, defaults: ProbeDefaults | None = None) -> None:
         self.settings = settings
