@@ -367,7 +367,17 @@ class _Stream:
 
     def _build(self, obj: Mapping[str, Any], previous: _Stored | None) -> _Stored | None:
         """Parse an object's certificate keys, or reuse ``previous`` if unchanged.
-        None: the object is ignored by annotation."""
+        None: the object is ignored by annotation.  An object of the wrong shape (a
+        non-conforming API server or proxy) is one error of its own, never the scope's."""
+        try:
+            return self._build_checked(obj, previous)
+        except (AttributeError, TypeError, ValueError) as exc:
+            namespace, name = _object_key(obj) if isinstance(obj.get("metadata"), dict) else ("?", "?")
+            item = f"{namespace}/{name}"
+            error = SourceError(Reason.PARSE_ERROR, item, f"{item}: malformed {self.scope.resource} object ({exc})")
+            return _Stored("", "", (), (error,))
+
+    def _build_checked(self, obj: Mapping[str, Any], previous: _Stored | None) -> _Stored | None:
         metadata = obj.get("metadata") or {}
         uid = str(metadata.get("uid") or "")
         version = str(metadata.get("resourceVersion") or "")

@@ -558,3 +558,26 @@ def test_resync_lists_again_and_list_has_a_deadline(
     [error] = discovery.errors
     assert error.reason is Reason.DEADLINE_EXCEEDED
     assert error.message == "secrets/slow/kubernetes.io/tls: list not complete after list_timeout=0.2s"
+
+
+def test_a_malformed_object_is_its_own_error_not_the_scopes(
+    api: FakeApiServer, kubeconfig: Path, pki: Pki, probes: list[KubernetesProbe]
+) -> None:
+    api.put("secrets", tls_secret("ns", "good", pki.valid))
+    bad = tls_secret("ns", "bad", pki.valid)
+    bad["metadata"]["annotations"] = ["not", "a", "mapping"]
+    api.put("secrets", bad)
+    worse = tls_secret("ns", "worse", pki.valid)
+    worse["data"] = "not a mapping"
+    api.put("secrets", worse)
+    probe = make_probe(kubeconfig)
+    probes.append(probe)
+    discovery = probe.targets()
+    assert discovery.up and discovery.targets == ("ns/good/tls.crt",)
+    assert sorted((e.reason, e.item) for e in discovery.errors) == [
+        (Reason.PARSE_ERROR, "ns/bad"),
+        (Reason.PARSE_ERROR, "ns/worse"),
+    ]
+    # The watch goes on: a later change still arrives.
+    api.put("secrets", tls_secret("ns", "later", pki.valid))
+    wait_for(lambda: "ns/later/tls.crt" in probe.targets().targets, 10, "an event after the malformed ones")
