@@ -508,6 +508,16 @@ class Probe(Protocol):
     * ``keeps_last_good``: a failing target keeps exporting its last good
       certificates for up to three intervals (a network blip must not make expiry
       series vanish); local kinds report what is on disk now.
+
+    Optional, read by the scheduler with a default when absent (most kinds need none):
+
+    * ``shards_itself`` (False): the probe applies ``ProbeDefaults.shard`` itself
+      (kubernetes: by namespace, before parsing) instead of the scheduler filtering
+      its targets.
+    * ``traced_runs`` (True): False for a kind whose run only reads a cache, so a run
+      makes no span.
+    * ``close()``: called when the probe's config is replaced or the daemon stops, for
+      kinds holding threads or connections (the kubernetes watches).
     """
 
     kind: ClassVar[str]

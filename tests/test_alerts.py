@@ -220,7 +220,7 @@ def start_ready(args_for_port: Any, log: Path, what: str) -> tuple[Process, str]
 
 
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[list[Any]]:
+def stack() -> Iterator[list[Any]]:
     started: list[Any] = []
     yield started
     for thing in reversed(started):
