@@ -630,11 +630,13 @@ def test_thirty_thousand_secrets_put_fast_and_pages_served_fast() -> None:
                 break
             params["continue"] = page["metadata"]["continue"]
         assert seen == 30_000 - 30
-        assert slowest < 0.1, slowest
+        # Generous bounds, so a loaded CI machine passes; what they catch is a page whose
+        # cost grows with the store (a full copy or scan per request takes seconds at 30k).
+        assert slowest < 0.5, slowest
         # Unfiltered, the first page holds 30 of the ~1 MB Helm Secrets: building it must still be quick.
         started = time.monotonic()
         body = api._list("secrets", None, {"limit": "500"})
-        assert time.monotonic() - started < 0.1
+        assert time.monotonic() - started < 0.5
         assert len(body) > 25_000_000
         unfiltered = session.get(api.url + "/api/v1/secrets", params={"limit": "500"}, headers=AUTH, timeout=10)
         assert unfiltered.json()["metadata"]["remainingItemCount"] == 30_000 - 500

@@ -12,6 +12,7 @@ import logging
 import os
 import stat
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -153,10 +154,14 @@ def test_type_is_filtered_server_side_and_lists_are_paged(
     assert "continue" not in lists[0].query and all("continue" in r.query for r in lists[1:])
 
 
-@pytest.mark.parametrize("expiry", ["event", "status"])
+@pytest.mark.parametrize(
+    ("outage", "expiry"),
+    [("expired_while_open", "event"), ("reconnect_too_old", "event"), ("reconnect_too_old", "status")],
+)
 def test_watch_expiry_relists_with_nothing_lost_or_duplicated(
-    expiry: str, pki: Pki, tmp_path: Path, probes: list[KubernetesProbe]
+    outage: str, expiry: str, pki: Pki, tmp_path: Path, probes: list[KubernetesProbe]
 ) -> None:
+    """A watch that ends in 410 relists; ``expiry`` is how the server answers a watch opened too late."""
     api = FakeApiServer(bookmark_interval=0.5, watch_expiry=expiry).start()
     try:
         api.allow(token=TOKEN)
@@ -167,11 +172,22 @@ def test_watch_expiry_relists_with_nothing_lost_or_duplicated(
         probe = make_probe(kubeconfig)
         probes.append(probe)
         assert set(inventory(probe)) == {"ns/s0/tls.crt", "ns/s1/tls.crt", "ns/s2/tls.crt"}
+        # The list is done before the watch opens; a fault injected in between would miss it.
+        wait_for(lambda: api.open_watches() == 1, 5, "the watch")
 
-        # While the watch is down: history is compacted and objects change; the watch
-        # comes back with 410 and only a relist can see what happened.
-        api.compact()
-        api.expire_watches()
+        if outage == "expired_while_open":
+            # The open watch gets an ERROR event (410) and ends.
+            api.compact()
+            api.expire_watches()
+        else:
+            # The watch is cut; while the client backs off (>= 0.25 s) history moves on and
+            # is compacted, so the watch it reopens from its last version gets a 410.
+            api.drop_connections()
+            # Mutate only once the server's stream has ended, so no event rides the cut stream;
+            # polled tightly because the client's backoff is the whole margin.
+            cut_deadline = time.monotonic() + 5
+            while api.open_watches() and time.monotonic() < cut_deadline:
+                time.sleep(0.002)
         api.delete("secrets", "ns", "s0")
         api.put("secrets", tls_secret("ns", "s1", certs["s4"]))  # s1 rotated
         api.put("secrets", tls_secret("ns", "s3", certs["s3"]))
