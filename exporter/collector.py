@@ -15,15 +15,14 @@ import logging
 import platform
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import chain
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar as PromExemplar
-from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 from exporter import __version__
+from exporter.exposition import RowFamily
 from exporter.store import Histogram, ProbeInfo, ProbeState, Snapshot, TargetState
 from probes.base import CaFacts, CertObservation, CrlFacts, Reason, RevocationFacts, TlsFacts
 
@@ -51,52 +50,12 @@ MAX_SANS_LABEL = 200  # characters; the sans label is for humans, not for joins
 Extra = tuple[tuple[str, str], ...]
 
 
-class _Family:
-    """A metric family that refuses a label set it has already seen.
-
-    ``extra`` labels (a target's ``target_labels``) join or replace the named ones
-    on that sample, e.g. ``target`` and ``address`` for a target probed per address."""
-
-    def __init__(self, metric: GaugeMetricFamily | CounterMetricFamily, labels: Sequence[str]) -> None:
-        self.metric = metric
-        self.label_names = tuple(labels)
-        self.sample_name = metric.name + ("_total" if isinstance(metric, CounterMetricFamily) else "")
-        self._seen: set[tuple[str, ...]] = set()
-        self._samples = metric.samples
-
-    def add(self, labels: tuple[str, ...], value: float, extra: Extra = ()) -> None:
-        # The hot loop of a scrape (one call per series): samples are appended
-        # directly rather than through add_metric, which copies the labels twice.
-        if not all(label.isascii() for label in labels):
-            labels = tuple(_utf8_label(label) for label in labels)
-        if extra and not all(item.isascii() for pair in extra for item in pair):
-            extra = tuple((name, _utf8_label(item)) for name, item in extra)
-        key = (*labels, *chain.from_iterable(extra)) if extra else labels
-        if key in self._seen:
-            return
-        self._seen.add(key)
-        merged = dict(zip(self.label_names, labels))  # noqa: B905 - lengths match by construction
-        if extra:
-            merged.update(extra)
-        self._samples.append(Sample(self.sample_name, merged, value, None, None, None))
+def _gauge(name: str, documentation: str, labels: Sequence[str]) -> RowFamily:
+    return RowFamily(name, documentation, "gauge", labels)
 
 
-def _utf8_label(text: str) -> str:
-    """A label value the exposition can encode: file names arrive with their
-    undecodable bytes as lone surrogates (surrogateescape), and one of them would
-    make the whole scrape fail with UnicodeEncodeError.  They become U+FFFD."""
-    try:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    except UnicodeEncodeError:  # a surrogate that was never a byte
-        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
-
-
-def _gauge(name: str, documentation: str, labels: Sequence[str]) -> _Family:
-    return _Family(GaugeMetricFamily(name, documentation, labels=list(labels)), labels)
-
-
-def _counter(name: str, documentation: str, labels: Sequence[str]) -> _Family:
-    return _Family(CounterMetricFamily(name, documentation, labels=list(labels)), labels)
+def _counter(name: str, documentation: str, labels: Sequence[str]) -> RowFamily:
+    return RowFamily(name, documentation, "counter", labels)
 
 
 class _Families:
@@ -317,8 +276,8 @@ class _Families:
 
     def all(self) -> Iterator[Metric]:
         for value in vars(self).values():
-            if isinstance(value, _Family):
-                yield value.metric
+            if isinstance(value, RowFamily):
+                yield value
         yield self.handshake_histogram
         yield self.probe_histogram
 

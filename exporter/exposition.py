@@ -8,13 +8,20 @@ backslash, a quote or a newline.  Anything this encoder does not handle (native
 histograms, ``_created`` samples, names that need UTF-8 escaping, other formats or
 escaping schemes) is handed to prometheus-client's own encoder whole.
 
+``RowFamily`` goes one step further for the families certscope renders itself: a
+gauge or counter whose label names are fixed keeps its series as rows of label
+values, and its lines come from one format template per family, with the labels
+already in the exposition's sorted order; no ``Sample`` is built unless someone
+other than this encoder reads ``samples``.
+
 ``tests/test_exposition_cache.py`` checks the output is identical to the client's.
 """
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 
 from prometheus_client.core import Metric
@@ -23,7 +30,7 @@ from prometheus_client.exposition import generate_latest as client_text
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_1_0_0
 from prometheus_client.openmetrics.exposition import generate_latest as client_openmetrics
 from prometheus_client.registry import Collector
-from prometheus_client.samples import Exemplar
+from prometheus_client.samples import Exemplar, Sample
 from prometheus_client.utils import floatToGoString as _untyped_go_float
 
 _go_float = cast(Callable[[Any], str], _untyped_go_float)  # 1.0 -> "1.0", inf -> "+Inf"
@@ -78,9 +85,133 @@ def _value(text: str) -> str:
     return text
 
 
+# A row: label values in the family's order, the value, and either None or (when a
+# sample adds or replaces labels) its whole label dict; the last item says whether a
+# label value holds a character that must be escaped.
+Row = tuple[tuple[str, ...], float, "dict[str, str] | None", bool]
+
+
+class RowFamily(Metric):
+    """A gauge or counter with fixed label names, kept as rows (see the module doc).
+
+    ``add`` refuses a label set it has already seen, so no input makes a duplicate
+    series.  ``extra`` labels join or replace the named ones on that one sample."""
+
+    def __init__(self, name: str, documentation: str, kind: str, label_names: Sequence[str]) -> None:
+        if kind not in ("gauge", "counter"):
+            raise ValueError(f"RowFamily is for gauges and counters, not {kind!r}")
+        super().__init__(name, documentation, kind)
+        self.label_names = tuple(label_names)
+        self.sample_name = name + "_total" if kind == "counter" else name
+        self.rows: list[Row] = []
+        self._seen: set[tuple[object, ...]] = set()
+        self._samples: list[Sample] = []
+
+    @property
+    def samples(self) -> list[Sample]:
+        """The rows as prometheus-client Samples, for any reader but this encoder."""
+        if len(self._samples) != len(self.rows):
+            names, sample_name = self.label_names, self.sample_name
+            self._samples = [
+                Sample(sample_name, dict(zip(names, labels, strict=True)) if merged is None else merged, value)
+                for labels, value, merged, _ in self.rows
+            ]
+        return self._samples
+
+    @samples.setter
+    def samples(self, value: list[Sample]) -> None:
+        if value:  # Metric.__init__ sets []; samples come from rows only
+            raise TypeError("RowFamily samples are added with add()")
+
+    def add(self, labels: tuple[str, ...], value: float, extra: tuple[tuple[str, str], ...] = ()) -> None:
+        # The hot loop of a scrape (one call per series): one join answers both
+        # "all ASCII?" and "anything to escape?" for the whole label set.
+        joined = "".join(labels)
+        if not joined.isascii():
+            labels = tuple(_utf8_label(label) for label in labels)
+            joined = "".join(labels)
+        if extra:
+            if not all(item.isascii() for pair in extra for item in pair):
+                extra = tuple((name, _utf8_label(item)) for name, item in extra)
+            merged = dict(zip(self.label_names, labels, strict=True))
+            merged.update(extra)
+            if len(merged) == len(self.label_names):
+                # The extras only replaced named labels: a plain row, deduplicated
+                # with the others by its final values.
+                labels = tuple(merged[name] for name in self.label_names)
+                joined = "".join(labels)
+            else:
+                key = tuple(sorted(merged.items()))  # pairs: never equal to a plain row's key
+                if key not in self._seen:
+                    self._seen.add(key)
+                    self.rows.append((labels, value, merged, True))
+                return
+        if labels in self._seen:
+            return
+        self._seen.add(labels)
+        self.rows.append((labels, value, None, "\\" in joined or "\n" in joined or '"' in joined))
+
+    def template(self) -> str:
+        """``name{a="{i}",b="{j}"} {n}\\n``: str.format puts the label values, given in
+        the family's order, into the exposition's sorted order in one C call."""
+        names = self.label_names
+        if not names:
+            return self.sample_name + " {0}\n"
+        order = sorted(range(len(names)), key=names.__getitem__)
+        labels = ",".join(f'{names[i]}="{{{i}}}"' for i in order)
+        return f"{self.sample_name}{{{{{labels}}}}} {{{len(names)}}}\n"
+
+
+def _utf8_label(text: str) -> str:
+    """A label value the exposition can encode: file names arrive with their
+    undecodable bytes as lone surrogates (surrogateescape), and one of them would
+    make the whole scrape fail with UnicodeEncodeError.  They become U+FFFD."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate that was never a byte
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
+def _value_text(value: float, seen: dict[float, str]) -> str:
+    """``floatToGoString`` with a memo: most values of a scrape (0, 1, thresholds,
+    counts) repeat.  Zero is not memoised, because -0.0 == 0.0 is one dict key."""
+    if not value:
+        return "-0.0" if math.copysign(1.0, value) < 0 else "0.0"
+    text = seen.get(value)
+    if text is None:
+        text = _go_float(value)
+        if len(seen) < 4096:
+            seen[value] = text
+    return text
+
+
+def _write_rows(family: RowFamily, append: Callable[[str], object], seen: dict[float, str]) -> None:
+    for label in family.label_names:
+        if not _LEGACY_NAME.match(label) or ":" in label:
+            raise _Unsupported(label)
+    template = family.template().format
+    prefixes: dict[tuple[str, ...], list[tuple[str, str]]] = {}
+    for labels, value, merged, escape in family.rows:
+        if merged is None:
+            if escape:
+                labels = tuple(_value(label) for label in labels)
+            append(template(*labels, _value_text(value, seen)))
+            continue
+        names = tuple(merged)
+        ordered = prefixes.get(names)
+        if ordered is None:
+            for label in names:
+                if not _LEGACY_NAME.match(label) or ":" in label:
+                    raise _Unsupported(label)
+            ordered = prefixes[names] = [(label, f'{label}="') for label in sorted(names)]
+        label_text = '",'.join(prefix + _value(merged[label]) for label, prefix in ordered)
+        append(f'{family.sample_name}{{{label_text}"}} {_value_text(value, seen)}\n')
+
+
 def _encode(metrics: list[Metric], *, openmetrics: bool) -> bytes:
     out: list[str] = []
     append = out.append
+    seen: dict[float, str] = {}
     for metric in metrics:
         name, kind = metric.name, metric.type
         if not _LEGACY_NAME.match(name):
@@ -93,6 +224,9 @@ def _encode(metrics: list[Metric], *, openmetrics: bool) -> bytes:
             exposed = name + "_total" if kind == "counter" else name + "_info" if kind == "info" else name
             documentation = metric.documentation.replace("\\", r"\\").replace("\n", r"\n")
             append(f"# HELP {exposed} {documentation}\n# TYPE {exposed} {_TEXT_TYPES.get(kind, kind)}\n")
+        if isinstance(metric, RowFamily):
+            _write_rows(metric, append, seen)
+            continue
         # Samples of one family mostly share their label names: sort and check them
         # once per distinct set, with each name's 'name="' prefix made once.
         prefixes: dict[tuple[str, ...], list[tuple[str, str]]] = {}

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
@@ -17,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Exemplar
 
 import exporter.collector
-from exporter.exposition import encode_openmetrics, encode_text
+from exporter.exposition import RowFamily, encode_openmetrics, encode_text
 from exporter.store import ProbeState, ResultStore, Snapshot
 from exporter.web import WebApp, WebServer
 from probes.base import CertObservation, Discovery, ProbeResult, Reason
@@ -95,7 +97,20 @@ def test_fast_encoder_is_byte_identical_to_the_client(served: Any) -> None:
     observation = CertObservation(0, "leaf", odd)
     state = store.snapshot().probes["pki"]
     target = replace(state.targets["/a.pem"], certificates=(observation,))
-    weird = Snapshot(probes={"pki": ProbeState(info=probe, targets={"/a.pem": target}, source=state.source)})
+    # A target whose samples carry extra labels (one replacing "target"), a file name
+    # with an undecodable byte, and values that format specially.
+    per_address = replace(
+        target,
+        result=replace(
+            target.result,
+            target_labels=(("target", 'x"y'), ("address", "127.0.0.1:443")),
+            duration_seconds=-0.0,
+        ),
+        last_run=float("nan"),
+        last_success=float("inf"),
+    )
+    targets = {"/a.pem": target, "/b\udcff.pem": per_address}
+    weird = Snapshot(probes={"pki": ProbeState(info=probe, targets=targets, source=state.source)})
     registry = CollectorRegistry(auto_describe=False)
     registry.register(exporter.collector.SnapshotCollector(type("S", (), {"snapshot": lambda self: weird})()))
 
@@ -115,3 +130,40 @@ def test_fast_encoder_is_byte_identical_to_the_client(served: Any) -> None:
     assert encode_openmetrics(registry) == generate_openmetrics(registry)
     assert b'# {trace_id="4bf92f3577b34da6a3ce929d0e0e4736"} 0.42 1700000000.5' in encode_openmetrics(registry)
     assert b'subject_cn="quote \\" back\\\\slash\\nnewline"' in encode_text(registry)
+
+
+_label_text = st.text(st.characters(codec="utf-8") | st.sampled_from(['"', "\\", "\n", "{", "}", "\udcff"]))
+_values = st.floats(allow_nan=True, allow_infinity=True) | st.integers(-(2**53), 2**53) | st.sampled_from([0.0, -0.0])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.tuples(_label_text, _label_text),
+            _values,
+            st.lists(st.tuples(st.sampled_from(["a", "b", "z", "extra"]), _label_text), max_size=2),
+        ),
+        max_size=12,
+    ),
+    kind=st.sampled_from(["gauge", "counter"]),
+)
+def test_row_families_encode_as_the_client_would(
+    rows: list[tuple[tuple[str, str], float, list[tuple[str, str]]]], kind: str
+) -> None:
+    """Any label values (quotes, newlines, braces, lone surrogates) and any values
+    (NaN, infinities, -0.0, large integers), with or without extra labels: the fast
+    rows give the bytes prometheus-client writes for the same family's samples."""
+    family = RowFamily("x_family", "doc", kind, ("b", "a"))
+    for labels, value, extra in rows:
+        family.add(labels, value, tuple(dict(extra).items()))
+    registry = CollectorRegistry(auto_describe=False)
+
+    class Families:
+        def collect(self) -> Any:
+            return [family]
+
+    registry.register(Families())  # type: ignore[arg-type]
+    assert encode_text(registry) == generate_latest(registry)
+    assert encode_openmetrics(registry) == generate_openmetrics(registry)
+    assert len({tuple(sorted(s.labels.items())) for s in family.samples}) == len(family.samples)
