@@ -10,6 +10,9 @@ combination is linted, rendered, and every rendered manifest is validated by
 prometheus-operator kinds, so those are checked here against the fields of their
 CRDs that the chart uses.
 
+The StatefulSet's shards run as the real daemon with the rendered args, each in its own
+UTS namespace whose hostname is its pod's name (root, as the tests running as nobody).
+
 The PrometheusRule and dashboard tests compare with the repository's ``alerts/`` and
 ``dashboards/``; without those files they fail (never skip).
 
@@ -19,6 +22,7 @@ Missing tools (npm, helm, kubernetes-validate) are failures, not skips.
 from __future__ import annotations
 
 import copy
+import ctypes
 import hashlib
 import io
 import json
@@ -26,6 +30,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -43,7 +48,7 @@ import yaml
 import exporter
 from exporter.config import load_config
 from exporter.webconfig import load_web_config
-from tests.helpers import parse_metrics, value, wait_for
+from tests.helpers import DaemonProcess, find, parse_metrics, value, wait_for
 from tests.pki import Pki
 from tests.servers import build_tls_pki, write_tls_files
 
@@ -213,6 +218,15 @@ WEB_TLS = {
         "tlsConfig": {"ca": {"secret": {"name": "certscope-tls", "key": "ca.crt"}}, "serverName": "certscope"},
     },
 }
+# `config` split across three pods, scraped by both monitors, beside the (unsharded) DaemonSet.
+STATEFULSET = {
+    "deployment": {"enabled": False},
+    "statefulset": {"enabled": True, "shards": 3},
+    "daemonset": {"enabled": True},
+    "serviceMonitor": {"enabled": True},
+    "podMonitor": {"enabled": True},
+    "networkPolicy": {"enabled": True},
+}
 COMBINATIONS: dict[str, dict[str, Any]] = {
     "defaults": {},
     "daemonset": DAEMONSET,
@@ -221,6 +235,7 @@ COMBINATIONS: dict[str, dict[str, Any]] = {
     "monitoring": MONITORING,
     "web-tls": WEB_TLS,
     "daemonset-only": {"deployment": {"enabled": False}, "daemonset": {"enabled": True, "presets": ["k3s"]}},
+    "statefulset": STATEFULSET,
 }
 
 
@@ -412,6 +427,46 @@ def test_web_tls_without_a_secret_is_refused(chart: Chart) -> None:
     assert "web.tls.enabled needs web.tls.secretName" in rendered.stderr
 
 
+def test_sharding_values_are_refused(chart: Chart) -> None:
+    sharded: dict[str, Any] = {"deployment": {"enabled": False}, "statefulset": {"enabled": True}}
+    cases: dict[str, dict[str, Any]] = {
+        "statefulset.shards must be at least 1 (the number of replicas that split `config`), got 0": {
+            **sharded,
+            "statefulset": {"enabled": True, "shards": 0},
+        },
+        "statefulset.shards must be at least 1 (the number of replicas that split `config`), got -2": {
+            **sharded,
+            "statefulset": {"enabled": True, "shards": -2},
+        },
+        "statefulset.shards: Invalid type. Expected: integer": {
+            **sharded,
+            "statefulset": {"enabled": True, "shards": "two"},
+        },
+        # The default deployment.enabled=true with the StatefulSet: every target probed twice.
+        "statefulset.enabled runs `config` sharded in place of the Deployment: set deployment.enabled=false": {
+            "statefulset": {"enabled": True}
+        },
+        # Sharding the DaemonSet (or the Deployment) by hand: refused, not silently broken.
+        "extraArgs: --shard.count=2: the chart sets the --shard.* flags itself": {
+            "daemonset": {"enabled": True},
+            "extraArgs": ["--shard.count=2"],
+        },
+        "extraArgs: --shard.index: the chart sets the --shard.* flags itself": {"extraArgs": ["--shard.index", "1"]},
+        "daemonset: Additional property shards is not allowed": {"daemonset": {"enabled": True, "shards": 2}},
+        f'statefulset: the name "{"x" * 53}" is 53 characters; a StatefulSet\'s pods need at most 52': {
+            **sharded,
+            "fullnameOverride": "x" * 53,
+        },
+    }
+    for expected, values in cases.items():
+        rendered = chart.run("template", RELEASE, str(CHART), values=values)
+        assert rendered.returncode != 0, values
+        assert expected in rendered.stderr, (expected, rendered.stderr)
+    # The boundaries are accepted: one shard, and a 52-character name.
+    one(chart.render({**sharded, "statefulset": {"enabled": True, "shards": 1}}), "StatefulSet")
+    one(chart.render({**sharded, "fullnameOverride": "x" * 52}), "StatefulSet")
+
+
 # --------------------------------------------------------------------------- RBAC
 
 
@@ -528,6 +583,56 @@ def test_daemonset_mounts_host_paths_read_only_and_probes_them(chart: Chart) -> 
     service = one(docs, "Service")
     labels = daemonset["spec"]["template"]["metadata"]["labels"]
     assert not all(labels.get(k) == v for k, v in service["spec"]["selector"].items())
+
+
+def shard_flags(workload: dict[str, Any]) -> list[str]:
+    return [a for a in container(workload)["args"] if a.startswith("--shard")]
+
+
+def test_statefulset_runs_config_in_shards(chart: Chart) -> None:
+    docs = chart.render(STATEFULSET)
+    assert not objects(docs, "Deployment")
+    statefulset = one(docs, "StatefulSet", RELEASE)
+    spec = statefulset["spec"]
+    assert spec["replicas"] == 3
+    assert spec["podManagementPolicy"] == "Parallel"
+    assert shard_flags(statefulset) == ["--shard.index=hostname", "--shard.count=3"]
+    assert shard_flags(one(docs, "DaemonSet")) == []  # each node pod reads its own node: never sharded
+    labels = spec["template"]["metadata"]["labels"]
+    assert selects(spec["selector"]["matchLabels"], labels)
+    check_security(statefulset)
+
+    headless = one(docs, "Service", spec["serviceName"])
+    assert headless["metadata"]["name"] == f"{RELEASE}-headless"
+    assert headless["spec"]["clusterIP"] == "None"
+    assert selects(headless["spec"]["selector"], labels)
+    assert headless["spec"]["ports"][0]["targetPort"] in {p["name"] for p in container(statefulset)["ports"]}
+
+    # The Deployment's config, RBAC and token, unchanged.
+    volumes = {v["name"]: v for v in pod_spec(statefulset)["volumes"]}
+    assert volumes["config"]["configMap"]["name"] == RELEASE
+    assert yaml.safe_load(rendered_config(docs))["probes"][0]["name"] == "cluster-secrets"
+    assert rules(one(docs, "ClusterRole")) == [("", "secrets", "get,list,watch")]
+    assert pod_spec(statefulset)["automountServiceAccountToken"] is True
+
+    # Every shard is scraped, once: the ServiceMonitor picks the ClusterIP Service only (the
+    # headless one would make each pod a second target), and the PodMonitor picks the pods.
+    service_monitor, pod_monitor = one(docs, "ServiceMonitor"), one(docs, "PodMonitor")
+    scraped = [
+        s
+        for s in objects(docs, "Service")
+        if selects(service_monitor["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])
+    ]
+    assert [s["metadata"]["name"] for s in scraped] == [RELEASE]
+    assert selects(scraped[0]["spec"]["selector"], labels)
+    assert selects(pod_monitor["spec"]["selector"]["matchLabels"], labels)
+    assert selects(one(docs, "NetworkPolicy")["spec"]["podSelector"]["matchLabels"], labels)
+
+    # Off by default, and the Deployment's pods never get shard flags.
+    defaults = chart.render()
+    assert not objects(defaults, "StatefulSet")
+    assert [s["metadata"]["name"] for s in objects(defaults, "Service")] == [RELEASE]
+    assert shard_flags(one(defaults, "Deployment")) == []
 
 
 def test_probes_follow_the_web_config(chart: Chart) -> None:
@@ -1010,3 +1115,66 @@ def test_the_daemon_serves_the_rendered_web_config_as_nobody(
     accepted = requests.get(url + "/metrics", verify=files.root_ca, auth=("prometheus", BCRYPT_PASSWORD), timeout=10)
     assert accepted.status_code == 200 and "certscope_build_info" in accepted.text
     assert accepted.headers["Strict-Transport-Security"] == "max-age=31536000"
+
+
+CLONE_NEWUTS = 0x04000000  # <sched.h>
+
+
+def as_pod(name: str) -> Callable[[], None]:
+    """A preexec_fn: the daemon gets its own UTS namespace with hostname ``name``, as the
+    kubelet sets a StatefulSet pod's hostname to the pod's name.  The host's own hostname
+    is never touched.  Raises (and Popen fails) when not permitted."""
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def enter() -> None:
+        if libc.unshare(CLONE_NEWUTS) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, f"unshare(CLONE_NEWUTS): {os.strerror(error)}")
+        socket.sethostname(name)
+
+    return enter
+
+
+def test_rendered_shards_split_the_targets_by_pod_name(
+    chart: Chart, start_daemon: Callable[..., DaemonProcess], pki: Pki, tmp_path: Path
+) -> None:
+    """The StatefulSet's own container args and config, run as its two pods would be: the
+    real daemon twice, each seeing its pod's name as its hostname (``--shard.index=hostname``
+    reads socket.gethostname()); their /metrics must split the targets exactly."""
+    assert os.geteuid() == 0, "this test gives each daemon its own hostname (unshare(CLONE_NEWUTS) needs root)"
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    files = {str(certs / f"c{number:02}.pem") for number in range(24)}
+    for path in files:
+        Path(path).write_bytes(pki.valid.pem)
+    values = {
+        "deployment": {"enabled": False},
+        "statefulset": {"enabled": True, "shards": 2},
+        "config": {"probes": [{"name": "disk", "kind": "files", "paths": [str(certs)], "interval": "1s"}]},
+    }
+    docs = chart.render(values)
+    statefulset = one(docs, "StatefulSet")
+    rendered = container(statefulset)["args"]
+    assert rendered[0] == "run"  # DaemonProcess runs `python -m exporter run`
+    # Only the two flags bound to the pod change: the ConfigMap's mount path (its rendered
+    # config goes to a file here) and the port (the OS chooses one on 127.0.0.1).
+    args = [a for a in rendered[1:] if not a.startswith(("--config.file=", "--web.listen-address="))]
+    assert len(args) == len(rendered) - 3, rendered
+    assert "--shard.index=hostname" in args and "--shard.count=2" in args
+    config = rendered_config(docs)
+    pods = [f"{statefulset['metadata']['name']}-{o}" for o in range(statefulset["spec"]["replicas"])]
+    assert pods == [f"{RELEASE}-0", f"{RELEASE}-1"]
+
+    seen: list[set[str]] = []
+    for ordinal, pod in enumerate(pods):
+        daemon = start_daemon(config, *args, preexec=as_pod(pod))
+        assert f"shard={ordinal}/2" in daemon.log(), daemon.log()  # the shard came from the hostname
+        samples = daemon.wait_metrics(
+            lambda s: find(s, "certscope_probe_success", probe="disk"), 20, f"the first round of {pod}"
+        )
+        success = find(samples, "certscope_probe_success", probe="disk")
+        assert all(v == 1 for _, v in success), success
+        seen.append({labels["target"] for labels, _ in success})
+    assert seen[0] and seen[1], seen
+    assert seen[0].isdisjoint(seen[1])
+    assert seen[0] | seen[1] == files

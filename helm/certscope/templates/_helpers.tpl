@@ -79,6 +79,44 @@ Probes with a kubeconfig talk to another cluster and need nothing here.
 {{- dict "cluster" $cluster "namespaces" $namespaces "inCluster" $inCluster | toJson -}}
 {{- end -}}
 
+{{/* Whether a workload runs `config` (the Deployment, or the StatefulSet that shards it):
+the ConfigMap, Service, RBAC and ServiceMonitor follow it. */}}
+{{- define "certscope.exporterEnabled" -}}
+{{- if or .Values.deployment.enabled .Values.statefulset.enabled -}}true{{- end -}}
+{{- end -}}
+
+{{/* The StatefulSet's headless Service, its spec.serviceName. */}}
+{{- define "certscope.headlessServiceName" -}}
+{{- printf "%s-headless" (include "certscope.fullname" .) -}}
+{{- end -}}
+
+{{/*
+Sharding is the StatefulSet's alone: its pods end in an ordinal that `--shard.index=hostname`
+reads.  A Deployment's pod names end in a random suffix, and each DaemonSet pod reads its own
+node's files, already a partition; so the chart owns the --shard.* flags.
+*/}}
+{{- define "certscope.validateSharding" -}}
+{{- range .Values.extraArgs -}}
+{{- if hasPrefix "--shard." (toString .) -}}
+{{- fail (printf "extraArgs: %s: the chart sets the --shard.* flags itself; use statefulset.enabled and statefulset.shards (a Deployment's pods have no ordinal, and the DaemonSet is not sharded: each pod reads its own node)" .) -}}
+{{- end -}}
+{{- end -}}
+{{- $sts := .Values.statefulset -}}
+{{- if $sts.enabled -}}
+{{- if .Values.deployment.enabled -}}
+{{- fail "statefulset.enabled runs `config` sharded in place of the Deployment: set deployment.enabled=false (with both, every target would be probed twice)" -}}
+{{- end -}}
+{{- if lt (int $sts.shards) 1 -}}
+{{- fail (printf "statefulset.shards must be at least 1 (the number of replicas that split `config`), got %v" $sts.shards) -}}
+{{- end -}}
+{{- $name := include "certscope.fullname" . -}}
+{{- if gt (len $name) 52 -}}
+{{- /* The controller labels each pod controller-revision-hash=<name>-<10-char hash>, at most 63 characters. */ -}}
+{{- fail (printf "statefulset: the name %q is %d characters; a StatefulSet's pods need at most 52 (set fullnameOverride)" $name (len $name)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Whether a web config file is passed to certscope. */}}
 {{- define "certscope.webConfigEnabled" -}}
 {{- if or .Values.web.existingConfigSecret .Values.web.tls.enabled .Values.web.basicAuthUsers .Values.web.headers -}}true{{- end -}}

@@ -1,6 +1,7 @@
 {{/*
-The pod spec shared by the Deployment and the DaemonSet.
-Call with (dict "root" $ "workload" "deployment"|"daemonset" "values" .Values.deployment|.Values.daemonset "automount" bool)
+The pod spec shared by the Deployment, the StatefulSet and the DaemonSet.
+Call with (dict "root" $ "workload" "deployment"|"statefulset"|"daemonset" "values" .Values.<workload>
+"automount" bool "configMap" name), plus "shards" N for the StatefulSet.
 */}}
 {{- define "certscope.podSpec" -}}
 {{- $root := .root -}}
@@ -36,6 +37,11 @@ containers:
       {{- end }}
       - --log.level={{ $root.Values.logLevel }}
       - --log.format={{ $root.Values.logFormat }}
+      {{- if .shards }}
+      # Each pod takes the ordinal ending its name (<name>-0 .. <name>-N-1) as its shard.
+      - --shard.index=hostname
+      - --shard.count={{ .shards }}
+      {{- end }}
       {{- range $root.Values.extraArgs }}
       - {{ . | quote }}
       {{- end }}
