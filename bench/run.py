@@ -11,7 +11,8 @@ the ``bench/run.py`` markers in ``docs/performance.md`` and the plot goes to
 
 Usage::
 
-    python bench/run.py [--only files,tls,revocation,kubernetes,scrape] [--quick] [--out bench/out] [--write-docs]
+    python bench/run.py [--only files,tls,tls_scale,revocation,kubernetes,scrape] [--quick] [--out bench/out]
+                        [--write-docs]
 
 ``--quick`` runs every scenario on its smoke-test size (the test suite does this).
 """
@@ -93,6 +94,63 @@ def _tls(result: dict[str, Any]) -> list[Row]:
                 f"1,000 endpoints ({round_['variant']}) <= {round_['goal_s']} s",
                 f"{round_['median_s']:.2f} s",
                 round_["goal_met"],
+            )
+        )
+    return rows
+
+
+def _tls_scale(result: dict[str, Any]) -> list[Row]:
+    rows = []
+    endpoints = result["goals"].get("endpoints_1000")
+    if endpoints:
+        goal = endpoints["goal_seconds"]
+        rows.append(
+            Row(
+                "tls_scale",
+                f"1,000 endpoints in <= {goal} s (first round)",
+                f"{endpoints['round1_seconds']:.2f} s (blackbox {endpoints['blackbox_seconds']:.2f} s)",
+                endpoints["round1_met"],
+            )
+        )
+        rows.append(
+            Row(
+                "tls_scale",
+                f"1,000 endpoints in <= {goal} s (second round, caches warm)",
+                f"{endpoints['round2_seconds']:.2f} s",
+                endpoints["round2_met"],
+            )
+        )
+    linear = result["goals"].get("linearity")
+    if linear:
+        rows.append(
+            Row(
+                "tls_scale",
+                f"per-target cost {linear['largest']:,} vs {linear['smallest']:,} within {linear['goal_ratio']}x "
+                "(linear or better)",
+                f"wall {linear['wall_round1_ratio']:.2f}x, CPU {linear['cpu_round1_ratio']:.2f}x (first round); "
+                f"wall {linear['wall_round2_ratio']:.2f}x, CPU {linear['cpu_round2_ratio']:.2f}x (second round)",
+                linear["met"],
+            )
+        )
+    for size, figures in result["sizes"].items():
+        cs, bb, ratios = figures["certscope"], figures["blackbox"], figures["ratios"]
+        rows.append(
+            Row(
+                "tls_scale",
+                f"{int(size):,} targets: round wall vs blackbox (first / second round)",
+                f"{ratios['wall_round1_over_blackbox']:.2f}x / {ratios['wall_round2_over_blackbox']:.2f}x "
+                f"({cs['round1_seconds']:.2f} / {cs['round2_seconds']:.2f} s vs {bb['seconds']:.2f} s)",
+                None,
+            )
+        )
+        rows.append(
+            Row(
+                "tls_scale",
+                f"{int(size):,} targets: CPU per target vs blackbox (first / second round)",
+                f"{ratios['cpu_round1_over_blackbox']:.2f}x / {ratios['cpu_round2_over_blackbox']:.2f}x "
+                f"({cs['cpu_ms_per_target_round1']:.2f} / {cs['cpu_ms_per_target_round2']:.2f} ms vs "
+                f"{bb['cpu_ms_per_probe']:.2f} ms)",
+                None,
             )
         )
     return rows
@@ -184,6 +242,7 @@ class Scenario:
 SCENARIOS = {
     "files": Scenario("files_scan.py", "files_scan.json", _files),
     "tls": Scenario("tls_probe.py", "tls_probe.json", _tls),
+    "tls_scale": Scenario("tls_scale.py", "tls_scale.json", _tls_scale),
     "revocation": Scenario("revocation.py", "revocation.json", _revocation),
     "kubernetes": Scenario("kubernetes.py", "kubernetes.json", _kubernetes),
     "scrape": Scenario("scrape.py", "scrape.json", _scrape),
@@ -218,6 +277,53 @@ def markdown(rows: list[Row], quick: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
+@dataclass(frozen=True)
+class Curve:
+    """One panel of the scale plot: one or more series over the same x axis."""
+
+    title: str
+    unit: str  # the x axis
+    series: tuple[tuple[str, list[float], list[float]], ...]  # (label, xs, ys); the first is certscope's
+    log: bool = False  # log-log axes, for sizes spanning decades
+
+
+def curves(results: dict[str, dict[str, Any]]) -> list[Curve]:
+    """The scale curves of the scenarios that ran at several sizes."""
+    found: list[Curve] = []
+    if "files" in results and len(results["files"]["sizes"]) > 1:
+        sizes = sorted(results["files"]["sizes"], key=int)
+        cold = [results["files"]["sizes"][s]["cases"]["cold_scan"]["median_seconds"] for s in sizes]
+        found.append(Curve("files: cold scan", "files", (("certscope", [float(s) for s in sizes], cold),)))
+    if "kubernetes" in results:
+        runs = [r for r in results["kubernetes"]["runs"] if r["helm_secrets"] == 0]
+        if len(runs) > 1:
+            xs = [float(r["secrets"]) for r in runs]
+            found.append(
+                Curve(
+                    "kubernetes: first inventory",
+                    "Secrets",
+                    (("certscope", xs, [r["certscope"]["seconds"] for r in runs]),),
+                )
+            )
+    if "tls_scale" in results and len(results["tls_scale"]["sizes"]) > 1:
+        sizes = sorted(results["tls_scale"]["sizes"], key=int)
+        figures = [results["tls_scale"]["sizes"][s] for s in sizes]
+        xs = [float(s) for s in sizes]
+        found.append(
+            Curve(
+                "tls_scale: one probe round",
+                "TLS targets",
+                (
+                    ("certscope, first round", xs, [f["certscope"]["round1_seconds"] for f in figures]),
+                    ("certscope, second round", xs, [f["certscope"]["round2_seconds"] for f in figures]),
+                    ("blackbox_exporter", xs, [f["blackbox"]["seconds"] for f in figures]),
+                ),
+                log=True,
+            )
+        )
+    return found
+
+
 def plot(results: dict[str, dict[str, Any]], path: Path) -> bool:
     """Scale curves of the scenarios that ran at several sizes; False if none did."""
     import matplotlib
@@ -225,39 +331,23 @@ def plot(results: dict[str, dict[str, Any]], path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves: list[tuple[str, list[float], list[float], str]] = []
-    if "files" in results and len(results["files"]["sizes"]) > 1:
-        sizes = sorted(results["files"]["sizes"], key=int)
-        curves.append(
-            (
-                "files: cold scan",
-                [float(s) for s in sizes],
-                [results["files"]["sizes"][s]["cases"]["cold_scan"]["median_seconds"] for s in sizes],
-                "files",
-            )
-        )
-    if "kubernetes" in results:
-        runs = [r for r in results["kubernetes"]["runs"] if r["helm_secrets"] == 0]
-        if len(runs) > 1:
-            curves.append(
-                (
-                    "kubernetes: first inventory",
-                    [float(r["secrets"]) for r in runs],
-                    [r["certscope"]["seconds"] for r in runs],
-                    "Secrets",
-                )
-            )
-    if not curves:
+    panels = curves(results)
+    if not panels:
         return False
-    figure, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 3.6), squeeze=False)
-    for axis, (title, xs, ys, unit) in zip(axes[0], curves, strict=True):
-        axis.plot(xs, ys, marker="o", label="certscope")
-        # Linear reference through the smallest point: a knee shows as a departure.
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for axis, curve in zip(axes[0], panels, strict=True):
+        for label, xs, ys in curve.series:
+            axis.plot(xs, ys, marker="o", label=label)
+        # Linear reference through certscope's smallest point: a knee shows as a departure.
+        _, xs, ys = curve.series[0]
         axis.plot(xs, [ys[0] * x / xs[0] for x in xs], linestyle="--", color="grey", label="linear")
-        axis.set_title(title)
-        axis.set_xlabel(unit)
+        if curve.log:
+            axis.set_xscale("log")
+            axis.set_yscale("log")
+        axis.set_title(curve.title)
+        axis.set_xlabel(curve.unit)
         axis.set_ylabel("seconds")
-        axis.legend()
+        axis.legend(fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
@@ -38,6 +40,40 @@ def test_tls_probe_benchmark_quick(tmp_path: Path) -> None:
     assert "1,000 loopback endpoints" in run.stdout
 
 
+def test_tls_scale_benchmark_quick(tmp_path: Path) -> None:
+    run = run_quick("tls_scale.py", tmp_path, 180)
+    result = json.loads((tmp_path / "tls_scale.json").read_text())
+    assert list(result["sizes"]) == ["20", "60"]
+    for size_text, figures in result["sizes"].items():
+        size = int(size_text)
+        cs, bb, ratios = figures["certscope"], figures["blackbox"], figures["ratios"]
+        assert cs["targets"] == bb["targets"] == size
+        for number in (1, 2):
+            assert cs[f"round{number}_seconds"] > 0
+            assert cs[f"cpu_ms_per_target_round{number}"] > 0
+            assert cs[f"render_text_seconds_round{number}"] > 0
+        assert bb["seconds"] > 0 and bb["cpu_ms_per_probe"] >= 0
+        # Every target exports its own series: at least one per target.
+        assert cs["series"] > size
+        # A few dozen distinct chains fit the probe's memo: round 2 reuses every one.
+        assert cs["facts_reused_share_round2"] == 1.0
+        assert ratios["wall_round1_over_blackbox"] == pytest.approx(cs["round1_seconds"] / bb["seconds"])
+        assert ratios["round2_over_round1"] == pytest.approx(cs["round2_seconds"] / cs["round1_seconds"])
+    assert result["sizes"]["20"]["linearity"]["certscope_wall_round1"] == pytest.approx(1.0)
+    ratio = result["sizes"]["60"]["linearity"]["certscope_cpu_round1"]
+    assert result["goals"]["linearity"]["cpu_round1_ratio"] == pytest.approx(ratio)
+    runs = result["runs"]
+    assert sorted((r["side"], r["size"]) for r in runs) == [
+        ("blackbox", 20),
+        ("blackbox", 60),
+        ("certscope", 20),
+        ("certscope", 60),
+    ]
+    assert all(r["round1"]["distinct_leaves"] == r["size"] for r in runs if r["side"] == "certscope")
+    assert result["machine"]["nproc"] and result["machine"]["nginx"] and result["machine"]["blackbox_exporter"]
+    assert "per-target cost 60 vs 20" in run.stdout
+
+
 def test_revocation_benchmark_quick(tmp_path: Path) -> None:
     run = run_quick("revocation.py", tmp_path, 120)
     assert (tmp_path / "revocation.json").exists()
@@ -62,14 +98,25 @@ def test_scrape_benchmark_quick(tmp_path: Path) -> None:
 
 def test_harness_runs_scenarios_and_plots(tmp_path: Path) -> None:
     run = subprocess.run(
-        [sys.executable, str(BENCH / "run.py"), "--quick", "--only", "kubernetes,scrape", "--out", str(tmp_path)],
+        [
+            sys.executable,
+            str(BENCH / "run.py"),
+            "--quick",
+            "--only",
+            "kubernetes,scrape,tls_scale",
+            "--out",
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     rows = json.loads((tmp_path / "summary.json").read_text())
-    assert {row["scenario"] for row in rows} == {"kubernetes", "scrape"}
+    assert {row["scenario"] for row in rows} == {"kubernetes", "scrape", "tls_scale"}
+    goals = {row["goal"] for row in rows if row["scenario"] == "tls_scale"}
+    assert "per-target cost 60 vs 20 within 1.2x (linear or better)" in goals
+    assert "60 targets: round wall vs blackbox (first / second round)" in goals
     assert "| scenario | goal | measured | met |" in (tmp_path / "summary.md").read_text()
     assert (tmp_path / "scale.png").read_bytes().startswith(b"\x89PNG")
 
