@@ -234,3 +234,47 @@ def test_daemon_exports_every_verdict_and_every_certificate(
     assert find(metrics, "certscope_tls_hostname_match", probe="wrong_host")[0][1] == 0
     client_expiry = find(metrics, "certscope_cert_not_after_timestamp_seconds", probe="mtls13_with_cert", role="client")
     assert client_expiry, "the probe's own client certificate expiry is exported"
+
+
+def test_chain_memo_is_sized_to_the_targets_and_survives_rounds() -> None:
+    """Rounds visit targets in the same order: a memo smaller than their certificates
+    is emptied before any entry is reused, so its capacity follows the target count,
+    and a verdict outlives the default 5-minute interval."""
+    from cryptography import x509
+
+    from probes.base import TrustSettings
+    from probes.tls import MEMO_MAX_AGE, MEMO_SIZE, TlsSettings, _ChainMemo
+    from probes.verify import TrustStore
+    from tests.pki import build_pki, issue
+
+    many = TlsProbe(
+        TlsSettings(targets=tuple(f"h{n}.test:443" for n in range(5000)), trust=TrustSettings(system=False))
+    )
+    assert many._memo.capacity >= 4 * 5000
+    few = TlsProbe(TlsSettings(targets=("a.test:443",), trust=TrustSettings(system=False)))
+    assert few._memo.capacity == MEMO_SIZE
+    assert MEMO_MAX_AGE > 300
+
+    pki = build_pki()
+    leaves = [issue(f"s{n}.test", pki.intermediate, sans=(f"s{n}.test",)) for n in range(6)]
+    chains = [[leaf.der, pki.intermediate.der] for leaf in leaves]
+
+    def one_round(memo: _ChainMemo) -> list[object]:
+        """The facts and verdicts a round got (the same objects when they were memo hits)."""
+        got: list[object] = []
+        for n, ders in enumerate(chains):
+            served = [x509.load_der_x509_certificate(der) for der in ders]
+            got += [o.cert for o in memo.observe(ders, served)]
+            got.append(memo.verdict(ders, served, f"s{n}.test"))
+        return got
+
+    def hits(first: list[object], second: list[object]) -> int:
+        return sum(a is b for a, b in zip(first, second, strict=True))
+
+    trust = TrustStore([pki.root.cert])
+    roomy = _ChainMemo(trust, capacity=16)  # 7 certificates, 6 verdicts
+    first = one_round(roomy)
+    assert hits(first, one_round(roomy)) == len(first) == 18  # the second round: all memo hits
+    cramped = _ChainMemo(trust, capacity=4)
+    first = one_round(cramped)
+    assert hits(first, one_round(cramped)) < len(first) // 2  # cleared before most reuse
