@@ -247,11 +247,10 @@ def test_chain_memo_is_sized_to_the_targets_and_survives_rounds() -> None:
     from probes.verify import TrustStore
     from tests.pki import build_pki, issue
 
-    many = TlsProbe(
-        TlsSettings(targets=tuple(f"h{n}.test:443" for n in range(5000)), trust=TrustSettings(system=False))
-    )
+    no_system = TrustSettings(system=False)
+    many = TlsProbe(TlsSettings(targets=tuple(f"h{n}.test:443" for n in range(5000)), trust=no_system))
     assert many._memo.capacity >= 4 * 5000
-    few = TlsProbe(TlsSettings(targets=("a.test:443",), trust=TrustSettings(system=False)))
+    few = TlsProbe(TlsSettings(targets=("a.test:443",), trust=no_system))
     assert few._memo.capacity == MEMO_SIZE
     assert MEMO_MAX_AGE > 300
 
