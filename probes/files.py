@@ -10,8 +10,11 @@ visited, skips Kubernetes volume bookkeeping entries (``..data``,
 ``max_files``.  Reading never blocks: a FIFO is reported, not opened for reading,
 and a file larger than ``max_file_size`` is refused before it is read.
 
-A file whose device, inode, size and mtime are unchanged since the last round is
-not read or parsed again.
+A file whose device, inode, size, mtime, mode and owner are unchanged since it was
+parsed is not read or parsed again.  ``targets()`` already checks this for every file
+it has a result for, and hands those results back in ``Discovery.unchanged``, so that
+a round over an unchanged tree costs the walk and one ``stat`` per file, without a
+``run()`` per file (the scheduler's side of it is in ``exporter.scheduler``).
 """
 
 from __future__ import annotations
@@ -146,7 +149,23 @@ class FilesProbe:
         for stale in self._cache.keys() - found.keys():
             del self._cache[stale]
         up = not any(e.reason is Reason.PERMISSION_DENIED and e.item in self.settings.paths for e in errors)
-        return Discovery(tuple(found), tuple(errors), up)
+        return Discovery(tuple(found), tuple(errors), up, unchanged=self._unchanged())
+
+    def _unchanged(self) -> dict[str, ProbeResult]:
+        """The cached result of every file whose identity is still the one it was
+        parsed with: what ``run()`` would return for it, for the price of a stat.
+        (Equal identities imply a regular file within max_file_size, as when it was
+        parsed; any other case, and a failing stat, is left to ``run()``.)"""
+        unchanged: dict[str, ProbeResult] = {}
+        read_metadata = os.stat if self.settings.follow_symlinks else os.lstat
+        for path, (identity, result) in self._cache.items():
+            try:
+                info = read_metadata(path)
+            except OSError:
+                continue
+            if _identity(info) == identity:
+                unchanged[path] = result
+        return unchanged
 
     def _excluded(self, path: str) -> bool:
         return any(rx.match(path) for rx in self._excludes)
