@@ -218,3 +218,15 @@ def test_discovery_vouches_for_unchanged_files_only(tmp_path: Path, pki: Pki) ->
     assert {Path(t).stem: r for t, r in discovery.unchanged.items()} == {"same": first["same"]}
     assert discovery.unchanged[str(tmp_path / "same.pem")] is first["same"]
     assert run(probe, tmp_path / "same.pem") is first["same"]  # what run() would have said
+
+
+def test_identity_out_of_64_bit_range_still_compares() -> None:
+    from probes.files import _identity
+
+    def info(mtime_ns: int) -> os.stat_result:
+        #            mode     ino dev nlink uid gid size  atime mtime ctime  float times   atime_ns  mtime_ns  ctime_ns
+        return os.stat_result((0o100644, 7, 8, 1, 0, 0, 100, 0, 0, 0, 0.0, 0.0, 0.0, 0, mtime_ns, 0))
+
+    packed, huge = _identity(info(10**18)), _identity(info(2**70))
+    assert isinstance(packed, bytes) and isinstance(huge, tuple)
+    assert huge == _identity(info(2**70)) and huge != _identity(info(2**70 + 1)) and huge != packed
