@@ -350,7 +350,8 @@ class Discovery:
     # would read has not changed since its last run (files: same device, inode,
     # size, mtime, mode and owner).  The scheduler publishes these results as they
     # are instead of calling run(), unless runs are traced.  Every key is a target.
-    unchanged: Mapping[str, ProbeResult] = field(default_factory=dict)
+    # Left out of repr (100,000 results in a log line) and of equality and hash.
+    unchanged: Mapping[str, ProbeResult] = field(default_factory=dict, compare=False, repr=False)
 
 
 AttributeValue = str | bool | int | float
