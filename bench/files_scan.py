@@ -82,7 +82,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from exporter.scheduler import full_collections_deferred  # noqa: E402
 from probes.base import ProbeContext, ProbeResult, Reason  # noqa: E402
 from probes.files import FilesProbe, FilesSettings  # noqa: E402
 
@@ -287,11 +286,6 @@ def run_round(probe: FilesProbe, probe_name: str = "bench") -> tuple[float, dict
     """One scheduler round of a local kind with tracing off (exporter/scheduler.py
     ``_round`` and ``run_target``), minus publishing to the store; returns (discovery
     seconds, results)."""
-    with full_collections_deferred():  # as the scheduler does for a local kind
-        return _round(probe, probe_name)
-
-
-def _round(probe: FilesProbe, probe_name: str) -> tuple[float, dict[str, ProbeResult]]:
     started = time.perf_counter()
     discovery = probe.targets()
     discovered = time.perf_counter() - started

@@ -21,24 +21,16 @@ run: its result there is published as it is, which keeps a round over 100,000
 unchanged files close to the cost of the walk.  When tracing is on, every target is
 run all the same, so that each run keeps its span.
 
-While a round of a local kind runs, the cyclic garbage collector's full collections
-wait for its end (``full_collections_deferred``): a first round over 100,000 files
-keeps some 640,000 new objects, and each full collection their growth triggers
-traverses all of them again.
-
 Each target run is traced when tracing is on (``exporter.tracing``): the run's root
 span wraps ``Probe.run`` and the result carries its trace id to the store.
 """
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import logging
 import random
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -161,20 +153,6 @@ class Scheduler:
         pool: ThreadPoolExecutor,
         cancelled: threading.Event,
     ) -> None:
-        if probe.concurrent_targets:
-            self._probe_round(config, probe, info, pool, cancelled)
-            return
-        with full_collections_deferred():  # a local round builds its results in one go
-            self._probe_round(config, probe, info, pool, cancelled)
-
-    def _probe_round(
-        self,
-        config: ProbeConfig,
-        probe: Probe,
-        info: ProbeInfo,
-        pool: ThreadPoolExecutor,
-        cancelled: threading.Event,
-    ) -> None:
         started = time.monotonic()
         try:
             discovery = probe.targets()
@@ -226,39 +204,6 @@ class Scheduler:
                     change.message,
                 )
         log.debug("probe=%s round done targets=%d seconds=%.3f", config.name, len(results), duration)
-
-
-_gc_lock = threading.Lock()
-_gc_rounds = 0  # rounds inside full_collections_deferred(), in all threads
-_gc_thresholds = gc.get_threshold()  # as they were when the first of them started
-
-
-@contextlib.contextmanager
-def full_collections_deferred() -> Iterator[None]:
-    """No full (oldest-generation) collection by the cyclic garbage collector while
-    any caller is inside; the thresholds are restored when the last one leaves.
-
-    A round that keeps what it builds (a first scan of 100,000 files: about 640,000
-    objects) makes the collector run a full collection each time the old generation
-    grows by a quarter, six times in that round, each traversing every live object:
-    0.8 s of a 10 s round.  Young collections go on as usual, so short-lived cycles,
-    whichever thread makes them, are still freed at once; only garbage that is
-    already old waits, for at most the length of a round.  Never disables the
-    collector, and leaves it alone where it is disabled."""
-    global _gc_rounds, _gc_thresholds
-    with _gc_lock:
-        if _gc_rounds == 0:
-            _gc_thresholds = gc.get_threshold()
-            young, middle, _ = _gc_thresholds
-            gc.set_threshold(young, middle, 2**31 - 1)
-        _gc_rounds += 1
-    try:
-        yield
-    finally:
-        with _gc_lock:
-            _gc_rounds -= 1
-            if _gc_rounds == 0:
-                gc.set_threshold(*_gc_thresholds)
 
 
 def run_target(

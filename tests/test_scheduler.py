@@ -147,18 +147,3 @@ def test_results_discovery_vouches_for_are_published_without_a_run(
     assert kept.result.message == "kept" and kept.result.success
     assert ("kept" in VouchingProbe.runs) is traced
     assert VouchingProbe.runs.count("changed") >= 3
-
-
-def test_full_collections_wait_for_the_last_local_round() -> None:
-    import gc
-
-    from exporter.scheduler import full_collections_deferred
-
-    before = gc.get_threshold()
-    with full_collections_deferred():
-        young, middle, oldest = gc.get_threshold()
-        assert (young, middle) == before[:2] and oldest > 10**9
-        with pytest.raises(RuntimeError), full_collections_deferred():  # another thread's round, failing
-            raise RuntimeError("a round that raised")
-        assert gc.get_threshold()[2] == oldest  # the first round still runs
-    assert gc.get_threshold() == before
