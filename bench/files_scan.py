@@ -22,7 +22,9 @@ run, each case repeated and interleaved (A B C D E A B C D E ...), reporting med
     local (non-concurrent) kind.  The result store is not part of this.
 ``warm_rescan``
     The same probe object again, nothing changed on disk: every file must be
-    served from the probe's (device, inode, size, mtime) cache, which is checked.
+    served from the probe's (device, inode, size, mtime, mode, owner) cache, which
+    is checked.  As in the scheduler with tracing off, the results ``targets()``
+    vouches for in ``Discovery.unchanged`` are taken without a ``run()``.
 
 Memory: the VmRSS growth of a cold scan per tracked certificate (the round's
 results still held), and separately the ``tracemalloc`` retained-heap growth with
@@ -281,13 +283,19 @@ def scandir_stat(directory: str) -> int:
 
 
 def run_round(probe: FilesProbe, probe_name: str = "bench") -> tuple[float, dict[str, ProbeResult]]:
-    """One scheduler round of a local kind (exporter/scheduler.py ``_round`` and
-    ``run_target``), minus publishing to the store; returns (discovery seconds, results)."""
+    """One scheduler round of a local kind with tracing off (exporter/scheduler.py
+    ``_round`` and ``run_target``), minus publishing to the store; returns (discovery
+    seconds, results)."""
     started = time.perf_counter()
     discovery = probe.targets()
     discovered = time.perf_counter() - started
     results: dict[str, ProbeResult] = {}
     for target in discovery.targets:
+        reused = discovery.unchanged.get(target)  # published without a run
+        if reused is not None:
+            _finished_at = time.time()
+            results[target] = reused
+            continue
         ctx = ProbeContext(deadline=time.monotonic() + ROUND_TIMEOUT_SECONDS, probe_name=probe_name)
         run_started = time.monotonic()
         try:

@@ -6,6 +6,9 @@ scheduler:
 
 * ``targets()``: what to probe this round (file paths, ``host:port``, ...).  Errors
   found while discovering are reported through ``Discovery.errors`` and never raise.
+  A probe that can tell, while discovering, that a target's result would be the
+  same as its last run's (files: an unchanged file) hands that result back in
+  ``Discovery.unchanged``; the scheduler then publishes it without a run.
 * ``run(target, ctx) -> ProbeResult``: probe one target.  Expected failures are
   data (a ``ProbeResult`` with ``success=False`` and a typed ``reason``); an
   exception escaping ``run`` is a bug, which the scheduler turns into
@@ -343,6 +346,12 @@ class Discovery:
     scopes: tuple[tuple[str, bool], ...] = ()
     # Cumulative counters the source keeps itself: (reason, count) of watch restarts.
     watch_restarts: tuple[tuple[str, int], ...] = ()
+    # Targets whose result the probe already knows without a run, because what it
+    # would read has not changed since its last run (files: same device, inode,
+    # size, mtime, mode and owner).  The scheduler publishes these results as they
+    # are instead of calling run(), unless runs are traced.  Every key is a target.
+    # Left out of repr (100,000 results in a log line) and of equality and hash.
+    unchanged: Mapping[str, ProbeResult] = field(default_factory=dict, compare=False, repr=False)
 
 
 AttributeValue = str | bool | int | float

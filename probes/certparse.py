@@ -12,6 +12,15 @@ the key together with the certificates; the key object is dropped at once.
 Field access on a loaded certificate can still raise (bad extensions, unknown
 algorithms), so every field is read on its own: a certificate whose SAN extension is
 broken still reports its expiry, with the problem listed in ``CertFacts.problems``.
+
+Speed (docs/performance.md): the fields are first read in one go, which is what
+nearly every certificate allows; only if any read raises is the certificate read
+again field by field, so the facts and the problems listed are those of the
+field-by-field reading either way.  The one-go reading takes from the certificate's
+DER what ``cryptography`` would otherwise rebuild: the SHA-256 fingerprint, the raw
+issuer name (whose strings are kept once per issuer and shared by every certificate
+it signed) and the raw SubjectPublicKeyInfo when it is already in the canonical
+encoding that ``public_bytes`` would produce.
 """
 
 from __future__ import annotations
@@ -211,12 +220,82 @@ def facts_from_der(der: bytes) -> CertFacts:
     known = _known.get(fingerprint)
     if known is not None:
         return known
-    facts = facts_from_certificate(x509.load_der_x509_certificate(der))
+    cert = x509.load_der_x509_certificate(der)
+    try:
+        facts = _facts_at_once(cert, der, fingerprint)
+    except Exception:  # noqa: BLE001 - some field is unreadable: read them one by one
+        facts = _facts_field_by_field(cert)
     _known[fingerprint] = facts
     return facts
 
 
 def facts_from_certificate(cert: x509.Certificate) -> CertFacts:
+    """The facts of a loaded certificate; a field that raises becomes a listed
+    problem (read in one go first, then field by field: see the module docstring)."""
+    try:
+        der = cert.public_bytes(serialization.Encoding.DER)
+        return _facts_at_once(cert, der, hashlib.sha256(der).hexdigest())
+    except Exception:  # noqa: BLE001 - some field is unreadable: read them one by one
+        return _facts_field_by_field(cert)
+
+
+def _facts_at_once(cert: x509.Certificate, der: bytes, fingerprint: str) -> CertFacts:
+    """The fields of ``_facts_field_by_field`` in one go, for a certificate where no
+    read raises; any exception means "read field by field instead".
+
+    ``der`` must be the certificate's own DER (what it was loaded from, or its
+    ``public_bytes``): ``cryptography``'s ``fingerprint()`` hashes the re-encoding
+    of the parsed certificate, which is those very bytes (its parser accepts DER
+    only), so ``fingerprint`` is the SHA-256 of ``der`` and costs a tenth."""
+    issuer_der, spki_der = _issuer_and_spki(der)
+    issuer_names = _issuer_names.get(issuer_der)
+    if issuer_names is None:
+        issuer_names = _name_strings(cert.issuer)
+        if len(_issuer_names) >= _ISSUER_NAMES_MAX:
+            _issuer_names.clear()  # a pathological number of issuers: start over
+        _issuer_names[issuer_der] = issuer_names
+    issuer, issuer_cn = issuer_names
+    subject, subject_cn = _name_strings(cert.subject)
+    key = cert.public_key()
+    key_type, key_bits = _key_type_and_bits(key)
+    if not _spki_is_canonical(spki_der, key_type):
+        spki_der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    sans: tuple[str, ...] = ()
+    is_ca = False
+    extended_key_usage: tuple[str, ...] = ()
+    # One pass over the extensions instead of a lookup (and a raised
+    # ExtensionNotFound) per extension wanted.
+    for extension in cert.extensions:
+        oid = extension.oid
+        if oid == ExtensionOID.SUBJECT_ALTERNATIVE_NAME:
+            sans = _san_strings(extension.value)
+        elif oid == ExtensionOID.BASIC_CONSTRAINTS:
+            constraints = extension.value
+            assert isinstance(constraints, x509.BasicConstraints)
+            is_ca = constraints.ca
+        elif oid == ExtensionOID.EXTENDED_KEY_USAGE:
+            extended_key_usage = _eku_names(extension.value)
+    return CertFacts(
+        fingerprint_sha256=fingerprint,
+        not_before=cert.not_valid_before_utc.timestamp(),
+        not_after=cert.not_valid_after_utc.timestamp(),
+        subject=subject,
+        subject_cn=subject_cn,
+        issuer=issuer,
+        issuer_cn=issuer_cn,
+        serial=format(cert.serial_number, "x"),
+        sans=sans,
+        key_type=key_type,
+        key_bits=key_bits,
+        spki_sha256=hashlib.sha256(spki_der).hexdigest(),
+        signature_algorithm=_signature_algorithm(cert),
+        is_ca=is_ca,
+        self_issued=bool(subject) and subject == issuer,
+        extended_key_usage=extended_key_usage,
+    )
+
+
+def _facts_field_by_field(cert: x509.Certificate) -> CertFacts:
     """Read each field on its own; a field that raises becomes a listed problem."""
     problems: list[str] = []
 
@@ -259,6 +338,74 @@ def role_in_bundle(facts: CertFacts) -> str:
     return "leaf"
 
 
+# -- reading names ------------------------------------------------------------------
+
+# (RFC 4514 string, common name) of every issuer seen, by the DER of its name: a CA
+# signs thousands of the certificates scanned, and its name is decoded and formatted
+# once, its strings shared by all their CertFacts.  Bounded, in case of a corpus of
+# self-signed certificates.
+_issuer_names: dict[bytes, tuple[str, str]] = {}
+_ISSUER_NAMES_MAX = 4096
+
+
+def _tlv(der: bytes, position: int) -> tuple[int, int]:
+    """Where the contents of the DER element at ``position`` start and where it ends."""
+    length = der[position + 1]
+    if length < 0x80:
+        return position + 2, position + 2 + length
+    start = position + 2 + (length & 0x7F)
+    return start, start + int.from_bytes(der[position + 2 : start], "big")
+
+
+def _issuer_and_spki(der: bytes) -> tuple[bytes, bytes]:
+    """The raw issuer Name and SubjectPublicKeyInfo of a certificate ``cryptography``
+    has loaded from ``der``, so the structure is known to be a well-formed
+    Certificate (RFC 5280 4.1)."""
+    position = _tlv(der, _tlv(der, 0)[0])[0]  # into Certificate, into tbsCertificate
+    if der[position] == 0xA0:  # [0] version
+        position = _tlv(der, position)[1]
+    position = _tlv(der, position)[1]  # serialNumber
+    position = _tlv(der, position)[1]  # signature
+    issuer_end = _tlv(der, position)[1]
+    issuer = der[position:issuer_end]
+    position = _tlv(der, issuer_end)[1]  # validity
+    position = _tlv(der, position)[1]  # subject
+    return issuer, der[position : _tlv(der, position)[1]]
+
+
+# Values the RFC 4514 escaping leaves as they are: none of \ " + , ; < > NUL, not
+# starting with # or a space, not ending with a space.
+_PLAIN_VALUE = re.compile(r'[^\\"+,;<>\x00# ](?:[^\\"+,;<>\x00]*[^\\"+,;<>\x00 ])?')
+_attribute_labels: dict[x509.ObjectIdentifier, str] = {}
+
+
+def _name_strings(name: x509.Name) -> tuple[str, str]:
+    """``(name.rfc4514_string(), _common_name(name))`` in one pass over the
+    attributes.  An attribute whose value needs escaping (or is not text) is
+    formatted by ``cryptography`` itself, so the string is always the same."""
+    rdns: list[str] = []
+    common_name: str | None = None
+    for rdn in name.rdns:
+        parts = []
+        for attribute in rdn:
+            oid = attribute.oid
+            value = attribute.value
+            if common_name is None and oid == NameOID.COMMON_NAME:
+                common_name = value if isinstance(value, str) else value.decode("utf-8", "replace")
+            label = _attribute_labels.get(oid)
+            if label is None:
+                label = attribute.rfc4514_attribute_name
+                if len(_attribute_labels) < 256:
+                    _attribute_labels[oid] = label
+            if isinstance(value, str) and _PLAIN_VALUE.fullmatch(value):
+                parts.append(f"{label}={value}")
+            else:
+                parts.append(attribute.rfc4514_string())
+        rdns.append("+".join(parts))
+    rdns.reverse()  # RFC 4514 2.1: the last RDN first
+    return ",".join(rdns), common_name or ""
+
+
 def _common_name(name: x509.Name) -> str:
     attributes = name.get_attributes_for_oid(NameOID.COMMON_NAME)
     if not attributes:
@@ -267,19 +414,23 @@ def _common_name(name: x509.Name) -> str:
     return value if isinstance(value, str) else value.decode("utf-8", "replace")
 
 
+# -- reading extensions -------------------------------------------------------------
+
+_SAN_TYPES = (x509.DNSName, x509.IPAddress, x509.UniformResourceIdentifier, x509.RFC822Name)
+
+
 def _subject_alt_names(cert: x509.Certificate) -> tuple[str, ...]:
     try:
         extension = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
     except x509.ExtensionNotFound:
         return ()
-    san = extension.value
+    return _san_strings(extension.value)
+
+
+def _san_strings(san: object) -> tuple[str, ...]:
     assert isinstance(san, x509.SubjectAlternativeName)
     # One pass: DNS, IP, URI and e-mail names, in the certificate's order.
-    return tuple(
-        str(general.value)
-        for general in san
-        if isinstance(general, (x509.DNSName, x509.IPAddress, x509.UniformResourceIdentifier, x509.RFC822Name))
-    )
+    return tuple(str(general.value) for general in san if isinstance(general, _SAN_TYPES))
 
 
 _EKU_NAMES = {
@@ -297,6 +448,10 @@ def _extended_key_usage(cert: x509.Certificate) -> tuple[str, ...]:
         usage = cert.extensions.get_extension_for_oid(ExtensionOID.EXTENDED_KEY_USAGE).value
     except x509.ExtensionNotFound:
         return ()
+    return _eku_names(usage)
+
+
+def _eku_names(usage: object) -> tuple[str, ...]:
     assert isinstance(usage, x509.ExtendedKeyUsage)
     return tuple(_EKU_NAMES.get(oid, oid.dotted_string) for oid in usage)
 
@@ -310,6 +465,9 @@ def _is_ca(cert: x509.Certificate) -> bool:
     return constraints.ca
 
 
+# -- reading the public key ---------------------------------------------------------
+
+
 def _public_key_facts(cert: x509.Certificate) -> tuple[str, int, str]:
     """Key type, size, and the SHA-256 of the SubjectPublicKeyInfo (for key reuse)."""
     key = cert.public_key()
@@ -317,18 +475,70 @@ def _public_key_facts(cert: x509.Certificate) -> tuple[str, int, str]:
     return (*_key_type_and_bits(key), hashlib.sha256(spki).hexdigest())
 
 
+# Key class -> type name, filled from the isinstance checks below: those are checks
+# against abstract classes, several times dearer than a dict lookup.
+_key_types: dict[type, str] = {}
+
+
 def _key_type_and_bits(key: object) -> tuple[str, int]:
+    key_type = _key_types.get(type(key))
+    if key_type is None:
+        key_type = _key_type(key)
+        if len(_key_types) < 64:
+            _key_types[type(key)] = key_type
+    if key_type in ("rsa", "ec", "dsa"):
+        return key_type, key.key_size  # type: ignore[attr-defined]
+    return key_type, _FIXED_KEY_BITS.get(key_type, 0)
+
+
+_FIXED_KEY_BITS = {"ed25519": 256, "ed448": 456}
+
+
+def _key_type(key: object) -> str:
     if isinstance(key, rsa.RSAPublicKey):
-        return "rsa", key.key_size
+        return "rsa"
     if isinstance(key, ec.EllipticCurvePublicKey):
-        return "ec", key.key_size
+        return "ec"
     if isinstance(key, ed25519.Ed25519PublicKey):
-        return "ed25519", 256
+        return "ed25519"
     if isinstance(key, ed448.Ed448PublicKey):
-        return "ed448", 456
+        return "ed448"
     if isinstance(key, dsa.DSAPublicKey):
-        return "dsa", key.key_size
-    return "unknown", 0
+        return "dsa"
+    return "unknown"
+
+
+# AlgorithmIdentifiers whose SubjectPublicKeyInfo ``public_bytes`` writes back byte
+# for byte: rsaEncryption with its NULL parameters (RFC 3279; some certificates omit
+# them, public_bytes adds them), Ed25519 and Ed448 without parameters (RFC 8410).
+_RSA_ALGORITHM = bytes.fromhex("300d06092a864886f70d0101010500")
+_ED_ALGORITHMS = {"ed25519": bytes.fromhex("300506032b6570"), "ed448": bytes.fromhex("300506032b6571")}
+# id-ecPublicKey followed by a namedCurve OID (RFC 5480), with an uncompressed point.
+_EC_ALGORITHM_START = bytes.fromhex("06072a8648ce3d0201")
+
+
+def _spki_is_canonical(spki: bytes, key_type: str) -> bool:
+    """Whether the raw SubjectPublicKeyInfo of a key ``cryptography`` loaded is
+    exactly what ``public_bytes(DER, SubjectPublicKeyInfo)`` writes, so that its
+    digest can be taken without re-encoding the key.  False when unsure."""
+    algorithm_start = _tlv(spki, 0)[0]
+    algorithm_end = _tlv(spki, algorithm_start)[1]
+    algorithm = spki[algorithm_start:algorithm_end]
+    bits_start = _tlv(spki, algorithm_end)[0]
+    if spki[algorithm_end] != 0x03 or spki[bits_start] != 0:  # a BIT STRING with no unused bits
+        return False
+    if key_type == "rsa":
+        return algorithm == _RSA_ALGORITHM
+    if key_type == "ec":
+        # SEQUENCE { id-ecPublicKey, OID } and nothing else; the point uncompressed.
+        curve_at = 2 + len(_EC_ALGORITHM_START)
+        return (
+            algorithm[2:curve_at] == _EC_ALGORITHM_START
+            and algorithm[curve_at] == 0x06
+            and _tlv(algorithm, curve_at)[1] == len(algorithm)
+            and spki[bits_start + 1] == 0x04
+        )
+    return algorithm == _ED_ALGORITHMS.get(key_type)
 
 
 def _signature_algorithm(cert: x509.Certificate) -> str:
@@ -348,6 +558,8 @@ def bundle_observations(
     """Number the certificates of one container by position.  A repeated
     certificate is reported and skipped, so it never makes a duplicate series; a
     certificate with unreadable fields is reported and still exported."""
+    if len(certificates) == 1 and not certificates[0].problems:  # most files: no set, no lists
+        return (CertObservation(0, role_in_bundle(certificates[0]), certificates[0]),), ()
     seen: set[str] = set()
     observations: list[CertObservation] = []
     errors: list[SourceError] = []

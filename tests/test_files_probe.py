@@ -192,3 +192,41 @@ def test_unchanged_file_is_not_parsed_again(tmp_path: Path, pki: Pki, monkeypatc
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
     assert fingerprints(run(probe, path)) == [pki.expired.fingerprint]
     assert len(calls) == 2
+
+
+def test_discovery_vouches_for_unchanged_files_only(tmp_path: Path, pki: Pki) -> None:
+    """targets() hands back the cached result of every file unchanged since its run
+    (the scheduler then skips run()); any change leaves the file to run()."""
+    names = ["same", "rewritten", "chmodded", "replaced", "deleted", "new"]
+    for name in names[:-1]:
+        (tmp_path / f"{name}.pem").write_bytes(pki.valid.pem)
+    probe = probe_for(tmp_path)
+    assert probe.targets().unchanged == {}  # nothing run yet
+    first = {Path(t).stem: run(probe, t) for t in probe.targets().targets}
+    later = time.time_ns() + 10**9
+    (tmp_path / "rewritten.pem").write_bytes(pki.expired.pem)
+    os.utime(tmp_path / "rewritten.pem", ns=(later, later))
+    (tmp_path / "chmodded.pem").chmod(0o600)
+    (tmp_path / "replaced.pem").rename(tmp_path / "moved")  # same bytes and mtime, another inode
+    (tmp_path / "replaced.pem").write_bytes(pki.valid.pem)
+    os.utime(tmp_path / "replaced.pem", ns=(os.stat(tmp_path / "moved").st_mtime_ns,) * 2)
+    (tmp_path / "moved").unlink()
+    (tmp_path / "deleted.pem").unlink()
+    (tmp_path / "new.pem").write_bytes(pki.valid.pem)
+    discovery = probe.targets()
+    assert sorted(Path(t).stem for t in discovery.targets) == sorted(set(names) - {"deleted"})
+    assert {Path(t).stem: r for t, r in discovery.unchanged.items()} == {"same": first["same"]}
+    assert discovery.unchanged[str(tmp_path / "same.pem")] is first["same"]
+    assert run(probe, tmp_path / "same.pem") is first["same"]  # what run() would have said
+
+
+def test_identity_out_of_64_bit_range_still_compares() -> None:
+    from probes.files import _identity
+
+    def info(mtime_ns: int) -> os.stat_result:
+        #            mode     ino dev nlink uid gid size  atime mtime ctime  float times   atime_ns  mtime_ns  ctime_ns
+        return os.stat_result((0o100644, 7, 8, 1, 0, 0, 100, 0, 0, 0, 0.0, 0.0, 0.0, 0, mtime_ns, 0))
+
+    packed, huge = _identity(info(10**18)), _identity(info(2**70))
+    assert isinstance(packed, bytes) and isinstance(huge, tuple)
+    assert huge == _identity(info(2**70)) and huge != _identity(info(2**70 + 1)) and huge != packed

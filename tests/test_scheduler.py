@@ -101,3 +101,49 @@ def test_rounds_of_one_probe_never_overlap(kinds: None) -> None:
     finally:
         scheduler.stop()
     assert SlowProbe.most_at_once == 1
+
+
+class VouchingProbe:
+    """Vouches for target "kept" in Discovery.unchanged; counts its runs."""
+
+    kind: ClassVar[str] = "vouching"
+    target_reasons: ClassVar[tuple[Reason, ...]] = ()
+    source_reasons: ClassVar[tuple[Reason, ...]] = ()
+    concurrent_targets: ClassVar[bool] = False
+    keeps_last_good: ClassVar[bool] = False
+    kept = ProbeResult(True, Reason.OK, 0.5, message="kept")
+    runs: ClassVar[list[str]] = []
+
+    def __init__(self, settings: NoSettings, defaults: ProbeDefaults) -> None:
+        pass
+
+    def targets(self) -> Discovery:
+        return Discovery(("kept", "changed"), unchanged={"kept": self.kept})
+
+    def run(self, target: str, ctx: ProbeContext) -> ProbeResult:
+        type(self).runs.append(target)
+        return self.kept if target == "kept" else ProbeResult(True, Reason.OK, 0.1)
+
+
+@pytest.mark.parametrize("traced", [False, True])
+def test_results_discovery_vouches_for_are_published_without_a_run(
+    monkeypatch: pytest.MonkeyPatch, traced: bool
+) -> None:
+    """Unless runs are traced: then every target runs, so that each keeps its span."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from exporter.tracing import TRACING_OFF, Tracing
+
+    monkeypatch.setitem(probes.KINDS, "vouching", probes.ProbeKind("vouching", NoSettings, VouchingProbe))
+    monkeypatch.setattr(VouchingProbe, "runs", [])
+    store = ResultStore()
+    scheduler = Scheduler(store, tracing=Tracing(TracerProvider()) if traced else TRACING_OFF)
+    scheduler.apply(parse_config("probes: [{name: v, kind: vouching, interval: 100ms}]", "test"))
+    try:
+        wait_for(lambda: store.snapshot().probes["v"].targets["kept"].runs_total >= 3, 5, "three rounds")
+        kept = store.snapshot().probes["v"].targets["kept"]
+    finally:
+        scheduler.stop()
+    assert kept.result.message == "kept" and kept.result.success
+    assert ("kept" in VouchingProbe.runs) is traced
+    assert VouchingProbe.runs.count("changed") >= 3
