@@ -288,3 +288,18 @@ def test_stapled_ocsp(stack: RevocationStack, tmp_path: Path, which: str, varian
         assert (stapled.state, result.reason.value) == (state, reason), stapled.message
     finally:
         server.stop()
+
+
+def test_an_ip_literal_needs_no_resolver_thread() -> None:
+    """A responder or CRL URL with an IP address is answered at once, even with the
+    deadline spent; a name must go to the resolver and gets no answer in no time."""
+    import socket
+
+    from probes.fetch import getaddrinfo_by
+
+    spent = time.monotonic() - 1
+    [(family, *_, address)] = getaddrinfo_by("127.0.0.1", 80, socket.AF_INET, spent)
+    assert family == socket.AF_INET and address == ("127.0.0.1", 80)
+    assert getaddrinfo_by("::1", 80, 0, spent)[0][4][:2] == ("::1", 80)
+    with pytest.raises((TimeoutError, socket.gaierror)):  # timed out, or refused at once
+        getaddrinfo_by("responder.invalid", 80, 0, spent)
