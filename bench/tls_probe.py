@@ -1312,6 +1312,26 @@ def report(result: dict[str, Any]) -> None:
     print(f"elapsed {result['elapsed_s']:.0f} s; noise start {result['noise']['start']}, end {result['noise']['end']}")
 
 
+def run_with_peers(
+    args: argparse.Namespace, run: Callable[[argparse.Namespace], dict[str, Any]], name: str
+) -> dict[str, Any] | None:
+    """Run a benchmark that needs nginx, blackbox_exporter and wrk, and write
+    ``<out>/<name>.json``; None (after saying what to install) when one is missing."""
+    missing = [tool for tool in ("nginx", "prometheus-blackbox-exporter", "wrk") if not shutil.which(tool)]
+    if missing:
+        print(
+            f"missing: {', '.join(missing)} (apt-get install -y --no-install-recommends "
+            "nginx prometheus-blackbox-exporter wrk)",
+            file=sys.stderr,
+        )
+        return None
+    args.out.mkdir(parents=True, exist_ok=True)
+    with terminate_on_sigterm():
+        result = run(args)
+    (args.out / f"{name}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -1327,22 +1347,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args.seconds = args.seconds if args.seconds is not None else (0.5 if args.quick else 2.0)
     args.repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
-    missing = [tool for tool in ("nginx", "prometheus-blackbox-exporter", "wrk") if not shutil.which(tool)]
-    if missing:
-        print(
-            f"missing: {', '.join(missing)} (apt-get install -y --no-install-recommends "
-            "nginx prometheus-blackbox-exporter wrk)",
-            file=sys.stderr,
-        )
+    result = run_with_peers(args, run, "tls_probe")
+    if result is None:
         return 2
-    args.out.mkdir(parents=True, exist_ok=True)
-    with terminate_on_sigterm():
-        result = run(args)
-    path = args.out / "tls_probe.json"
-    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
     report(result)
     invalid = sum(1 for c in result["cells"] if not c["valid"])
-    print(f"wrote {path}" + (f"; {invalid} invalid runs (failures)" if invalid else ""))
+    print(f"wrote {args.out / 'tls_probe.json'}" + (f"; {invalid} invalid runs (failures)" if invalid else ""))
     return 1 if invalid else 0
 
 

@@ -106,7 +106,14 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from bench.files_scan import GcTimer  # noqa: E402
-from bench.tls_probe import CLK_TCK, Managed, cpu_pressure, machine, summarize_pyspy, terminate_on_sigterm  # noqa: E402
+from bench.tls_probe import (  # noqa: E402
+    CLK_TCK,
+    Managed,
+    cpu_pressure,
+    machine,
+    run_with_peers,
+    summarize_pyspy,
+)
 
 HOST = "127.0.0.1"
 DEFAULT_SIZES = (100, 1000, 5000)
@@ -1256,21 +1263,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
     if args.repeats < 1 or not 1 <= args.concurrency <= 1024:
         parser.error("--repeats must be at least 1 and --concurrency between 1 and 1024")
-    missing = [tool for tool in ("nginx", "prometheus-blackbox-exporter", "wrk") if not shutil.which(tool)]
-    if missing:
-        print(
-            f"missing: {', '.join(missing)} (apt-get install -y --no-install-recommends "
-            "nginx prometheus-blackbox-exporter wrk)",
-            file=sys.stderr,
-        )
+    result = run_with_peers(args, run, "tls_scale")
+    if result is None:
         return 2
-    args.out.mkdir(parents=True, exist_ok=True)
-    with terminate_on_sigterm():
-        result = run(args)
-    path = args.out / "tls_scale.json"
-    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
     report(result)
-    print(f"wrote {path}")
+    print(f"wrote {args.out / 'tls_scale.json'}")
     return 0
 
 
