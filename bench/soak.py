@@ -44,7 +44,7 @@ ROOT = BENCH.parent
 sys.path[:0] = [str(ROOT), str(BENCH)]
 
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-from tls_probe import Managed, can_connect, free_ports, wait_until, write_pki  # noqa: E402
+from tls_probe import Managed, bench_nginx_conf, can_connect, free_ports, wait_until, write_pki  # noqa: E402
 
 from tests.pki import build_pki  # noqa: E402
 
@@ -54,33 +54,14 @@ HOST = "127.0.0.1"
 def start_nginx(workdir: Path, pki: Path, ports: list[int]) -> Managed:
     listens = "\n".join(f"    listen {HOST}:{port} ssl;" for port in ports)
     config = workdir / "nginx.conf"
-    config.write_text(
-        f"""daemon off;
-worker_processes 2;
-worker_rlimit_nofile 8192;
-pid {workdir}/nginx.pid;
-error_log {workdir}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {workdir}/client_body;
-  proxy_temp_path {workdir}/proxy;
-  fastcgi_temp_path {workdir}/fastcgi;
-  uwsgi_temp_path {workdir}/uwsgi;
-  scgi_temp_path {workdir}/scgi;
-  ssl_protocols TLSv1.2 TLSv1.3;
-  ssl_session_cache off;
-  ssl_session_tickets off;
-  keepalive_timeout 0;
-  server {{
-{listens}
-    ssl_certificate {pki}/ec-chain.pem;
-    ssl_certificate_key {pki}/ec-leaf.key;
-    return 200 "ok\\n";
-  }}
-}}
-"""
+    server = (
+        f"  server {{\n{listens}\n"
+        f"    ssl_certificate {pki}/ec-chain.pem;\n"
+        f"    ssl_certificate_key {pki}/ec-leaf.key;\n"
+        '    return 200 "ok\\n";\n'
+        "  }"
     )
+    config.write_text(bench_nginx_conf(workdir, server))
     nginx = Managed("nginx", ["nginx", "-p", str(workdir), "-c", str(config)], log=workdir / "nginx.out")
     wait_until(lambda: all(can_connect(p) for p in ports), "nginx", nginx, workdir / "error.log", timeout=30)
     return nginx

@@ -374,6 +374,31 @@ def can_connect(port: int) -> bool:
         return True
 
 
+def bench_nginx_conf(workdir: Path, servers: str, connections: int = 4096) -> str:
+    """The benchmarks' nginx.conf around ``servers`` (``server`` blocks): full
+    handshakes only (no session cache, no tickets), no keep-alive, no access log."""
+    return f"""daemon off;
+worker_processes 2;
+worker_rlimit_nofile {connections + 64};
+pid {workdir}/nginx.pid;
+error_log {workdir}/error.log warn;
+events {{ worker_connections {connections}; }}
+http {{
+  access_log off;
+  client_body_temp_path {workdir}/client_body;
+  proxy_temp_path {workdir}/proxy;
+  fastcgi_temp_path {workdir}/fastcgi;
+  uwsgi_temp_path {workdir}/uwsgi;
+  scgi_temp_path {workdir}/scgi;
+  ssl_protocols TLSv1.2 TLSv1.3;
+  ssl_session_cache off;
+  ssl_session_tickets off;
+  keepalive_timeout 0;
+{servers}
+}}
+"""
+
+
 def start_nginx(workdir: Path, pki: Path, ports: dict[str, int]) -> Managed:
     servers = []
     for listener, port in ports.items():
@@ -386,27 +411,7 @@ def start_nginx(workdir: Path, pki: Path, ports: dict[str, int]) -> Managed:
             f'ssl_certificate_key {pki}/{kind}-leaf.key; {verify} return 200 "ok\\n"; }}'
         )
     config = workdir / "nginx.conf"
-    config.write_text(
-        f"""daemon off;
-worker_processes 2;
-pid {workdir}/nginx.pid;
-error_log {workdir}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {workdir}/client_body;
-  proxy_temp_path {workdir}/proxy;
-  fastcgi_temp_path {workdir}/fastcgi;
-  uwsgi_temp_path {workdir}/uwsgi;
-  scgi_temp_path {workdir}/scgi;
-  ssl_protocols TLSv1.2 TLSv1.3;
-  ssl_session_cache off;
-  ssl_session_tickets off;
-  keepalive_timeout 0;
-{chr(10).join(servers)}
-}}
-"""
-    )
+    config.write_text(bench_nginx_conf(workdir, "\n".join(servers)))
     log = workdir / "nginx.out"
     nginx = Managed(
         "nginx", ["nginx", "-p", str(workdir), "-c", str(config), "-e", str(workdir / "error.log")], log=log

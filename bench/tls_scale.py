@@ -109,6 +109,7 @@ from bench.files_scan import GcTimer  # noqa: E402
 from bench.tls_probe import (  # noqa: E402
     CLK_TCK,
     Managed,
+    bench_nginx_conf,
     cpu_pressure,
     machine,
     run_with_peers,
@@ -382,26 +383,7 @@ def nginx_config(workdir: Path, pki: Path, ports: Sequence[int], shared_cert: bo
         )
     # Every listening socket takes a connection slot (and a descriptor) in each worker.
     connections = len(ports) + 4 * concurrency + 1024
-    return f"""daemon off;
-worker_processes 2;
-worker_rlimit_nofile {connections + 64};
-pid {workdir}/nginx.pid;
-error_log {workdir}/error.log warn;
-events {{ worker_connections {connections}; }}
-http {{
-  access_log off;
-  client_body_temp_path {workdir}/client_body;
-  proxy_temp_path {workdir}/proxy;
-  fastcgi_temp_path {workdir}/fastcgi;
-  uwsgi_temp_path {workdir}/uwsgi;
-  scgi_temp_path {workdir}/scgi;
-  ssl_protocols TLSv1.2 TLSv1.3;
-  ssl_session_cache off;
-  ssl_session_tickets off;
-  keepalive_timeout 0;
-{servers}
-}}
-"""
+    return bench_nginx_conf(workdir, servers, connections)
 
 
 def handshake_ok(port: int, ca_file: Path) -> bool:
