@@ -1,39 +1,103 @@
-"""The plain HTML status page served at ``/``: certificates by expiry, probes by state.
+"""The plain HTML status page served at ``/``: what needs attention first.
 
-No JavaScript and no external assets; everything is escaped.  It is rendered from
-a snapshot, like ``/metrics``.
+Order: a one-line summary, the failing targets, the certificates by expiry, the
+probes, and last the trust anchors (roots) in a collapsed section.  Roots are left out
+of the expiry alerts (system stores ship expired ones), so they are left out of the
+first screen too.  ``?probe=NAME&state=STATE`` filters every table (a plain GET form,
+no JavaScript); the tables use a fixed layout that wraps long names, so the page fits
+a 1400-pixel window.
+
+No JavaScript and no external assets; everything is escaped.  It is rendered from a
+snapshot, like ``/metrics``.
 """
 
 from __future__ import annotations
 
 import html
 import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from exporter import __version__
-from exporter.store import Snapshot, TargetState
+from exporter.store import ProbeState, Snapshot, TargetState
+from probes.base import CertObservation
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
-table{border-collapse:collapse;margin-bottom:2em}
-th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;font-size:.9em}
+table{border-collapse:collapse;margin-bottom:2em;width:100%;table-layout:fixed}
+th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;font-size:.9em;overflow-wrap:anywhere}
 th{background:#f3f3f3}
 .expired,.failing,.not-yet-valid{background:#fdd}.critical{background:#fec}.warning{background:#ffb}.ok{background:#efe}
 code{font-size:.85em}
+form{margin:1em 0}
+summary{font-size:1.3em;font-weight:bold;cursor:pointer;margin:.5em 0}
 """
 
-
+# The certificate states, most urgent first; the filter offers them in this order.
+STATES = ("expired", "not-yet-valid", "critical", "warning", "ok")
 MAX_CERTIFICATE_ROWS = 1000  # soonest first; /metrics has the rest
+TRUST_ANCHOR_ROLE = "root"
+
+# Column widths (percent) of the certificate tables: wide for names, narrow for numbers.
+_CERTIFICATE_COLUMNS = (
+    ("Expires", 11),
+    ("Days left", 6),
+    ("Subject", 22),
+    ("Issuer", 20),
+    ("Where", 23),
+    ("Probe", 8),
+    ("SHA-256", 10),
+)
 
 
-def render_status(snapshot: Snapshot, ready: bool, now: float | None = None) -> str:
+@dataclass(frozen=True, slots=True)
+class StatusFilter:
+    """What ``?probe=`` and ``?state=`` ask for; empty strings mean everything."""
+
+    probe: str = ""
+    state: str = ""
+
+    @classmethod
+    def from_query(cls, query: Mapping[str, list[str]]) -> StatusFilter:
+        probe = query.get("probe", [""])[0]
+        state = query.get("state", [""])[0]
+        return cls(probe=probe, state=state if state in STATES else "")
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    not_after: float
+    state: str
+    probe: ProbeState
+    target: str
+    observation: CertObservation
+
+
+def render_status(
+    snapshot: Snapshot, ready: bool, now: float | None = None, wanted: StatusFilter = StatusFilter()
+) -> str:
     now = time.time() if now is None else now
-    rows = []
-    for state in snapshot.probes.values():
-        for target, target_state in state.targets.items():
+    probes = [state for state in snapshot.probes.values() if not wanted.probe or state.info.name == wanted.probe]
+    certificates: list[_Row] = []
+    anchors: list[_Row] = []
+    for probe in probes:
+        for target, target_state in probe.targets.items():
             for observation in target_state.certificates:
-                rows.append((observation.cert.not_after, state, target, observation))
-    rows.sort(key=lambda row: row[0])
+                row = _Row(observation.cert.not_after, _state(observation, probe, now), probe, target, observation)
+                (anchors if observation.role == TRUST_ANCHOR_ROLE else certificates).append(row)
+    certificates.sort(key=lambda row: row.not_after)
+    anchors.sort(key=lambda row: row.not_after)
+    failing = sorted(
+        (
+            (probe.info.name, target, state)
+            for probe in probes
+            for target, state in probe.targets.items()
+            if not state.result.success
+        ),
+        key=lambda row: (row[0], row[1]),
+    )
 
     out = [
         "<!doctype html><html><head><meta charset='utf-8'><title>certscope</title>",
@@ -42,64 +106,124 @@ def render_status(snapshot: Snapshot, ready: bool, now: float | None = None) -> 
         f"<p>Config: <code>{html.escape(snapshot.config_source)}</code> &middot; ",
         f"{'ready' if ready else 'first round in progress'} &middot; ",
         "<a href='/metrics'>metrics</a></p>",
-        f"<h2>Certificates ({len(rows)})</h2>",
-        "<p>Red: expired or not yet valid; orange: past the critical threshold; yellow: past the warning one.</p>",
-        "<table id='certificates'><thead><tr><th>Expires</th><th>Days left</th><th>Subject</th>"
-        "<th>Issuer</th><th>Where</th><th>Probe</th><th>SHA-256</th></tr></thead><tbody>",
+        _summary(failing, certificates, anchors),
+        _filter_form(snapshot, wanted),
     ]
-    if len(rows) > MAX_CERTIFICATE_ROWS:
-        out.append(f"<tr><td colspan='7'>showing the {MAX_CERTIFICATE_ROWS} soonest to expire</td></tr>")
-    for not_after, state, target, observation in rows[:MAX_CERTIFICATE_ROWS]:
-        cert = observation.cert
-        days = (not_after - now) / 86400
-        if cert.not_before > now:
-            css = "not-yet-valid"
-        else:
-            css = _expiry_class(not_after - now, state.info.warning_seconds, state.info.critical_seconds)
-        out.append(
-            f"<tr class='{css}'><td>{_date(not_after)}</td><td>{days:.1f}</td>"
-            f"<td>{html.escape(cert.subject or '(empty)')}</td><td>{html.escape(cert.issuer)}</td>"
-            f"<td>{html.escape(target)}[{observation.index}] {observation.role}</td>"
-            f"<td>{html.escape(state.info.name)}</td><td><code>{cert.fingerprint_sha256[:16]}</code></td></tr>"
-        )
-    out.append("</tbody></table>")
+    out.extend(_failing_table(failing))
+    shown = [row for row in certificates if not wanted.state or row.state == wanted.state]
+    out.append(f"<h2>Certificates ({len(shown)})</h2>")
     out.append(
-        "<h2>Probes</h2><table id='probes'><thead><tr><th>Probe</th><th>Kind</th><th>Targets</th>"
-        "<th>Failing</th><th>Source up</th><th>Last round</th></tr></thead><tbody>"
+        "<p>Red: expired or not yet valid; orange: past the critical threshold; yellow: past the warning one. "
+        "Trust anchors are listed apart, at the end.</p>"
     )
-    failing_rows: list[tuple[str, str, TargetState]] = []
-    for state in snapshot.probes.values():
-        failing = [(t, s) for t, s in state.targets.items() if not s.result.success]
-        failing_rows.extend((state.info.name, t, s) for t, s in failing)
-        up = "yes" if state.source is None or state.source.up else "no"
-        last = f"{state.source.round_duration_seconds:.3f} s" if state.source else "pending"
-        css = "failing" if failing or up == "no" else "ok"
-        out.append(
-            f"<tr class='{css}'><td>{html.escape(state.info.name)}</td><td>{state.info.kind}</td>"
-            f"<td>{len(state.targets)}</td><td>{len(failing)}</td><td>{up}</td><td>{last}</td></tr>"
-        )
-    out.append("</tbody></table>")
+    out.extend(_certificate_table("certificates", shown, now))
+    out.extend(_probe_table(probes))
+    shown_anchors = [row for row in anchors if not wanted.state or row.state == wanted.state]
+    expired_anchors = sum(1 for row in anchors if row.state == "expired")
     out.append(
-        f"<h2>Failing targets ({len(failing_rows)})</h2><table id='failing'><thead><tr><th>Probe</th>"
-        "<th>Target</th><th>Reason</th><th>Message</th></tr></thead><tbody>"
+        f"<details id='trust-anchors-section'><summary>Trust anchors ({len(shown_anchors)}; "
+        f"{expired_anchors} expired)</summary>"
+        "<p>Roots, from trust stores and bundles. They are left out of the expiry alerts: system stores "
+        "ship expired roots, and a client never relies on a root's own expiry unless it chains to it. "
+        "An expiring root that your own PKI uses is ticketed by CertscopeTrustAnchorExpiring.</p>"
     )
-    for name, target, target_state in sorted(failing_rows, key=lambda row: (row[0], row[1])):
+    out.extend(_certificate_table("trust-anchors", shown_anchors, now))
+    out.append("</details></body></html>")
+    return "".join(out)
+
+
+def _state(observation: CertObservation, probe: ProbeState, now: float) -> str:
+    cert = observation.cert
+    if cert.not_before > now:
+        return "not-yet-valid"
+    seconds_left = cert.not_after - now
+    if seconds_left <= 0:
+        return "expired"
+    if seconds_left <= probe.info.critical_seconds:
+        return "critical"
+    if seconds_left <= probe.info.warning_seconds:
+        return "warning"
+    return "ok"
+
+
+def _summary(failing: list[tuple[str, str, TargetState]], certificates: list[_Row], anchors: list[_Row]) -> str:
+    counts = Counter(row.state for row in certificates)
+    parts = [f"{len(failing)} failing target{'' if len(failing) == 1 else 's'}"]
+    parts.extend(f"{counts[state]} {state}" for state in STATES if state != "ok")
+    needs = len(failing) + sum(counts[state] for state in STATES if state != "ok")
+    css = "failing" if needs else "ok"
+    return (
+        f"<p id='summary' class='{css}'>Needs attention: {', '.join(parts)} &middot; "
+        f"{len(certificates)} certificates, {len(anchors)} trust anchors (listed apart)</p>"
+    )
+
+
+def _filter_form(snapshot: Snapshot, wanted: StatusFilter) -> str:
+    def option(value: str, label: str, selected: str) -> str:
+        mark = " selected" if value == selected else ""
+        return f"<option value='{html.escape(value, quote=True)}'{mark}>{html.escape(label)}</option>"
+
+    probe_options = [option("", "all probes", wanted.probe)]
+    probe_options.extend(option(name, name, wanted.probe) for name in sorted(snapshot.probes))
+    state_options = [option("", "any state", wanted.state)]
+    state_options.extend(option(state, state, wanted.state) for state in STATES)
+    return (
+        "<form id='filter' method='get' action='/'>"
+        f"<label>Probe <select name='probe'>{''.join(probe_options)}</select></label> "
+        f"<label>State <select name='state'>{''.join(state_options)}</select></label> "
+        "<button type='submit'>Filter</button> <a href='/'>clear</a></form>"
+    )
+
+
+def _failing_table(failing: list[tuple[str, str, TargetState]]) -> list[str]:
+    out = [
+        f"<h2>Failing targets ({len(failing)})</h2><table id='failing'>"
+        "<colgroup><col style='width:12%'><col style='width:30%'><col style='width:14%'><col></colgroup>"
+        "<thead><tr><th>Probe</th><th>Target</th><th>Reason</th><th>Message</th></tr></thead><tbody>"
+    ]
+    for name, target, target_state in failing:
         out.append(
             f"<tr class='failing'><td>{html.escape(name)}</td><td>{html.escape(target)}</td>"
             f"<td>{target_state.result.reason.value}</td><td>{html.escape(target_state.result.message)}</td></tr>"
         )
-    out.append("</tbody></table></body></html>")
-    return "".join(out)
+    out.append("</tbody></table>")
+    return out
 
 
-def _expiry_class(seconds_left: float, warning: float, critical: float) -> str:
-    if seconds_left <= 0:
-        return "expired"
-    if seconds_left <= critical:
-        return "critical"
-    if seconds_left <= warning:
-        return "warning"
-    return "ok"
+def _certificate_table(table_id: str, rows: list[_Row], now: float) -> list[str]:
+    columns = "".join(f"<col style='width:{width}%'>" for _, width in _CERTIFICATE_COLUMNS)
+    headers = "".join(f"<th>{name}</th>" for name, _ in _CERTIFICATE_COLUMNS)
+    out = [f"<table id='{table_id}'><colgroup>{columns}</colgroup><thead><tr>{headers}</tr></thead><tbody>"]
+    if len(rows) > MAX_CERTIFICATE_ROWS:
+        out.append(f"<tr><td colspan='7'>showing the {MAX_CERTIFICATE_ROWS} soonest to expire</td></tr>")
+    for row in rows[:MAX_CERTIFICATE_ROWS]:
+        cert = row.observation.cert
+        out.append(
+            f"<tr class='{row.state}'><td>{_date(row.not_after)}</td><td>{(row.not_after - now) / 86400:.1f}</td>"
+            f"<td>{html.escape(cert.subject or '(empty)')}</td><td>{html.escape(cert.issuer)}</td>"
+            f"<td>{html.escape(row.target)}[{row.observation.index}] {row.observation.role}</td>"
+            f"<td>{html.escape(row.probe.info.name)}</td><td><code>{cert.fingerprint_sha256[:16]}</code></td></tr>"
+        )
+    out.append("</tbody></table>")
+    return out
+
+
+def _probe_table(probes: list[ProbeState]) -> list[str]:
+    out = [
+        "<h2>Probes</h2><table id='probes'><thead><tr><th>Probe</th><th>Kind</th><th>Targets</th>"
+        "<th>Failing</th><th>Source up</th><th>Last round</th></tr></thead><tbody>"
+    ]
+    for probe in probes:
+        failing = sum(1 for state in probe.targets.values() if not state.result.success)
+        up = "yes" if probe.source is None or probe.source.up else "no"
+        last = f"{probe.source.round_duration_seconds:.3f} s" if probe.source else "pending"
+        css = "failing" if failing or up == "no" else "ok"
+        out.append(
+            f"<tr class='{css}'><td>{html.escape(probe.info.name)}</td><td>{probe.info.kind}</td>"
+            f"<td>{len(probe.targets)}</td><td>{failing}</td><td>{up}</td><td>{last}</td></tr>"
+        )
+    out.append("</tbody></table>")
+    return out
 
 
 def _date(timestamp: float) -> str:

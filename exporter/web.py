@@ -38,7 +38,7 @@ from prometheus_client.registry import Collector
 from exporter.collector import SnapshotCollector
 from exporter.exposition import encoder_for
 from exporter.multi_target import ProbeRefused
-from exporter.status_page import render_status
+from exporter.status_page import StatusFilter, render_status
 from exporter.store import ResultStore
 from exporter.webconfig import AuthMiddleware, WebConfigSource, peer_sans
 
@@ -142,7 +142,8 @@ class WebApp:
             start_response("200 OK", [*headers, ("Content-Length", str(len(exposition)))])
             return [exposition]
         if path == "/":
-            body = render_status(self._store.snapshot(), self._ready())
+            wanted = StatusFilter.from_query(parse_qs(environ.get("QUERY_STRING", "")))
+            body = render_status(self._store.snapshot(), self._ready(), wanted=wanted)
             return _respond(start_response, "200 OK", body, "text/html; charset=utf-8")
         if path == "/probe" and self._probe is not None:
             query = parse_qs(environ.get("QUERY_STRING", ""))

@@ -20,9 +20,10 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.helpers import DaemonProcess
-from tests.pki import Pki, write_formats
+from tests.pki import DAY, NOW, Pki, issue, write_formats
 
 pytestmark = pytest.mark.e2e
 
@@ -207,3 +208,116 @@ def test_status_page_screenshot(pki: Pki, tmp_path: Path, start_daemon: StartDae
     assert (width, height) == (1280, 900)
     # A blank 1280x900 page compresses to a few kilobytes; tables of text take far more.
     assert len(png) > 30_000, f"{screenshot} is only {len(png)} bytes: is the page blank?"
+
+
+FIRST_SCREEN_WIDTH = 1400
+# Appended to a copy of the page: records the width the laid-out document needs.
+MEASURE_SCRIPT = "<script>document.body.dataset.scrollWidth = document.documentElement.scrollWidth;</script>"
+# The page as it would lay out without its fixed table layout and wrapping rules.
+UNWRAPPED_STYLE = (
+    "<style>table{table-layout:auto!important;width:auto!important}th,td{overflow-wrap:normal!important}</style>"
+)
+
+
+def scroll_width(page: str, profile: Path, directory: Path) -> int:
+    """The document width Chromium needs for ``page`` in a 1400-pixel window."""
+    copy = directory / f"measure-{len(list(directory.glob('measure-*')))}.html"
+    copy.write_text(page.replace("</body>", MEASURE_SCRIPT + "</body>"))
+    dom = run_chromium(profile, f"--window-size={FIRST_SCREEN_WIDTH},900", "--dump-dom", copy.as_uri())
+    marker = 'data-scroll-width="'
+    assert marker in dom, f"the measuring script did not run:\n{dom[:2000]}"
+    start = dom.index(marker) + len(marker)
+    return int(dom[start : dom.index('"', start)])
+
+
+def start_on_estate_with_anchors(pki: Pki, directory: Path, start_daemon: StartDaemon) -> tuple[DaemonProcess, str]:
+    """The test PKI, an expired root (a trust anchor) and a path long enough to overflow a table."""
+    long_directory = directory / ("deeply_nested_certificate_directory_" * 6).rstrip("_")
+    long_directory.mkdir(parents=True)
+    files = write_formats(pki, long_directory)
+    expired_root = issue("certscope expired test root", ca=True, not_before=NOW - 400 * DAY, not_after=NOW - 5 * DAY)
+    files["expired-root.pem"] = long_directory / "expired-root.pem"
+    files["expired-root.pem"].write_bytes(expired_root.pem)
+    config = (
+        "global: {interval: 1s}\n"
+        "probes:\n"
+        "  - name: pki\n"
+        "    kind: files\n"
+        f'    paths: ["{long_directory}"]\n'
+        f"    pkcs12: {{password_env: {P12_PASSWORD_ENV}}}\n"
+    )
+    daemon = start_daemon(config, env={P12_PASSWORD_ENV: P12_PASSWORD})
+    daemon.wait_ready()
+    return daemon, expired_root.cert.subject.rfc4514_string()
+
+
+def test_status_page_first_screen_puts_trust_anchors_apart_and_fits_1400_pixels(
+    pki: Pki, tmp_path: Path, start_daemon: StartDaemon
+) -> None:
+    require_chromium()
+    daemon, expired_root_subject = start_on_estate_with_anchors(pki, tmp_path / "pki", start_daemon)
+
+    dom = run_chromium(
+        tmp_path / "profile", f"--window-size={FIRST_SCREEN_WIDTH},900", "--dump-dom", f"{daemon.base_url}/"
+    )
+    tables = read_tables(dom)
+    # What needs attention comes first: failing targets, then certificates; anchors last.
+    order = [dom.index(f'<table id="{name}"') for name in ("failing", "certificates", "probes", "trust-anchors")]
+    assert order == sorted(order), order
+    certificates = tables["certificates"].rows
+    assert certificates and all(not cells["Where"].endswith(" root") for _, cells in certificates), certificates
+    assert expired_root_subject not in {cells["Subject"] for _, cells in certificates}
+    # The trust anchors: collapsed, the expired root among them in red, counted in the summary.
+    anchors = tables["trust-anchors"].rows
+    by_subject = {cells["Subject"]: classes for classes, cells in anchors}
+    assert by_subject[expired_root_subject] == ["expired"], anchors
+    assert pki.root.cert.subject.rfc4514_string() in by_subject
+    assert '<details id="trust-anchors-section">' in dom, "the trust anchors must start collapsed"
+    assert "Trust anchors (2; 1 expired)" in dom
+    # The summary counts the expired leaf (in expired.pem and chain.p7c.pem), not the expired root.
+    assert "Needs attention: 0 failing targets, 2 expired, 1 not-yet-valid, 0 critical, 0 warning" in dom
+
+    # Fits the window: the live page needs no more than 1400 pixels, while the same page
+    # without its layout rules needs more (so the measurement can fail).
+    page = requests.get(f"{daemon.base_url}/", timeout=10).text
+    assert scroll_width(page, tmp_path / "profile", tmp_path) <= FIRST_SCREEN_WIDTH
+    unwrapped = page.replace("</head>", UNWRAPPED_STYLE + "</head>")
+    assert scroll_width(unwrapped, tmp_path / "profile", tmp_path) > FIRST_SCREEN_WIDTH
+
+
+def test_status_page_filters_by_probe_and_state(pki: Pki, tmp_path: Path, start_daemon: StartDaemon) -> None:
+    require_chromium()
+    directory = tmp_path / "pki"
+    files = write_formats(pki, directory)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "valid.pem").write_bytes(pki.valid.pem)
+    config = (
+        "global: {interval: 1s}\n"
+        "probes:\n"
+        "  - name: pki\n"
+        "    kind: files\n"
+        f'    paths: ["{directory}"]\n'
+        f"    pkcs12: {{password_env: {P12_PASSWORD_ENV}}}\n"
+        "  - name: other\n"
+        "    kind: files\n"
+        f'    paths: ["{other}"]\n'
+    )
+    daemon = start_daemon(config, env={P12_PASSWORD_ENV: P12_PASSWORD})
+    daemon.wait_ready()
+
+    everything = read_tables(run_chromium(tmp_path / "p1", "--dump-dom", f"{daemon.base_url}/"))
+    assert {cells["Probe"] for _, cells in everything["certificates"].rows} == {"pki", "other"}
+
+    expired = read_tables(run_chromium(tmp_path / "p2", "--dump-dom", f"{daemon.base_url}/?probe=pki&state=expired"))
+    rows = expired["certificates"].rows
+    assert rows and all(classes == ["expired"] and cells["Probe"] == "pki" for classes, cells in rows), rows
+    assert {cells["Where"] for _, cells in rows} >= {f"{files['expired.pem']}[0] leaf"}
+    assert [cells["Probe"] for _, cells in expired["probes"].rows] == ["pki"]
+
+    other_only = read_tables(run_chromium(tmp_path / "p3", "--dump-dom", f"{daemon.base_url}/?probe=other"))
+    assert [cells["Probe"] for _, cells in other_only["probes"].rows] == ["other"]
+    assert [cells["Where"] for _, cells in other_only["certificates"].rows] == [f"{other / 'valid.pem'}[0] leaf"]
+    # An unknown state is ignored rather than hiding everything.
+    unknown = read_tables(run_chromium(tmp_path / "p4", "--dump-dom", f"{daemon.base_url}/?state=%3Cscript%3E"))
+    assert len(unknown["certificates"].rows) == len(everything["certificates"].rows)
