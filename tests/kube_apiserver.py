@@ -8,7 +8,13 @@ silent; ``tests/test_kube_apiserver.py`` checks them, including against the offi
 
 Modelled
 --------
-* Resources ``secrets`` and ``configmaps`` (core ``v1``) in a store with one global, etcd-like
+* Resources ``secrets`` and ``configmaps`` (core ``v1``), and the cluster-scoped
+  ``validatingwebhookconfigurations``, ``mutatingwebhookconfigurations``
+  (``admissionregistration.k8s.io/v1``), ``apiservices`` (``apiregistration.k8s.io/v1``),
+  ``customresourcedefinitions`` (``apiextensions.k8s.io/v1``) and ``certificatesigningrequests``
+  (``certificates.k8s.io/v1``, field selector ``spec.signerName``) at
+  ``/apis/{group}/{version}/{res}[/{name}]``, with ``/apis`` (APIGroupList) and
+  ``/apis/{group}/{version}`` discovery; all in a store with one global, etcd-like
   revision counter.  Paths: ``/api/v1/{res}``, ``/api/v1/namespaces/{ns}/{res}``,
   ``/api/v1/namespaces/{ns}/{res}/{name}`` (get, or a watch of that one object), discovery
   ``/api``, ``/apis``, ``/api/v1`` (APIResourceList with the verbs served here: get, list, watch),
@@ -55,8 +61,9 @@ NOT modelled
   managedFields, finalizers, deletionTimestamp/grace periods, generation, ownerReferences, garbage
   collection, admission, validation of names and of Secret contents, immutable Secrets.
 * Namespaces as objects (a list in a namespace that does not exist is simply empty), other
-  resources and API groups, the deprecated ``/api/v1/watch/...`` paths, websockets, subresources.
-* RBAC beyond "cluster-wide or these namespaces" (no verbs, groups, impersonation); anonymous
+  resources, API groups and versions, the deprecated ``/api/v1/watch/...`` paths, websockets, subresources.
+* RBAC beyond "cluster-wide or these namespaces, every resource or these" (no verbs, groups,
+  impersonation); anonymous
   access except to ``/healthz``, ``/livez``, ``/readyz`` and ``/version`` (a real server with
   anonymous auth enabled answers 403 for ``system:anonymous`` where this one answers 401);
   client-certificate groups (O=); token review, exec/OIDC, front-proxy headers.
