@@ -42,18 +42,22 @@ from probes.located import Labels, Located
 CLUSTER_LABEL = "kubeconfig_cluster"
 USER_LABEL = "kubeconfig_user"
 
-# Cheap tests before any YAML is parsed: every file of a files probe passes here.
-_KIND_CONFIG = re.compile(rb"""^\s*(?:kind\s*:\s*["']?Config["']?\s*$|\{.*"kind"\s*:\s*"Config")""", re.M | re.S)
-_API_V1 = re.compile(rb"""apiVersion["']?\s*:\s*["']?v1\b""")
+# Cheap tests before any YAML is parsed: every file of a files probe passes here, so
+# a plain substring test comes first and the patterns cannot backtrack across lines.
+_YAML_KIND = re.compile(rb"""^["']?kind["']?[ \t]*:[ \t]*["']?Config["']?[ \t]*\r?$""", re.M)
+_JSON_KIND = re.compile(rb'"kind"\s*:\s*"Config"')
+_API_V1 = re.compile(rb"""["']?apiVersion["']?[ \t]*:[ \t]*["']?v1\b""")
 _SNIFF_BYTES = 1 << 20
 
 
 def looks_like_kubeconfig(data: bytes) -> bool:
     """A YAML or JSON document naming ``kind: Config`` and ``apiVersion: v1``."""
     head = data[:_SNIFF_BYTES]
-    if b"-----BEGIN " in head or b"\x00" in head:
-        return False  # PEM, or binary
-    return _KIND_CONFIG.search(head) is not None and _API_V1.search(head) is not None
+    if b"Config" not in head or b"-----BEGIN " in head or b"\x00" in head:
+        return False  # most files: PEM, binary, or no kind: Config at all
+    is_json = head.lstrip()[:1] == b"{"
+    kind = _JSON_KIND.search(head) if is_json else _YAML_KIND.search(head)
+    return kind is not None and _API_V1.search(head) is not None
 
 
 def parse_kubeconfig(data: bytes, name: str, *, max_file_size: int) -> Located:
