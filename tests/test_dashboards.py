@@ -89,6 +89,7 @@ class Query:
     expr: str
     instant: bool
     exemplar: bool = False
+    min_interval: str = ""  # the panel's "Min interval" (Grafana's $__interval is at least this)
 
     def __str__(self) -> str:
         return f"{self.dashboard} / {self.where} / {self.ref_id}: {self.expr}"
@@ -102,7 +103,15 @@ def queries(name: str) -> list[Query]:
         for target in panel.get("targets", []):
             instant = bool(target.get("instant")) and not target.get("range")
             found.append(
-                Query(name, panel["title"], target["refId"], target["expr"], instant, bool(target.get("exemplar")))
+                Query(
+                    name,
+                    panel["title"],
+                    target["refId"],
+                    target["expr"],
+                    instant,
+                    bool(target.get("exemplar")),
+                    panel.get("interval", ""),
+                )
             )
     for annotation in dashboard["annotations"]["list"]:
         if "expr" in annotation:
