@@ -333,7 +333,8 @@ def test_alerts_reach_alertmanager_end_to_end(pki: Pki, tmp_path: Path, start_da
 
     revoked = webhook.alerts("CertscopeCertificateRevoked")[0][1]
     assert revoked["labels"]["serial"] == format(revocation.pki.revoked.serial, "x")
-    assert revoked["annotations"]["summary"] == f"Certificate revoked.test (serial {revoked['labels']['serial']}) is revoked"
+    serial = revoked["labels"]["serial"]
+    assert revoked["annotations"]["summary"] == f"Certificate revoked.test (serial {serial}) is revoked"
     # The evidence (method, probe, where), from a query in the alert's template.
     assert revoked["annotations"]["evidence"] == f"ocsp by probe ocsp at {revocation.pki.revoked.cert_path}"
 
