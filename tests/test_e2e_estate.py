@@ -540,6 +540,9 @@ def test_exactly_the_expected_alerts_fire_once(estate: Estate, settled: float) -
     time.sleep(3 * SCRAPE)  # a few more evaluations: what has not fired by now does not belong here
     missing, extra, twice = unmatched(estate)
     assert (missing, extra, twice) == ([], [], []), estate.diagnostics()
+    firing = sorted(f"{a['labels']['alertname']} {a['labels'].get('probe', '')} {a['labels'].get('target', '')}".strip()
+                    for a in estate.firing())  # fmt: skip
+    print(f"\n{len(firing)} alerts firing, as expected:\n  " + "\n  ".join(firing))
     pending = [alert_key(a) for a in estate.prometheus.api("alerts")["alerts"] if a["state"] != "firing"]
     assert not pending, pending  # every `for:` is 0s: an alert is firing or nothing
 
