@@ -104,6 +104,11 @@ class _Families:
             "1 for the reason of the target's last outcome (ok when fine).",
             (*TARGET_LABELS, "reason"),
         )
+        self.probe_info = _gauge(
+            p + "probe_info",
+            "A configured probe with its owner labels; always 1.  Alerts about targets take their owner from here.",
+            (*SOURCE_LABELS, *self.owner_labels),
+        )
         self.source_up = _gauge(p + "source_up", "1 if the source could be read in its last round.", SOURCE_LABELS)
         self.source_objects = _gauge(
             p + "source_objects", "Objects (files, Secrets, endpoints) found in the last round.", SOURCE_LABELS
@@ -221,11 +226,19 @@ class _Families:
         responder_labels = (*TARGET_LABELS, "responder")
         self.ocsp_up = _gauge(
             p + "ocsp_responder_up",
-            "1 if the OCSP responder gave a valid, authorised answer on the last uncached request.",
+            "1 if the OCSP responder gave a valid, authorised answer to the last request sent to it"
+            " (kept while that answer is cached).",
             responder_labels,
         )
         self.ocsp_duration = _gauge(
-            p + "ocsp_request_duration_seconds", "Duration of the last uncached OCSP request.", responder_labels
+            p + "ocsp_request_duration_seconds",
+            "Duration of the last request sent to the OCSP responder (kept while its answer is cached).",
+            responder_labels,
+        )
+        self.ocsp_last_request = _gauge(
+            p + "ocsp_last_request_timestamp_seconds",
+            "When the request that responder_up and request_duration_seconds describe was sent.",
+            responder_labels,
         )
         self.crl_this_update = _gauge(p + "crl_this_update_timestamp_seconds", "thisUpdate of the CRL.", TARGET_LABELS)
         self.crl_next_update = _gauge(p + "crl_next_update_timestamp_seconds", "nextUpdate of the CRL.", TARGET_LABELS)
@@ -309,6 +322,8 @@ def render(snapshot: Snapshot) -> list[Metric]:
 def _render_probe(state: ProbeState, f: _Families) -> None:
     info = state.info
     source_key = (info.name, info.kind)
+    owner_values = [info.labels.get(label, "") for label in f.owner_labels]
+    f.probe_info.add((*source_key, *owner_values), 1)
     if state.source is not None:
         f.source_up.add(source_key, 1 if state.source.up else 0)
         f.source_objects.add(source_key, state.source.objects)
@@ -325,7 +340,6 @@ def _render_probe(state: ProbeState, f: _Families) -> None:
         f.handshake_histogram.add_metric([info.name, info.kind], _buckets(state.handshakes), state.handshakes.total)
     if state.durations.count:
         f.probe_histogram.add_metric([info.name, info.kind], _buckets(state.durations), state.durations.total)
-    owner_values = [info.labels.get(label, "") for label in f.owner_labels]
     for target, ts in state.targets.items():
         key = (info.name, info.kind, target)
         extra = ts.result.target_labels
@@ -346,7 +360,9 @@ def _render_probe(state: ProbeState, f: _Families) -> None:
             _render_tls(ts.result.tls, key, extra, f)
         for check in ts.result.revocation:
             _render_revocation(check, ts, (*key, str(check.index), check.role, check.method), extra, f)
-            if check.method == "ocsp" and check.source and not check.from_cache:
+            if check.method == "ocsp" and check.source:
+                # A cached answer is the responder's last answer: it stays visible, with
+                # when it was asked, until the cache asks again (at the answer's nextUpdate).
                 up = check.reason not in (
                     Reason.OCSP_UNAVAILABLE,
                     Reason.OCSP_BAD_RESPONSE,
@@ -354,6 +370,8 @@ def _render_probe(state: ProbeState, f: _Families) -> None:
                 )
                 f.ocsp_up.add((*key, check.source), 1 if up else 0, extra)
                 f.ocsp_duration.add((*key, check.source), check.duration_seconds, extra)
+                if check.requested_at is not None:
+                    f.ocsp_last_request.add((*key, check.source), check.requested_at, extra)
         if ts.result.crl is not None:
             _render_crl(ts.result.crl, key, extra, f)
         if ts.result.ca is not None:

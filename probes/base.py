@@ -265,6 +265,9 @@ class RevocationFacts:
     duration_seconds: float = 0.0
     http_status: int | None = None
     from_cache: bool = False
+    # Wall clock of the network request that gave this answer (OCSP): a cached answer
+    # keeps the time it was asked, so its age is known while it is reused.
+    requested_at: float | None = None
     index: int = 0
     role: str = "leaf"
 

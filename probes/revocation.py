@@ -396,6 +396,7 @@ class RevocationChecker:
             if cached is not None and time.time() < cached[0]:
                 return replace(cached[1], from_cache=True)
         started = time.monotonic()
+        requested_at = time.time()
         nonce = os.urandom(16) if use_nonce else None
         request = build_ocsp_request(cert, issuer, nonce)
         encoded = base64.b64encode(request).decode()
@@ -428,13 +429,17 @@ class RevocationChecker:
                 responder,
                 str(exc),
                 duration_seconds=time.monotonic() - started,
+                requested_at=requested_at,
             )
         now = datetime.now(tz=cert.not_valid_after_utc.tzinfo)
         if response.status != 200:
             judgement = Judgement(UNKNOWN, Reason.OCSP_UNAVAILABLE, f"HTTP {response.status} from the responder")
         else:
             judgement = evaluate_ocsp(response.body, cert, issuer, now, nonce=nonce, skew=skew)
-        facts = revocation_facts("ocsp", responder, judgement, time.monotonic() - started, response.status)
+        facts = replace(
+            revocation_facts("ocsp", responder, judgement, time.monotonic() - started, response.status),
+            requested_at=requested_at,
+        )
         if judgement.reason in (Reason.OK, Reason.REVOKED) and judgement.next_update:
             with self._lock:
                 self._ocsp[key] = (min(judgement.next_update, time.time() + 86400), facts)

@@ -332,9 +332,11 @@ def test_alerts_reach_alertmanager_end_to_end(pki: Pki, tmp_path: Path, start_da
     assert expired["annotations"]["runbook_url"].endswith("/docs/runbooks/CertscopeCertificateExpired.md")
 
     revoked = webhook.alerts("CertscopeCertificateRevoked")[0][1]
-    assert revoked["labels"]["method"] == "ocsp"
     assert revoked["labels"]["serial"] == format(revocation.pki.revoked.serial, "x")
-    assert "revoked (ocsp)" in revoked["annotations"]["summary"]
+    serial = revoked["labels"]["serial"]
+    assert revoked["annotations"]["summary"] == f"Certificate revoked.test (serial {serial}) is revoked"
+    # The evidence (method, probe, where), from a query in the alert's template.
+    assert revoked["annotations"]["evidence"] == f"ocsp by probe ocsp at {revocation.pki.revoked.cert_path}"
 
     rejected = webhook.alerts("CertscopeClientCertificateRejected")[0][1]
     assert rejected["labels"]["target"] == f"localhost:{mtls.address[1]}"

@@ -33,6 +33,7 @@ from typing import Any
 import jsonschema
 import pytest
 import requests
+import yaml
 
 from tests import servers
 from tests.dashboard_schema import DashboardSchema, SchemaUnavailable, load_dashboard_schema
@@ -56,8 +57,8 @@ GRAFANA_BUILTINS = {"__interval", "__interval_ms", "__rate_interval", "__range",
 SCRAPE_INTERVAL = 1  # seconds; Grafana's $__rate_interval is then max($__interval + 1s, 4 * 1s)
 # (dashboard, panel title, refId) that must return data against the live stack.
 CORE_PANELS = [
-    ("executive", "Validation success rate (dashboard range)", "A"),
-    ("executive", "Validation success rate vs SLO", "A"),
+    ("executive", "TLS validation success rate (dashboard range)", "A"),
+    ("executive", "TLS validation success rate per probe vs SLO", "A"),
     ("oncall", "Failing probes by reason", "A"),
     ("oncall", "What expires next", "A"),
     ("oncall", "What expires next", "B"),
@@ -89,6 +90,7 @@ class Query:
     expr: str
     instant: bool
     exemplar: bool = False
+    min_interval: str = ""  # the panel's "Min interval" (Grafana's $__interval is at least this)
 
     def __str__(self) -> str:
         return f"{self.dashboard} / {self.where} / {self.ref_id}: {self.expr}"
@@ -102,7 +104,15 @@ def queries(name: str) -> list[Query]:
         for target in panel.get("targets", []):
             instant = bool(target.get("instant")) and not target.get("range")
             found.append(
-                Query(name, panel["title"], target["refId"], target["expr"], instant, bool(target.get("exemplar")))
+                Query(
+                    name,
+                    panel["title"],
+                    target["refId"],
+                    target["expr"],
+                    instant,
+                    bool(target.get("exemplar")),
+                    panel.get("interval", ""),
+                )
             )
     for annotation in dashboard["annotations"]["list"]:
         if "expr" in annotation:
@@ -235,6 +245,144 @@ def test_rates_use_rate_interval() -> None:
             assert window.group(1) in {"$__rate_interval", "$__range", "30d", "1h"}, str(query)
 
 
+def windows(expr: str, functions: str) -> list[str]:
+    """The range of every call of ``functions`` (a regex alternative) in ``expr``."""
+    found = []
+    for match in re.finditer(rf"\b(?:{functions})\(", expr):
+        window = re.search(r"\[([^\]]+)\]", expr[match.end() :])
+        assert window is not None, expr
+        found.append(window.group(1))
+    return found
+
+
+def test_counter_windows_hold_two_runs_at_the_default_interval() -> None:
+    """A rate over $__rate_interval of a counter that moves once per probe run (every 5m by
+    default) is mostly gaps when the window is shorter than two runs; the panel's min
+    interval (Grafana's $__interval, hence $__rate_interval, is at least that) prevents it."""
+    default_interval = 5 * 60  # docs/configuration.md, global.interval
+    for name in DASHBOARDS:
+        for panel in panels(load(name)):
+            exprs = [t["expr"] for t in panel.get("targets", [])]
+            if any("$__rate_interval" in w for e in exprs for w in windows(e, "rate|irate|increase|changes")):
+                interval = panel.get("interval", "")
+                seconds = sum(
+                    int(n) * {"s": 1, "m": 60, "h": 3600}[u] for n, u in re.findall(r"(\d+)([smh])", interval)
+                )
+                assert seconds >= 2 * default_interval, f"{name} / {panel['title']}: min interval {interval!r}"
+
+
+@pytest.mark.parametrize("name", DASHBOARDS)
+def test_every_panel_says_what_it_shows(name: str) -> None:
+    for panel in panels(load(name)):
+        if panel["type"] != "row":  # Grafana's row panels have no description
+            assert len(panel.get("description", "")) > 20, f"{name} / {panel['title']}"
+
+
+@pytest.mark.parametrize("name", DASHBOARDS)
+def test_job_and_instance_variables_scope_every_series(name: str) -> None:
+    variables = {v["name"]: v for v in load(name)["templating"]["list"]}
+    assert variables["job"]["query"] == "label_values(certscope_build_info, job)"
+    assert variables["instance"]["query"] == 'label_values(certscope_build_info{job=~"$job"}, instance)'
+    texts = [(str(q), q.expr) for q in queries(name)]
+    texts += [(f"variable {v}", query) for v, query in variable_queries(name) if v not in ("job",)]
+    for where, text in texts:
+        for match in re.finditer(r"\b(certscope_[a-z0-9_]+)(\{[^}]*\})?", text):
+            if match.group(1) == "certscope_build_info" and "variable instance" in where:
+                continue
+            selector = match.group(2) or ""
+            assert 'job=~"$job"' in selector and 'instance=~"$instance"' in selector, f"{where}: {match.group(0)}"
+
+
+def test_joins_hold_with_several_instances_and_addresses() -> None:
+    """A join of per-target or per-certificate series names (job, instance): several
+    instances export the same probe names and paths; and `address`, which `resolve: all` adds."""
+    join = re.compile(r"\b(?:on|ignoring)\s*\(([^)]*)\)\s*(?:group_(?:left|right)\s*(?:\([^)]*\))?\s*)?")
+    checked = 0
+    for query in all_queries():
+        for match in join.finditer(query.expr):
+            labels = {label.strip() for label in match.group(1).split(",")}
+            # Against raw series (not an aggregation that already dropped the instances):
+            if "target" in labels and query.expr[match.end() :].lstrip("( ").startswith("certscope_"):
+                assert {"job", "instance", "address"} <= labels, f"{query}: {match.group(0)}"
+                checked += 1
+    assert checked >= 10
+
+
+def test_oncall_rows_open_the_debug_dashboard_on_their_target() -> None:
+    debug_variables = {v["name"] for v in load("debug")["templating"]["list"]}
+    linked = 0
+    for panel in panels(load("oncall")):
+        exprs = " ".join(t["expr"] for t in panel.get("targets", []))
+        per_target = panel["type"] in ("table", "timeseries") and re.search(r"by \([^)]*\btarget\b", exprs)
+        if not per_target:
+            continue
+        (link,) = panel["fieldConfig"]["defaults"]["links"]
+        assert link["url"].startswith("/d/certscope-debug/"), panel["title"]
+        for variable in ("datasource", "job", "instance"):
+            assert f"${{{variable}:queryparam}}" in link["url"], (panel["title"], variable)
+        passed = set(re.findall(r"var-(\w+)=", link["url"]))
+        assert {"probe", "target"} <= passed <= debug_variables, (panel["title"], passed)
+        linked += 1
+    assert linked >= 6
+
+
+def test_time_left_is_coloured_by_each_certificates_own_thresholds() -> None:
+    (panel,) = [p for p in panels(load("oncall")) if p["title"] == "What expires next"]
+    state = target_expr(panel, "C")
+    assert 'severity="critical"' in state and 'severity="warning"' in state
+    assert "certscope_cert_expiry_threshold_seconds" in state
+    (override,) = [o for o in panel["fieldConfig"]["overrides"] if o["matcher"]["options"] == "state"]
+    properties = {p["id"]: p["value"] for p in override["properties"]}
+    assert properties["custom.cellOptions"] == {"type": "color-background", "applyToRow": True}
+    (time_left,) = [o for o in panel["fieldConfig"]["overrides"] if o["matcher"]["options"] == "time left"]
+    assert [p["id"] for p in time_left["properties"]] == ["unit"]  # no fixed thresholds of its own
+
+
+def target_expr(panel: dict[str, Any], ref_id: str) -> str:
+    (expr,) = [t["expr"] for t in panel["targets"] if t["refId"] == ref_id]
+    return str(expr)
+
+
+def test_executive_dashboard_does_not_rerun_30_day_increases_every_minute() -> None:
+    dashboard = load("executive")
+    assert dashboard["refresh"] == "1h"
+    assert all(i not in ("5s", "10s", "30s", "1m", "5m") for i in dashboard["timepicker"]["refresh_intervals"])
+    assert dashboard["time"] == {"from": "now-7d", "to": "now"}
+
+
+def test_slo_panels_judge_what_the_slo_alerts_judge() -> None:
+    """The SLI of the burn-rate alerts: kind="tls", failures over runs."""
+    rules = yaml.safe_load((ROOT / "alerts" / "certscope.rules.yml").read_text())["groups"]
+    recorded = " ".join(
+        r["expr"] for g in rules for r in g["rules"] if r.get("record", "").startswith("certscope:validation")
+    )
+    assert 'certscope_probe_failures_total{kind="tls"}' in recorded
+    dashboard = load("executive")
+    row = ""
+    slo_panels = []
+    for panel in dashboard["panels"]:
+        if panel["type"] == "row":
+            row = panel["title"]
+        elif row == "Validation SLO" and "probe_failures_total" in json.dumps(panel["targets"]):
+            slo_panels.append(panel)
+    assert len(slo_panels) == 4
+    for panel in slo_panels:
+        for match in re.finditer(r"certscope_probe_(?:failures|runs)_total\{([^}]*)\}", json.dumps(panel["targets"])):
+            assert 'kind=\\"tls\\"' in match.group(1) and "$kind" not in match.group(1), panel["title"]
+
+
+def test_the_handshake_failure_panel_counts_handshake_failures() -> None:
+    (panel,) = [p for p in panels(load("oncall")) if p["title"] == "Handshake failure rate per target (tls)"]
+    failures = re.search(r"certscope_probe_failures_total\{([^}]*)\}", target_expr(panel, "A"))
+    assert failures is not None
+    reasons = re.search(r'reason=~"([^"]+)"', failures.group(1))
+    assert reasons is not None
+    assert set(reasons.group(1).split("|")) == {
+        "handshake_failed", "handshake_timeout", "protocol_error", "starttls_failed",
+        "client_cert_required", "client_cert_rejected",
+    }  # fmt: skip
+
+
 def test_handshake_and_run_percentiles_ask_for_exemplars() -> None:
     with_exemplars = {q.expr for q in queries("debug") if q.exemplar}
     assert any("certscope_tls_handshake_seconds_bucket" in e and "0.95" in e for e in with_exemplars)
@@ -318,7 +466,9 @@ class Stack:
             "__range": f"{math.ceil(end - self.started)}s",
             "__range_s": str(math.ceil(end - self.started)),
             "__range_ms": str(math.ceil(end - self.started) * 1000),
-            "probe": ".*",  # the variables' "All" (allValue)
+            "job": ".*",  # the variables' "All" (allValue)
+            "instance": ".*",
+            "probe": ".*",
             "kind": ".*",
             "target": ".*",
             "slo": "0.999",
@@ -478,7 +628,7 @@ def test_core_panels_say_the_right_things(stack: Stack, warmed: float) -> None:
     assert {"cert_expired", "client_cert_rejected", "empty_file"} <= reasons, reasons
     assert "ok" not in reasons
     # Validation success: some runs fail, most succeed.
-    (rate,) = result("executive", "Validation success rate (dashboard range)")
+    (rate,) = result("executive", "TLS validation success rate (dashboard range)")
     assert 0 < float(rate["value"][1]) < 1, rate
     # What expires next: the expired file first, with its identity joined in.
     rows = result("oncall", "What expires next", "B")

@@ -82,6 +82,56 @@ def test_ocsp_answers_are_cached_until_next_update(stack: RevocationStack) -> No
     assert second.revocation[0].from_cache
 
 
+def rendered(probe_name: str, kind: str, results: dict[str, ProbeResult]) -> dict[str, list[Any]]:
+    """The exposition of one round of ``results`` (target -> result), through the store."""
+    from exporter.collector import render
+    from exporter.store import ProbeInfo, ResultStore
+    from probes.base import Discovery
+
+    info = ProbeInfo(probe_name, kind, 60.0, 28 * 86400.0, 7 * 86400.0, {}, (), (), True)
+    store = ResultStore()
+    store.configure([info], "test")
+    store.publish_round(info, Discovery(tuple(results)), {t: (r, time.time()) for t, r in results.items()}, 0.1)
+    samples: dict[str, list[Any]] = {}
+    for family in render(store.snapshot()):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
+    return samples
+
+
+def test_a_cached_answer_keeps_the_responder_visible_with_its_age(
+    stack: RevocationStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While an answer is reused from the cache, the responder's last answer (up, duration)
+    stays exported with the time it was asked: "down" and "slow" describe that answer."""
+    from probes.revocation import RevocationChecker
+
+    monkeypatch.setattr("probes.ocsp.CHECKER", RevocationChecker())  # nothing cached yet
+    before = time.time()
+    first = ocsp(stack, "good")
+    second = ocsp(stack, "good")
+    fresh, cached = first.revocation[0], second.revocation[0]
+    assert (fresh.from_cache, cached.from_cache) == (False, True)
+    assert fresh.requested_at is not None and before <= fresh.requested_at <= time.time()
+    assert cached.requested_at == fresh.requested_at and cached.duration_seconds == fresh.duration_seconds
+
+    target = str(stack.pki.good.cert_path)
+    metrics = rendered("ocsp", "ocsp", {target: second})
+    responder = {"target": target, "responder": stack.ocsp.url}
+    assert find(metrics, "certscope_ocsp_responder_up", **responder)[0][1] == 1
+    assert find(metrics, "certscope_ocsp_request_duration_seconds", **responder)[0][1] == fresh.duration_seconds
+    assert find(metrics, "certscope_ocsp_last_request_timestamp_seconds", **responder)[0][1] == fresh.requested_at
+
+    # A responder that does not answer is asked again every round (failures are not
+    # cached): up 0, with the time of this round's request.
+    down_url = f"http://127.0.0.1:{refused_port()}"
+    down = ocsp(stack, "good", url=down_url)
+    metrics = rendered("ocsp", "ocsp", {target: down})
+    responder = {"target": target, "responder": down_url}
+    assert find(metrics, "certscope_ocsp_responder_up", **responder)[0][1] == 0
+    assert find(metrics, "certscope_ocsp_last_request_timestamp_seconds", **responder)[0][1] >= fresh.requested_at
+
+
 @pytest.mark.parametrize(
     ("variant", "reason"),
     [
