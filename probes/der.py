@@ -80,7 +80,7 @@ def _from_der(tbs: bytes) -> AuthorityKeyId | None:
             parts = _children(tbs, ext_start, ext_end)
             if tbs[parts[0][1] : parts[0][2]] != _AKI_OID:
                 continue
-            value_tag, value_start, value_end, _ = parts[-1]
+            value_tag, value_start, _, _ = parts[-1]
             if value_tag != 0x04:
                 return None
             _, aki_start, aki_end = _read(tbs, value_start)

@@ -336,9 +336,7 @@ def _with_directory_name_constraints(
     stand_in = _anchor_without_directory_name_constraints(anchor, constraints)
     if stand_in is None:
         return ()
-    found, _ = _validate(
-        path[0], list(served[1:]), Store([stand_in]), subject_name, now, max_chain_depth, profile
-    )
+    found, _ = _validate(path[0], list(served[1:]), Store([stand_in]), subject_name, now, max_chain_depth, profile)
     return (*found[:-1], anchor) if found else ()
 
 
@@ -356,7 +354,7 @@ def _anchor_without_directory_name_constraints(
         x509.CertificateBuilder()
         .subject_name(anchor.subject)
         .issuer_name(anchor.issuer)
-        .public_key(anchor.public_key())  # type: ignore[arg-type]
+        .public_key(anchor.public_key())
         .serial_number(anchor.serial_number)
         .not_valid_before(anchor.not_valid_before_utc)
         .not_valid_after(anchor.not_valid_after_utc)
@@ -447,10 +445,11 @@ def _explain(
                 Reason.CERT_EXPIRED,
                 f"{profiles.describe(anchor, last, last)} expired on {anchor.not_valid_after_utc:%Y-%m-%d %H:%M} UTC",
             )
-    return Reason.CHAIN_INVALID, f"chain does not verify: {_plain(verify_error)}"
+    return Reason.CHAIN_INVALID, f"chain does not verify under the {profile} profile: {_plain(verify_error)}"
 
 
 _ENCOUNTERED = re.compile(r" \(encountered processing <Certificate\(subject=<Name\((.*?)\)>, \.\.\.\)>\)")
+_INVALID_EXTENSION = re.compile(r"invalid extension: ([0-9.]+): (.*)")
 _EXTENSION_NAMES = {
     "2.5.29.14": "subjectKeyIdentifier",
     "2.5.29.15": "keyUsage",
@@ -460,6 +459,15 @@ _EXTENSION_NAMES = {
     "2.5.29.35": "authorityKeyIdentifier",
     "2.5.29.37": "extendedKeyUsage",
     "1.3.6.1.5.5.7.1.1": "authorityInfoAccess",
+}
+_EXTENSION_PROBLEMS = {
+    "Certificate is missing required extension": "lacks the {} extension",
+    "Certificate contains prohibited extension": "has a {} extension, which is not allowed there",
+    "Certificate extension has incorrect criticality": "marks {} with the wrong criticality",
+}
+_ALGORITHMS = {
+    "Forbidden public key algorithm": "its issuer's key algorithm is not one cryptography's path validation accepts",
+    "Forbidden signature algorithm": "its signature algorithm is not one cryptography's path validation accepts",
 }
 
 
@@ -473,10 +481,15 @@ def _plain(error: str) -> str:
     if match:
         subject = match.group(1)
         text = text[: match.start()] + text[match.end() :]
-    for oid, extension in _EXTENSION_NAMES.items():
-        text = text.replace(f"invalid extension: {oid}: ", f"{extension}: ")
-    text = text.replace("Forbidden public key algorithm", "a key algorithm cryptography's path validation does not accept for a CA")
-    text = text.replace("Forbidden signature algorithm", "a signature algorithm cryptography's path validation does not accept")
+    match = _INVALID_EXTENSION.search(text)
+    if match:
+        name = _EXTENSION_NAMES.get(match.group(1), match.group(1))
+        problem = match.group(2)
+        template = _EXTENSION_PROBLEMS.get(problem)
+        text = template.format(name) if template else f"{name}: {problem}"
+    for words, meaning in _ALGORITHMS.items():
+        if text.startswith(words):
+            text = meaning
     return f"{subject}: {text}" if subject else text
 
 
