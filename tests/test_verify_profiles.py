@@ -375,6 +375,7 @@ def test_profile_verdicts_equal_openssl_s_client(rule: str, serve_chain: Any) ->
             assert "security level 2" in message or "CA/B" in message, message
 
 
+@pytest.mark.filterwarnings("ignore:Parsed a serial number:cryptography.utils.CryptographyDeprecationWarning")
 def test_the_default_profile_follows_the_trust_store() -> None:
     system = TlsProbe(TlsSettings(targets=("a.test:443",)), ProbeDefaults(trust=TrustSettings(system=True)))
     private = TlsProbe(TlsSettings(targets=("a.test:443",), trust=TrustSettings(system=False)))
