@@ -1,24 +1,37 @@
 """Judging a served chain: trust anchors, path validation and hostname, in-process.
 
-``verify_served_chain(served, trust, name, now)`` never raises.  It returns a
-``Verdict`` with one primary ``reason`` and the separate signals behind it (is the
-chain complete, does it verify, does the name match), so metrics can show all three.
+``verify_served_chain(served, trust, name, now, max_chain_depth, profile)`` never
+raises.  It returns a ``Verdict`` with one primary ``reason`` and the separate
+signals behind it (is the chain complete, does it verify, does the name match), so
+metrics can show all three.
 
-Path validation is ``cryptography.x509.verification`` (webpki rules).  It says *that*
-a chain failed, not *why*, so the common causes are told apart here first, in the
-order an on-call engineer acts on them:
+Path validation is ``cryptography.x509.verification`` under the verification
+profile's extension policies (``probes.profiles``: ``webpki`` or ``rfc5280``); the
+path it builds is then audited for the profile's other rules (security level 2 keys
+and signatures, the trust anchor's identity, CA/B rules on the leaf).  Where
+cryptography refuses what RFC 5280 allows, two narrow second attempts follow: a
+path through self-issued intermediates (pathLenConstraint), and a trust anchor with
+directoryName constraints.
+
+cryptography says *that* a chain failed, not *why*, so the causes are told apart
+here, in the order an on-call engineer acts on them:
 
 1. ``cert_expired`` / ``cert_not_yet_valid`` - a served certificate outside its
    validity window (the leaf, or an intermediate), when no valid path exists;
 2. ``hostname_mismatch`` - no SAN covers the name (RFC 6125: case-insensitive, a
-   wildcard only as the whole left-most label; the subject CN is not consulted);
+   wildcard only as the whole left-most label, and under ``webpki`` never one
+   directly on a public suffix; the subject CN is not consulted);
 3. ``self_signed`` - the leaf is its own issuer and is not trusted;
 4. ``untrusted_root`` - the chain ends in a self-signed certificate that is not a
    trust anchor;
 5. ``incomplete_chain`` - the issuer of the last certificate is neither served nor
    trusted (the server left out an intermediate);
-6. ``chain_invalid`` - the chain is complete and anchored but still fails (bad
-   signature, constraints, key usage); the message carries cryptography's words.
+6. ``chain_invalid`` for a signature that does not verify, then ``weak_signature``
+   / ``weak_key`` / ``chain_invalid`` for the profile's rules (see
+   ``profiles.audit``), then ``cert_expired`` for an expired trust anchor, then
+   ``chain_invalid`` with cryptography's words made readable.  Every message names
+   the certificate (``the leaf (CN=...)``, ``intermediate 1 (...)``, ``the trust
+   anchor (...)``) and the rule.
 """
 
 from __future__ import annotations
@@ -260,6 +273,8 @@ def _across_self_issued(
     above); path length and depth are then counted over the whole path here.
     Not tried when a CA above the first self-issued certificate has name
     constraints, which would not reach the certificates below it."""
+    if not any(cert.subject == cert.issuer for cert in served[1:]):
+        return ()
     path, bad_link = _build_path(served, trust)
     if not path or bad_link is not None:
         return ()
