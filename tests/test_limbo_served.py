@@ -5,8 +5,9 @@ profile, must reach the verdict ``verify_served_chain`` reaches in process on th
 same certificates at the same moment.  What the handshake delivers is what is
 judged: the probe must lose nothing on the way (order, intermediates, names).
 
-Limbo's validation times are in the past, so the comparison is at the time of the
-run, not against limbo's expectation; test_limbo.py holds that.  A few cases cannot
+The comparison is at the time of the run.  For the cases whose verdict does not
+depend on the time (no validation time, no depth limit) the probe must also reach
+limbo's expected result, unless test_limbo.py lists the case as not claimed.  A few cases cannot
 be served to a TLS 1.2/1.3 client at all (a key no TLS signature scheme can use);
 they are listed with why, and must still fail the handshake.
 """
@@ -26,6 +27,7 @@ from probes.profiles import RFC5280, WEBPKI
 from probes.tls import TlsProbe, TlsSettings
 from probes.verify import TrustStore, VerifySettings, verify_served_chain
 from tests import limbo_corpus, servers
+from tests.test_limbo import NOT_CLAIMED
 
 SERVABLE = [c for c in limbo_corpus.server_cases() if c.get("peer_certificate_key")]
 # Case -> why no TLS 1.2/1.3 handshake can use its leaf.
@@ -105,3 +107,7 @@ def test_probe_through_a_real_server_agrees_with_the_in_process_verdict(case: di
         assert len(received) == min(len(served), 64), "the probe must see every certificate served"
         assert result.reason is expected.reason, (profile, result.message, expected.message)
         assert result.tls is not None and result.tls.chain_verified == expected.chain_verified
+        timeless = not case["validation_time"] and case["max_chain_depth"] is None and case["expected_peer_name"]
+        if timeless and case["id"] not in NOT_CLAIMED[profile]:
+            # Judged now as limbo judges it: the probe must reach limbo's verdict too.
+            assert (result.reason is Reason.OK) == (case["expected_result"] == "SUCCESS"), (profile, result.message)
