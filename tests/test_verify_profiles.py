@@ -14,8 +14,10 @@ backend, against a second nginx that drops it.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -535,3 +537,25 @@ def test_the_client_identity_reaches_the_backend(identity_nginx: tuple[servers.T
     assert _identity_probe(files, passing, missing)[0] == "http_unexpected_header"
     allowed = {"fail_if_header_not_matches": [{"header": "X-Absent", "regexp": ".", "allow_missing": True}]}
     assert _identity_probe(files, passing, allowed)[0] == "ok"
+
+
+def test_certscope_probe_takes_the_profile(serve_chain: Any) -> None:
+    """``certscope probe --verify-profile``: a leaf without authorityKeyIdentifier
+    under a private CA is fine by default (rfc5280 with --ca-file), not under webpki."""
+    chain = _leaf_under_root(aki=False)
+    server, trusted = serve_chain(chain)
+
+    def probe(*extra: str) -> dict[str, Any]:
+        command = [sys.executable, "-m", "exporter", "probe", f"127.0.0.1:{server.port}", "--server-name", NAME]
+        done = subprocess.run(
+            [*command, "--ca-file", str(trusted), "--output", "json", *extra],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        document: dict[str, Any] = json.loads(done.stdout)
+        return document
+
+    assert probe()["reason"] == "ok"
+    webpki = probe("--verify-profile", "webpki")
+    assert webpki["reason"] == "chain_invalid" and "authorityKeyIdentifier" in webpki["message"], webpki
