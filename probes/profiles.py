@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import math
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -113,9 +112,9 @@ def key_security_bits(key: Any) -> tuple[str, int]:
     if isinstance(key, rsa.RSAPublicKey):
         return f"RSA-{key.key_size}", _ifc_ffc_security_bits(key.key_size)
     if isinstance(key, dsa.DSAPublicKey):
-        numbers = key.parameters().parameter_numbers()
-        bits = min(_ifc_ffc_security_bits(key.key_size), numbers.q.bit_length() // 2)
-        return f"DSA-{key.key_size}", bits
+        return f"DSA-{key.key_size}", _bn_security_bits(
+            key.key_size, key.parameters().parameter_numbers().q.bit_length()
+        )
     if isinstance(key, ec.EllipticCurvePublicKey):
         return f"EC {key.curve.name}", key.curve.key_size // 2
     if isinstance(key, ed25519.Ed25519PublicKey):
@@ -126,17 +125,72 @@ def key_security_bits(key: Any) -> tuple[str, int]:
 
 
 def _ifc_ffc_security_bits(n: int) -> int:
-    """OpenSSL's ``ossl_ifc_ffc_compute_security_bits``: NIST SP 800-56B's estimate
-    for an RSA (or DSA/DH) modulus of ``n`` bits, rounded to a multiple of 8 as
-    OpenSSL does, so that a 2040-bit modulus passes level 2 there and here alike."""
+    """OpenSSL 3's ``ossl_ifc_ffc_compute_security_bits``, in its own fixed-point
+    arithmetic: NIST SP 800-56B's strength estimate for an RSA (or DSA/DH) modulus
+    of ``n`` bits, rounded to a multiple of 8.  Exact, so that a modulus near a
+    threshold (1961 bits: 104, 1963: 112) is judged here as OpenSSL judges it."""
     canonical = {2048: 112, 3072: 128, 4096: 152, 6144: 176, 7680: 192, 8192: 200, 15360: 256}
     if n in canonical:
         return canonical[n]
+    if n >= 687737:
+        return 1200
     if n < 8:
         return 0
-    x = n * math.log(2)
-    estimate = (1.923 * math.cbrt(x) * math.log(x) ** (2 / 3) - 4.69) / math.log(2)
-    return min((int(estimate) + 4) & ~7, 1200)
+    cap = 192 if n <= 7680 else 256 if n <= 15360 else 1200
+    x = n * _LOG_2
+    lx = _ilog_e(x)
+    y = ((_mul2(_C1_923, _icbrt64(_mul2(_mul2(x, lx), lx))) - _C4_690) // _LOG_2) & 0xFFFF
+    return min((y + 4) & ~7, cap)
+
+
+def _bn_security_bits(p_bits: int, q_bits: int) -> int:
+    """OpenSSL's ``BN_security_bits`` for DSA: a step function of the modulus,
+    capped by half the subgroup order."""
+    steps = ((15360, 256), (7680, 192), (3072, 128), (2048, 112), (1024, 80))
+    bits = next((b for threshold, b in steps if p_bits >= threshold), 0)
+    if bits == 0 or q_bits // 2 < 80:
+        return 0
+    return min(bits, q_bits // 2)
+
+
+# OpenSSL's fixed-point constants (crypto/rsa/rsa_lib.c), scaled by 2**18.
+_SCALE = 1 << 18
+_CBRT_SCALE = 1 << 12
+_LOG_2 = 0x02C5C8  # scale * ln(2)
+_LOG_E = 0x05C551  # scale * log2(e)
+_C1_923 = 0x07B126  # scale * 1.923
+_C4_690 = 0x12C28F  # scale * 4.690
+_U64 = (1 << 64) - 1
+
+
+def _mul2(a: int, b: int) -> int:
+    return ((a * b) & _U64) // _SCALE
+
+
+def _icbrt64(x: int) -> int:
+    root = 0
+    for shift in range(63, -1, -3):
+        root <<= 1
+        b = 3 * root * (root + 1) + 1
+        if (x >> shift) >= b:
+            x -= b << shift
+            root += 1
+    return root * _CBRT_SCALE
+
+
+def _ilog_e(v: int) -> int:
+    result = 0
+    while v >= 2 * _SCALE:
+        v >>= 1
+        result += _SCALE
+    step = _SCALE // 2
+    while step:
+        v = _mul2(v, v)
+        if v >= 2 * _SCALE:
+            v >>= 1
+            result += step
+        step //= 2
+    return (result * _SCALE) // _LOG_E
 
 
 def key_problem(cert: x509.Certificate, what: str, profile: str, is_leaf: bool) -> Problem | None:

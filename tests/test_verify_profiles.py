@@ -250,6 +250,12 @@ RULES: dict[str, Rule] = {
     "leaf without authorityKeyIdentifier": Rule(lambda: _leaf_under_root(aki=False), "ok", "chain_invalid", cabf=True),
     "RSA-1024 leaf": Rule(lambda: _leaf_under_root(key=_rsa(1024)), "weak_key", "weak_key"),
     "RSA-2040 leaf (112 bits by OpenSSL's estimate)": Rule(lambda: _leaf_under_root(key=_rsa(2040)), "ok", "ok"),
+    "RSA-1962 leaf (104 bits by OpenSSL's estimate)": Rule(
+        lambda: _leaf_under_root(key=_rsa(1962)), "weak_key", "weak_key"
+    ),
+    "RSA-1963 leaf (112 bits by OpenSSL's estimate)": Rule(
+        lambda: _leaf_under_root(key=_rsa(1963)), "ok", "weak_key", cabf=True
+    ),
     "RSA-1024 intermediate": Rule(lambda: _under_intermediate(key=_rsa(1024)), "weak_key", "weak_key"),
     "SHA-1 signature on the leaf": Rule(lambda: _leaf_under_root(sha1=True), "weak_signature", "weak_signature"),
     "SHA-1 signature on the intermediate": Rule(
