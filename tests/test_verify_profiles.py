@@ -35,7 +35,7 @@ from exporter.config import ConfigError, parse_config
 from probes.base import ProbeContext, ProbeDefaults, TrustSettings
 from probes.profiles import RFC5280, WEBPKI
 from probes.tls import TlsProbe, TlsSettings
-from probes.verify import VerifySettings
+from probes.verify import TrustStore, VerifySettings, verify_served_chain
 from tests import servers
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
@@ -565,3 +565,27 @@ def test_certscope_probe_takes_the_profile(serve_chain: Any) -> None:
     assert probe()["reason"] == "ok"
     webpki = probe("--verify-profile", "webpki")
     assert webpki["reason"] == "chain_invalid" and "authorityKeyIdentifier" in webpki["message"], webpki
+
+
+def test_the_cause_to_fix_first_is_reported() -> None:
+    """Several problems at once: a bad signature before a weak key, a weak key
+    before a missing extension; each message names the certificate."""
+    root = _root()
+    impostor = _root()  # same name, another key
+    trust = TrustStore([root.cert])
+    cases = {
+        "bad signature, weak key, no AKI, no EKU": (
+            make(NAME, impostor, key=_rsa(1024), aki=False, eku=None),
+            "chain_invalid",
+            "the signature of the leaf (CN=a.test) does not verify with the key of the trust anchor",
+        ),
+        "weak key, no AKI, no EKU": (
+            make(NAME, root, key=_rsa(1024), aki=False, eku=None),
+            "weak_key",
+            "the leaf (CN=a.test) has an RSA-1024 key",
+        ),
+        "no AKI": (make(NAME, root, aki=False), "chain_invalid", "CN=a.test: lacks the authorityKeyIdentifier"),
+    }
+    for what, (leaf, reason, message) in cases.items():
+        verdict = verify_served_chain([leaf.cert], trust, NAME, dt.datetime.now(dt.UTC), profile=WEBPKI)
+        assert (verdict.reason.value, message in verdict.message) == (reason, True), (what, verdict.message)
