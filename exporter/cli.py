@@ -74,6 +74,11 @@ def _parser() -> argparse.ArgumentParser:
         "--ca-file", action="append", default=[], help="trust anchors (repeatable); turns the system store off"
     )
     probe.add_argument("--system-trust", action="store_true", default=None, help="also trust the system store")
+    probe.add_argument(
+        "--verify-profile",
+        choices=["webpki", "rfc5280"],
+        help="how the chain is judged (default: webpki with the system store, rfc5280 with --ca-file only)",
+    )
     probe.add_argument("--alpn", action="append", default=[], help="ALPN protocol to offer (repeatable)")
     probe.add_argument("--http-path", help="send an HTTP request for this path after the handshake")
     probe.add_argument("--expect-status", type=int, action="append", help="accepted HTTP status (repeatable; 200)")
@@ -168,6 +173,7 @@ def _probe(args: argparse.Namespace) -> int:
             client_password_env=args.client_password_env,
             ca_files=tuple(args.ca_file),
             system_trust=args.system_trust,
+            verify_profile=args.verify_profile,
             alpn=tuple(args.alpn),
             http_path=args.http_path,
             expect_status=tuple(args.expect_status or (200,)),

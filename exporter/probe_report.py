@@ -17,6 +17,7 @@ from typing import Any, TextIO
 from probes.base import ProbeContext, ProbeDefaults, ProbeResult, TrustSettings
 from probes.expect import Expect
 from probes.tls import ClientCert, HttpCheck, RevocationSettings, TlsProbe, TlsSettings
+from probes.verify import VerifySettings
 
 
 def probe_once(settings: TlsSettings, timeout: float, allow_networks: tuple[str, ...] = ()) -> ProbeResult:
@@ -36,6 +37,7 @@ def build_settings(
     client_password_env: str | None = None,
     ca_files: tuple[str, ...] = (),
     system_trust: bool | None = None,
+    verify_profile: str | None = None,
     alpn: tuple[str, ...] = (),
     http_path: str | None = None,
     expect_status: tuple[int, ...] = (200,),
@@ -58,6 +60,7 @@ def build_settings(
         alpn=alpn,
         http=HttpCheck(path=http_path, expect_status=expect_status) if http_path else None,
         expect=Expect(names=expect_names) if expect_names else None,
+        verify=VerifySettings(profile=verify_profile) if verify_profile else None,
         revocation=RevocationSettings(ocsp=ocsp, crl=crl) if ocsp or crl else None,
     )
 

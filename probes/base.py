@@ -131,6 +131,8 @@ class Reason(StrEnum):
     HTTP_UNAUTHORIZED = "http_unauthorized"
     HTTP_FORBIDDEN = "http_forbidden"
     HTTP_UNEXPECTED_STATUS = "http_unexpected_status"
+    HTTP_UNEXPECTED_BODY = "http_unexpected_body"  # the body fails a configured regexp
+    HTTP_UNEXPECTED_HEADER = "http_unexpected_header"  # a header fails a configured regexp
     # revocation infrastructure
     OCSP_UNAVAILABLE = "ocsp_unavailable"
     OCSP_BAD_RESPONSE = "ocsp_bad_response"
@@ -160,6 +162,7 @@ class Reason(StrEnum):
     SAN_MISMATCH = "san_mismatch"
     WRONG_ISSUER = "wrong_issuer"
     WEAK_KEY = "weak_key"
+    WEAK_SIGNATURE = "weak_signature"  # MD5 or SHA-1 on a certificate whose signature is checked
     EKU_MISMATCH = "eku_mismatch"
     VALIDITY_TOO_LONG = "validity_too_long"
     # APIs (Kubernetes, CAs)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 import ssl
 import threading
@@ -33,6 +34,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 
 from exporter import __version__
 from probes.base import (
+    ByteSize,
     CertFacts,
     CertObservation,
     Discovery,
@@ -51,12 +53,14 @@ from probes.base import (
 from probes.certparse import facts_from_certificate, role_in_bundle
 from probes.expect import EXPECT_REASONS, Expect, check
 from probes.fetch import getaddrinfo_by
+from probes.profiles import WEBPKI
 from probes.revocation import CHECKER, CRL_REASONS, OCSP_REASONS, evaluate_ocsp, revocation_facts
 from probes.stapling import fetch_stapled_response
 from probes.starttls import PROTOCOLS, StartTlsError, upgrade
-from probes.verify import TrustStore, Verdict, verify_served_chain
+from probes.verify import TrustStore, Verdict, VerifySettings, choose_profile, verify_served_chain
 
 MAX_HTTP_HEADER = 64 * 1024
+MAX_HTTP_BODY = 16 * 1024 * 1024
 MEMO_SIZE = 4096  # certificates and verdicts remembered per probe, at least
 MEMO_PER_TARGET = 4  # room per configured target: its chain's certificates and its verdict
 # Seconds a verdict is reused at most.  The trust store is fixed for the probe's
@@ -89,11 +93,36 @@ class ClientCert:
 
 
 @dataclass(frozen=True)
+class HeaderMatch:
+    """A rule on one response header, as blackbox_exporter's
+    ``fail_if_header_[not_]matches``: every value is tried; a missing header fails
+    the rule unless ``allow_missing``."""
+
+    header: str
+    regexp: str
+    allow_missing: bool = False
+
+    def validate(self) -> list[tuple[str, str]]:
+        problems = []
+        if not self.header or any(c in self.header for c in " :\r\n"):
+            problems.append(("header", f"not a header name: {self.header!r}"))
+        problems += _regexp_problems("regexp", self.regexp)
+        return problems
+
+
+@dataclass(frozen=True)
 class HttpCheck:
     path: str = "/"
     method: str = "GET"
     expect_status: tuple[int, ...] = (200,)
     host: str | None = None  # Host header; default: the server name
+    # What the answer must (not) say, so that a probe can prove that the client
+    # certificate's identity reached the application (blackbox_exporter's names).
+    fail_if_body_matches_regexp: tuple[str, ...] = ()
+    fail_if_body_not_matches_regexp: tuple[str, ...] = ()
+    fail_if_header_matches: tuple[HeaderMatch, ...] = ()
+    fail_if_header_not_matches: tuple[HeaderMatch, ...] = ()
+    max_body_bytes: ByteSize = ByteSize(64 * 1024)  # the body read for the regexps, at most
 
     def validate(self) -> list[tuple[str, str]]:
         problems = []
@@ -101,7 +130,26 @@ class HttpCheck:
             problems.append(("path", f"must start with '/', got {self.path!r}"))
         if self.method not in ("GET", "HEAD", "OPTIONS"):
             problems.append(("method", "must be GET, HEAD or OPTIONS"))
+        for field_name in ("fail_if_body_matches_regexp", "fail_if_body_not_matches_regexp"):
+            for index, pattern in enumerate(getattr(self, field_name)):
+                problems += _regexp_problems(f"{field_name}[{index}]", pattern)
+        if self.method == "HEAD" and (self.fail_if_body_matches_regexp or self.fail_if_body_not_matches_regexp):
+            problems.append(("method", "a HEAD answer has no body for the body regexps"))
+        if not 1 <= self.max_body_bytes <= MAX_HTTP_BODY:
+            problems.append(("max_body_bytes", f"must be between 1 byte and {MAX_HTTP_BODY // (1024 * 1024)} MiB"))
         return problems
+
+    @property
+    def reads_body(self) -> bool:
+        return bool(self.fail_if_body_matches_regexp or self.fail_if_body_not_matches_regexp)
+
+
+def _regexp_problems(field_name: str, pattern: str) -> list[tuple[str, str]]:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        return [(field_name, f"not a regular expression: {exc}")]
+    return []
 
 
 @dataclass(frozen=True)
@@ -133,6 +181,7 @@ class TlsSettings:
     # certificate, when no HTTP check makes a round trip anyway.
     client_auth_wait: Seconds = Seconds(0.5)  # at most; see _round_trip
     expect: Expect | None = None  # checked on the leaf
+    verify: VerifySettings | None = None  # the verification profile (probes.profiles)
     revocation: RevocationSettings | None = None
     # Further targets /probe may be asked for, as globs over host:port
     # ("*.example.com:443"); loopback, link-local and metadata addresses stay
@@ -217,6 +266,9 @@ class TlsProbe:
         Reason.HTTP_UNAUTHORIZED,
         Reason.HTTP_FORBIDDEN,
         Reason.HTTP_UNEXPECTED_STATUS,
+        Reason.HTTP_UNEXPECTED_HEADER,
+        Reason.HTTP_UNEXPECTED_BODY,
+        Reason.WEAK_SIGNATURE,
         Reason.REVOKED,
         *OCSP_REASONS,
         *CRL_REASONS,
@@ -230,11 +282,14 @@ class TlsProbe:
     def __init__(self, settings: TlsSettings, defaults: ProbeDefaults | None = None) -> None:
         self.settings = settings
         defaults = defaults or ProbeDefaults()
-        self.trust = TrustStore.from_settings(settings.trust or defaults.trust)
+        trust = settings.trust or defaults.trust
+        self.trust = TrustStore.from_settings(trust)
+        self.profile = choose_profile(settings.verify, trust)
         self.allow_networks = defaults.allow_networks
         self.client_certificates: tuple[CertObservation, ...] = ()
         self.context = self._build_context()
-        self._memo = _ChainMemo(self.trust, max(MEMO_SIZE, MEMO_PER_TARGET * len(settings.targets)))
+        capacity = max(MEMO_SIZE, MEMO_PER_TARGET * len(settings.targets))
+        self._memo = _ChainMemo(self.trust, capacity, self.profile)
 
     # -- configuration -----------------------------------------------------------
 
@@ -408,7 +463,9 @@ class TlsProbe:
 
         revocation = self._check_revocation(served, verdict, ctx, (address, port, server_name))
         verified_not_after = (
-            min(c.not_valid_after_utc for c in verdict.verified_path).timestamp() if verdict.verified_path else None
+            min(c.not_valid_after_utc for c in verdict.verified_path).timestamp()
+            if verdict.chain_verified and verdict.verified_path
+            else None
         )
         facts = TlsFacts(
             address=address,
@@ -553,9 +610,10 @@ class TlsProbe:
                 try:
                     if http is not None:
                         phase.set("http.request.method", http.method)
-                        status, response = _http_status(tls, http, host, ctx)
+                        response = _http_exchange(tls, http, host, ctx)
+                        status = response.status
                         phase.set("http.response.status_code", status)
-                        failure = _http_failure(status, response, http)
+                        failure = _http_failure(response, http)
                     else:
                         # A rejection comes one round trip after our Finished; the handshake
                         # took about one, so twice its time (at least 50 ms) is plenty.
@@ -582,13 +640,16 @@ class TlsProbe:
         return client_auth, status, failure
 
 
-def _http_failure(status: int, response: bytes, http: HttpCheck) -> _Failure | None:
-    """The failure an HTTP answer after the handshake means, if any."""
+def _http_failure(response: HttpResponse, http: HttpCheck) -> _Failure | None:
+    """The failure an HTTP answer after the handshake means, if any: the status
+    first, then the header rules, then the body rules.  Messages name the rule,
+    never a header value or the body (either may carry a token)."""
+    status = response.status
     # nginx answers a missing or refused client certificate with a 400 page
     # instead of a TLS alert.
-    if status == 400 and b"No required SSL certificate was sent" in response:
+    if status == 400 and b"No required SSL certificate was sent" in response.body:
         return _Failure(Reason.CLIENT_CERT_REQUIRED, "the server requires a client certificate (HTTP 400)")
-    if status == 400 and b"The SSL certificate error" in response:
+    if status == 400 and b"The SSL certificate error" in response.body:
         return _Failure(Reason.CLIENT_CERT_REJECTED, "the server rejected the client certificate (HTTP 400)")
     if status == 401:
         return _Failure(Reason.HTTP_UNAUTHORIZED, f"HTTP {status} for {http.path}")
@@ -596,6 +657,33 @@ def _http_failure(status: int, response: bytes, http: HttpCheck) -> _Failure | N
         return _Failure(Reason.HTTP_FORBIDDEN, f"HTTP {status} for {http.path}")
     if status not in http.expect_status:
         return _Failure(Reason.HTTP_UNEXPECTED_STATUS, f"HTTP {status} for {http.path}")
+    for rule in http.fail_if_header_matches:
+        values = response.header_values(rule.header)
+        if not values and not rule.allow_missing:
+            return _Failure(Reason.HTTP_UNEXPECTED_HEADER, f"{http.path}: the answer has no {rule.header} header")
+        if any(re.search(rule.regexp, value) for value in values):
+            return _Failure(Reason.HTTP_UNEXPECTED_HEADER, f"{http.path}: header {rule.header} matches {rule.regexp!r}")
+    for rule in http.fail_if_header_not_matches:
+        values = response.header_values(rule.header)
+        if not values:
+            if rule.allow_missing:
+                continue
+            return _Failure(Reason.HTTP_UNEXPECTED_HEADER, f"{http.path}: the answer has no {rule.header} header")
+        if not any(re.search(rule.regexp, value) for value in values):
+            return _Failure(
+                Reason.HTTP_UNEXPECTED_HEADER, f"{http.path}: header {rule.header} does not match {rule.regexp!r}"
+            )
+    if http.reads_body:
+        text = response.body.decode("utf-8", errors="replace")
+        truncated = f" (first {http.max_body_bytes} bytes read)" if response.truncated else ""
+        for pattern in http.fail_if_body_matches_regexp:
+            if re.search(pattern, text):
+                return _Failure(Reason.HTTP_UNEXPECTED_BODY, f"{http.path}: the body matches {pattern!r}")
+        for pattern in http.fail_if_body_not_matches_regexp:
+            if not re.search(pattern, text):
+                return _Failure(
+                    Reason.HTTP_UNEXPECTED_BODY, f"{http.path}: the body does not match {pattern!r}{truncated}"
+                )
     return None
 
 
@@ -719,9 +807,10 @@ class _ChainMemo:
     be emptied before any entry is reused (measured: 0 % hits at 5,000 targets
     with a fixed 4,096).  A full memo is simply cleared."""
 
-    def __init__(self, trust: TrustStore, capacity: int = MEMO_SIZE) -> None:
+    def __init__(self, trust: TrustStore, capacity: int = MEMO_SIZE, profile: str = WEBPKI) -> None:
         self.trust = trust
         self.capacity = capacity
+        self.profile = profile
         self._facts: dict[bytes, CertFacts] = {}
         self._verdicts: dict[tuple[tuple[bytes, ...], str], tuple[float, Verdict]] = {}
         self._lock = threading.Lock()
@@ -745,7 +834,7 @@ class _ChainMemo:
         cached = self._verdicts.get(key)
         if cached is not None and now < cached[0]:
             return cached[1]
-        verdict = verify_served_chain(served, self.trust, name, datetime.now(UTC))
+        verdict = verify_served_chain(served, self.trust, name, datetime.now(UTC), profile=self.profile)
         boundaries = [
             moment.timestamp()
             for cert in (*served, *verdict.verified_path)
@@ -771,8 +860,21 @@ def _served_chain(tls: ssl.SSLSocket, limit: int) -> tuple[list[bytes], list[x50
     return ders, [x509.load_der_x509_certificate(der) for der in ders]
 
 
-def _http_status(tls: ssl.SSLSocket, http: HttpCheck, host: str, ctx: ProbeContext) -> tuple[int, bytes]:
-    """(status, the start of the response) for one request on the connection."""
+@dataclass(frozen=True)
+class HttpResponse:
+    status: int
+    headers: tuple[tuple[str, str], ...]  # (lower-case name, value), in order
+    body: bytes  # what was read of it (decoded from chunks): for the rules, or a 400's explanation
+    truncated: bool = False  # the body was longer than was read
+
+    def header_values(self, name: str) -> list[str]:
+        wanted = name.lower()
+        return [value for key, value in self.headers if key == wanted]
+
+
+def _http_exchange(tls: ssl.SSLSocket, http: HttpCheck, host: str, ctx: ProbeContext) -> HttpResponse:
+    """One request on the connection and its answer: the head, and the body when
+    the rules need it (at most ``max_body_bytes``) or the status is 400."""
     request = (
         f"{http.method} {http.path} HTTP/1.1\r\nHost: {http.host or host}\r\n"
         f"User-Agent: certscope/{__version__}\r\nAccept: */*\r\nConnection: close\r\n\r\n"
@@ -788,16 +890,74 @@ def _http_status(tls: ssl.SSLSocket, http: HttpCheck, host: str, ctx: ProbeConte
         received += chunk
         if len(received) > MAX_HTTP_HEADER:
             raise ValueError("HTTP response head longer than 64 KiB")
-    status_line = received.split(b"\r\n", 1)[0].decode("latin-1")
-    parts = status_line.split(" ", 2)
+    head, _, rest = received.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
     if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
-        raise ValueError(f"not an HTTP response: {status_line[:80]!r}")
+        raise ValueError(f"not an HTTP response: {lines[0][:80]!r}")
     status = int(parts[1])
+    headers = tuple(
+        (name.strip().lower(), value.strip()) for name, sep, value in (line.partition(":") for line in lines[1:]) if sep
+    )
+    response = HttpResponse(status, headers, rest)
+    if http.reads_body and http.method != "HEAD":
+        body, truncated = _read_body(tls, response, http.max_body_bytes, ctx)
+        return HttpResponse(status, headers, body, truncated)
     if status == 400 and len(received) < MAX_HTTP_PEEK:
         # Some servers (nginx) explain a client-certificate refusal in the body.
         tls.settimeout(max(0.001, min(ctx.remaining(), 0.2)))
         try:
-            received += tls.recv(MAX_HTTP_PEEK)
+            rest += tls.recv(MAX_HTTP_PEEK)
         except (TimeoutError, ssl.SSLError, OSError):
             pass
-    return status, received
+        return HttpResponse(status, headers, rest)
+    return response
+
+
+def _read_body(tls: ssl.SSLSocket, response: HttpResponse, limit: int, ctx: ProbeContext) -> tuple[bytes, bool]:
+    """The body after the head (Content-Length, chunked, or up to the close), at
+    most ``limit`` bytes of it once decoded; and whether there was more."""
+    raw = response.body
+    lengths = response.header_values("content-length")
+    chunked = any("chunked" in v.lower() for v in response.header_values("transfer-encoding"))
+    expected = int(lengths[0]) if lengths and lengths[0].isdigit() and not chunked else None
+    # Read a little past the limit, to tell a body of exactly ``limit`` bytes from a
+    # longer one; chunk framing adds a few bytes per chunk.
+    cap = 2 * limit + 4096 if chunked else limit + 1
+
+    def complete() -> bool:
+        if expected is not None:
+            return len(raw) >= expected
+        return chunked and raw.endswith(b"0\r\n\r\n")
+
+    while len(raw) < cap and not complete():
+        tls.settimeout(max(ctx.remaining(), 0.001))
+        try:
+            chunk = tls.recv(65536)
+        except ssl.SSLZeroReturnError:
+            break
+        if not chunk:
+            break
+        raw += chunk
+    body = _dechunk(raw) if chunked else raw
+    if expected is not None:
+        body = body[:expected]
+    return body[:limit], len(body) > limit
+
+
+def _dechunk(data: bytes) -> bytes:
+    """The payload of a chunked body (as much of it as arrived)."""
+    body = b""
+    while data:
+        size_line, sep, data = data.partition(b"\r\n")
+        if not sep:
+            break
+        try:
+            size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
+        except ValueError:
+            break
+        if size == 0:
+            break
+        body += data[:size]
+        data = data[size + 2 :]
+    return body

@@ -1,31 +1,46 @@
 """Judging a served chain: trust anchors, path validation and hostname, in-process.
 
-``verify_served_chain(served, trust, name, now)`` never raises.  It returns a
-``Verdict`` with one primary ``reason`` and the separate signals behind it (is the
-chain complete, does it verify, does the name match), so metrics can show all three.
+``verify_served_chain(served, trust, name, now, max_chain_depth, profile)`` never
+raises.  It returns a ``Verdict`` with one primary ``reason`` and the separate
+signals behind it (is the chain complete, does it verify, does the name match), so
+metrics can show all three.
 
-Path validation is ``cryptography.x509.verification`` (webpki rules).  It says *that*
-a chain failed, not *why*, so the common causes are told apart here first, in the
-order an on-call engineer acts on them:
+Path validation is ``cryptography.x509.verification`` under the verification
+profile's extension policies (``probes.profiles``: ``webpki`` or ``rfc5280``); the
+path it builds is then audited for the profile's other rules (security level 2 keys
+and signatures, the trust anchor's identity, CA/B rules on the leaf).  Where
+cryptography refuses what RFC 5280 allows, two narrow second attempts follow: a
+path through self-issued intermediates (pathLenConstraint), and a trust anchor with
+directoryName constraints.
+
+cryptography says *that* a chain failed, not *why*, so the causes are told apart
+here, in the order an on-call engineer acts on them:
 
 1. ``cert_expired`` / ``cert_not_yet_valid`` - a served certificate outside its
    validity window (the leaf, or an intermediate), when no valid path exists;
 2. ``hostname_mismatch`` - no SAN covers the name (RFC 6125: case-insensitive, a
-   wildcard only as the whole left-most label; the subject CN is not consulted);
+   wildcard only as the whole left-most label, and under ``webpki`` never one
+   directly on a public suffix; the subject CN is not consulted);
 3. ``self_signed`` - the leaf is its own issuer and is not trusted;
 4. ``untrusted_root`` - the chain ends in a self-signed certificate that is not a
    trust anchor;
 5. ``incomplete_chain`` - the issuer of the last certificate is neither served nor
    trusted (the server left out an intermediate);
-6. ``chain_invalid`` - the chain is complete and anchored but still fails (bad
-   signature, constraints, key usage); the message carries cryptography's words.
+6. ``chain_invalid`` for a signature that does not verify, then ``weak_signature``
+   / ``weak_key`` / ``chain_invalid`` for the profile's rules (see
+   ``profiles.audit``), then ``cert_expired`` for an expired trust anchor, then
+   ``chain_invalid`` with cryptography's words made readable.  Every message names
+   the certificate (``the leaf (CN=...)``, ``intermediate 1 (...)``, ``the trust
+   anchor (...)``) and the rule.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import logging
 import os
+import re
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,11 +48,14 @@ from datetime import datetime
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtensionOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
+from probes import profiles
 from probes.base import Reason, TrustSettings
 from probes.expect import covers
+from probes.profiles import PROFILES, RFC5280, WEBPKI
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +76,9 @@ class TrustStore:
         self.anchors = tuple(anchors)
         self.fingerprints = frozenset(c.fingerprint(hashes.SHA256()) for c in anchors)
         self._subjects = frozenset(c.subject.public_bytes() for c in anchors)
+        self._by_subject: dict[bytes, list[x509.Certificate]] = {}
+        for anchor in self.anchors:
+            self._by_subject.setdefault(anchor.subject.public_bytes(), []).append(anchor)
         self.store = Store(list(anchors)) if anchors else None
 
     @classmethod
@@ -71,6 +92,9 @@ class TrustStore:
 
     def has_subject(self, name: x509.Name) -> bool:
         return name.public_bytes() in self._subjects
+
+    def with_subject(self, name: x509.Name) -> list[x509.Certificate]:
+        return self._by_subject.get(name.public_bytes(), [])
 
     def contains(self, cert: x509.Certificate) -> bool:
         return cert.fingerprint(hashes.SHA256()) in self.fingerprints
@@ -98,6 +122,26 @@ def _load_bundle(path: str | None) -> list[x509.Certificate]:
         return []
 
 
+@dataclass(frozen=True)
+class VerifySettings:
+    """How a probe judges served chains (``verify:``)."""
+
+    # webpki | rfc5280 (probes.profiles); default: webpki when the system trust store
+    # is used, rfc5280 for a private one (trust.system: false).
+    profile: str | None = None
+
+    def validate(self) -> list[tuple[str, str]]:
+        if self.profile is not None and self.profile not in PROFILES:
+            return [("profile", f"must be one of {', '.join(PROFILES)}, got {self.profile!r}")]
+        return []
+
+
+def choose_profile(verify: VerifySettings | None, trust: TrustSettings) -> str:
+    if verify is not None and verify.profile is not None:
+        return verify.profile
+    return WEBPKI if trust.system else RFC5280
+
+
 @dataclass(frozen=True, slots=True)
 class Verdict:
     reason: Reason  # OK or the primary problem
@@ -105,7 +149,9 @@ class Verdict:
     chain_verified: bool
     chain_complete: bool
     hostname_match: bool | None  # None when there was no name to check
-    # The validated path, leaf first, trust anchor last (empty unless verified).
+    # The path built, leaf first, trust anchor last: the validated path when
+    # chain_verified, else the one refused for a profile rule (a weak key, say), so
+    # revocation checks still know each issuer.  Empty when no path was built.
     verified_path: tuple[x509.Certificate, ...] = ()
 
 
@@ -115,41 +161,44 @@ def verify_served_chain(
     name: str | None,
     now: datetime,
     max_chain_depth: int = MAX_CHAIN_DEPTH,
+    profile: str = WEBPKI,
 ) -> Verdict:
     if not served:
         return Verdict(Reason.HANDSHAKE_FAILED, "the server sent no certificate", False, False, None)
     leaf, intermediates = served[0], list(served[1:])
     hostname_match = matches_hostname(leaf, name) if name else None
+    sans = ", ".join(_san_strings(leaf)) or "none"
+    mismatch = f"{name} is not covered by the certificate (SANs: {sans})"
+    if hostname_match and name and profile == WEBPKI and (wildcard := profiles.public_suffix_wildcard(leaf, name)):
+        hostname_match = False
+        mismatch = (
+            f"{name} is covered only by {wildcard}, a wildcard directly on a public suffix, which covers nothing "
+            "(CA/B BR 3.2.2.6)"
+        )
     complete, structure_reason, structure_message = _walk(served, trust)
 
-    verified_path: tuple[x509.Certificate, ...] = ()
+    path: tuple[x509.Certificate, ...] = ()
     verify_error = ""
     # Validate the path against a name the leaf claims, so that chain trust and the
     # hostname are judged separately; the hostname verdict comes from above.
     subject_name = name if hostname_match else _first_san(leaf)
-    if trust.store is not None and subject_name is not None:
-        try:
-            verifier = (
-                PolicyBuilder()
-                .store(trust.store)
-                .time(now)
-                .max_chain_depth(max_chain_depth)
-                .build_server_verifier(_subject(subject_name))
-            )
-            verified_path = tuple(verifier.verify(leaf, intermediates))
-        except VerificationError as exc:
-            verify_error = str(exc)
-        except Exception as exc:  # noqa: BLE001 - e.g. ValueError for a name with '_'
-            verify_error = f"{type(exc).__name__}: {exc}"
-    elif trust.store is None:
+    if trust.store is None:
         verify_error = "no trust anchors configured"
     else:
-        verify_error = "the leaf names no DNS or IP subject alternative name"
-    verified = bool(verified_path)
-    if verified and hostname_match is not False:
-        # A valid path exists; served certificates it does not use (an expired
-        # cross-sign, say) do not make the endpoint fail.
-        return Verdict(Reason.OK, "", True, True, hostname_match, verified_path)
+        path, verify_error = _validate(leaf, intermediates, trust.store, subject_name, now, max_chain_depth, profile)
+        if not path:
+            path = _across_self_issued(served, trust, subject_name, now, max_chain_depth, profile)
+        if not path and "unsupported directoryName constraint" in verify_error:
+            path = _with_directory_name_constraints(served, trust, subject_name, now, max_chain_depth, profile)
+    if path:
+        problem = profiles.audit(path, profile)
+        if hostname_match is False:
+            return Verdict(Reason.HOSTNAME_MISMATCH, mismatch, problem is None, True, False, path)
+        if problem is None:
+            # A valid path exists; served certificates it does not use (an expired
+            # cross-sign, say) do not make the endpoint fail.
+            return Verdict(Reason.OK, "", True, True, hostname_match, path)
+        return Verdict(problem.reason, problem.message, False, True, hostname_match, path)
 
     for position, cert in enumerate(served):
         what = "the leaf" if position == 0 else f"served certificate {position} ({_cn(cert)})"
@@ -170,18 +219,301 @@ def verify_served_chain(
                 hostname_match,
             )
     if hostname_match is False:
-        sans = ", ".join(_san_strings(leaf)) or "none"
-        return Verdict(
-            Reason.HOSTNAME_MISMATCH,
-            f"{name} is not covered by the certificate (SANs: {sans})",
-            verified,
-            complete,
-            False,
-            verified_path,
-        )
+        return Verdict(Reason.HOSTNAME_MISMATCH, mismatch, False, complete, False)
     if structure_reason is not None:
         return Verdict(structure_reason, structure_message, False, complete, hostname_match)
-    return Verdict(Reason.CHAIN_INVALID, f"chain does not verify: {verify_error}", False, complete, hostname_match)
+    reason, message = _explain(served, trust, now, profile, verify_error)
+    return Verdict(reason, message, False, complete, hostname_match)
+
+
+def _validate(
+    leaf: x509.Certificate,
+    intermediates: list[x509.Certificate],
+    store: Store,
+    subject_name: str | None,
+    now: datetime,
+    max_chain_depth: int,
+    profile: str,
+) -> tuple[tuple[x509.Certificate, ...], str]:
+    """cryptography's path validation under the profile's extension policies:
+    (the path, '') or ((), why not)."""
+    ca_policy, ee_policy = profiles.extension_policies(profile)
+    builder = (
+        PolicyBuilder()
+        .store(store)
+        .time(now)
+        .max_chain_depth(max_chain_depth)
+        .extension_policies(ca_policy=ca_policy, ee_policy=ee_policy)
+    )
+    try:
+        if subject_name is None:
+            # No name to check and none claimed (a leaf whose only SAN is a
+            # directoryName): validate the path alone, as for a client certificate.
+            return tuple(builder.build_client_verifier().verify(leaf, intermediates).chain), ""
+        return tuple(builder.build_server_verifier(_subject(subject_name)).verify(leaf, intermediates)), ""
+    except VerificationError as exc:
+        return (), str(exc)
+    except Exception as exc:  # noqa: BLE001 - e.g. ValueError for a name with '_'
+        return (), f"{type(exc).__name__}: {exc}"
+
+
+def _across_self_issued(
+    served: Sequence[x509.Certificate],
+    trust: TrustStore,
+    subject_name: str | None,
+    now: datetime,
+    max_chain_depth: int,
+    profile: str,
+) -> tuple[x509.Certificate, ...]:
+    """A path through self-issued intermediates (a CA's key rollover: same name, new
+    key), which cryptography counts against pathLenConstraint although RFC 5280
+    4.2.1.9 says not to, and so refuses.  Each stretch between self-issued
+    certificates is validated by cryptography with the next self-issued certificate
+    as its anchor (the rollover certificate itself as a CA under the stretch
+    above); path length and depth are then counted over the whole path here.
+    Not tried when a CA above the first self-issued certificate has name
+    constraints, which would not reach the certificates below it."""
+    if not any(cert.subject == cert.issuer for cert in served[1:]):
+        return ()
+    path, bad_link = _build_path(served, trust)
+    if not path or bad_link is not None:
+        return ()
+    last = len(path) - 1
+    splits = [i for i in range(1, last) if path[i].subject == path[i].issuer]
+    if not splits or any(_has(cert, x509.NameConstraints) for cert in path[splits[0] :]):
+        return ()
+    if profiles.path_length_problem(path, max_chain_depth) is not None:
+        return ()
+    ca_policy, ee_policy = profiles.extension_policies(profile)
+    bounds = [0, *splits, last]
+    for lower, upper in itertools.pairwise(bounds):
+        anchor_store = trust.store if upper == last else Store([path[upper]])
+        assert anchor_store is not None
+        builder = (
+            PolicyBuilder()
+            .store(anchor_store)
+            .time(now)
+            .max_chain_depth(max_chain_depth)
+            .extension_policies(ca_policy=ca_policy, ee_policy=ee_policy if lower == 0 else ca_policy)
+        )
+        try:
+            if lower == 0 and subject_name is not None:
+                verifier = builder.build_server_verifier(_subject(subject_name))
+                verifier.verify(path[0], list(path[1:upper]))
+            else:
+                builder.build_client_verifier().verify(path[lower], list(path[lower + 1 : upper]))
+        except Exception:  # noqa: BLE001 - any refusal: this stretch does not validate
+            return ()
+    return tuple(path)
+
+
+def _with_directory_name_constraints(
+    served: Sequence[x509.Certificate],
+    trust: TrustStore,
+    subject_name: str | None,
+    now: datetime,
+    max_chain_depth: int,
+    profile: str,
+) -> tuple[x509.Certificate, ...]:
+    """A path under a trust anchor whose name constraints include directoryName
+    subtrees, which cryptography does not evaluate (it refuses the chain).  The
+    anchor is handed to cryptography without those subtrees (an anchor is a name
+    and a key: its own signature is never checked), and the subtrees are checked
+    here: every subject and directoryName SAN below the anchor must lie in a
+    permitted subtree and in no excluded one (RFC 5280 4.2.1.10: a subtree matches
+    the names it is a leading part of).  Only for constraints on the anchor."""
+    path, bad_link = _build_path(served, trust)
+    if not path or bad_link is not None:
+        return ()
+    anchor = path[-1]
+    try:
+        constraints = anchor.extensions.get_extension_for_class(x509.NameConstraints)
+    except Exception:  # noqa: BLE001
+        return ()
+    permitted = [n.value for n in constraints.value.permitted_subtrees or () if isinstance(n, x509.DirectoryName)]
+    excluded = [n.value for n in constraints.value.excluded_subtrees or () if isinstance(n, x509.DirectoryName)]
+    if any(_has(cert, x509.NameConstraints) for cert in path[:-1]):
+        return ()
+    for position, cert in enumerate(path[:-1]):
+        if position > 0 and cert.subject == cert.issuer:
+            continue  # a self-issued intermediate's names are exempt (RFC 5280 6.1.3 (b))
+        names = [cert.subject] if len(cert.subject) else []
+        try:
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            names += san.get_values_for_type(x509.DirectoryName)
+        except Exception:  # noqa: BLE001 - no SAN
+            pass
+        for dn in names:
+            if permitted and not any(_dn_within(dn, subtree) for subtree in permitted):
+                return ()
+            if any(_dn_within(dn, subtree) for subtree in excluded):
+                return ()
+    stand_in = _anchor_without_directory_name_constraints(anchor, constraints)
+    if stand_in is None:
+        return ()
+    found, _ = _validate(path[0], list(served[1:]), Store([stand_in]), subject_name, now, max_chain_depth, profile)
+    return (*found[:-1], anchor) if found else ()
+
+
+def _dn_within(name: x509.Name, subtree: x509.Name) -> bool:
+    return list(name.rdns)[: len(subtree.rdns)] == list(subtree.rdns)
+
+
+def _anchor_without_directory_name_constraints(
+    anchor: x509.Certificate, constraints: x509.Extension[x509.NameConstraints]
+) -> x509.Certificate | None:
+    value = constraints.value
+    permitted = [n for n in value.permitted_subtrees or () if not isinstance(n, x509.DirectoryName)]
+    excluded = [n for n in value.excluded_subtrees or () if not isinstance(n, x509.DirectoryName)]
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(anchor.subject)
+        .issuer_name(anchor.issuer)
+        .public_key(anchor.public_key())
+        .serial_number(anchor.serial_number)
+        .not_valid_before(anchor.not_valid_before_utc)
+        .not_valid_after(anchor.not_valid_after_utc)
+    )
+    try:
+        for extension in anchor.extensions:
+            if isinstance(extension.value, x509.NameConstraints):
+                if permitted or excluded:
+                    builder = builder.add_extension(
+                        x509.NameConstraints(permitted or None, excluded or None), extension.critical
+                    )
+            else:
+                builder = builder.add_extension(extension.value, extension.critical)
+        return profiles.stand_in(anchor, builder.sign(_STAND_IN_KEY, hashes.SHA256()))
+    except Exception:  # noqa: BLE001 - an extension that cannot be written again
+        return None
+
+
+# Signs the stand-in anchors above; their signature is never checked.
+_STAND_IN_KEY = ec.generate_private_key(ec.SECP256R1())
+
+
+def _build_path(
+    served: Sequence[x509.Certificate], trust: TrustStore, budget: int = 64
+) -> tuple[list[x509.Certificate], int | None]:
+    """The path from the leaf to a trust anchor, by names, whose signatures verify:
+    (path, None).  If none does: the first path by names and the position of its
+    first certificate whose signature fails, (path, position).  ([], None) when no
+    path by names exists.  At most ``budget`` signatures are checked."""
+    remaining = [budget]
+    first_by_name: list[list[x509.Certificate]] = []
+
+    def issuers(cert: x509.Certificate, used: list[x509.Certificate]) -> list[tuple[x509.Certificate, bool]]:
+        anchors = [(a, True) for a in trust.with_subject(cert.issuer)]
+        others = [(c, False) for c in served[1:] if c.subject == cert.issuer and all(c is not u for u in used)]
+        return anchors + others
+
+    def extend(path: list[x509.Certificate]) -> list[x509.Certificate] | None:
+        if len(path) > len(served) + 1:
+            return None
+        for issuer, is_anchor in issuers(path[-1], path):
+            if not first_by_name and is_anchor:
+                first_by_name.append([*path, issuer])
+            if remaining[0] <= 0:
+                return None
+            remaining[0] -= 1
+            if not profiles.signed_by(path[-1], issuer):
+                continue
+            if is_anchor:
+                return [*path, issuer]
+            found = extend([*path, issuer])
+            if found is not None:
+                return found
+        return None
+
+    good = extend([served[0]])
+    if good is not None:
+        return good, None
+    if not first_by_name:
+        return [], None
+    path = first_by_name[0]
+    bad = next((i for i in range(len(path) - 1) if not profiles.signed_by(path[i], path[i + 1])), None)
+    return path, bad
+
+
+def _explain(
+    served: Sequence[x509.Certificate], trust: TrustStore, now: datetime, profile: str, verify_error: str
+) -> tuple[Reason, str]:
+    """Why a complete, anchored chain failed validation, the cause a person fixes
+    first: a bad signature, then a weak signature or key (or a trust anchor that
+    is not one), then an expired trust anchor, then cryptography's own words."""
+    path, bad_link = _build_path(served, trust)
+    if path:
+        last = len(path) - 1
+        if bad_link is not None:
+            child, issuer = path[bad_link], path[bad_link + 1]
+            return (
+                Reason.CHAIN_INVALID,
+                f"the signature of {profiles.describe(child, bad_link, last)} does not verify with the key of "
+                f"{profiles.describe(issuer, bad_link + 1, last)}",
+            )
+        problem = profiles.audit(path, profile)
+        if problem is not None:
+            return problem.reason, problem.message
+        anchor = path[last]
+        if anchor.not_valid_after_utc < now:
+            return (
+                Reason.CERT_EXPIRED,
+                f"{profiles.describe(anchor, last, last)} expired on {anchor.not_valid_after_utc:%Y-%m-%d %H:%M} UTC",
+            )
+    return Reason.CHAIN_INVALID, f"chain does not verify under the {profile} profile: {_plain(verify_error)}"
+
+
+_ENCOUNTERED = re.compile(r" \(encountered processing <Certificate\(subject=<Name\((.*?)\)>, \.\.\.\)>\)")
+_INVALID_EXTENSION = re.compile(r"invalid extension: ([0-9.]+): (.*)")
+_EXTENSION_NAMES = {
+    "2.5.29.14": "subjectKeyIdentifier",
+    "2.5.29.15": "keyUsage",
+    "2.5.29.17": "subjectAltName",
+    "2.5.29.19": "basicConstraints",
+    "2.5.29.30": "nameConstraints",
+    "2.5.29.35": "authorityKeyIdentifier",
+    "2.5.29.37": "extendedKeyUsage",
+    "1.3.6.1.5.5.7.1.1": "authorityInfoAccess",
+}
+_EXTENSION_PROBLEMS = {
+    "Certificate is missing required extension": "lacks the {} extension",
+    "Certificate contains prohibited extension": "has a {} extension, which is not allowed there",
+    "Certificate extension has incorrect criticality": "marks {} with the wrong criticality",
+}
+_ALGORITHMS = {
+    "Forbidden public key algorithm": "its issuer's key algorithm is not one cryptography's path validation accepts",
+    "Forbidden signature algorithm": "its signature algorithm is not one cryptography's path validation accepts",
+}
+
+
+def _plain(error: str) -> str:
+    """cryptography's error, readable: the certificate named first, extensions by
+    name, the wrapping of our own validators' messages removed."""
+    text = error.removeprefix("validation failed: ").replace("candidates exhausted: ", "")
+    text = text.replace("Python extension validator failed: ValueError: ", "")
+    subject = ""
+    match = _ENCOUNTERED.search(text)
+    if match:
+        subject = match.group(1)
+        text = text[: match.start()] + text[match.end() :]
+    match = _INVALID_EXTENSION.search(text)
+    if match:
+        name = _EXTENSION_NAMES.get(match.group(1), match.group(1))
+        problem = match.group(2)
+        template = _EXTENSION_PROBLEMS.get(problem)
+        text = template.format(name) if template else f"{name}: {problem}"
+    for words, meaning in _ALGORITHMS.items():
+        if text.startswith(words):
+            text = meaning
+    return f"{subject}: {text}" if subject else text
+
+
+def _has(cert: x509.Certificate, kind: type[x509.ExtensionType]) -> bool:
+    try:
+        cert.extensions.get_extension_for_class(kind)
+    except Exception:  # noqa: BLE001 - absent or malformed
+        return False
+    return True
 
 
 def _walk(served: Sequence[x509.Certificate], trust: TrustStore) -> tuple[bool, Reason | None, str]:
