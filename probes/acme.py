@@ -191,6 +191,7 @@ class AcmeCanary:
             if session is not None:
                 session.deadline = ctx.deadline
                 cleanup_notes = self._cleanup(session, run, ctx)
+                ctx.set_attribute("certscope.acme.bad_nonce_retries", session.bad_nonce_retries)
         message = facts.message
         if cleanup_notes:
             message = (message + "; " if message else "") + scrub("cleanup: " + "; ".join(cleanup_notes), secrets_seen)
@@ -459,7 +460,7 @@ class _Session:
                 return response
             failure = _failure(what, response)
             if failure.problem == "badNonce" and attempt < BAD_NONCE_RETRIES:
-                self.bad_nonce_retries += 1
+                self.bad_nonce_retries += 1  # the refusal brought a fresh nonce
                 continue
             if failure.problem == "badNonce":
                 raise AcmeFailure(

@@ -53,7 +53,8 @@ class PebbleServer:
             return data
 
     def log(self) -> str:
-        return self.process.logs()
+        """Everything pebble wrote (``ServerProcess.logs`` keeps only the tail)."""
+        return self.process.output_log.read_text(errors="replace")
 
 
 def pebble_server(
