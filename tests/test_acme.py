@@ -22,9 +22,11 @@ import json
 import re
 import secrets
 import socket
+import ssl
 import stat
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +35,10 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 
 from exporter.config import ConfigError, parse_config
-from probes.acme import http01_listener
+from probes.acme import AcmeCanary, http01_listener
 from probes.base import AttributeValue, PhaseSpan, ProbeContext, ProbeDefaults, ProbeResult, Reason, TrustSettings
-from probes.ca import AcmeIssuance, CaIssuance, CaProbe, CaSettings
+from probes.ca import AcmeIssuance, CaClient, CaIssuance, CaProbe, CaSettings
+from probes.certparse import facts_from_certificate
 from probes.jose import b64url
 from tests.acme_servers import PebbleServer, pebble_server
 from tests.ca_servers import StepCaServer, step_ca_server
@@ -53,8 +56,9 @@ EAB_KEY = b64url(b"certscope test EAB MAC key, 32 b")
 @pytest.fixture(scope="module")
 def pebble(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PebbleServer]:
     """Real http-01 validation against 127.0.0.1:<http_port>; authorizations reused
-    whenever pebble may (so a deactivation that did not happen shows)."""
-    server = pebble_server(tmp_path_factory.mktemp("pebble"), env={"PEBBLE_AUTHZREUSE": "100"})
+    whenever pebble may (so a deactivation that did not happen shows); one-day
+    certificates (step-ca's ACME default), well inside any critical threshold."""
+    server = pebble_server(tmp_path_factory.mktemp("pebble"), env={"PEBBLE_AUTHZREUSE": "100"}, validity_seconds=86400)
     yield server
     server.stop()
 
@@ -657,6 +661,9 @@ def test_daemon_exports_the_canary_without_the_key(pebble: PebbleServer, start_d
     assert one("certscope_cert_expiry_threshold_seconds", probe="acme-ok", role="issued", severity="critical") == 0
     assert one("certscope_cert_expiry_threshold_seconds", probe="acme-ok", role="root", severity="critical") > 0
     assert one("certscope_cert_info", probe="acme-ok", role="issued", sans="localhost") == 1
+    # A one-day certificate is far inside the 7-day critical threshold, and is not flagged.
+    row = re.search(r"<tr class='(\w[\w-]*)'>(?:(?!</tr>).)*\[1\] issued", daemon.get("/").text)
+    assert row is not None and row.group(1) == "ok"
 
     assert one("certscope_ca_issuance_success", probe="acme-unreachable") == 0
     assert one("certscope_probe_status", probe="acme-unreachable", reason="challenge_failed") == 1
@@ -685,3 +692,12 @@ def test_acme_metric_families_are_documented() -> None:
         assert f"`{name}`" in documented
     for reason in ("rate_limited", "bad_nonce", "unauthorized", "order_invalid", "challenge_failed"):
         assert f"| `{reason}` |" in documented
+
+
+def test_issued_certificate_leaves_the_inventory_at_half_its_lifetime(pki: Pki) -> None:
+    ca = CaSettings(url="https://acme.example/dir", flavor="acme")
+    canary = AcmeCanary(ca, CaClient(ca.url, ssl.create_default_context(), (), 1024))
+    facts = facts_from_certificate(pki.valid.cert)
+    canary.last_issued = replace(facts, not_before=1000.0, not_after=2000.0)
+    assert canary.issued_in_inventory(1499.0) is canary.last_issued
+    assert canary.issued_in_inventory(1500.0) is None
