@@ -180,13 +180,11 @@ class AcmeCanary:
             if exc.reason is Reason.RATE_LIMITED:
                 self.hold_until = exc.retry_after
                 self.hold_message = scrub(str(exc), secrets_seen)
-            facts = IssuanceFacts(
-                False,
-                exc.reason,
-                _ca_seconds(run),
-                scrub(f"issuance: {exc}", secrets_seen),
-                retry_after=exc.retry_after,
-            )
+            # Retry-After is kept (and exported) for a rate limit only: that is when the
+            # canary holds off; after other errors it tries again at the next interval.
+            retry_after = exc.retry_after if exc.reason is Reason.RATE_LIMITED else None
+            message = scrub(f"issuance: {exc}", secrets_seen)
+            facts = IssuanceFacts(False, exc.reason, _ca_seconds(run), message, retry_after=retry_after)
         finally:
             if session is not None:
                 session.deadline = ctx.deadline
