@@ -745,7 +745,11 @@ class Http01Listener:
         self.served = 0
         self._server = _Http01Server(address, self)
         self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name="acme-http01", daemon=True
+            # shutdown() waits up to one poll interval: it is part of the challenge phase.
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.02},
+            name="acme-http01",
+            daemon=True,
         )
         self._thread.start()
 
