@@ -52,8 +52,12 @@ def _parser() -> argparse.ArgumentParser:
     scan.add_argument("paths", nargs="+", metavar="PATH", help="files, directories or globs (quote globs)")
     scan.add_argument("--warn", default="28d", help="exit 1 when a certificate expires within this (default 28d)")
     scan.add_argument("--output", choices=["table", "json"], default="table")
-    scan.add_argument("--pkcs12-password-env", metavar="VAR", help="environment variable holding the PKCS#12 password")
-    scan.add_argument("--pkcs12-password-file", metavar="FILE", help="file holding the PKCS#12 password")
+    scan.add_argument(
+        "--pkcs12-password-env", metavar="VAR", help="environment variable holding the PKCS#12 (and JKS/JCEKS) password"
+    )
+    scan.add_argument(
+        "--pkcs12-password-file", metavar="FILE", help="file holding the PKCS#12 (and JKS/JCEKS) password"
+    )
     scan.add_argument("--ocsp", action="store_true", help="check OCSP for certificates whose issuer is scanned too")
     scan.add_argument("--crl", action="store_true", help="check the CRLs of certificates whose issuer is scanned too")
     scan.add_argument("--allow-network", action="append", default=[], metavar="CIDR", help=ALLOW_HELP)

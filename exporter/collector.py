@@ -582,6 +582,8 @@ def _render_certificate(
     f: _Families,
 ) -> None:
     cert = observation.cert
+    if observation.labels:  # where inside the target: keystore alias, kubeconfig cluster or user
+        extra = extra + observation.labels
     f.not_after.add(cert_key, cert.not_after, extra)
     f.not_before.add(cert_key, cert.not_before, extra)
     identity = (

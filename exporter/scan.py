@@ -1,9 +1,11 @@
 """``certscope scan PATH...``: what certificates are in these files, and what is wrong.
 
 Uses the ``files`` probe exactly as the daemon does, so a scan shows what the daemon
-would export.  Exit status: 0 all fine; 1 a certificate has expired or expires within
-``--warn``; 2 a path could not be read or parsed (this wins over 1, since an
-unreadable file may hide an expiring certificate).
+would export: PEM, DER, PKCS#7, PKCS#12, Java keystores (JKS, JCEKS; the PKCS#12
+password options give their store password) and kubeconfig files.  Exit status:
+0 all fine; 1 a certificate has expired or expires within ``--warn``; 2 a path
+could not be read or parsed (this wins over 1, since an unreadable file may hide
+an expiring certificate).
 """
 
 from __future__ import annotations
@@ -120,6 +122,8 @@ def _record(path: str, observation: CertObservation, now: float, warn_seconds: f
         "path": path,
         "index": observation.index,
         "role": observation.role,
+        # Where inside the file: a keystore alias, a kubeconfig cluster or user.
+        "where": dict(observation.labels),
         "subject": cert.subject,
         "issuer": cert.issuer,
         "sans": list(cert.sans),
@@ -138,7 +142,8 @@ def _record(path: str, observation: CertObservation, now: float, warn_seconds: f
 def _print_table(records: list[dict[str, Any]], errors: list[SourceError], stream: TextIO) -> None:
     for record in records:
         status = "; ".join(record["problems"]) or "ok"
-        stream.write(f"{record['path']}[{record['index']}] ({record['role']}): {status}\n")
+        where = "".join(f" {name}={value}" for name, value in record["where"].items())
+        stream.write(f"{record['path']}[{record['index']}] ({record['role']}){where}: {status}\n")
         rows = [
             ("subject", record["subject"] or "(empty)"),
             ("issuer", record["issuer"]),

@@ -204,11 +204,20 @@ def _certificate_table(table_id: str, rows: list[_Row], now: float) -> list[str]
         out.append(
             f"<tr class='{row.state}'><td>{_date(row.not_after)}</td><td>{(row.not_after - now) / 86400:.1f}</td>"
             f"<td>{html.escape(cert.subject or '(empty)')}</td><td>{html.escape(cert.issuer)}</td>"
-            f"<td>{html.escape(row.target)}[{row.observation.index}] {row.observation.role}</td>"
+            f"<td>{html.escape(row.target)}[{row.observation.index}] {row.observation.role}{_where(row)}</td>"
             f"<td>{html.escape(row.probe.info.name)}</td><td><code>{cert.fingerprint_sha256[:16]}</code></td></tr>"
         )
     out.append("</tbody></table>")
     return out
+
+
+def _where(row: _Row) -> str:
+    """Where inside its target a certificate sits (keystore alias, kubeconfig
+    cluster or user), as ``name=value`` pairs under the target."""
+    labels = row.observation.labels
+    if not labels:
+        return ""
+    return "<br>" + " ".join(f"{html.escape(name)}={html.escape(value)}" for name, value in labels)
 
 
 def _probe_table(probes: list[ProbeState]) -> list[str]:

@@ -210,11 +210,16 @@ class CertFacts:
 
 @dataclass(frozen=True, slots=True)
 class CertObservation:
-    """One certificate seen at one location: a position in a file, bundle or chain."""
+    """One certificate seen at one location: a position in a file, bundle or chain.
+
+    ``labels`` say where inside its target the certificate sits when the position
+    alone does not tell a person (a keystore alias, a kubeconfig cluster or user);
+    they join this certificate's series only (docs/metrics.md)."""
 
     index: int
     role: str  # leaf | intermediate | root | client
     cert: CertFacts
+    labels: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,7 @@ from probes.base import (
 )
 from probes.certparse import Parsed, bundle_observations, parse_container
 from probes.expect import EXPECT_REASONS, Expect, check
+from probes.located import located_result, parse_located, read_password
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
@@ -66,6 +67,8 @@ class FilesSettings:
     # embedded default lists paths of several distributions).
     ignore_missing: bool = False
     pkcs12: Pkcs12Password | None = None
+    # JKS/JCEKS store password (probes/keystore.py); when unset, pkcs12's is used.
+    keystore: Pkcs12Password | None = None
     expect: Expect | None = None  # checked on every leaf certificate
 
     def validate(self) -> list[tuple[str, str]]:
@@ -79,6 +82,8 @@ class FilesSettings:
             problems.append(("max_files", "must be at least 1"))
         if self.pkcs12 and self.pkcs12.password_file and self.pkcs12.password_env:
             problems.append(("pkcs12", "set password_file or password_env, not both"))
+        if self.keystore and self.keystore.password_file and self.keystore.password_env:
+            problems.append(("keystore", "set password_file or password_env, not both"))
         return problems
 
 
@@ -266,13 +271,23 @@ class FilesProbe:
                 return failed(reason, started, _describe(reason, target, exc), errors=[_error(reason, target, exc)])
             phase.set("certscope.file.size", len(data))
         with ctx.phase("parse") as phase:
-            parsed = parse_container(data, target, pkcs12_password=self._pkcs12_password)
-            result = container_result(parsed, target, started, self.settings.expect)
+            # Keystores and kubeconfigs first (told by content), then certparse's formats.
+            located = parse_located(
+                data, target, keystore_password=self._keystore_password, max_file_size=self.settings.max_file_size
+            )
+            if located is not None:
+                result = located_result(located, target, started, self.settings.expect)
+                block_types: tuple[str, ...] = ("PRIVATE KEY",) if located.holds_private_key else ()
+            else:
+                parsed = parse_container(data, target, pkcs12_password=self._pkcs12_password)
+                result = container_result(parsed, target, started, self.settings.expect)
+                block_types = parsed.other_blocks
             phase.set("certscope.certificates", len(result.certificates))
-        exposure = key_exposure(parsed.other_blocks, info, target)
+        exposure = key_exposure(block_types, info, target)
         if exposure:
             result = replace(result, key_exposure=exposure)
-        self._cache[target] = (identity, result)
+        if located is None or not located.depends_on:  # a file's references may change under it
+            self._cache[target] = (identity, result)
         return result
 
     def _pkcs12_password(self) -> bytes | None:
@@ -289,6 +304,12 @@ class FilesProbe:
             except OSError:
                 return None
         return None
+
+    def _keystore_password(self) -> bytes | None:
+        source = self.settings.keystore
+        if source is None:
+            return self._pkcs12_password()
+        return read_password(source.password_env, source.password_file)
 
 
 _entry_name = operator.attrgetter("name")

@@ -1,5 +1,6 @@
-"""The ``kubernetes`` probe: certificates in Secrets and ConfigMaps, kept current by
-list+watch.
+"""The ``kubernetes`` probe: certificates in Secrets and ConfigMaps, and in the
+cluster-scoped objects of ``probes/kubeobjects.py`` (webhook, APIService and CRD
+``caBundle``s, issued CertificateSigningRequests), kept current by list+watch.
 
 One *stream* per scope — (resource, namespace or all namespaces, Secret type) — runs
 in its own thread, as an informer does:
@@ -22,7 +23,9 @@ do), and only the parsed facts are kept.  Keys that name private keys (``tls.key
 A round (``targets()``/``run()``) reads the streams' caches: it costs no API call.
 Targets are ``<namespace>/<name>/<key>`` for Secrets and
 ``configmap/<namespace>/<name>/<key>`` for ConfigMaps, with ``secret_namespace``,
-``secret_name``, ``secret_key`` (or ``configmap_*``) labels.
+``secret_name``, ``secret_key`` (or ``configmap_*``) labels; the cluster-scoped
+objects' targets and labels are in ``probes/kubeobjects.py``.  Cluster-scoped
+objects belong to the shard that owns the namespace "" (one replica watches them).
 
 Per-object policy comes from annotations (``certscope.io/ignore``, ``/warning``,
 ``/critical``, ``/owner``, ``/team``, and the user's ``annotation_labels``);
@@ -64,6 +67,9 @@ from probes.certparse import parse_container
 from probes.expect import EXPECT_REASONS, Expect
 from probes.files import container_result
 from probes.kubeclient import SERVICE_ACCOUNT_DIR, Cluster, KubeError, from_kubeconfig, in_cluster
+from probes.kubeobjects import CA_BUNDLE_RESOURCES, CSR_RESOURCE, RESOURCES, stored_certificates
+from probes.kubeobjects import INFO_LABELS as OBJECT_INFO_LABELS
+from probes.kubeobjects import LOCATION_LABELS as OBJECT_LABELS
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +85,9 @@ RESERVED_INFO_LABELS = frozenset(
     {"probe", "kind", "target", "index", "role", "subject_cn", "issuer_cn", "serial", "fingerprint_sha256"}
     | {"key_type", "key_bits", "signature_algorithm", "sans", "instance", "job"}
     | {"secret_namespace", "secret_name", "secret_key", "configmap_namespace", "configmap_name", "configmap_key"}
+    | set(OBJECT_LABELS)
+    | set(OBJECT_INFO_LABELS)
+    | {"keystore_alias", "kubeconfig_cluster", "kubeconfig_user"}
 )
 SECRET_LABELS = ("secret_namespace", "secret_name", "secret_key")
 CONFIGMAP_LABELS = ("configmap_namespace", "configmap_name", "configmap_key")
@@ -94,6 +103,7 @@ class KubernetesSettings:
     # null: in-cluster service account (KUBERNETES_SERVICE_HOST, token, ca.crt)
     kubeconfig: str | None = path_field()
     context: str | None = None  # kubeconfig context; default: current-context
+    secrets: bool = True  # false: only the other sources below
     namespaces: tuple[str, ...] = ()  # empty: all namespaces (needs cluster-wide list)
     label_selector: str = ""
     secret_types: tuple[str, ...] = ("kubernetes.io/tls",)  # empty: every type (not advised)
@@ -101,6 +111,10 @@ class KubernetesSettings:
     configmaps: bool = False
     configmap_keys: tuple[str, ...] = ("ca.crt", "ca-bundle.crt", "*.pem")
     configmap_label_selector: str = ""
+    # Cluster-scoped sources (probes/kubeobjects.py): which caBundle holders to watch,
+    # and whether to read the certificates issued through CertificateSigningRequests.
+    ca_bundles: tuple[str, ...] = ()
+    certificate_signing_requests: bool = False
     annotation_labels: dict[str, str] = field(default_factory=dict)  # info label -> annotation
     page_size: int = 500
     list_timeout: Seconds = Seconds(120)
@@ -123,6 +137,15 @@ class KubernetesSettings:
         for index, key in enumerate(self.keys):
             if _is_private_key_name(key):
                 problems.append((f"keys[{index}]", f"{key!r} names a private key; certscope never reads keys"))
+        for index, resource in enumerate(self.ca_bundles):
+            if resource not in CA_BUNDLE_RESOURCES:
+                problems.append(
+                    (f"ca_bundles[{index}]", f"{resource!r} is not one of {', '.join(CA_BUNDLE_RESOURCES)}")
+                )
+        if not (self.secrets or self.configmaps or self.ca_bundles or self.certificate_signing_requests):
+            problems.append(
+                ("secrets", "nothing to watch: enable secrets, configmaps, ca_bundles or certificate_signing_requests")
+            )
         return problems
 
 
@@ -138,13 +161,15 @@ class _Stored:
 
 @dataclass(frozen=True)
 class _Scope:
-    resource: str  # secrets | configmaps
-    namespace: str | None  # None: all namespaces
+    resource: str  # secrets | configmaps | one of kubeobjects.RESOURCES (cluster-scoped)
+    namespace: str | None  # None: all namespaces (and always for cluster-scoped resources)
     secret_type: str | None
     label_selector: str
 
     @property
     def name(self) -> str:
+        if self.resource in RESOURCES:
+            return self.resource
         parts = [self.resource, self.namespace or "*"]
         if self.secret_type:
             parts.append(self.secret_type)
@@ -152,6 +177,8 @@ class _Scope:
 
     @property
     def path(self) -> str:
+        if self.resource in RESOURCES:
+            return f"{RESOURCES[self.resource][0]}/{self.resource}"
         if self.namespace is None:
             return f"/api/v1/{self.resource}"
         return f"/api/v1/namespaces/{self.namespace}/{self.resource}"
@@ -373,7 +400,7 @@ class _Stream:
             return self._build_checked(obj, previous)
         except (AttributeError, TypeError, ValueError) as exc:
             namespace, name = _object_key(obj) if isinstance(obj.get("metadata"), dict) else ("?", "?")
-            item = f"{namespace}/{name}"
+            item = f"{namespace}/{name}" if namespace else f"{self.scope.resource}/{name}"
             error = SourceError(Reason.PARSE_ERROR, item, f"{item}: malformed {self.scope.resource} object ({exc})")
             return _Stored("", "", (), (error,))
 
@@ -504,13 +531,16 @@ class KubernetesProbe:
         )
         scopes = [
             _Scope("secrets", namespace, secret_type, settings.label_selector)
-            for namespace in namespaces
+            for namespace in (namespaces if settings.secrets else ())
             for secret_type in (settings.secret_types or (None,))
         ]
         if settings.configmaps:
             scopes += [
                 _Scope("configmaps", namespace, None, settings.configmap_label_selector) for namespace in namespaces
             ]
+        cluster_resources = [*settings.ca_bundles, *((CSR_RESOURCE,) if settings.certificate_signing_requests else ())]
+        if self.shard.owns(""):  # cluster-scoped objects are the shard of namespace "" alone
+            scopes += [_Scope(resource, None, None, "") for resource in cluster_resources]
         self._streams = [_Stream(scope, self._cluster, self) for scope in scopes]
         for stream in self._streams:
             stream.start()
@@ -580,6 +610,8 @@ class KubernetesProbe:
     # -- parsing -----------------------------------------------------------------
 
     def parse_object(self, resource: str, obj: Mapping[str, Any], uid: str, version: str) -> _Stored:
+        if resource in RESOURCES:
+            return self._parse_cluster_object(resource, obj, uid, version)
         metadata = obj.get("metadata") or {}
         # Interned: a namespace is repeated on every object in it, a key name on most.
         namespace, name = sys.intern(str(metadata.get("namespace") or "")), str(metadata.get("name") or "")
@@ -614,6 +646,21 @@ class KubernetesProbe:
             if exposed:
                 result = replace(result, key_exposure=("configmap",))
             results.append((target, _with_policy(result, labels, info_labels, thresholds)))
+        return _Stored(uid, version, tuple(results), tuple(errors))
+
+    def _parse_cluster_object(self, resource: str, obj: Mapping[str, Any], uid: str, version: str) -> _Stored:
+        """A webhook configuration, APIService, CRD or CSR: one target per
+        certificate-holding value, with its location and the object's policy."""
+        metadata = obj.get("metadata") or {}
+        annotations = metadata.get("annotations") or {}
+        errors: list[SourceError] = []
+        thresholds = _thresholds(annotations, f"{resource}/{metadata.get('name') or ''}", errors)
+        info_labels = self._info_labels(annotations)
+        results = []
+        for stored in stored_certificates(resource, obj):
+            result = self._parse_value(stored.target, stored.value, True)
+            labels = tuple(sorted({*info_labels, *stored.info_labels}))
+            results.append((stored.target, _with_policy(result, stored.labels, labels, thresholds)))
         return _Stored(uid, version, tuple(results), tuple(errors))
 
     def _parse_value(self, target: str, value: str, is_base64: bool) -> ProbeResult:

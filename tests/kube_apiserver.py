@@ -8,7 +8,13 @@ silent; ``tests/test_kube_apiserver.py`` checks them, including against the offi
 
 Modelled
 --------
-* Resources ``secrets`` and ``configmaps`` (core ``v1``) in a store with one global, etcd-like
+* Resources ``secrets`` and ``configmaps`` (core ``v1``), and the cluster-scoped
+  ``validatingwebhookconfigurations``, ``mutatingwebhookconfigurations``
+  (``admissionregistration.k8s.io/v1``), ``apiservices`` (``apiregistration.k8s.io/v1``),
+  ``customresourcedefinitions`` (``apiextensions.k8s.io/v1``) and ``certificatesigningrequests``
+  (``certificates.k8s.io/v1``, field selector ``spec.signerName``) at
+  ``/apis/{group}/{version}/{res}[/{name}]``, with ``/apis`` (APIGroupList) and
+  ``/apis/{group}/{version}`` discovery; all in a store with one global, etcd-like
   revision counter.  Paths: ``/api/v1/{res}``, ``/api/v1/namespaces/{ns}/{res}``,
   ``/api/v1/namespaces/{ns}/{res}/{name}`` (get, or a watch of that one object), discovery
   ``/api``, ``/apis``, ``/api/v1`` (APIResourceList with the verbs served here: get, list, watch),
@@ -55,8 +61,9 @@ NOT modelled
   managedFields, finalizers, deletionTimestamp/grace periods, generation, ownerReferences, garbage
   collection, admission, validation of names and of Secret contents, immutable Secrets.
 * Namespaces as objects (a list in a namespace that does not exist is simply empty), other
-  resources and API groups, the deprecated ``/api/v1/watch/...`` paths, websockets, subresources.
-* RBAC beyond "cluster-wide or these namespaces" (no verbs, groups, impersonation); anonymous
+  resources, API groups and versions, the deprecated ``/api/v1/watch/...`` paths, websockets, subresources.
+* RBAC beyond "cluster-wide or these namespaces, every resource or these" (no verbs, groups,
+  impersonation); anonymous
   access except to ``/healthz``, ``/livez``, ``/readyz`` and ``/version`` (a real server with
   anonymous auth enabled answers 403 for ``system:anonymous`` where this one answers 401);
   client-certificate groups (O=); token review, exec/OIDC, front-proxy headers.
@@ -96,12 +103,50 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 __all__ = ["FakeApiServer", "RequestRecord", "ServerTls"]
 
 HOST = "127.0.0.1"
-KINDS = {"secrets": "Secret", "configmaps": "ConfigMap"}
-SINGULAR = {"secrets": "secret", "configmaps": "configmap"}
+KINDS = {
+    "secrets": "Secret",
+    "configmaps": "ConfigMap",
+    "validatingwebhookconfigurations": "ValidatingWebhookConfiguration",
+    "mutatingwebhookconfigurations": "MutatingWebhookConfiguration",
+    "apiservices": "APIService",
+    "customresourcedefinitions": "CustomResourceDefinition",
+    "certificatesigningrequests": "CertificateSigningRequest",
+}
+SINGULAR = {resource: kind.lower() for resource, kind in KINDS.items()}
+# The API group and version each resource is served at ("" is the core group, /api/v1).
+GROUP_VERSIONS = {
+    "secrets": ("", "v1"),
+    "configmaps": ("", "v1"),
+    "validatingwebhookconfigurations": ("admissionregistration.k8s.io", "v1"),
+    "mutatingwebhookconfigurations": ("admissionregistration.k8s.io", "v1"),
+    "apiservices": ("apiregistration.k8s.io", "v1"),
+    "customresourcedefinitions": ("apiextensions.k8s.io", "v1"),
+    "certificatesigningrequests": ("certificates.k8s.io", "v1"),
+}
+NAMESPACED = frozenset({"secrets", "configmaps"})  # the others are cluster-scoped
+SHORT_NAMES = {
+    "configmaps": ["cm"],
+    "customresourcedefinitions": ["crd", "crds"],
+    "certificatesigningrequests": ["csr"],
+}
 FIELD_LABELS = {
     "secrets": frozenset({"metadata.name", "metadata.namespace", "type"}),
     "configmaps": frozenset({"metadata.name", "metadata.namespace"}),
+    # The apiserver's CSR field selectors include spec.signerName (kept in Fields.type).
+    "certificatesigningrequests": frozenset({"metadata.name", "spec.signerName"}),
 }
+
+
+def api_version(resource: str) -> str:
+    group, version = GROUP_VERSIONS[resource]
+    return f"{group}/{version}" if group else version
+
+
+def resource_prefix(resource: str) -> str:
+    group, version = GROUP_VERSIONS[resource]
+    return f"/apis/{group}/{version}" if group else f"/api/{version}"
+
+
 SERVER_VERSION = {
     "major": "1",
     "minor": "31",
@@ -321,7 +366,7 @@ def parse_field_selector(text: str, resource: str) -> list[Predicate]:
         if match is None:
             raise _bad_request(f"invalid selector: '{text}'; can't understand '{requirement}'")
         label, op, value = match.group(1).strip(), match.group(2), _unescape(match.group(3).strip())
-        if label not in FIELD_LABELS[resource]:
+        if label not in FIELD_LABELS.get(resource, frozenset({"metadata.name"})):
             raise _bad_request(f"field label not supported: {label}")
         if op == "!=":
             predicates.append(lambda f, label=label, value=value: f.field(label) != value)
@@ -525,6 +570,7 @@ class FakeApiServer:
         self._uids: dict[tuple[str, str], tuple[str, str]] = {}  # (resource, key) -> (uid, creationTimestamp)
         self._tokens: dict[str, str] = {}
         self._grants: dict[str, frozenset[str] | None] = {}
+        self._resource_grants: dict[str, frozenset[str] | None] = {}
         self._watches: list[Watch] = []
         self._failures: list[int] = []
         self._connections: set[socket.socket] = set()
@@ -584,9 +630,16 @@ class FakeApiServer:
     # ----------------------------------------------------------------- identities
 
     def allow(
-        self, *, token: str | None = None, user: str | None = None, namespaces: Iterable[str] | None = None
+        self,
+        *,
+        token: str | None = None,
+        user: str | None = None,
+        namespaces: Iterable[str] | None = None,
+        resources: Iterable[str] | None = None,
     ) -> None:
-        """Grant list/watch/get: cluster-wide when ``namespaces`` is None, else only in those.
+        """Grant list/watch/get: cluster-wide when ``namespaces`` is None, else only in those
+        (cluster-scoped resources need the cluster-wide grant); every resource when
+        ``resources`` is None, else only those.
         ``token`` authenticates as ``user`` (default: a service-account name derived from the token,
         so that two tokens are two users); ``user`` alone is a client-certificate CN.  A second
         call for the same user replaces its grant."""
@@ -599,6 +652,7 @@ class FakeApiServer:
             if token is not None:
                 self._tokens[token] = user
             self._grants[user] = None if namespaces is None else frozenset(namespaces)
+            self._resource_grants[user] = None if resources is None else frozenset(resources)
 
     # ----------------------------------------------------------------- state
 
@@ -611,12 +665,14 @@ class FakeApiServer:
         source.pop("apiVersion", None)
         meta = dict(source.pop("metadata", None) or {})
         namespace, name = meta.get("namespace"), meta.get("name")
-        if not namespace or not name:
+        if resource in NAMESPACED and (not namespace or not name):
             raise ValueError("put() needs metadata.namespace and metadata.name")
+        if resource not in NAMESPACED and (namespace or not name):
+            raise ValueError(f"put() of cluster-scoped {resource} needs metadata.name and no namespace")
         labels = dict(meta.get("labels") or {})
         if resource == "secrets":
             source.setdefault("type", "Opaque")
-        key = f"{namespace}/{name}"
+        key = _store_key(resource, namespace or "", name)
         with self._lock:
             self._rv += 1
             rv = self._rv
@@ -628,7 +684,7 @@ class FakeApiServer:
                 identity = self._uids[(resource, key)]
             metadata = {
                 "name": name,
-                "namespace": namespace,
+                **({"namespace": namespace} if namespace else {}),
                 "uid": identity[0],
                 "resourceVersion": str(rv),
                 "creationTimestamp": identity[1],
@@ -638,15 +694,16 @@ class FakeApiServer:
                 for k, v in meta.items()
                 if k not in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
             )
-            fields = Fields(namespace, name, source.get("type") if resource == "secrets" else None, labels)
+            fields = Fields(namespace or "", name, _typed_field(resource, source), labels)
             version = Version(rv, _dumps({"metadata": metadata, **source}), fields)
             self._record(resource, collection, key, "MODIFIED" if previous else "ADDED", version, previous)
         return str(rv)
 
     def delete(self, resource: str, namespace: str, name: str) -> str:
-        """Delete an object (KeyError if absent) and emit DELETED with its final state."""
+        """Delete an object (KeyError if absent) and emit DELETED with its final state.
+        ``namespace`` is "" for a cluster-scoped resource."""
         collection = self._collections[resource]
-        key = f"{namespace}/{name}"
+        key = _store_key(resource, namespace, name)
         with self._lock:
             previous = collection.at(key, self._rv)
             if previous is None:
@@ -750,22 +807,30 @@ class FakeApiServer:
         with self._lock:
             granted = user in self._grants
             namespaces = self._grants.get(user)
-        if granted and (namespaces is None or (namespace is not None and namespace in namespaces)):
+            resources = self._resource_grants.get(user)
+        if (
+            granted
+            and (resources is None or resource in resources)
+            and (namespaces is None or (namespace and namespace in namespaces))
+        ):
             return
         subject = f'{resource} "{name}"' if name else resource
-        scope = f'in the namespace "{namespace}"' if namespace is not None else "at the cluster scope"
+        scope = f'in the namespace "{namespace}"' if namespace else "at the cluster scope"
+        group = GROUP_VERSIONS[resource][0]
         details: dict[str, Any] = {"name": name, "kind": resource} if name else {"kind": resource}
+        if group:
+            details["group"] = group
         raise ApiError(
             403,
             "Forbidden",
-            f'{subject} is forbidden: User "{user}" cannot {verb} resource "{resource}" in API group "" {scope}',
+            f'{subject} is forbidden: User "{user}" cannot {verb} resource "{resource}" in API group "{group}" {scope}',
             details,
         )
 
     def _get(self, resource: str, namespace: str, name: str) -> bytes:
         collection = self._collections[resource]
         with self._lock:
-            version = collection.at(f"{namespace}/{name}", self._rv)
+            version = collection.at(_store_key(resource, namespace, name), self._rv)
         if version is None:
             raise ApiError(404, "NotFound", f'{resource} "{name}" not found', {"name": name, "kind": resource})
         return _with_kind(resource, version.body)
@@ -823,7 +888,7 @@ class FakeApiServer:
             metadata["continue"] = encode_continue(snapshot, last_key + "\x00")
             if remaining is not None:
                 metadata["remainingItemCount"] = remaining
-        head = _dumps({"kind": KINDS[resource] + "List", "apiVersion": "v1", "metadata": metadata})
+        head = _dumps({"kind": KINDS[resource] + "List", "apiVersion": api_version(resource), "metadata": metadata})
         # One join: a page of 1 MB Helm Secrets is tens of MB, every extra copy shows.
         return b"".join([head[:-1], b',"items":[', *_interleave(items), b"]}"])
 
@@ -932,6 +997,20 @@ class FakeApiServer:
                 self._connections.discard(sock)
 
 
+def _store_key(resource: str, namespace: str, name: str) -> str:
+    """The etcd-like key: ``namespace/name``, or ``name`` for a cluster-scoped resource."""
+    return f"{namespace}/{name}" if resource in NAMESPACED else name
+
+
+def _typed_field(resource: str, source: Mapping[str, Any]) -> str | None:
+    """The one selectable field beyond metadata: a Secret's type, a CSR's signerName."""
+    if resource == "secrets":
+        return source.get("type")
+    if resource == "certificatesigningrequests":
+        return (source.get("spec") or {}).get("signerName")
+    return None
+
+
 def _interleave(items: list[bytes]) -> list[bytes]:
     parts = [b","] * (2 * len(items) - 1) if items else []
     parts[::2] = items
@@ -956,28 +1035,52 @@ def _expired_continue(start: str) -> ApiError:
 
 def _with_kind(resource: str, body: bytes) -> bytes:
     """The stored body with kind/apiVersion first, as single objects and watch events carry them."""
-    return b'{"kind":"' + KINDS[resource].encode() + b'","apiVersion":"v1",' + body[1:]
+    return (
+        b'{"kind":"'
+        + KINDS[resource].encode()
+        + b'","apiVersion":"'
+        + api_version(resource).encode()
+        + b'",'
+        + body[1:]
+    )
 
 
-def _discovery() -> dict[str, Any]:
+def _discovery(group_version: str = "v1") -> dict[str, Any]:
+    """The APIResourceList of one group version (``v1`` is the core group)."""
     return {
         "kind": "APIResourceList",
-        "groupVersion": "v1",
+        "apiVersion": "v1",
+        "groupVersion": group_version,
         "resources": [
             {
                 "name": resource,
                 "singularName": SINGULAR[resource],
-                "namespaced": True,
+                "namespaced": resource in NAMESPACED,
                 "kind": kind,
                 "verbs": ["get", "list", "watch"],
-                **({"shortNames": ["cm"]} if resource == "configmaps" else {}),
+                **({"shortNames": SHORT_NAMES[resource]} if resource in SHORT_NAMES else {}),
             }
             for resource, kind in sorted(KINDS.items())
+            if api_version(resource) == group_version
         ],
     }
 
 
-_RESOURCE_PATH = re.compile(r"/api/v1/(?:namespaces/(?P<ns>[^/]+)/)?(?P<res>secrets|configmaps)(?:/(?P<name>[^/]+))?")
+def _group_list() -> dict[str, Any]:
+    """The APIGroupList of ``/apis``: every named group served, one version each."""
+    groups = sorted({group for group, _ in GROUP_VERSIONS.values() if group})
+    entries = []
+    for group in groups:
+        version = next(v for g, v in GROUP_VERSIONS.values() if g == group)
+        member = {"groupVersion": f"{group}/{version}", "version": version}
+        entries.append({"name": group, "versions": [member], "preferredVersion": member})
+    return {"kind": "APIGroupList", "apiVersion": "v1", "groups": entries}
+
+
+_RESOURCE_PATH = re.compile(
+    r"(?:/api/v1/(?:namespaces/(?P<ns>[^/]+)/)?(?P<res>secrets|configmaps)"
+    r"|/apis/(?P<group>[^/]+)/(?P<version>[^/]+)/(?P<cres>[a-z]+))(?:/(?P<name>[^/]+))?"
+)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -1032,7 +1135,9 @@ class _Handler(BaseHTTPRequestHandler):
         if length:
             self.rfile.read(length)
         split = urlsplit(self.path)
-        path = split.path
+        # The apiserver serves discovery paths with and without a trailing slash (the
+        # official client asks for /apis/ and /apis/<group>/<version>/).
+        path = split.path.rstrip("/") or "/"
         query = dict(parse_qsl(split.query, keep_blank_values=True))
         authorization = self.headers.get("Authorization") or ""
         token = authorization[7:].strip() if authorization[:7].lower() == "bearer " else None
@@ -1071,7 +1176,11 @@ class _Handler(BaseHTTPRequestHandler):
                 )
                 return
             if path == "/apis":
-                self._send_json(200, _dumps({"kind": "APIGroupList", "apiVersion": "v1", "groups": []}))
+                self._send_json(200, _dumps(_group_list()))
+                return
+            group_version = path.removeprefix("/apis/")
+            if path.startswith("/apis/") and group_version in {api_version(r) for r in KINDS}:
+                self._send_json(200, _dumps(_discovery(group_version)))
                 return
             if path == "/api/v1":
                 self._send_json(200, _dumps(_discovery()))
@@ -1081,12 +1190,18 @@ class _Handler(BaseHTTPRequestHandler):
                 raise ApiError(404, "NotFound", FAILURES[404][1], {})
             if method != "GET":
                 raise ApiError(405, "MethodNotAllowed", FAILURES[405][1], {})
-            resource = match["res"]
+            resource = match["res"] or match["cres"]
+            if match["cres"] and (
+                resource not in KINDS or GROUP_VERSIONS[resource] != (match["group"], match["version"])
+            ):
+                raise ApiError(404, "NotFound", FAILURES[404][1], {})
             namespace = unquote(match["ns"]) if match["ns"] else None
             name = unquote(match["name"]) if match["name"] else None
             watching = query.get("watch", "").lower() in ("1", "true")
+            if (namespace is not None) != (resource in NAMESPACED) and (name is not None or namespace is not None):
+                raise ApiError(404, "NotFound", FAILURES[404][1], {})  # a namespaced path of a cluster resource
             if name is not None:
-                assert namespace is not None
+                namespace = namespace or ""
                 fake._authorize(identity, "watch" if watching else "get", resource, namespace, name)
                 if watching:
                     selector = f"metadata.name={name}"
@@ -1155,7 +1270,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _stream(self, watch: Watch, query: Mapping[str, str]) -> None:
         fake = self.server.fake
-        kind = KINDS[watch.resource]
+        kind = (KINDS[watch.resource], api_version(watch.resource))
         bookmarks = query.get("allowWatchBookmarks", "").lower() in ("1", "true")
         try:
             timeout = float(query["timeoutSeconds"]) if query.get("timeoutSeconds") else None
@@ -1239,8 +1354,8 @@ def _event(kind: str, obj: bytes) -> bytes:
     return b'{"type":"' + kind.encode() + b'","object":' + obj + b"}\n"
 
 
-def _bookmark(kind: str, rv: int, *, initial_end: bool = False) -> bytes:
+def _bookmark(kind: tuple[str, str], rv: int, *, initial_end: bool = False) -> bytes:
     metadata: dict[str, Any] = {"resourceVersion": str(rv)}
     if initial_end:
         metadata["annotations"] = {INITIAL_EVENTS_END: "true"}
-    return _dumps({"kind": kind, "apiVersion": "v1", "metadata": metadata})
+    return _dumps({"kind": kind[0], "apiVersion": kind[1], "metadata": metadata})

@@ -36,6 +36,7 @@ import sys
 import tarfile
 import time
 import zipfile
+from base64 import b64encode
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -512,6 +513,41 @@ def test_rbac_per_namespace_when_the_probes_name_them(chart: Chart) -> None:
     assert len(objects(docs, "Role")) == 2
 
 
+WEBHOOK_RESOURCES = "mutatingwebhookconfigurations,validatingwebhookconfigurations"
+
+
+def test_rbac_for_ca_bundles_and_csrs(chart: Chart) -> None:
+    values = {
+        "config": {
+            "probes": [
+                {
+                    "name": "bundles",
+                    "kind": "kubernetes",
+                    "secrets": False,
+                    "namespaces": ["apps"],
+                    "ca_bundles": ["validatingwebhookconfigurations", "apiservices", "mutatingwebhookconfigurations"],
+                },
+                {"name": "crds", "kind": "kubernetes", "ca_bundles": ["customresourcedefinitions"]},
+                {"name": "csrs", "kind": "kubernetes", "secrets": False, "certificate_signing_requests": True},
+            ]
+        }
+    }
+    docs = chart.render(values)
+    assert rules(one(docs, "ClusterRole")) == [
+        ("", "secrets", "get,list,watch"),  # the crds probe still reads Secrets everywhere
+        ("admissionregistration.k8s.io", WEBHOOK_RESOURCES, "get,list,watch"),
+        ("apiextensions.k8s.io", "customresourcedefinitions", "get,list,watch"),
+        ("apiregistration.k8s.io", "apiservices", "get,list,watch"),
+        ("certificates.k8s.io", "certificatesigningrequests", "get,list,watch"),
+    ]
+    assert not objects(docs, "Role"), "secrets: false in namespace apps: no Role"
+    # Without Secrets anywhere, only the cluster-scoped rules.
+    docs = chart.render({"config": {"probes": [values["config"]["probes"][2]]}})
+    assert rules(one(docs, "ClusterRole")) == [("certificates.k8s.io", "certificatesigningrequests", "get,list,watch")]
+    with pytest.raises(AssertionError, match='ca_bundles: unknown resource "pods"'):
+        chart.render({"config": {"probes": [{"name": "x", "kind": "kubernetes", "ca_bundles": ["pods"]}]}})
+
+
 def test_no_kubernetes_probe_no_rbac_and_no_token(chart: Chart) -> None:
     for values in (NO_KUBERNETES, {"deployment": {"enabled": False}, "daemonset": {"enabled": True}}):
         docs = chart.render(values)
@@ -561,8 +597,11 @@ def test_daemonset_mounts_host_paths_read_only_and_probes_them(chart: Chart) -> 
     assert {h["path"] for h in host_paths.values()} == {
         "/etc/kubernetes/pki",
         "/var/lib/kubelet/pki",
+        "/etc/kubernetes",
         "/var/lib/rancher/k3s/server/tls",
         "/var/lib/rancher/k3s/agent",
+        "/var/lib/rancher/k3s/server/cred",
+        "/etc/rancher/k3s",
         "/etc/etcd/pki",
     }
     assert all(h["type"] == "Directory" for h in host_paths.values())
@@ -576,7 +615,11 @@ def test_daemonset_mounts_host_paths_read_only_and_probes_them(chart: Chart) -> 
     config = yaml.safe_load(rendered_config(docs, f"{RELEASE}-node"))
     paths = {p["name"]: p["paths"] for p in config["probes"]}
     assert paths["node-kubeadm-pki"] == ["/etc/kubernetes/pki/**/*.crt"]
+    assert paths["node-kubeadm-kubeconfigs"] == ["/etc/kubernetes/*.conf"]
     assert paths["node-k3s-server-tls"] == ["/var/lib/rancher/k3s/server/tls/**/*.crt"]
+    assert paths["node-k3s-agent"] == ["/var/lib/rancher/k3s/agent/*.crt", "/var/lib/rancher/k3s/agent/*.kubeconfig"]
+    assert paths["node-k3s-server-cred"] == ["/var/lib/rancher/k3s/server/cred/*.kubeconfig"]
+    assert paths["node-k3s-kubeconfig"] == ["/etc/rancher/k3s/k3s.yaml"]
     assert paths["node-etcd"] == ["/etc/etcd/pki/**/*.crt", "/etc/etcd/pki/**/*.pem"]
     assert all(p["kind"] == "files" and p["ignore_missing"] is True for p in config["probes"])
     # Selector: the DaemonSet's pods are not the Service's endpoints.
@@ -1065,6 +1108,17 @@ def test_the_daemon_runs_on_the_rendered_configs_as_nobody(
         path.chmod(0o644)
     (pki_dir / "apiserver.key").write_bytes(pki.valid.key_pem)
     (pki_dir / "apiserver.key").chmod(0o600)
+    # Kubeconfigs: one the user can read, one as kubeadm writes it (0600 root).
+    ca_data, client_data = b64encode(pki.root.pem).decode(), b64encode(pki.valid.pem).decode()
+    kubeconfig = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "kubernetes", "cluster": {"certificate-authority-data": ca_data}}],
+        "users": [{"name": "kubernetes-admin", "user": {"client-certificate-data": client_data}}],
+    }
+    for name, mode in (("admin.conf", 0o644), ("controller-manager.conf", 0o600)):
+        (host / "etc/kubernetes" / name).write_text(yaml.safe_dump(kubeconfig))
+        (host / "etc/kubernetes" / name).chmod(mode)
     for directory in [*(p for p in host.rglob("*") if p.is_dir()), *pki_dir.parents]:
         directory.chmod(directory.stat().st_mode | 0o005)  # whatever the umask: nobody traverses
     port, log, pid = nobody_daemon(node_config.replace(" /etc/", f" {host}/etc/").replace(" /var/", f" {host}/var/"))
@@ -1080,7 +1134,15 @@ def test_the_daemon_runs_on_the_rendered_configs_as_nobody(
         metrics, "certscope_cert_not_after_timestamp_seconds", target=str(pki_dir / "etcd" / "server.crt")
     )
     assert not_after == pki.expired.not_after
-    assert not [s for s in metrics.get("certscope_probe_success", []) if s[1] != 1], "a node file failed"
+    admin = str(host / "etc/kubernetes/admin.conf")
+    user = value(
+        metrics, "certscope_cert_not_after_timestamp_seconds", target=admin, kubeconfig_user="kubernetes-admin"
+    )
+    assert user == pki.valid.not_after
+    unreadable = str(host / "etc/kubernetes/controller-manager.conf")
+    assert value(metrics, "certscope_probe_status", target=unreadable, reason="permission_denied") == 1
+    failed = [s for s in metrics.get("certscope_probe_success", []) if s[1] != 1]
+    assert [s[0]["target"] for s in failed] == [unreadable], "a node file failed"
     for workdir in tmp_path.glob("run*/cwd"):
         assert list(workdir.iterdir()) == [], "the daemon wrote into its working directory"
 

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import requests
 
+from tests import kube_objects
 from tests.kube_apiserver import (
     CONTINUE_EXPIRED,
     INCONSISTENT_CONTINUE,
@@ -749,3 +750,150 @@ def test_raw_sockets_see_http11_chunking(api: FakeApiServer) -> None:
     assert head.startswith("HTTP/1.1 200")
     assert "Transfer-Encoding: chunked" in head
     assert received.endswith(b"0\r\n\r\n")
+
+
+# --------------------------------------------------------------------------- cluster-scoped objects
+
+
+@pytest.fixture
+def client(api: FakeApiServer) -> Any:
+    configuration = kubernetes.client.Configuration()
+    configuration.host = api.url
+    configuration.api_key = {"authorization": TOKEN}
+    configuration.api_key_prefix = {"authorization": "Bearer"}
+    made = kubernetes.client.ApiClient(configuration)
+    yield made
+    made.close()
+
+
+def put_cluster_objects(api: FakeApiServer, pki: Pki) -> dict[str, Any]:
+    root = kube_objects.bundle(pki.root)
+    objects = {
+        "validating": kube_objects.webhook_configuration(
+            "Validating",
+            "policy",
+            [
+                ("validate.policy.example.com", root, kube_objects.service_ref("policy", "policy-webhook")),
+                ("audit.policy.example.com", None, None),
+            ],
+        ),
+        "mutating": kube_objects.webhook_configuration(
+            "Mutating", "injector", [("inject.example.com", root, kube_objects.service_ref("mesh", "injector", 9443))]
+        ),
+        "apiservice": kube_objects.api_service(
+            "metrics.k8s.io", "v1beta1", root, kube_objects.service_ref("kube-system", "metrics-server")
+        ),
+        "crd": kube_objects.crd("widgets", "example.com", root, kube_objects.service_ref("widgets", "converter")),
+        "csr": kube_objects.csr(
+            "csr-abc12", "kubernetes.io/kube-apiserver-client-kubelet", "system:node:worker-1", pki.valid
+        ),
+    }
+    resources = {
+        "validating": "validatingwebhookconfigurations",
+        "mutating": "mutatingwebhookconfigurations",
+        "apiservice": "apiservices",
+        "crd": "customresourcedefinitions",
+        "csr": "certificatesigningrequests",
+    }
+    for key, obj in objects.items():
+        api.put(resources[key], obj)
+    return objects
+
+
+def test_official_client_reads_the_cluster_scoped_objects(api: FakeApiServer, client: Any, pki: Pki) -> None:
+    objects = put_cluster_objects(api, pki)
+    root = kube_objects.bundle(pki.root)
+    admission = kubernetes.client.AdmissionregistrationV1Api(client)
+    validating = admission.list_validating_webhook_configuration().items
+    assert [v.metadata.name for v in validating] == ["policy"]
+    hooks = validating[0].webhooks
+    assert [h.name for h in hooks] == ["validate.policy.example.com", "audit.policy.example.com"]
+    assert hooks[0].client_config.ca_bundle == root and hooks[0].client_config.service.name == "policy-webhook"
+    assert hooks[1].client_config.ca_bundle is None and hooks[1].client_config.url.startswith("https://")
+    assert validating[0].metadata.uid and validating[0].metadata.resource_version
+    assert validating[0].metadata.namespace is None  # cluster-scoped
+    mutating = admission.read_mutating_webhook_configuration("injector")
+    assert mutating.kind == "MutatingWebhookConfiguration"
+    assert mutating.api_version == "admissionregistration.k8s.io/v1"
+    assert mutating.webhooks[0].client_config.service.port == 9443
+
+    apiservice = kubernetes.client.ApiregistrationV1Api(client).list_api_service().items[0]
+    assert apiservice.metadata.name == "v1beta1.metrics.k8s.io" and apiservice.spec.ca_bundle == root
+    assert apiservice.spec.service.namespace == "kube-system" and apiservice.status.conditions[0].type == "Available"
+
+    crd = kubernetes.client.ApiextensionsV1Api(client).read_custom_resource_definition("widgets.example.com")
+    assert crd.spec.conversion.strategy == "Webhook"
+    assert crd.spec.conversion.webhook.client_config.ca_bundle == root
+    assert crd.spec.conversion.webhook.conversion_review_versions == ["v1"]
+
+    certificates = kubernetes.client.CertificatesV1Api(client)
+    [issued] = certificates.list_certificate_signing_request(field_selector="spec.signerName=" + (
+        "kubernetes.io/kube-apiserver-client-kubelet")).items  # fmt: skip
+    assert issued.spec.username == "system:node:worker-1"
+    assert base64.b64decode(issued.status.certificate) == pki.valid.pem
+    assert issued.status.conditions[0].type == "Approved"
+    assert objects["csr"]["spec"]["request"] == issued.spec.request
+    assert certificates.list_certificate_signing_request(field_selector="spec.signerName=example.com/x").items == []
+
+    # Discovery, as kubectl and the client see it.
+    groups = {g.name: g for g in kubernetes.client.ApisApi(client).get_api_versions().groups}
+    assert {
+        "admissionregistration.k8s.io",
+        "apiregistration.k8s.io",
+        "apiextensions.k8s.io",
+        "certificates.k8s.io",
+    } <= (set(groups))
+    assert groups["certificates.k8s.io"].preferred_version.group_version == "certificates.k8s.io/v1"
+    resources = {r.name: r for r in admission.get_api_resources().resources}
+    assert resources["validatingwebhookconfigurations"].namespaced is False
+    assert resources["validatingwebhookconfigurations"].kind == "ValidatingWebhookConfiguration"
+
+
+def test_cluster_scoped_paths_watches_and_rbac(api: FakeApiServer, client: Any, pki: Pki) -> None:
+    put_cluster_objects(api, pki)
+    path = "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations"
+    listed = get(api, path).json()
+    assert listed["kind"] == "ValidatingWebhookConfigurationList"
+    assert listed["apiVersion"] == "admissionregistration.k8s.io/v1"
+    assert get(api, path + "/policy").json()["metadata"]["name"] == "policy"
+    assert get(
+        api, "/apis/admissionregistration.k8s.io/v1/namespaces/x/validatingwebhookconfigurations"
+    ).status_code == (404)
+    assert get(api, "/apis/apps/v1/deployments").status_code == 404
+    assert get(api, "/apis/certificates.k8s.io/v1beta1/certificatesigningrequests").status_code == 404
+
+    # A namespaced grant does not reach cluster-scoped objects; a grant of other resources neither.
+    api.allow(token="ns-only", namespaces=["team-a"])
+    api.allow(token="secrets-only", resources=["secrets"])
+    for token in ("ns-only", "secrets-only"):
+        denied = requests.get(api.url + path, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert denied.status_code == 403
+        message = denied.json()["message"]
+        assert 'cannot list resource "validatingwebhookconfigurations" in API group "admissionregistration.k8s.io"' in (
+            message
+        ) and message.endswith("at the cluster scope")
+
+    watch = kubernetes.watch.Watch()
+    admission = kubernetes.client.AdmissionregistrationV1Api(client)
+    version = admission.list_validating_webhook_configuration().metadata.resource_version
+
+    def changes() -> None:
+        time.sleep(0.3)
+        api.put(
+            "validatingwebhookconfigurations",
+            kube_objects.webhook_configuration("Validating", "late", [("late.example.com", None, None)]),
+        )
+        api.delete("validatingwebhookconfigurations", "", "policy")
+
+    threading.Thread(target=changes).start()
+    seen = []
+    for event in watch.stream(
+        admission.list_validating_webhook_configuration, resource_version=version, timeout_seconds=5
+    ):
+        seen.append((event["type"], event["object"].metadata.name, event["object"].kind))
+        if len(seen) == 2:
+            watch.stop()
+    assert seen == [
+        ("ADDED", "late", "ValidatingWebhookConfiguration"),
+        ("DELETED", "policy", "ValidatingWebhookConfiguration"),
+    ]

@@ -55,18 +55,24 @@ app.kubernetes.io/part-of: certscope
 
 {{/*
 RBAC scopes the kubernetes probes of .Values.config need, as JSON:
-{"cluster": ["secrets", ...] (empty: no ClusterRole), "namespaces": {"ns": ["secrets", ...]}, "inCluster": bool}
+{"cluster": ["secrets", ...] (core resources in every namespace), "clusterGroups": {"api group": ["resource", ...]}
+(the cluster-scoped objects of ca_bundles and certificate_signing_requests), "namespaces": {"ns": ["secrets", ...]},
+"inCluster": bool}; a ClusterRole is made when cluster or clusterGroups is not empty.
 Probes with a kubeconfig talk to another cluster and need nothing here.
 */}}
 {{- define "certscope.rbacScopes" -}}
 {{- $cluster := list -}}
+{{- $groups := dict -}}
 {{- $namespaces := dict -}}
 {{- $inCluster := false -}}
+{{- $groupOf := dict "validatingwebhookconfigurations" "admissionregistration.k8s.io" "mutatingwebhookconfigurations" "admissionregistration.k8s.io" "apiservices" "apiregistration.k8s.io" "customresourcedefinitions" "apiextensions.k8s.io" -}}
 {{- range .Values.config.probes -}}
 {{- if and (eq (toString .kind) "kubernetes") (not .kubeconfig) -}}
 {{- $inCluster = true -}}
-{{- $resources := list "secrets" -}}
+{{- $resources := list -}}
+{{- if or (not (hasKey . "secrets")) .secrets -}}{{- $resources = append $resources "secrets" -}}{{- end -}}
 {{- if .configmaps -}}{{- $resources = append $resources "configmaps" -}}{{- end -}}
+{{- if $resources -}}
 {{- if .namespaces -}}
 {{- range .namespaces -}}
 {{- $_ := set $namespaces . (concat (get $namespaces .  | default list) $resources | uniq | sortAlpha) -}}
@@ -75,8 +81,20 @@ Probes with a kubeconfig talk to another cluster and need nothing here.
 {{- $cluster = concat $cluster $resources | uniq | sortAlpha -}}
 {{- end -}}
 {{- end -}}
+{{- $probe := .name -}}
+{{- range .ca_bundles -}}
+{{- if not (hasKey $groupOf .) -}}
+{{- fail (printf "config.probes %s: ca_bundles: unknown resource %q (%s)" $probe . (keys $groupOf | sortAlpha | join ", ")) -}}
 {{- end -}}
-{{- dict "cluster" $cluster "namespaces" $namespaces "inCluster" $inCluster | toJson -}}
+{{- $group := get $groupOf . -}}
+{{- $_ := set $groups $group (append (get $groups $group | default list) . | uniq | sortAlpha) -}}
+{{- end -}}
+{{- if .certificate_signing_requests -}}
+{{- $_ := set $groups "certificates.k8s.io" (list "certificatesigningrequests") -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- dict "cluster" $cluster "clusterGroups" $groups "namespaces" $namespaces "inCluster" $inCluster | toJson -}}
 {{- end -}}
 
 {{/* Whether a workload runs `config` (the Deployment, or the StatefulSet that shards it):
@@ -152,9 +170,15 @@ node's files, already a partition; so the chart owns the --shard.* flags.
 {{- if eq . "kubeadm" -}}
 {{- $paths = append $paths (dict "name" "kubeadm-pki" "path" "/etc/kubernetes/pki" "globs" (list "**/*.crt")) -}}
 {{- $paths = append $paths (dict "name" "kubelet-pki" "path" "/var/lib/kubelet/pki" "globs" (list "*.crt")) -}}
+{{- /* admin.conf, kubelet.conf, ...: client certificates that expire after a year (kubelet.conf points into kubelet-pki) */ -}}
+{{- $paths = append $paths (dict "name" "kubeadm-kubeconfigs" "path" "/etc/kubernetes" "globs" (list "*.conf")) -}}
 {{- else if eq . "k3s" -}}
 {{- $paths = append $paths (dict "name" "k3s-server-tls" "path" "/var/lib/rancher/k3s/server/tls" "globs" (list "**/*.crt")) -}}
-{{- $paths = append $paths (dict "name" "k3s-agent" "path" "/var/lib/rancher/k3s/agent" "globs" (list "*.crt")) -}}
+{{- /* the agent's kubelet, kube-proxy and controller kubeconfigs point at its *.crt files */ -}}
+{{- $paths = append $paths (dict "name" "k3s-agent" "path" "/var/lib/rancher/k3s/agent" "globs" (list "*.crt" "*.kubeconfig")) -}}
+{{- /* the server's component kubeconfigs point into server/tls; k3s.yaml embeds the admin's certificate */ -}}
+{{- $paths = append $paths (dict "name" "k3s-server-cred" "path" "/var/lib/rancher/k3s/server/cred" "globs" (list "*.kubeconfig")) -}}
+{{- $paths = append $paths (dict "name" "k3s-kubeconfig" "path" "/etc/rancher/k3s" "globs" (list "k3s.yaml")) -}}
 {{- else -}}
 {{- fail (printf "daemonset.presets: unknown preset %q (kubeadm, k3s)" .) -}}
 {{- end -}}

@@ -1,0 +1,178 @@
+"""Cluster-scoped Kubernetes objects that hold certificates, shaped as the v1 APIs
+serve them (every field the official client's models require is set, so
+``tests/test_kube_apiserver.py`` can read them back through those models).
+
+``[]byte`` fields (``caBundle``, ``status.certificate``, ``spec.request``) are
+base64 in JSON, as the API server encodes them.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tests.pki import Issued
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def bundle(*cas: Issued) -> str:
+    return b64(b"".join(ca.pem for ca in cas))
+
+
+def webhook_configuration(
+    kind: str, name: str, webhooks: list[tuple[str, str | None, dict[str, Any] | None]], **metadata: Any
+) -> dict[str, Any]:
+    """``kind`` Validating or Mutating; ``webhooks`` (name, caBundle or None, Service
+    reference or None for a URL)."""
+    entries = []
+    for webhook_name, ca_bundle, service in webhooks:
+        client_config: dict[str, Any] = {"service": service} if service else {"url": f"https://{webhook_name}/hook"}
+        if ca_bundle is not None:
+            client_config["caBundle"] = ca_bundle
+        entry: dict[str, Any] = {
+            "name": webhook_name,
+            "clientConfig": client_config,
+            "rules": [
+                {
+                    "operations": ["CREATE", "UPDATE"],
+                    "apiGroups": [""],
+                    "apiVersions": ["v1"],
+                    "resources": ["pods"],
+                    "scope": "*",
+                }
+            ],
+            "failurePolicy": "Fail",
+            "matchPolicy": "Equivalent",
+            "namespaceSelector": {},
+            "objectSelector": {},
+            "sideEffects": "None",
+            "timeoutSeconds": 10,
+            "admissionReviewVersions": ["v1"],
+        }
+        if kind == "Mutating":
+            entry["reinvocationPolicy"] = "Never"
+        entries.append(entry)
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": f"{kind}WebhookConfiguration",
+        "metadata": {"name": name, **metadata},
+        "webhooks": entries,
+    }
+
+
+def service_ref(namespace: str, name: str, port: int | None = 443, path: str | None = "/validate") -> dict[str, Any]:
+    reference: dict[str, Any] = {"namespace": namespace, "name": name}
+    if port is not None:
+        reference["port"] = port
+    if path is not None:
+        reference["path"] = path
+    return reference
+
+
+def api_service(group: str, version: str, ca_bundle: str, service: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "apiregistration.k8s.io/v1",
+        "kind": "APIService",
+        "metadata": {"name": f"{version}.{group}"},
+        "spec": {
+            "group": group,
+            "version": version,
+            "service": {key: value for key, value in service.items() if key != "path"},
+            "caBundle": ca_bundle,
+            "groupPriorityMinimum": 100,
+            "versionPriority": 100,
+        },
+        "status": {
+            "conditions": [
+                {
+                    "type": "Available",
+                    "status": "True",
+                    "lastTransitionTime": "2026-01-01T00:00:00Z",
+                    "reason": "Passed",
+                    "message": "all checks passed",
+                }
+            ]
+        },
+    }
+
+
+def crd(plural: str, group: str, ca_bundle: str | None, service: dict[str, Any] | None) -> dict[str, Any]:
+    """A CRD with two served versions; with ``ca_bundle``, a conversion webhook."""
+    kind = plural.rstrip("s").capitalize()
+    conversion: dict[str, Any] = {"strategy": "None"}
+    if ca_bundle is not None:
+        conversion = {
+            "strategy": "Webhook",
+            "webhook": {
+                "clientConfig": {"service": service, "caBundle": ca_bundle},
+                "conversionReviewVersions": ["v1"],
+            },
+        }
+    schema = {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{group}"},
+        "spec": {
+            "group": group,
+            "names": {"plural": plural, "singular": plural.rstrip("s"), "kind": kind, "listKind": f"{kind}List"},
+            "scope": "Namespaced",
+            "versions": [
+                {"name": "v1", "served": True, "storage": True, "schema": schema},
+                {"name": "v1beta1", "served": True, "storage": False, "schema": schema},
+            ],
+            "conversion": conversion,
+        },
+        "status": {
+            "acceptedNames": {"plural": plural, "kind": kind},
+            "storedVersions": ["v1"],
+            "conditions": [],
+        },
+    }
+
+
+def csr(name: str, signer: str, username: str, issued: Issued | None, *, common_name: str = "") -> dict[str, Any]:
+    """A CertificateSigningRequest; with ``issued``, approved and issued."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    request = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name or username)]))
+        .sign(key, hashes.SHA256())
+    )
+    obj: dict[str, Any] = {
+        "apiVersion": "certificates.k8s.io/v1",
+        "kind": "CertificateSigningRequest",
+        "metadata": {"name": name},
+        "spec": {
+            "request": b64(request.public_bytes(serialization.Encoding.PEM)),
+            "signerName": signer,
+            "usages": ["digital signature", "client auth"],
+            "username": username,
+            "groups": ["system:nodes", "system:authenticated"],
+            "expirationSeconds": 86400,
+        },
+        "status": {},
+    }
+    if issued is not None:
+        obj["status"] = {
+            "conditions": [
+                {
+                    "type": "Approved",
+                    "status": "True",
+                    "reason": "AutoApproved",
+                    "message": "Auto approving kubelet client certificate after SubjectAccessReview.",
+                    "lastUpdateTime": "2026-01-01T00:00:00Z",
+                    "lastTransitionTime": "2026-01-01T00:00:00Z",
+                }
+            ],
+            "certificate": b64(issued.pem),
+        }
+    return obj
