@@ -25,6 +25,7 @@ from exporter import __version__
 from exporter.exposition import RowFamily
 from exporter.store import Histogram, ProbeInfo, ProbeState, Snapshot, TargetState
 from probes.base import CaFacts, CertObservation, CrlFacts, Reason, RevocationFacts, TlsFacts
+from probes.ca import ISSUED_ROLE
 
 log = logging.getLogger(__name__)
 
@@ -270,6 +271,16 @@ class _Families:
         )
         self.ca_issuance_total = _counter(
             p + "ca_issuance", "Synthetic issuances by result (success, failure).", (*TARGET_LABELS, "result")
+        )
+        self.ca_issuance_phase = _gauge(
+            p + "ca_issuance_phase_duration_seconds",
+            "Seconds each step of the last ACME issuance took (directory, nonce, account, order, challenge, ...).",
+            (*TARGET_LABELS, "phase"),
+        )
+        self.ca_issuance_retry_after = _gauge(
+            p + "ca_issuance_retry_after_timestamp_seconds",
+            "When the CA allows the next ACME issuance attempt (Retry-After of a rateLimited answer).",
+            TARGET_LABELS,
         )
         self.build_info = _gauge(p + "build_info", "certscope build; always 1.", ("version", "python_version"))
         self.reload_ok = _gauge(p + "config_last_reload_successful", "1 if the last config (re)load succeeded.", ())
@@ -569,6 +580,10 @@ def _render_ca(ca: CaFacts, ts: TargetState, key: tuple[str, ...], extra: Extra,
         f.ca_issuance_success.add(key, 1 if ca.issuance.success else 0, extra)
         if ca.issuance.seconds is not None:
             f.ca_issuance_duration.add(key, ca.issuance.seconds, extra)
+        for phase, seconds in ca.issuance.phases:
+            f.ca_issuance_phase.add((*key, phase), seconds, extra)
+        if ca.issuance.retry_after is not None:
+            f.ca_issuance_retry_after.add(key, ca.issuance.retry_after, extra)
     if ca.issuance is not None or ts.issuance_total:
         # Both results from the first issuance on, so rate() of either is never absent.
         for result in ("success", "failure"):
@@ -602,7 +617,11 @@ def _render_certificate(
     )
     f.info.add((*cert_key, *identity, *owner_values), 1, extra + ts.result.info_labels)
     warning, critical = info.warning_seconds, info.critical_seconds
-    if ts.result.thresholds is not None:  # per-object policy (annotations); negative: not set
+    if observation.role == ISSUED_ROLE:
+        # An ACME canary's certificate: nothing serves it, so its expiry is no one's
+        # renewal task (a failing canary is CertscopeIssuanceFailing).
+        warning = critical = 0.0
+    elif ts.result.thresholds is not None:  # per-object policy (annotations); negative: not set
         own_warning, own_critical = ts.result.thresholds
         warning = own_warning if own_warning >= 0 else warning
         critical = own_critical if own_critical >= 0 else critical

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from exporter import __version__
 from exporter.store import ProbeState, Snapshot, TargetState
 from probes.base import CertObservation
+from probes.ca import ISSUED_ROLE
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
@@ -139,6 +140,8 @@ def _state(observation: CertObservation, probe: ProbeState, now: float) -> str:
     seconds_left = cert.not_after - now
     if seconds_left <= 0:
         return "expired"
+    if observation.role == ISSUED_ROLE:
+        return "ok"  # an ACME canary's certificate: no thresholds apply (docs/metrics.md)
     if seconds_left <= probe.info.critical_seconds:
         return "critical"
     if seconds_left <= probe.info.warning_seconds:

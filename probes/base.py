@@ -176,6 +176,12 @@ class Reason(StrEnum):
     VALIDITY_MISMATCH = "validity_mismatch"  # the issued certificate's lifetime is not what was asked
     PROVISIONER_NOT_FOUND = "provisioner_not_found"  # step-ca lists no JWK provisioner of that name
     CREDENTIAL_UNAVAILABLE = "credential_unavailable"  # the password/key file or variable cannot be read
+    # ACME (RFC 8555) issuance: the problem types that say what broke
+    RATE_LIMITED = "rate_limited"  # rateLimited: the CA will not issue before Retry-After
+    BAD_NONCE = "bad_nonce"  # badNonce, still after retries with fresh nonces
+    UNAUTHORIZED = "unauthorized"  # the account may not act: unauthorized, deactivated, terms to accept, EAB
+    ORDER_INVALID = "order_invalid"  # the order became invalid (finalize failed) or never became ready
+    CHALLENGE_FAILED = "challenge_failed"  # the CA could not validate a challenge (or none could be answered)
     # ours
     DEADLINE_EXCEEDED = "deadline_exceeded"
     INTERNAL_ERROR = "internal_error"
@@ -300,6 +306,10 @@ class IssuanceFacts:
     # reached the CA (the credential could not be read, the key did not decrypt).
     seconds: float | None
     message: str = ""
+    # Phase name -> seconds of the issuance's own steps (ACME: nonce, account, order, ...).
+    phases: tuple[tuple[str, float], ...] = ()
+    # Unix time before which the CA asked not to be asked again (ACME rateLimited).
+    retry_after: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,8 +14,10 @@ One target per probe, its ``url``.  Each run:
    join the inventory with ``kind="ca"`` (deduplicated by fingerprint, numbered in the
    order found), so root and intermediate expiry is alerted on like any certificate.
 3. **Synthetic issuance** (``issuance.enabled``, off by default) - see
-   ``probes.ca_issue``: a fresh key and CSR, a short-lived certificate from the CA,
-   checked against the roots just fetched; counted in ``certscope_ca_issuance_total``.
+   ``probes.ca_issue`` (step, cfssl) and ``probes.acme`` (ACME, RFC 8555): a fresh key
+   and CSR, a certificate from the CA, checked against the roots just fetched; counted
+   in ``certscope_ca_issuance_total``.  The last certificate an ACME canary got joins
+   the inventory with ``role="issued"``.
 
 The run succeeds when all three did; its ``reason`` is the first failure in that
 order.  The URL is configured by the operator but still obeys ``global.egress``
@@ -33,7 +35,7 @@ import json
 import ssl
 import time
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import pkcs7
@@ -44,6 +46,7 @@ from probes.base import (
     CertFacts,
     CertObservation,
     Discovery,
+    IssuanceFacts,
     ProbeContext,
     ProbeDefaults,
     ProbeResult,
@@ -56,8 +59,76 @@ from probes.base import (
 from probes.certparse import parse_container, role_in_bundle
 from probes.fetch import FetchError, Response, fetch
 
+if TYPE_CHECKING:
+    from probes.acme import AcmeCanary
+
 FLAVORS = ("step", "cfssl", "acme", "bundle")
-ISSUING_FLAVORS = ("step", "cfssl")
+# The role of the certificate an ACME canary got, in the inventory: no expiry
+# thresholds apply to it (nothing serves it), see exporter.collector.
+ISSUED_ROLE = "issued"
+ISSUING_FLAVORS = ("step", "cfssl", "acme")
+ACME_CHALLENGES = ("http-01",)
+DEFAULT_VALIDITY = Seconds(600)  # step and cfssl, when issuance.validity is not set
+DEFAULT_COMMON_NAME = "certscope-probe.invalid"
+
+
+@dataclass(frozen=True)
+class AcmeIssuance:
+    """ACME (RFC 8555) issuance: the account, how challenges are answered, cleanup.
+    Secrets (the EAB MAC key) come from ``*_file`` or ``*_env`` only; the account key
+    is a file certscope creates on first use and reads at every run."""
+
+    # PEM private key of the ACME account (EC P-256/P-384 or RSA); created (EC P-256,
+    # mode 0600) when the file does not exist.  Not a path_field: it may not exist yet.
+    account_key_file: str = ""
+    contact: tuple[str, ...] = ()  # mailto: URLs sent when the account is created
+    terms_of_service_agreed: bool = False  # sent when the account is created
+    # External Account Binding (RFC 8555 7.3.4): the key id and the base64url MAC key
+    # the CA handed out; used once, when the account is created.
+    eab_kid: str = ""
+    eab_hmac_key_file: str | None = path_field()
+    eab_hmac_key_env: str | None = None
+    challenge: str = "http-01"
+    # Where certscope answers http-01: the CA connects to port 80 of each name (pebble:
+    # its httpPort), so this must be reachable there, e.g. 0.0.0.0:80 or :8080 behind
+    # a Service that maps port 80 to it.  Bound for the challenge phase only.
+    http01_listen_address: str = ""
+    # Shortest wait between polls of an authorization or order; a longer Retry-After
+    # from the CA wins.
+    poll_interval: Seconds = Seconds(1)
+    deactivate_authorizations: bool = True  # so the next run is validated again
+    revoke: bool = True  # revoke the certificate once checked
+
+    def validate(self) -> list[tuple[str, str]]:
+        problems: list[tuple[str, str]] = []
+        if self.eab_hmac_key_file and self.eab_hmac_key_env:
+            problems.append(("eab_hmac_key_env", "set eab_hmac_key_file or eab_hmac_key_env, not both"))
+        if bool(self.eab_kid) != bool(self.eab_hmac_key_file or self.eab_hmac_key_env):
+            problems.append(("eab_kid", "an External Account Binding needs eab_kid and eab_hmac_key_file/_env"))
+        if self.challenge not in ACME_CHALLENGES:
+            why = " (dns-01 is not supported: see docs/configuration.md)" if self.challenge == "dns-01" else ""
+            problems.append(("challenge", f"must be http-01, got {self.challenge!r}{why}"))
+        if self.http01_listen_address:
+            try:
+                listen_address(self.http01_listen_address)
+            except ValueError as exc:
+                problems.append(("http01_listen_address", str(exc)))
+        if not 0.05 <= self.poll_interval <= 300:
+            problems.append(("poll_interval", "must be between 50ms and 5m"))
+        for index, contact in enumerate(self.contact):
+            if ":" not in contact:
+                problems.append((f"contact[{index}]", f"must be a URL such as mailto:ops@example.com, got {contact!r}"))
+        return problems
+
+
+def listen_address(address: str) -> tuple[str, int]:
+    """'0.0.0.0:80', '[::]:80', ':8080' -> (host, port); the empty host is 0.0.0.0."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ValueError(f"must be host:port with a port from 1 to 65535, got {address!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host or "0.0.0.0", int(port)
 
 
 @dataclass(frozen=True)
@@ -65,9 +136,12 @@ class CaIssuance:
     """The synthetic issuance probe.  Secrets come from ``*_file`` or ``*_env`` only."""
 
     enabled: bool = False
-    common_name: str = "certscope-probe.invalid"
+    common_name: str = DEFAULT_COMMON_NAME
     sans: tuple[str, ...] = ()  # DNS names or IP addresses; default: the common name
-    validity: Seconds = Seconds(600)  # lifetime asked for (step) / expected from the profile (cfssl)
+    # Lifetime asked for (step) / expected from the profile (cfssl), 10 minutes when
+    # unset; ACME: expected, and unchecked when unset (the CA decides: 90 days at
+    # Let's Encrypt; orders carry no notAfter, which Let's Encrypt refuses).
+    validity: Seconds | None = None
     # Accepted excess over ``validity``: CAs backdate notBefore (step-ca by 1 minute).
     validity_tolerance: Seconds = Seconds(120)
     # step: the JWK provisioner and its password.
@@ -81,6 +155,7 @@ class CaIssuance:
     endpoint: str = "sign"
     auth_key_file: str | None = path_field()
     auth_key_env: str | None = None
+    acme: AcmeIssuance = field(default_factory=AcmeIssuance)
 
     def validate(self) -> list[tuple[str, str]]:
         problems: list[tuple[str, str]] = []
@@ -105,6 +180,12 @@ class CaIssuance:
     def names(self) -> tuple[str, ...]:
         return self.sans or (self.common_name,)
 
+    def expected_validity(self, flavor: str) -> float | None:
+        """The lifetime to ask for and check; None: not checked (ACME without ``validity``)."""
+        if self.validity is not None:
+            return self.validity
+        return None if flavor == "acme" else DEFAULT_VALIDITY
+
 
 @dataclass(frozen=True)
 class CaSettings:
@@ -125,16 +206,34 @@ class CaSettings:
         issuance = self.issuance
         if issuance.enabled:
             if self.flavor not in ISSUING_FLAVORS:
-                why = " (ACME needs a challenge solver the CA can reach; see docs)" if self.flavor == "acme" else ""
-                flavors = " and ".join(ISSUING_FLAVORS)
+                flavors = ", ".join(ISSUING_FLAVORS)
                 problems.append(
-                    ("issuance.enabled", f"synthetic issuance is available for {flavors}, not {self.flavor!r}{why}")
+                    ("issuance.enabled", f"synthetic issuance is available for {flavors}, not {self.flavor!r}")
                 )
+            if self.flavor == "acme":
+                problems.extend(self._acme_problems())
             if self.flavor == "step":
                 if not issuance.provisioner:
                     problems.append(("issuance.provisioner", "required for step: the JWK provisioner's name"))
                 if not (issuance.password_file or issuance.password_env):
                     problems.append(("issuance.password_file", "required for step (or issuance.password_env)"))
+        return problems
+
+    def _acme_problems(self) -> list[tuple[str, str]]:
+        issuance, acme = self.issuance, self.issuance.acme
+        problems: list[tuple[str, str]] = []
+        if not issuance.sans and issuance.common_name == DEFAULT_COMMON_NAME:
+            problems.append(
+                ("issuance.sans", "required for acme: the names to order, which must reach the challenge listener")
+            )
+        if not acme.account_key_file:
+            problems.append(("issuance.acme.account_key_file", "required for acme (created on first use)"))
+        if not acme.http01_listen_address:
+            problems.append(("issuance.acme.http01_listen_address", "required for acme: where http-01 is answered"))
+        if not self.bundle_urls:
+            problems.append(
+                ("bundle_urls", "required for acme issuance: the CA's roots the issued chain must verify against")
+            )
         return problems
 
 
@@ -158,6 +257,12 @@ def ca_reasons() -> tuple[Reason, ...]:
         Reason.PROVISIONER_NOT_FOUND,
         Reason.CREDENTIAL_UNAVAILABLE,
         Reason.BAD_PASSWORD,
+        Reason.RATE_LIMITED,
+        Reason.BAD_NONCE,
+        Reason.UNAUTHORIZED,
+        Reason.ORDER_INVALID,
+        Reason.CHALLENGE_FAILED,
+        Reason.DEADLINE_EXCEEDED,
         Reason.INTERNAL_ERROR,
     )
 
@@ -170,6 +275,7 @@ class CaFailure(Exception):
         self.reason = reason
         self.seconds = seconds  # the round trip, when the CA did answer
         self.status = status  # its HTTP status, when it answered with an error
+        self.retry_after: float | None = None  # Unix time the CA asked to wait until (Retry-After)
 
 
 def tls_context(trust: TrustSettings) -> ssl.SSLContext:
@@ -217,7 +323,7 @@ class CaClient:
                 tls_context=self.context,
             )
         except FetchError as exc:
-            raise CaFailure(_fetch_reason(exc), str(exc)) from None
+            raise CaFailure(fetch_reason(exc), str(exc)) from None
         if response.status not in ok:
             raise CaFailure(
                 status_reason(response.status),
@@ -247,7 +353,7 @@ def status_reason(status: int) -> Reason:
     return Reason.HTTP_UNEXPECTED_STATUS
 
 
-def _fetch_reason(exc: FetchError) -> Reason:
+def fetch_reason(exc: FetchError) -> Reason:
     if exc.kind == "too_large":
         return Reason.CA_BAD_RESPONSE
     if exc.kind == "refused":
@@ -294,6 +400,11 @@ class CaProbe:
         self.client = CaClient(
             settings.url, tls_context(settings.trust or defaults.trust), defaults.allow_networks, settings.max_size
         )
+        self.acme: AcmeCanary | None = None
+        if settings.flavor == "acme" and settings.issuance.enabled:
+            from probes.acme import AcmeCanary  # it imports this module
+
+            self.acme = AcmeCanary(settings, self.client)
 
     def targets(self) -> Discovery:
         return Discovery((self.settings.url,))
@@ -307,36 +418,48 @@ class CaProbe:
         failures: list[tuple[Reason, str]] = []
         up, response_seconds = False, None
 
-        phase = time.monotonic()
-        try:
-            response_seconds = self._availability(ctx, published)
-            up = True
-        except CaFailure as exc:
-            failures.append((exc.reason, str(exc)))
-            response_seconds = exc.seconds
-        ctx.record_phase("ca.availability", time.monotonic() - phase)
-
-        phase = time.monotonic()
-        sources = _published_paths(flavor) if up else ()
-        for path in (*sources, *self.settings.bundle_urls):
+        # For ACME the availability request is the directory: the canary's first phase.
+        with ctx.phase("acme.directory" if flavor == "acme" else "ca.availability") as phase:
             try:
-                self._published(path, ctx, published)
+                response_seconds = self._availability(ctx, published)
+                up = True
             except CaFailure as exc:
                 failures.append((exc.reason, str(exc)))
-        ctx.record_phase("ca.published", time.monotonic() - phase)
+                response_seconds = exc.seconds
+                phase.fail(exc.reason, str(exc))
+
+        with ctx.phase("ca.published") as phase:
+            sources = _published_paths(flavor) if up else ()
+            for path in (*sources, *self.settings.bundle_urls):
+                try:
+                    self._published(path, ctx, published)
+                except CaFailure as exc:
+                    failures.append((exc.reason, str(exc)))
+                    phase.fail(exc.reason, str(exc))
 
         issuance = None
-        if self.settings.issuance.enabled:
-            issuance = issue(self.settings, self.client, [c for c in published.certificates if _is_ca(c)], ctx)
-            if not issuance.success:
-                failures.append((issuance.reason, issuance.message))
+        anchors = [c for c in published.certificates if _is_ca(c)]
+        if self.acme is not None:
+            if published.directory is not None:
+                issuance = self.acme.issue(published.directory, anchors, ctx)
+            else:  # nothing to start from; counted as a failed issuance, for the CA's reason
+                reason, message = failures[0]
+                issuance = IssuanceFacts(False, reason, None, f"issuance: no ACME directory ({message})")
+        elif self.settings.issuance.enabled:
+            issuance = issue(self.settings, self.client, anchors, ctx)
+        if issuance is not None and not issuance.success:
+            failures.append((issuance.reason, issuance.message))
 
+        observations = _observations(published.facts)
+        issued = self.acme.issued_in_inventory(time.time()) if self.acme is not None and up else None
+        if issued is not None:
+            observations += (CertObservation(len(observations), ISSUED_ROLE, issued),)
         reason, message = failures[0] if failures else (Reason.OK, "")
         return ProbeResult(
             success=not failures,
             reason=reason,
             duration_seconds=time.monotonic() - started,
-            certificates=_observations(published.facts),
+            certificates=observations,
             errors=tuple(published.errors),
             phases=tuple(ctx.phases),
             message=message,
@@ -367,6 +490,7 @@ class CaProbe:
             return response.seconds
         if flavor == "acme":
             document, response = client.json("", ctx.deadline)
+            published.directory = document if isinstance(document, dict) else None
             missing = (
                 [k for k in ("newNonce", "newAccount", "newOrder") if not isinstance(document.get(k), str)]
                 if (isinstance(document, dict))
@@ -375,6 +499,7 @@ class CaProbe:
             if not missing and not isinstance(document.get("meta"), dict):
                 missing = ["meta"]
             if missing:
+                published.directory = None
                 raise CaFailure(
                     Reason.CA_BAD_RESPONSE,
                     f"{client.url('')}: the ACME directory lacks {', '.join(missing)}",
@@ -411,6 +536,7 @@ class _Published:
         self.facts: list[CertFacts] = []
         self.certificates: list[x509.Certificate] = []
         self.errors: list[SourceError] = []
+        self.directory: dict[str, Any] | None = None  # acme: the directory document
 
     def add(self, data: bytes, url: str, seconds: float | None) -> None:
         parsed = parse_container(data, url)

@@ -23,10 +23,8 @@ One issuance:
    backdate notBefore; cfssl by 5 minutes, so a cfssl profile must be longer than that
    for the certificate to be valid when it arrives).
 
-ACME is not offered: an ACME CA issues only after validating a challenge (http-01,
-dns-01, tls-alpn-01) against the identifier, so the prober would have to serve port
-80/443 for a name the CA resolves to it, or write DNS records; neither is something a
-monitoring daemon can assume.  The ACME directory itself is checked (``probes.ca``).
+ACME issuance (order, challenge, finalize, download) is ``probes.acme``; it ends with
+the same ``check``.
 
 Failures are ``IssuanceFacts`` with a reason, never exceptions.  Every message is
 scrubbed of the credentials and the token before it leaves this module.
@@ -74,12 +72,12 @@ def issue(settings: CaSettings, client: CaClient, anchors: list[x509.Certificate
         del key  # the certificate is checked and dropped; nothing uses the key
         phase = time.monotonic()
         try:
-            check(chain, anchors, settings.issuance)
+            check(chain, anchors, settings.issuance, settings.flavor)
         finally:
             ctx.record_phase("issuance.verify", time.monotonic() - phase)
         return IssuanceFacts(True, Reason.OK, seconds)
     except CaFailure as exc:
-        return IssuanceFacts(False, exc.reason, exc.seconds, _scrub(f"issuance: {exc}", secrets_seen))
+        return IssuanceFacts(False, exc.reason, exc.seconds, scrub(f"issuance: {exc}", secrets_seen))
 
 
 # -- step-ca ----------------------------------------------------------------------
@@ -132,7 +130,7 @@ def _step(
     ctx.record_phase("issuance.token", time.monotonic() - phase)
 
     phase = time.monotonic()
-    body = {"csr": csr_pem, "ott": token, "notAfter": f"{int(issuance.validity)}s"}
+    body = {"csr": csr_pem, "ott": token, "notAfter": f"{int(issuance.expected_validity('step') or 0)}s"}
     try:
         document, response = client.json("/1.0/sign", ctx.deadline, method="POST", body=body, ok=(200, 201))
     except CaFailure as exc:
@@ -266,7 +264,9 @@ def _load_chain(pems: Any, url: str, seconds: float) -> list[x509.Certificate]:
         raise CaFailure(Reason.CA_BAD_RESPONSE, f"{url}: the certificate in the answer is not PEM", seconds) from None
 
 
-def check(chain: list[x509.Certificate], anchors: list[x509.Certificate], issuance: CaIssuance) -> None:
+def check(
+    chain: list[x509.Certificate], anchors: list[x509.Certificate], issuance: CaIssuance, flavor: str = "step"
+) -> None:
     leaf, intermediates = chain[0], [c for c in chain[1:] if c not in anchors]
     if not anchors:
         raise CaFailure(Reason.ISSUED_CERT_INVALID, "no CA certificate was published to verify the issued one against")
@@ -293,14 +293,15 @@ def check(chain: list[x509.Certificate], anchors: list[x509.Certificate], issuan
     if missing:
         raise CaFailure(Reason.SAN_MISMATCH, f"the issued certificate lacks the requested names {', '.join(missing)}")
     lifetime = (leaf.not_valid_after_utc - leaf.not_valid_before_utc).total_seconds()
-    if not issuance.validity - 1 <= lifetime <= issuance.validity + issuance.validity_tolerance:
+    validity = issuance.expected_validity(flavor)
+    if validity is not None and not validity - 1 <= lifetime <= validity + issuance.validity_tolerance:
         raise CaFailure(
             Reason.VALIDITY_MISMATCH,
-            f"the issued certificate is valid for {lifetime:.0f} s, not the {issuance.validity:.0f} s asked for",
+            f"the issued certificate is valid for {lifetime:.0f} s, not the {validity:.0f} s asked for",
         )
 
 
-def _scrub(message: str, values: list[str]) -> str:
+def scrub(message: str, values: list[str]) -> str:
     for value in values:
         if len(value) >= 4:
             message = message.replace(value, "<redacted>")

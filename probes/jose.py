@@ -1,4 +1,4 @@
-"""Just enough JOSE for a step-ca JWK provisioner, on ``cryptography`` alone.
+"""Just enough JOSE for a step-ca JWK provisioner and an ACME client, on ``cryptography`` alone.
 
 step-ca hands out a JWK provisioner's private key as a compact JWE (RFC 7516) whose
 content-encryption key is wrapped with ``PBES2-HS256+A128KW`` (RFC 7518 §4.8): the
@@ -7,6 +7,10 @@ then AES key unwrap (RFC 3394).  The content is encrypted with AES-GCM (``A128GC
 to ``A256GCM``; step uses ``A256GCM``).  ``decrypt_jwk`` undoes that and returns the
 private key; ``sign_jwt`` makes the one-time token (a JWS, ES256/ES384/ES512, RS256 or
 EdDSA by the key) that step-ca's ``/1.0/sign`` accepts.
+
+For ACME (RFC 8555), ``public_jwk`` and ``jwk_thumbprint`` (RFC 7638) describe the
+account key, ``sign_jws`` makes the flattened JSON serialization every ACME request is
+sent in, and ``hmac_jws`` the HS256 inner JWS of an External Account Binding.
 
 No new dependency: the handful of primitives below are what ``python-jose`` or
 ``jwcrypto`` would call underneath, and a wrong password is told apart from a
@@ -18,6 +22,8 @@ the key or the token.
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 from typing import Any
 
@@ -149,28 +155,80 @@ def private_key_from_jwk(jwk: dict[str, Any]) -> PrivateKey:
 
 def sign_jwt(key: PrivateKey, header: dict[str, Any], claims: dict[str, Any]) -> str:
     """A compact JWS over ``claims``; ``alg`` is set from the key."""
-    signing_input_header: dict[str, Any]
+    alg, _ = _algorithm(key)
+    signing_input = (
+        b64url(json.dumps({**header, "alg": alg}, separators=(",", ":")).encode())
+        + "."
+        + b64url(json.dumps(claims, separators=(",", ":")).encode())
+    ).encode("ascii")
+    return signing_input.decode("ascii") + "." + b64url(_sign(key, signing_input))
+
+
+def _algorithm(key: PrivateKey) -> tuple[str, hashes.HashAlgorithm | None]:
+    """The JWS ``alg`` for ``key`` and the hash it signs with (None: EdDSA)."""
     if isinstance(key, ec.EllipticCurvePrivateKey):
         curve_name = {c[0].name: name for name, c in _CURVES.items()}.get(key.curve.name)
         if curve_name is None:
             raise JoseError(f"unsupported EC curve {key.curve.name}")
         _, alg, digest = _CURVES[curve_name]
-        signing_input_header = {**header, "alg": alg}
-    elif isinstance(key, rsa.RSAPrivateKey):
-        signing_input_header = {**header, "alg": "RS256"}
-    else:
-        signing_input_header = {**header, "alg": "EdDSA"}
-    signing_input = (
-        b64url(json.dumps(signing_input_header, separators=(",", ":")).encode())
-        + "."
-        + b64url(json.dumps(claims, separators=(",", ":")).encode())
-    ).encode("ascii")
+        return alg, digest
+    if isinstance(key, rsa.RSAPrivateKey):
+        return "RS256", hashes.SHA256()
+    return "EdDSA", None
+
+
+def _sign(key: PrivateKey, signing_input: bytes) -> bytes:
     if isinstance(key, ec.EllipticCurvePrivateKey):
+        _, digest = _algorithm(key)
+        assert digest is not None
         r, s = decode_dss_signature(key.sign(signing_input, ec.ECDSA(digest)))
         size = (key.curve.key_size + 7) // 8
-        signature = r.to_bytes(size, "big") + s.to_bytes(size, "big")  # JWS wants r||s, not DER
-    elif isinstance(key, rsa.RSAPrivateKey):
-        signature = key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
-    else:
-        signature = key.sign(signing_input)
-    return signing_input.decode("ascii") + "." + b64url(signature)
+        return r.to_bytes(size, "big") + s.to_bytes(size, "big")  # JWS wants r||s, not DER
+    if isinstance(key, rsa.RSAPrivateKey):
+        return key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
+    return key.sign(signing_input)
+
+
+def _b64int(value: int, size: int | None = None) -> str:
+    return b64url(value.to_bytes(size or max(1, (value.bit_length() + 7) // 8), "big"))
+
+
+def public_jwk(key: PrivateKey) -> dict[str, str]:
+    """The public JWK of ``key``: only the members RFC 7638 hashes, so it is also the
+    thumbprint input.  Never any private member."""
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        numbers = key.public_key().public_numbers()
+        crv = {c[0].name: name for name, c in _CURVES.items()}.get(key.curve.name)
+        if crv is None:
+            raise JoseError(f"unsupported EC curve {key.curve.name}")
+        size = (key.curve.key_size + 7) // 8  # fixed width, RFC 7518 6.2.1.2
+        return {"crv": crv, "kty": "EC", "x": _b64int(numbers.x, size), "y": _b64int(numbers.y, size)}
+    if isinstance(key, rsa.RSAPrivateKey):
+        rsa_numbers = key.public_key().public_numbers()
+        return {"e": _b64int(rsa_numbers.e), "kty": "RSA", "n": _b64int(rsa_numbers.n)}
+    raw = key.public_key().public_bytes_raw()
+    return {"crv": "Ed25519", "kty": "OKP", "x": b64url(raw)}
+
+
+def jwk_thumbprint(key: PrivateKey) -> str:
+    """RFC 7638: base64url(SHA-256 of the required members, sorted, no whitespace)."""
+    canonical = json.dumps(public_jwk(key), sort_keys=True, separators=(",", ":")).encode()
+    return b64url(hashlib.sha256(canonical).digest())
+
+
+def sign_jws(key: PrivateKey, protected: dict[str, Any], payload: bytes) -> dict[str, str]:
+    """A flattened JSON JWS (RFC 7515 7.2.2) over ``payload``; ``alg`` is set from the key.
+    An empty ``payload`` gives the empty payload of an ACME POST-as-GET."""
+    alg, _ = _algorithm(key)
+    header = b64url(json.dumps({**protected, "alg": alg}, separators=(",", ":")).encode())
+    body = b64url(payload)
+    signature = _sign(key, f"{header}.{body}".encode("ascii"))
+    return {"protected": header, "payload": body, "signature": b64url(signature)}
+
+
+def hmac_jws(mac_key: bytes, protected: dict[str, Any], payload: bytes) -> dict[str, str]:
+    """A flattened JSON JWS with HS256 (RFC 7518 3.2): an ACME External Account Binding."""
+    header = b64url(json.dumps({**protected, "alg": "HS256"}, separators=(",", ":")).encode())
+    body = b64url(payload)
+    signature = hmac.new(mac_key, f"{header}.{body}".encode("ascii"), hashlib.sha256).digest()
+    return {"protected": header, "payload": body, "signature": b64url(signature)}

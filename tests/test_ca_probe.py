@@ -298,7 +298,8 @@ def test_bundle_without_certificates() -> None:
     [
         ({"flavor": "vault"}, "probes[0].flavor: must be one of step, cfssl, acme, bundle, got 'vault'"),
         ({"url": "ftp://ca"}, "probes[0].url: must be an http or https URL"),
-        ({"flavor": "acme", "issuance": {"enabled": True}}, "ACME needs a challenge solver"),
+        ({"flavor": "acme", "issuance": {"enabled": True}}, "probes[0].issuance.sans: required for acme"),
+        ({"flavor": "bundle", "issuance": {"enabled": True}}, "available for step, cfssl, acme, not 'bundle'"),
         ({"flavor": "step", "issuance": {"enabled": True}}, "probes[0].issuance.provisioner: required for step"),
         ({"issuance": {"password_file": "/nonexistent/pw"}}, "probes[0].issuance.password_file: file not found"),
         ({"issuance": {"password": "inline"}}, "probes[0].issuance.password: unknown key"),
@@ -403,6 +404,8 @@ def test_ca_metric_families_are_documented() -> None:
         "certscope_ca_issuance_success",
         "certscope_ca_issuance_duration_seconds",
         "certscope_ca_issuance",  # the counter's family name; samples end in _total
+        "certscope_ca_issuance_phase_duration_seconds",  # ACME
+        "certscope_ca_issuance_retry_after_timestamp_seconds",  # ACME
     }
     for name in rendered:
         assert f"`{name}{'_total' if name == 'certscope_ca_issuance' else ''}`" in documented, name
