@@ -233,7 +233,7 @@ class BoundedWSGIServer(WSGIServer):
         self._workers = _Workers(limits.workers, "http")
         self._health_workers = _Workers(limits.health_workers, "http-health")
         self.dropped_connections = 0  # closed for want of room (over max_connections)
-        self._dropped_logged = (0.0, 0)  # (when, dropped_connections then)
+        self._dropped_logged = -60.0  # when the last warning about dropped connections was logged
 
     # -- the loop ------------------------------------------------------------------
 
@@ -334,15 +334,15 @@ class BoundedWSGIServer(WSGIServer):
 
     def _dropped(self) -> None:
         self.dropped_connections += 1
-        when, count = self._dropped_logged
         now = time.monotonic()
-        if now - when >= 60:
+        if now - self._dropped_logged >= 60:  # at most one line a minute
+            self._dropped_logged = now
             log.warning(
-                "http: %d connections closed over the limit of %d open connections in the last minute",
-                self.dropped_connections - count,
+                "http: at the limit of %d open connections, closing the oldest still sending a request"
+                " (%d closed so far)",
                 self.limits.max_connections,
+                self.dropped_connections,
             )
-            self._dropped_logged = (now, self.dropped_connections)
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -399,10 +399,11 @@ class BoundedWSGIServer(WSGIServer):
                 return
             searched_from = max(0, len(pending.head) - 3)
             pending.head += data
-            if b"\r\n\r\n" in pending.head[searched_from:] or b"\n\n" in pending.head[searched_from:]:
+            end = _head_end(pending.head, searched_from)
+            if 0 <= end <= self.limits.max_head_bytes:
                 self._dispatch(pending)
                 return
-            if len(pending.head) > self.limits.max_head_bytes:
+            if end > self.limits.max_head_bytes or len(pending.head) > self.limits.max_head_bytes:
                 log.debug("http: %s sent a request head over %d bytes", pending.address[0], self.limits.max_head_bytes)
                 self._answer_now(pending, b"431 Request Header Fields Too Large")
                 return
@@ -449,6 +450,12 @@ class BoundedWSGIServer(WSGIServer):
             sock.close()
             with self._lock:
                 self._in_service -= 1
+
+
+def _head_end(head: bytearray, start: int) -> int:
+    """Where the request head ends (after its blank line), or -1; looks from ``start``."""
+    ends = [at + len(mark) for mark in (b"\n\r\n", b"\n\n") if (at := head.find(mark, start)) >= 0]
+    return min(ends, default=-1)
 
 
 class BoundedWSGIServer6(BoundedWSGIServer):

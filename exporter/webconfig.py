@@ -24,9 +24,10 @@ Contract:
   that certscope cannot honour (``cipher_suites``, ``RequireAnyClientCert``, ...) are
   errors too, never silently ignored.
 - :class:`WebConfigSource` holds the live config: ``current()`` notices (by stat, at
-  most once a second) when the web config file or the certificate, key or client CA
-  file changed, and loads them again.  A rotated certificate therefore takes effect
-  on the next connection, without a restart.  A change that does not load (a key
+  most once a second, in a thread of its own so that no connection waits for it)
+  when the web config file or the certificate, key or client CA file changed, and
+  loads them again.  A rotated certificate therefore takes effect within a second
+  or two, on the next connections, without a restart.  A change that does not load (a key
   that no longer matches its certificate half-way through a rotation, a typo, a
   value of the wrong type, a file that is not UTF-8 or not a regular file) keeps
   the previous config serving, logs the errors and sets
@@ -108,6 +109,9 @@ _HTTP_KEYS = {"headers", "http2"}
 _DUMMY_HASH = b"$2b$10$U8XwFVN1ncY1RQGxk9Pt3.tzA5Hk0wplbhauLnvwwstTAnuVhCYC6"
 _CHECK_INTERVAL = 1.0  # seconds between stats of the files behind the web config
 MAX_WEB_CONFIG_BYTES = 1024 * 1024
+# libyaml's safe loader when PyYAML has it: it refuses deep nesting in milliseconds
+# where the pure-Python scanner takes seconds holding the GIL.
+_SAFE_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 BCRYPT_MAX_PASSWORD_BYTES = 72
 _BCRYPT_HASH = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
 
@@ -169,7 +173,8 @@ def load_web_config(path: str) -> WebConfig:
 
 def _read_capped(path: str) -> str:
     try:
-        with open(path, "rb") as handle:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused below).
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as handle:
             if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
                 raise WebConfigError(path, ["not a regular file"])
             data = handle.read(MAX_WEB_CONFIG_BYTES + 1)
@@ -198,7 +203,7 @@ def _shown(value: Any) -> str:
 def _load_web_config(path: str) -> WebConfig:
     text = _read_capped(path)
     try:
-        document = yaml.safe_load(text)
+        document = yaml.load(text, Loader=_SAFE_LOADER)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -360,20 +365,31 @@ class WebConfigSource:
         self._context = self.config.tls.build_context() if self.config.tls else None
         self._stamp = _stamp(self.config.files())
         self._checked = time.monotonic()
+        self._checking = False
         self.last_reload_successful = True
         self.last_reload_success_time = time.time()
 
     def current(self) -> tuple[WebConfig, ssl.SSLContext | None]:
-        """The config and TLS context in force; never raises (a change that does not
-        load leaves the previous ones in force)."""
+        """The config and TLS context in force, at once; never raises.
+
+        At most once a second it starts a check of the files in a thread of its own,
+        so loading a changed file (a hostile one can take seconds of YAML parsing)
+        never delays a connection; the next connections get the result."""
         with self._lock:
-            now = time.monotonic()
-            if now - self._checked >= _CHECK_INTERVAL:
-                self._checked = now
-                stamp = _stamp(self.config.files())
-                if stamp != self._stamp:
-                    self._reload(stamp)
+            if not self._checking and time.monotonic() - self._checked >= _CHECK_INTERVAL:
+                self._checking = True
+                threading.Thread(target=self._check, name="web-config", daemon=True).start()
             return self.config, self._context
+
+    def _check(self) -> None:
+        try:
+            stamp = _stamp(self.config.files())
+            if stamp != self._stamp:
+                self._reload(stamp)
+        finally:
+            with self._lock:
+                self._checking = False
+                self._checked = time.monotonic()
 
     def _reload(self, stamp: tuple[Any, ...]) -> None:
         try:
@@ -386,7 +402,8 @@ class WebConfigSource:
         except Exception as exc:  # noqa: BLE001 - whatever the file holds, the old config serves on
             messages = [f"unexpected {type(exc).__name__}"]
         else:
-            self.config, self._context = config, context
+            with self._lock:
+                self.config, self._context = config, context
             self._stamp = _stamp(config.files())
             self.last_reload_successful = True
             self.last_reload_success_time = time.time()
