@@ -533,7 +533,7 @@ def test_probe_requests_are_capped_and_reload_needs_the_lifecycle_flag(
         at = daemon.get("/probe?module=web&target=a@localhost:443")
         assert at.status_code == 400 and "'@' is not allowed" in at.text, at.text
         for header in ("abc", "nan", "-1", "inf"):
-            bad = daemon.get(url, headers={"X-Prometheus-Scrape-Timeout-Seconds": header})
+            bad = requests.get(url, headers={"X-Prometheus-Scrape-Timeout-Seconds": header}, timeout=5)
             assert bad.status_code == 400 and "X-Prometheus-Scrape-Timeout-Seconds" in bad.text, header
 
         assert requests.post(daemon.base_url + "/-/reload", timeout=5).status_code == 403
