@@ -37,6 +37,7 @@ from prometheus_client import (
     ProcessCollector,
 )
 from prometheus_client.exposition import choose_encoder, gzip_accepted
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from exporter.collector import SnapshotCollector
@@ -131,7 +132,7 @@ class WebApp:
         self, names: list[str], accept: str | None, encoding: str | None
     ) -> tuple[bytes, list[tuple[str, str]]]:
         encoder, content_type = choose_encoder(accept or "")
-        body = encoder(self.registry.restricted_registry(names))
+        body = encoder(_NameFilter(self.registry, frozenset(names)))
         headers = [("Content-Type", content_type)]
         if gzip_accepted(encoding or ""):
             body = gzip.compress(body, compresslevel=1)
@@ -205,6 +206,28 @@ class WebApp:
             "500 Internal Server Error",
             f"Reload failed; the previous config keeps running:\n{error}\n",
         )
+
+
+class _NameFilter:
+    """A registry's families restricted to ``name[]``: a family named, or the samples
+    named (``process_cpu_seconds_total``).  prometheus-client's restricted registry
+    finds families only through collectors that describe themselves, which the
+    snapshot collector does not (it would answer nothing for certscope's own)."""
+
+    def __init__(self, registry: CollectorRegistry, names: frozenset[str]) -> None:
+        self._registry = registry
+        self._names = names
+
+    def collect(self) -> Iterable[Metric]:
+        for family in self._registry.collect():
+            if family.name in self._names:
+                yield family
+                continue
+            samples = [sample for sample in family.samples if sample.name in self._names]
+            if samples:
+                restricted = Metric(family.name, family.documentation, family.type, family.unit)
+                restricted.samples = samples
+                yield restricted
 
 
 def _respond(

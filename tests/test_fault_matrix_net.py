@@ -386,7 +386,8 @@ def test_idle_and_dripping_connections_cost_no_thread_and_are_closed(
             during = proc_status(daemon.process.pid)
     assert during["Threads"] <= before["Threads"] + 2, (before, during)
     assert during["VmRSS"] - before["VmRSS"] < 20 * 1024, (before, during)
-    assert sorted(waits)[int(len(waits) * 0.99)] < 0.5, "connections waited for the backlog"
+    # With a backlog of 5 the median connection waited 1 s for a SYN retransmit.
+    assert sorted(waits)[len(waits) // 2] < 0.2, "connections waited for the backlog"
     # head_timeout (10 s) after accept, every one of them is closed by the daemon.
     wait_for(lambda: time.monotonic() - started > 10.5, 15)
     for sock in idle + dripping:
