@@ -234,6 +234,7 @@ class BoundedWSGIServer(WSGIServer):
         self._health_workers = _Workers(limits.health_workers, "http-health")
         self.dropped_connections = 0  # closed for want of room (over max_connections)
         self._dropped_logged = -60.0  # when the last warning about dropped connections was logged
+        self._accept_failure_logged = -60.0
 
     # -- the loop ------------------------------------------------------------------
 
@@ -294,7 +295,7 @@ class BoundedWSGIServer(WSGIServer):
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # EMFILE and the like: the backlog keeps them
-                log.warning("http: cannot accept a connection: %s", exc)
+                self._accept_failed(exc)
                 return
             if not self._make_room():
                 self._dropped()
@@ -312,6 +313,20 @@ class BoundedWSGIServer(WSGIServer):
             with self._lock:
                 self._pending[sock] = pending
             self._selector.register(sock, selectors.EVENT_READ, pending)
+
+    def _accept_failed(self, exc: OSError) -> None:
+        """Out of file descriptors, most likely: close the oldest connection still
+        sending its head to free one, or pause, so that the loop does not spin on a
+        listener that stays readable."""
+        now = time.monotonic()
+        if now - self._accept_failure_logged >= 60:  # at most one line a minute
+            self._accept_failure_logged = now
+            log.warning("http: cannot accept a connection: %s", exc)
+        oldest = next(iter(self._pending.values()), None)
+        if oldest is not None:
+            self._close(oldest)
+        else:
+            time.sleep(0.1)
 
     def _wrap(self, sock: socket.socket) -> socket.socket:
         if self.web_config is None:

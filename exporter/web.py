@@ -315,5 +315,6 @@ class WebServer:
 
     def stop(self) -> None:
         self._server.stop()
-        self._thread.join(5)
+        if self._thread.is_alive():
+            self._thread.join(5)
         self._server.server_close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -399,6 +400,37 @@ def test_idle_and_dripping_connections_cost_no_thread_and_are_closed(
         sock.close()
     assert watch.stop() < 1.0
     assert daemon.get("/metrics").status_code == 200
+
+
+def test_out_of_file_descriptors_the_server_makes_room(start_daemon: StartDaemon, pki: Pki, tmp_path: Path) -> None:
+    """With RLIMIT_NOFILE at 64, 200 idle connections exhaust the descriptors before
+    max_connections: accept() fails (EMFILE), the oldest idle connection is closed to
+    make room, and a health check still gets in; the loop does not spin."""
+    directory = tmp_path / "watched"
+    directory.mkdir()
+    (directory / "valid.pem").write_bytes(pki.valid.pem)
+
+    def low_fd_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    daemon = start_daemon(
+        f"probes: [{{name: pki, kind: files, interval: 1s, paths: ['{directory}']}}]\n", preexec=low_fd_limit
+    )
+    daemon.wait_ready()
+    port = int(daemon.base_url.rsplit(":", 1)[1])
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(200)]
+    try:
+        watch = HealthWatch(daemon.base_url + "/-/healthy")
+        cpu_before = sum(int(field) for field in Path(f"/proc/{daemon.process.pid}/stat").read_text().split()[13:15])
+        time.sleep(3)
+        cpu_after = sum(int(field) for field in Path(f"/proc/{daemon.process.pid}/stat").read_text().split()[13:15])
+        assert watch.stop() < 1.0
+        assert (cpu_after - cpu_before) / os.sysconf("SC_CLK_TCK") < 1.5, "the accept loop spins"
+        assert "cannot accept a connection" in daemon.log()
+        assert daemon.get("/metrics").status_code == 200
+    finally:
+        for sock in idle:
+            sock.close()
 
 
 def test_server_limits_in_process() -> None:
