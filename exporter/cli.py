@@ -35,6 +35,12 @@ def _parser() -> argparse.ArgumentParser:
         help="TLS, client certificates and basic auth (exporter-toolkit format); wins over web.config_file",
     )
     run.add_argument(
+        "--web.enable-lifecycle",
+        dest="enable_lifecycle",
+        action="store_true",
+        help="serve POST /-/reload (off by default: it needs no credentials without a web config); SIGHUP works anyway",
+    )
+    run.add_argument(
         "--shard.index",
         dest="shard_index",
         default="0",
@@ -135,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"certscope: {exc}", file=sys.stderr)
         return 2
-    return Daemon(args.config_file, args.listen_address, args.web_config_file, shard).serve()
+    return Daemon(args.config_file, args.listen_address, args.web_config_file, shard, args.enable_lifecycle).serve()
 
 
 def parse_shard(index: str, count: int, hostname: str) -> Shard:

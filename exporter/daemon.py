@@ -14,6 +14,7 @@ on restart (like ``web.listen_address``).
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from types import FrameType
@@ -29,6 +30,9 @@ from probes.base import NO_SHARD, Shard
 
 log = logging.getLogger(__name__)
 
+# SIGTERM ends the process within this, whatever a thread is stuck in (see exit_after).
+STOP_GRACE_SECONDS = 8.0
+
 
 class Daemon:
     def __init__(
@@ -37,6 +41,7 @@ class Daemon:
         listen_address: str | None = None,
         web_config_file: str | None = None,
         shard: Shard = NO_SHARD,
+        enable_lifecycle: bool = False,
     ) -> None:
         self.config_file = config_file
         self.listen_address_flag = listen_address
@@ -49,6 +54,7 @@ class Daemon:
         self._stop = threading.Event()
         self._reload_requested = threading.Event()
         self.web: WebServer | None = None
+        self.enable_lifecycle = enable_lifecycle  # POST /-/reload; SIGHUP reloads regardless
 
     def load(self) -> Config:
         return load_config(self.config_file) if self.config_file else default_config()
@@ -93,7 +99,7 @@ class Daemon:
                 for message in exc.messages:
                     log.error("invalid web config: %s: %s", exc.source, message)
                 return 1
-        app = WebApp(self.store, self.scheduler.ready, self.reload, self._probe_once)
+        app = WebApp(self.store, self.scheduler.ready, self.reload if self.enable_lifecycle else None, self._probe_once)
         try:
             self.web = WebServer(app, host, port, web_config)
         except OSError as exc:
@@ -126,6 +132,7 @@ class Daemon:
                 self._reload_requested.clear()
                 self.reload()
         log.info("stopping")
+        exit_after(STOP_GRACE_SECONDS)
         self.web.stop()
         self.scheduler.stop(wait=False)
         self.scheduler.tracing.shutdown()
@@ -143,3 +150,19 @@ class Daemon:
     def _on_stop(self, signum: int, frame: FrameType | None) -> None:
         self._stop.set()
         self._reload_requested.set()  # wake the main loop
+
+
+def exit_after(seconds: float) -> None:
+    """Exit the process ``seconds`` from now if it has not exited by itself.
+
+    Python joins the probes' worker threads at exit, so a thread stuck in a call
+    without a deadline would keep a stopped daemon alive; this timer ends it."""
+
+    def force() -> None:
+        log.warning("still stopping after %.0f s (a probe is stuck); exiting now", seconds)
+        logging.shutdown()
+        os._exit(0)
+
+    timer = threading.Timer(seconds, force)
+    timer.daemon = True
+    timer.start()
