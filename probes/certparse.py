@@ -28,6 +28,7 @@ from __future__ import annotations
 import binascii
 import hashlib
 import re
+import time
 import warnings
 import weakref
 from collections.abc import Callable
@@ -37,9 +38,11 @@ from cryptography import utils as crypto_utils
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
-from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
+from cryptography.hazmat.primitives.serialization import pkcs7
+from cryptography.hazmat.primitives.serialization import pkcs12 as pkcs12_library
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 
+from probes import pkcs12
 from probes.base import CertFacts, CertObservation, Reason, SourceError
 
 # Real trust stores hold certificates with non-positive serials; cryptography warns on
@@ -69,14 +72,18 @@ def _no_password() -> bytes | None:
     return None
 
 
-def parse_container(data: bytes, name: str, *, pkcs12_password: PasswordSource = _no_password) -> Parsed:
+def parse_container(
+    data: bytes, name: str, *, pkcs12_password: PasswordSource = _no_password, deadline: float | None = None
+) -> Parsed:
     """Every certificate in ``data``; ``name`` is only used in error messages.
-    ``pkcs12_password`` is called only when the data is PKCS#12."""
+    ``pkcs12_password`` is called only when the data is PKCS#12.  ``deadline`` (a
+    ``time.monotonic()`` value) bounds the opening of a PKCS#12, which never gets
+    more than ``pkcs12.DEADLINE_SECONDS`` either way."""
     if not data.strip():
         return Parsed((), (SourceError(Reason.EMPTY_FILE, name, f"{name}: file is empty"),))
     if b"-----BEGIN " in data:
         return _parse_pem(data, name)
-    return _parse_binary(data, name, pkcs12_password)
+    return _parse_binary(data, name, pkcs12_password, deadline)
 
 
 # A container lists at most this many problems in full; beyond, one line per reason
@@ -183,9 +190,9 @@ def _pem_blocks(data: bytes) -> tuple[list[tuple[bytes, bytes]], int]:
     return blocks, truncated
 
 
-def _parse_binary(data: bytes, name: str, pkcs12_password: PasswordSource) -> Parsed:
+def _parse_binary(data: bytes, name: str, pkcs12_password: PasswordSource, deadline: float | None) -> Parsed:
     if _looks_like_pkcs12(data):
-        return _load_pkcs12(data, name, pkcs12_password())
+        return _load_pkcs12(data, name, pkcs12_password(), deadline)
     try:
         return Parsed((facts_from_der(data),), ())
     except Exception:  # noqa: BLE001 - not a DER certificate; try the next format
@@ -197,9 +204,7 @@ def _parse_binary(data: bytes, name: str, pkcs12_password: PasswordSource) -> Pa
     return Parsed((), (SourceError(Reason.PARSE_ERROR, name, f"{name}: neither PEM, DER, PKCS#7 nor PKCS#12"),))
 
 
-def _load_pkcs7(
-    der: bytes, item: str, certs: list[CertFacts], errors: _Problems, *, quiet: bool = False
-) -> bool:
+def _load_pkcs7(der: bytes, item: str, certs: list[CertFacts], errors: _Problems, *, quiet: bool = False) -> bool:
     try:
         loaded = pkcs7.load_der_pkcs7_certificates(der)
     except Exception as exc:  # noqa: BLE001
@@ -212,12 +217,49 @@ def _load_pkcs7(
     return True
 
 
-def _load_pkcs12(data: bytes, name: str, password: bytes | None) -> Parsed:
+def _load_pkcs12(data: bytes, name: str, password: bytes | None, deadline: float | None) -> Parsed:
+    """Priced first, opened in a worker process when it involves a password at all
+    (``probes.pkcs12``); only a PKCS#12 with neither MAC nor encryption is opened
+    here."""
+    cost = pkcs12.price(data, password_given=password is not None)
+    if cost.iterations > pkcs12.MAX_KDF_ITERATIONS:
+        message = (
+            f"{name}: PKCS#12 asks for {cost.iterations:,} key derivation iterations in all "
+            f"(the dearest: {cost.largest}), over the {pkcs12.MAX_KDF_ITERATIONS:,} allowed; not opened"
+        )
+        return Parsed((), (SourceError(Reason.KDF_TOO_EXPENSIVE, name, message),))
+    if not cost.password_based:
+        return _load_pkcs12_here(data, name, password)
+    seconds = pkcs12.DEADLINE_SECONDS if deadline is None else deadline - time.monotonic()
     try:
-        bundle = pkcs12.load_pkcs12(data, password)
+        ders = pkcs12.open_isolated(data, password, seconds)
+    except pkcs12.Pkcs12Error as exc:
+        if exc.kind == "password":
+            # cryptography says "Invalid password or PKCS12 data"; the structure looked
+            # like a PFX (see _looks_like_pkcs12), so the password is the likely cause.
+            hint = "no password configured" if password is None else "wrong password"
+            return Parsed((), (SourceError(Reason.BAD_PASSWORD, name, f"{name}: cannot open PKCS#12 ({hint})"),))
+        if exc.kind == "deadline":
+            return Parsed((), (SourceError(Reason.DEADLINE_EXCEEDED, name, f"{name}: PKCS#12 {exc}"),))
+        if exc.kind == "worker":
+            return Parsed((), (SourceError(Reason.INTERNAL_ERROR, name, f"{name}: PKCS#12 not read: {exc}"),))
+        return Parsed((), (SourceError(Reason.PARSE_ERROR, name, f"{name}: bad PKCS#12 ({exc})"),))
+    if not ders:
+        return Parsed((), (SourceError(Reason.NO_CERTIFICATE, name, f"{name}: PKCS#12 holds no certificate"),))
+    certs: list[CertFacts] = []
+    errors = _Problems(name)
+    for index, der in enumerate(ders):
+        try:
+            certs.append(facts_from_der(der))
+        except Exception as exc:  # noqa: BLE001 - any loader failure is a parse error
+            errors.append(SourceError(Reason.PARSE_ERROR, f"{name}[{index}]", f"{name}[{index}]: {_short(exc)}"))
+    return Parsed(tuple(certs), errors.result())
+
+
+def _load_pkcs12_here(data: bytes, name: str, password: bytes | None) -> Parsed:
+    try:
+        bundle = pkcs12_library.load_pkcs12(data, password)
     except ValueError:
-        # cryptography says "Invalid password or PKCS12 data"; the structure looked
-        # like a PFX (see _looks_like_pkcs12), so the password is the likely cause.
         hint = "no password configured" if password is None else "wrong password"
         return Parsed((), (SourceError(Reason.BAD_PASSWORD, name, f"{name}: cannot open PKCS#12 ({hint})"),))
     except Exception as exc:  # noqa: BLE001

@@ -116,6 +116,8 @@ class FilesProbe:
         Reason.MALFORMED_CERTIFICATE,
         Reason.DUPLICATE_CERTIFICATE,
         Reason.BAD_PASSWORD,
+        Reason.KDF_TOO_EXPENSIVE,
+        Reason.DEADLINE_EXCEEDED,
         Reason.TOO_MANY_FILES,
         *EXPECT_REASONS,
         Reason.INTERNAL_ERROR,
@@ -266,7 +268,7 @@ class FilesProbe:
                 return failed(reason, started, _describe(reason, target, exc), errors=[_error(reason, target, exc)])
             phase.set("certscope.file.size", len(data))
         with ctx.phase("parse") as phase:
-            parsed = parse_container(data, target, pkcs12_password=self._pkcs12_password)
+            parsed = parse_container(data, target, pkcs12_password=self._pkcs12_password, deadline=ctx.deadline)
             result = container_result(parsed, target, started, self.settings.expect)
             phase.set("certscope.certificates", len(result.certificates))
         exposure = key_exposure(parsed.other_blocks, info, target)
