@@ -183,6 +183,9 @@ def _probe(args: argparse.Namespace) -> int:
 
 
 def _check_config(path: str | None, web_config_file: str | None = None) -> int:
+    """Reject what the daemon would: the config is loaded and then built as the
+    daemon builds it (every probe and its trigger), without starting anything."""
+    from exporter.scheduler import build_plan
     from exporter.webconfig import WebConfigError, load_web_config
 
     try:
@@ -193,6 +196,11 @@ def _check_config(path: str | None, web_config_file: str | None = None) -> int:
         for message in exc.messages:
             print(f"{exc.source}: {message}", file=sys.stderr)
         print(f"{exc.source}: {len(exc.messages)} error(s)", file=sys.stderr)
+        return 1
+    try:
+        build_plan(config).close()
+    except Exception as exc:  # noqa: BLE001 - what the daemon's reload would refuse
+        print(f"{config.source}: cannot build the probes: {type(exc).__name__}: {str(exc)[:300]}", file=sys.stderr)
         return 1
     print(
         f"{config.source}: OK, {len(config.probes)} probe(s): "

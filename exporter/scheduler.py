@@ -32,11 +32,12 @@ import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from apscheduler.executors.pool import ThreadPoolExecutor as JobExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
 
 from exporter.config import Config, ProbeConfig
 from exporter.store import ProbeInfo, ResultStore
@@ -67,6 +68,45 @@ def probe_info(config: ProbeConfig, probe: Probe) -> ProbeInfo:
     )
 
 
+@dataclass
+class Plan:
+    """Everything a config needs to run, built but not started: what ``apply``
+    swaps in, and what ``certscope check-config`` builds to reject what the daemon
+    would (``close()`` it when done)."""
+
+    probes: list[tuple[ProbeConfig, Probe, ProbeInfo]]
+    triggers: dict[str, IntervalTrigger]
+    concurrency: int
+
+    def close(self) -> None:
+        for _, probe, _ in self.probes:
+            _close(probe)
+
+
+def build_plan(config: Config, shard: Shard = NO_SHARD) -> Plan:
+    """Build every probe of ``config`` and its trigger; raises what a probe or
+    trigger raises, after closing what was built."""
+    plan = Plan([], {}, config.global_settings.concurrency)
+    try:
+        for probe_config in config.probes:
+            defaults = replace(probe_config.defaults, shard=shard)
+            probe = KINDS[probe_config.kind].build(probe_config.settings, defaults)
+            plan.probes.append((probe_config, probe, probe_info(probe_config, probe)))
+            plan.triggers[probe_config.name] = IntervalTrigger(
+                seconds=probe_config.interval, jitter=probe_config.interval * JITTER_SHARE, timezone=UTC
+            )
+    except Exception:
+        plan.close()
+        raise
+    return plan
+
+
+def _close(probe: Probe) -> None:
+    close = getattr(probe, "close", None)  # probes holding threads or connections
+    if close is not None:
+        close()
+
+
 class Scheduler:
     def __init__(self, store: ResultStore, shard: Shard = NO_SHARD, tracing: Tracing = TRACING_OFF) -> None:
         self._store = store
@@ -77,6 +117,7 @@ class Scheduler:
         self._targets_pool: ThreadPoolExecutor | None = None
         self._pending_first_round: set[str] = set()
         self._probes: dict[str, tuple[ProbeConfig, Probe]] = {}
+        self._config: Config | None = None  # what runs now
         # Set when the jobs of the current config are stopped, so that a round in
         # flight ends between two targets instead of running to the end.
         self._cancelled = threading.Event()
@@ -84,39 +125,62 @@ class Scheduler:
     # -- lifecycle ---------------------------------------------------------------
 
     def apply(self, config: Config) -> None:
-        """Start probing ``config``, replacing any previous config's jobs."""
-        probes: list[tuple[ProbeConfig, Probe, ProbeInfo]] = []
-        for probe_config in config.probes:
-            defaults = replace(probe_config.defaults, shard=self._shard)
-            probe = KINDS[probe_config.kind].build(probe_config.settings, defaults)
-            probes.append((probe_config, probe, probe_info(probe_config, probe)))
-        concurrency = config.global_settings.concurrency
-        with self._lock:
-            self._stop_locked(wait=False)
-            self._store.configure([info for _, _, info in probes], config.source)
-            self._targets_pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="target")
-            self._aps = BackgroundScheduler(
-                executors={"default": JobExecutor(max_workers=max(1, min(concurrency, len(probes))))},
+        """Start probing ``config``, replacing any previous config's jobs.
+
+        A transaction: the probes, their triggers and the new APScheduler are all
+        built before the running ones are touched, so anything that raises while
+        building (a probe that cannot load its files, a trigger that cannot be made)
+        leaves the previous config running, and the exception goes to the caller."""
+        plan = build_plan(config, self._shard)
+        try:
+            aps = BackgroundScheduler(
+                executors={"default": JobExecutor(max_workers=max(1, min(plan.concurrency, len(plan.probes))))},
                 job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
                 timezone=UTC,
             )
-            self._pending_first_round = {c.name for c, _, _ in probes}
-            self._probes = {c.name: (c, probe) for c, probe, _ in probes}
-            self._cancelled = threading.Event()
-            now = datetime.now(UTC)
-            for probe_config, probe, info in probes:
+            targets_pool = ThreadPoolExecutor(max_workers=plan.concurrency, thread_name_prefix="target")
+        except Exception:
+            plan.close()
+            raise
+        cancelled = threading.Event()
+        now = datetime.now(UTC)
+        try:
+            for probe_config, probe, info in plan.probes:
                 spread = min(probe_config.interval * START_SPREAD, MAX_START_SPREAD)
-                self._aps.add_job(
+                aps.add_job(
                     self._round,
-                    trigger="interval",
-                    seconds=probe_config.interval,
-                    jitter=probe_config.interval * JITTER_SHARE,
+                    trigger=plan.triggers[probe_config.name],
                     next_run_time=now + timedelta(seconds=random.uniform(0, spread)),
-                    args=(probe_config, probe, info, self._targets_pool, self._cancelled),
+                    args=(probe_config, probe, info, targets_pool, cancelled),
                     id=probe_config.name,
                     name=f"probe {probe_config.name}",
                 )
-            self._aps.start()
+        except Exception:
+            targets_pool.shutdown(wait=False)
+            plan.close()
+            raise
+        with self._lock:
+            previous = self._config
+            self._stop_locked(wait=False)
+            self._store.configure([info for _, _, info in plan.probes], config.source)
+            self._targets_pool = targets_pool
+            self._aps = aps
+            self._pending_first_round = {c.name for c, _, _ in plan.probes}
+            self._probes = {c.name: (c, probe) for c, probe, _ in plan.probes}
+            self._cancelled = cancelled
+            try:
+                aps.start()
+                self._config = config
+                return
+            except Exception:
+                self._stop_locked(wait=False)
+                self._config = None  # so that the previous config failing as well raises, not loops
+                if previous is None:
+                    raise
+        # Starting failed after the previous jobs were stopped: put them back.
+        log.error("the new config's scheduler did not start; the previous config is running again")
+        self.apply(previous)
+        raise RuntimeError("the scheduler of the new config did not start")
 
     def stop(self, wait: bool = True) -> None:
         with self._lock:
@@ -125,11 +189,10 @@ class Scheduler:
     def _stop_locked(self, wait: bool) -> None:
         self._cancelled.set()
         for _, probe in self._probes.values():
-            close = getattr(probe, "close", None)  # probes holding threads or connections
-            if close is not None:
-                close()
+            _close(probe)
         if self._aps is not None:
-            self._aps.shutdown(wait=wait)
+            if self._aps.running:
+                self._aps.shutdown(wait=wait)
             self._aps = None
         if self._targets_pool is not None:
             self._targets_pool.shutdown(wait=wait, cancel_futures=True)

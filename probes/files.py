@@ -75,6 +75,13 @@ class FilesSettings:
         for index, path in enumerate(self.paths):
             if not path.startswith("/"):
                 problems.append((f"paths[{index}]", f"must be absolute, got {path!r}"))
+        # A glob whose class cannot compile ("[z-a]") would raise in every round.
+        for name, patterns in (("paths", self.paths), ("exclude", self.exclude)):
+            for index, pattern in enumerate(patterns):
+                try:
+                    _pattern_regex(pattern)
+                except re.error as exc:
+                    problems.append((f"{name}[{index}]", f"not a valid glob ({exc.msg})"))
         if self.max_files < 1:
             problems.append(("max_files", "must be at least 1"))
         if self.pkcs12 and self.pkcs12.password_file and self.pkcs12.password_env:
