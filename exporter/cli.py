@@ -190,17 +190,13 @@ def _check_config(path: str | None, web_config_file: str | None = None) -> int:
 
     try:
         config = load_config(path) if path else default_config()
+        build_plan(config).close()
         if web_config_file:
             load_web_config(web_config_file)
     except (ConfigError, WebConfigError) as exc:
         for message in exc.messages:
             print(f"{exc.source}: {message}", file=sys.stderr)
         print(f"{exc.source}: {len(exc.messages)} error(s)", file=sys.stderr)
-        return 1
-    try:
-        build_plan(config).close()
-    except Exception as exc:  # noqa: BLE001 - what the daemon's reload would refuse
-        print(f"{config.source}: cannot build the probes: {type(exc).__name__}: {str(exc)[:300]}", file=sys.stderr)
         return 1
     print(
         f"{config.source}: OK, {len(config.probes)} probe(s): "

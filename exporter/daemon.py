@@ -127,8 +127,9 @@ class Daemon:
             app.register_live(TracingCollector(lambda: self.scheduler.tracing))
         try:
             self.scheduler.apply(config)
-        except Exception as exc:  # a probe that cannot be built: the config is unusable
-            log.error("invalid config: %s: %s: %s", config.source, type(exc).__name__, str(exc)[:300], exc_info=True)
+        except ConfigError as exc:  # a probe that cannot be built
+            for message in exc.messages:
+                log.error("invalid config: %s: %s", exc.source, message)
             return 1
         self.store.record_reload(True)
         self.web.start()

@@ -39,7 +39,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor as JobExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from exporter.config import Config, ProbeConfig
+from exporter.config import Config, ConfigError, ProbeConfig
 from exporter.store import ProbeInfo, ResultStore
 from exporter.tracing import TRACING_OFF, Tracing
 from probes import KINDS
@@ -84,20 +84,22 @@ class Plan:
 
 
 def build_plan(config: Config, shard: Shard = NO_SHARD) -> Plan:
-    """Build every probe of ``config`` and its trigger; raises what a probe or
-    trigger raises, after closing what was built."""
+    """Build every probe of ``config`` and its trigger.  A probe or trigger that
+    cannot be built (a client certificate that does not load) raises
+    ``ConfigError`` naming the probe, after what was built is closed."""
     plan = Plan([], {}, config.global_settings.concurrency)
-    try:
-        for probe_config in config.probes:
+    for position, probe_config in enumerate(config.probes):
+        try:
             defaults = replace(probe_config.defaults, shard=shard)
             probe = KINDS[probe_config.kind].build(probe_config.settings, defaults)
             plan.probes.append((probe_config, probe, probe_info(probe_config, probe)))
             plan.triggers[probe_config.name] = IntervalTrigger(
                 seconds=probe_config.interval, jitter=probe_config.interval * JITTER_SHARE, timezone=UTC
             )
-    except Exception:
-        plan.close()
-        raise
+        except Exception as exc:
+            plan.close()
+            message = f"probes[{position}] ({probe_config.name}): cannot be built: {type(exc).__name__}: {exc}"
+            raise ConfigError(config.source, [message]) from exc
     return plan
 
 
