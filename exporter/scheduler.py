@@ -31,6 +31,7 @@ import logging
 import random
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -40,7 +41,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from exporter.config import Config, ConfigError, ProbeConfig
-from exporter.store import ProbeInfo, ResultStore
+from exporter.store import ProbeInfo, ResultStore, Transition
 from exporter.tracing import TRACING_OFF, Tracing
 from probes import KINDS
 from probes.base import NO_SHARD, Discovery, Probe, ProbeContext, ProbeResult, Reason, Shard, SourceError
@@ -254,21 +255,65 @@ class Scheduler:
         duration = time.monotonic() - started
         transitions, new_errors = self._store.publish_round(info, discovery, results, duration)
         self._pending_first_round.discard(config.name)
-        for error in new_errors:
-            log.warning("probe=%s reason=%s %s", config.name, error.reason.value, error.message)
-        for change in transitions:
-            if change.current is Reason.OK:
-                if change.previous is not None:
-                    log.info("probe=%s target=%s recovered (was %s)", config.name, change.target, change.previous.value)
-            else:
-                log.warning(
-                    "probe=%s target=%s failing reason=%s %s",
-                    config.name,
-                    change.target,
-                    change.current.value,
-                    change.message,
-                )
+        _log_round(config.name, new_errors, transitions)
         log.debug("probe=%s round done targets=%d seconds=%.3f", config.name, len(results), duration)
+
+
+# A round logs at most this many source errors and as many target transitions, then
+# one line per kind counting the rest by reason.  A tree of 50,000 files that are no
+# certificates logged 100,001 lines at start; the metrics have every one of them.
+MAX_LOGGED_PER_ROUND = 20
+
+
+def _log_round(probe: str, new_errors: list[SourceError], transitions: list[Transition]) -> None:
+    for error in new_errors[:MAX_LOGGED_PER_ROUND]:
+        log.warning("probe=%s reason=%s %s", probe, error.reason.value, error.message)
+    unlogged = Counter(error.reason.value for error in new_errors[MAX_LOGGED_PER_ROUND:])
+    if unlogged:
+        log.warning(
+            "probe=%s %d more new source errors this round not logged (%s); see certscope_source_errors_total",
+            probe,
+            sum(unlogged.values()),
+            _counts(unlogged),
+        )
+    logged = 0
+    recovered: Counter[str] = Counter()
+    failing: Counter[str] = Counter()
+    for change in transitions:
+        if change.current is Reason.OK and change.previous is None:
+            continue  # a new target that is fine: nothing to say
+        if logged >= MAX_LOGGED_PER_ROUND:
+            if change.current is Reason.OK:
+                recovered[change.previous.value if change.previous else ""] += 1
+            else:
+                failing[change.current.value] += 1
+            continue
+        logged += 1
+        if change.current is Reason.OK:
+            previous = change.previous.value if change.previous else ""
+            log.info("probe=%s target=%s recovered (was %s)", probe, change.target, previous)
+        else:
+            log.warning(
+                "probe=%s target=%s failing reason=%s %s", probe, change.target, change.current.value, change.message
+            )
+    if failing:
+        log.warning(
+            "probe=%s %d more targets failing this round not logged (%s); see certscope_probe_status",
+            probe,
+            sum(failing.values()),
+            _counts(failing),
+        )
+    if recovered:
+        log.info(
+            "probe=%s %d more targets recovered this round not logged (was %s)",
+            probe,
+            sum(recovered.values()),
+            _counts(recovered),
+        )
+
+
+def _counts(counter: Counter[str]) -> str:
+    return ", ".join(f"{reason}={count}" for reason, count in counter.most_common())
 
 
 def run_target(
