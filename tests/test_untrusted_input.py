@@ -11,8 +11,12 @@ bounded versions of the reported ones (2^26 iterations where the report used
 
 from __future__ import annotations
 
+import json
+import logging
+import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -23,13 +27,14 @@ import requests
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs12 as pkcs12_library
 
+from exporter.logs import JsonFormatter, LogfmtFormatter
 from probes import pkcs12
 from probes.base import Reason
 from probes.certparse import _pem_blocks, parse_container
 from tests import pkcs12_forge as forge
 from tests.helpers import DaemonProcess, find, value, wait_for
 from tests.kube_apiserver import FakeApiServer
-from tests.pki import Pki
+from tests.pki import Pki, issue
 from tests.test_kubernetes import TOKEN, b64, tls_secret, write_kubeconfig
 
 P12_PASSWORD = "untrusted-input-p12-password-3c9a"
@@ -336,3 +341,89 @@ probes:
     assert value(metrics, "certscope_probe_duration_seconds", target=str(hostile)) < 5
     assert status_of(daemon, good) == "ok"
     assert "599186 PEM block(s) truncated" in daemon.log()
+
+
+# ----------------------------------------------------- a tree of non-certificates
+
+
+def test_fifty_thousand_files_that_are_no_certificates(start_daemon: Any, pki: Pki, tmp_path: Path) -> None:
+    """Before: 100,001 log lines at start and RSS 210-309 MB once scraped, over the
+    chart's DaemonSet limit of 192Mi.  Now: 44 lines, the high-water mark under it."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for number in range(50_000):
+        (tree / f"notes-{number:05d}.txt").write_bytes(b"just some text, not a certificate %d\n" % number)
+    (tree / "good.pem").write_bytes(pki.valid.pem)
+    _steady, steady_file = steady_probe(tmp_path / "steady", pki)
+    config = f"""
+global: {{interval: 1m, timeout: 5s}}
+probes:
+  - {{name: tree, kind: files, paths: ["{tree}"]}}
+  - {{name: steady, kind: files, interval: 1s, paths: ["{steady_file.parent}"]}}
+"""
+    daemon: DaemonProcess = start_daemon(config, "--log.level=info")
+    with HealthWatch(daemon) as watch:
+        daemon.wait_ready(timeout=90)
+        first = runs(daemon, steady_file)
+        for _ in range(5):  # scrapes, each rendering 300,000 series
+            body = requests.get(daemon.base_url + "/metrics", timeout=60).content
+            assert len(body) > 30_000_000
+        assert runs(daemon, steady_file) > first, "the other probe stopped during the scrapes"
+    watch.assert_healthy(rss_bound_mib=192)
+    high_water = int(Path(f"/proc/{daemon.process.pid}/status").read_text().split("VmHWM:")[1].split()[0]) / 1024
+    assert high_water < 192, f"VmHWM {high_water:.0f} MiB is over the chart's 192Mi"
+    metrics = daemon.metrics()
+    assert value(metrics, "certscope_source_objects", probe="tree") == 50_001
+    assert value(metrics, "certscope_source_errors_total", probe="tree", reason="parse_error") == 50_000
+    assert find(metrics, "certscope_cert_info", target=str(tree / "good.pem"))
+    lines = daemon.log().splitlines()
+    assert len([line for line in lines if "probe=tree" in line]) <= 2 * 20 + 2, len(lines)
+    assert any("49980 more new source errors this round not logged (parse_error=49980)" in line for line in lines)
+    assert any("49980 more targets failing this round not logged (parse_error=49980)" in line for line in lines)
+
+
+# ------------------------------------------------------------ control characters
+
+
+def test_control_characters_from_names_never_reach_a_terminal_raw(start_daemon: Any, pki: Pki, tmp_path: Path) -> None:
+    """File names and certificate names are written by others: a CR forges a log
+    line, ESC drives the terminal that tails the log or runs `certscope scan`."""
+    watched = tmp_path / "watched"
+    watched.mkdir()
+    evil_name = "evil\r level=error msg=forged \x1b[2J\u202e.pem"
+    (watched / evil_name).write_bytes(b"no certificate here\n")
+    hostile = issue("esc\x1b[31m\r\nred\u202e.test", pki.intermediate)
+    (watched / "hostile-cn.pem").write_bytes(hostile.pem)
+    (watched / b"latin1-\xe9.pem".decode("utf-8", "surrogateescape")).write_bytes(pki.valid.pem)
+    daemon: DaemonProcess = start_daemon(f'probes: [{{name: w, kind: files, paths: ["{watched}"]}}]')
+    daemon.wait_ready()
+    raw = daemon.log_path.read_bytes()
+    assert b"\r" not in raw and b"\x1b" not in raw and "\u202e".encode() not in raw
+    assert "evil\\r level=error msg=forged \\u001b[2J" in raw.decode()
+    assert all(line.startswith("ts=") for line in raw.decode().splitlines())
+
+    for output in ("table", "json"):
+        done = subprocess.run(
+            [sys.executable, "-m", "exporter", "scan", str(watched), "--output", output],
+            capture_output=True,
+            timeout=60,
+        )
+        assert done.returncode == 2, done.stderr  # the non-certificate file
+        assert b"Traceback" not in done.stderr
+        for forbidden in (b"\r", b"\x1b", "\u202e".encode()):
+            assert forbidden not in done.stdout, (output, forbidden)
+    table = subprocess.run(
+        [sys.executable, "-m", "exporter", "scan", str(watched)], capture_output=True, text=True, timeout=60
+    ).stdout
+    assert "CN=esc\\x1b[31m\\x0d\\x0ared\\u202e.test" in table
+    assert "latin1-\\xe9.pem" in table
+
+
+def test_log_formats_escape_every_control_character() -> None:
+    record = logging.LogRecord("t", logging.WARNING, "", 0, "a\rb\x1bc\x00d\x7fe\x9bf\u2028g\nh\ti", None, None)
+    logfmt = LogfmtFormatter().format(record)
+    assert 'msg="a\\rb\\u001bc\\u0000d\\u007fe\\u009bf\\u2028g\\nh\\ti"' in logfmt
+    as_json = JsonFormatter().format(record)
+    assert json.loads(as_json)["msg"] == record.getMessage()
+    for text in (logfmt, as_json):
+        assert not re.search("[\x00-\x1f\x7f-\x9f\u2028\u2029]", text), text
