@@ -22,6 +22,7 @@ here; it never crosses the pipe.
 from __future__ import annotations
 
 import resource
+import signal
 import struct
 import sys
 
@@ -49,6 +50,10 @@ def _limit_cpu(seconds: int) -> None:
 
 
 def main() -> None:
+    # Ctrl-C or a hangup sent to the daemon's process group is the daemon's business:
+    # the worker ends when its stdin closes.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     address_space = int(sys.argv[1]) if len(sys.argv) > 1 else 0
     if address_space:
         _, hard = resource.getrlimit(resource.RLIMIT_AS)
