@@ -199,10 +199,14 @@ def _probe(args: argparse.Namespace) -> int:
 
 
 def _check_config(path: str | None, web_config_file: str | None = None) -> int:
+    """Reject what the daemon would: the config is loaded and then built as the
+    daemon builds it (every probe and its trigger), without starting anything."""
+    from exporter.scheduler import build_plan
     from exporter.webconfig import WebConfigError, load_web_config
 
     try:
         config = load_config(path) if path else default_config()
+        build_plan(config).close()
         if web_config_file:
             load_web_config(web_config_file)
     except (ConfigError, WebConfigError) as exc:

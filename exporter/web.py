@@ -41,7 +41,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from exporter.collector import SnapshotCollector
-from exporter.exposition import encoder_for
+from exporter.exposition import encode_snapshot, encoder_for
 from exporter.httpserver import BoundedWSGIServer, BoundedWSGIServer6, HttpLimits
 from exporter.multi_target import ProbeRefused
 from exporter.status_page import StatusFilter, render_status
@@ -267,16 +267,13 @@ class ExpositionCache:
         client_encoder, content_type = choose_encoder(accept or "")
         encoder = encoder_for(content_type) or client_encoder
         compress = gzip_accepted(accept_encoding or "")
-        openmetrics = content_type.startswith("application/openmetrics-text")
         snapshot = self._store.snapshot()
         key = (content_type, compress)
         with self._lock:  # one render per snapshot, however many scrapes arrive at once
             cached = self._entries.get(key)
             if cached is None or cached[0] is not snapshot:
-                body = encoder(self._snapshot_registry)
-                if openmetrics:
-                    body = body.removesuffix(b"# EOF\n")
-                cached = (snapshot, gzip.compress(body, compresslevel=1) if compress else body)
+                body = encode_snapshot(self._snapshot_registry, content_type, client_encoder, compress=compress)
+                cached = (snapshot, body)
                 self._entries[key] = cached
         tail = encoder(self._process_registry)
         headers = [("Content-Type", content_type)]
