@@ -324,7 +324,7 @@ def build_store() -> ResultStore:
         kube_results = {
             "web/site-tls/tls.crt": ok(
                 0.0,
-                *chain(SITE, INTERMEDIATE),
+                *chain(SITE_RENEWED, INTERMEDIATE),
                 target_labels=secret("web", "site-tls", "tls.crt"),
                 info_labels=(("owner", "bob"), ("issuer_name", "letsencrypt")),
                 thresholds=(14 * DAY, -1.0),
