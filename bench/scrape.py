@@ -39,6 +39,7 @@ import sys
 import time
 import tracemalloc
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -52,7 +53,16 @@ from prometheus_client.core import GaugeMetricFamily, Metric  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 from prometheus_client.registry import Collector  # noqa: E402
 
-from exporter.store import ProbeInfo, ProbeState, ResultStore, Rotation, Snapshot, SourceState, TargetState  # noqa: E402
+from exporter.store import (  # noqa: E402
+    ProbeInfo,
+    ProbeState,
+    ResultStore,
+    Rotation,
+    Snapshot,
+    SourceState,
+    TargetState,
+    snapshot_of,
+)
 from exporter.web import WebApp, WebServer  # noqa: E402
 from probes.base import CertFacts, CertObservation, ProbeResult, Reason  # noqa: E402
 from probes.files import FilesProbe  # noqa: E402
@@ -103,7 +113,7 @@ def build_snapshot(files: int) -> Snapshot:
             rotations=MappingProxyType({(0, "leaf"): Rotation(facts.fingerprint_sha256)}),
         )
     source = SourceState(True, files, MappingProxyType({}), frozenset(), 1.0)
-    return Snapshot(probes={"disk": ProbeState(info=info, targets=targets, source=source, rounds=12)})
+    return snapshot_of({"disk": ProbeState(info=info, targets=targets, source=source, rounds=12)})
 
 
 class _Prebuilt(Collector):
@@ -174,7 +184,7 @@ def main() -> None:
 
     def http(gzip: bool, new_round: bool) -> None:
         if new_round:  # an equal but new snapshot object, as a probe round publishes
-            store._snapshot = Snapshot(probes=dict(store._snapshot.probes))
+            store._snapshot = replace(store._snapshot, probes=dict(store._snapshot.probes))
         headers = {"Accept-Encoding": "gzip" if gzip else "identity"}
         response = session.get(url, headers=headers, timeout=60, stream=True)
         response.raw.read()  # the bytes as sent, not decompressed: the server's cost

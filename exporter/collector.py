@@ -1,8 +1,10 @@
 """Snapshot -> Prometheus metric families.
 
-``render(snapshot, now)`` is pure and never raises: each probe is rendered inside its
-own guard, so one broken record costs that probe's series on this scrape, never the
-scrape; the count of such failures is itself exported.  Every family drops a label
+``render(snapshot)`` is pure and never raises: it reads the snapshot and nothing
+else, and keeps no state between calls (facts joining several probes are computed
+by the store when it publishes a round: exporter/crossprobe.py).  Each probe is
+rendered inside its own guard, so one broken record costs that probe's series on
+this scrape, never the scrape; the count of such failures is itself exported.  Every family drops a label
 set it has already emitted, so no input can make a duplicate series (the classic
 cause of a 500 on ``/metrics`` in peer exporters).
 
@@ -14,7 +16,6 @@ from __future__ import annotations
 import logging
 import platform
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 
 from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -43,8 +44,6 @@ IDENTITY_LABELS = (
     "sans",
 )
 SOURCE_LABELS = ("probe", "kind")
-STORED_KINDS = ("files", "kubernetes")  # certificates at rest, compared with what is served
-MAX_MISMATCH_LOCATIONS = 10  # stored locations reported per served certificate
 MAX_SANS_LABEL = 200  # characters; the sans label is for humans, not for joins
 
 
@@ -320,13 +319,12 @@ def render(snapshot: Snapshot) -> list[Metric]:
         except Exception:
             broken += 1
             log.exception("cannot render the series of probe %s", state.info.name)
-    for cross_probe in (_render_served_mismatch, _render_key_reuse):
-        try:
-            cross_probe(snapshot, families)
-        except Exception:
-            broken += 1
-            log.exception("cannot render %s", cross_probe.__name__)
-    families.render_errors.add((), broken)
+    try:
+        _render_cross_probe(snapshot, families)
+    except Exception:
+        broken += 1
+        log.exception("cannot render the cross-probe series")
+    families.render_errors.add((), broken + snapshot.cross.broken)
     return list(families.all())
 
 
@@ -393,108 +391,12 @@ def _render_probe(state: ProbeState, f: _Families) -> None:
             )
 
 
-@dataclass(frozen=True, slots=True)
-class _Location:
-    probe: str
-    kind: str
-    target: str
-    not_before: float
-
-
-_StoredIndex = tuple[dict[str, list[_Location]], dict[tuple[str, ...], list[_Location]]]
-_index_memo: tuple[tuple[ProbeState, ...], _StoredIndex] | None = None
-
-
-def _same_states(cached: tuple[ProbeState, ...], current: tuple[ProbeState, ...]) -> bool:
-    """States are immutable and replaced on every round: the same objects, the same data."""
-    return len(cached) == len(current) and all(a is b for a, b in zip(cached, current, strict=True))
-
-
-def _readable_targets(states: Iterable[ProbeState]) -> Iterator[tuple[ProbeState, str, TargetState]]:
-    """Every target of ``states``, skipping a probe whose records cannot be read (its
-    own series are already counted in ``certscope_render_errors``)."""
-    for state in states:
-        try:
-            targets = [(target, ts) for target, ts in state.targets.items() if ts.certificates is not None]
-        except Exception:  # noqa: BLE001 - a broken record costs its probe only
-            continue
-        for target, ts in targets:
-            yield state, target, ts
-
-
-def _stored_leaf_index(snapshot: Snapshot) -> _StoredIndex:
-    """Leaf certificates of the stored kinds, by fingerprint and by identity.  The
-    states are immutable, so the index of the same states is reused across scrapes."""
-    global _index_memo
-    states = tuple(s for s in snapshot.probes.values() if s.info.kind in STORED_KINDS)
-    memo = _index_memo
-    if memo is not None and _same_states(memo[0], states):
-        return memo[1]
-    by_fingerprint: dict[str, list[_Location]] = {}
-    by_identity: dict[tuple[str, ...], list[_Location]] = {}
-    for state, target, ts in _readable_targets(states):
-        for observation in ts.certificates:
-            if observation.role != "leaf":
-                continue
-            cert = observation.cert
-            location = _Location(state.info.name, state.info.kind, target, cert.not_before)
-            by_fingerprint.setdefault(cert.fingerprint_sha256, []).append(location)
-            by_identity.setdefault(_identity_key(cert.sans, cert.subject), []).append(location)
-    _index_memo = (states, (by_fingerprint, by_identity))
-    return by_fingerprint, by_identity
-
-
-def _identity_key(sans: Sequence[str], subject: str) -> tuple[str, ...]:
-    # Renewals keep the names; they may change the issuer (a new intermediate).
-    return tuple(sorted(sans)) if sans else ("subject", subject)
-
-
-def _render_served_mismatch(snapshot: Snapshot, f: _Families) -> None:
-    """For each leaf a TLS probe was served: 0 per stored location (file, Secret)
-    holding the same certificate, or 1 per stored location holding a newer
-    certificate for the same names — renewed on disk or in the Secret, not yet
-    served.  No series when the served certificate is stored nowhere we look."""
-    served = [s for s in snapshot.probes.values() if s.info.kind == "tls" and s.targets]
-    if not served or not any(s.info.kind in STORED_KINDS for s in snapshot.probes.values()):
-        return
-    by_fingerprint, by_identity = _stored_leaf_index(snapshot)
-    for state in served:
-        for target, ts in state.targets.items():
-            leaf = next((o.cert for o in ts.certificates if o.index == 0 and o.role == "leaf"), None)
-            if leaf is None:
-                continue
-            key = (state.info.name, state.info.kind, target)
-            same = by_fingerprint.get(leaf.fingerprint_sha256)
-            if same:
-                locations, value = same, 0
-            else:
-                candidates = by_identity.get(_identity_key(leaf.sans, leaf.subject), [])
-                locations, value = [c for c in candidates if c.not_before > leaf.not_before], 1
-            for location in locations[:MAX_MISMATCH_LOCATIONS]:
-                labels = (*key, location.probe, location.kind, location.target)
-                f.served_mismatch.add(labels, value, ts.result.target_labels)
-
-
-_reuse_memo: tuple[tuple[ProbeState, ...], dict[tuple[str, str], int]] | None = None
-
-
-def _render_key_reuse(snapshot: Snapshot, f: _Families) -> None:
-    """Public keys found in certificates of more than one subject (a key baked into a
-    shared image, or copied between services).  Renewals keep their subject, so
-    they do not count."""
-    global _reuse_memo
-    states = tuple(snapshot.probes.values())
-    memo = _reuse_memo
-    if memo is None or not _same_states(memo[0], states):
-        subjects: dict[tuple[str, str], set[str]] = {}
-        for _state, _target, ts in _readable_targets(states):
-            for observation in ts.certificates:
-                cert = observation.cert
-                if cert.spki_sha256:
-                    subjects.setdefault((cert.spki_sha256, cert.key_type), set()).add(cert.subject)
-        memo = (states, {key: len(names) for key, names in subjects.items() if len(names) > 1})
-        _reuse_memo = memo
-    for (spki, key_type), count in memo[1].items():
+def _render_cross_probe(snapshot: Snapshot, f: _Families) -> None:
+    """The facts joining probes, as the store computed them when it published the
+    states (exporter/crossprobe.py)."""
+    for mismatch in snapshot.cross.served_mismatch:
+        f.served_mismatch.add(mismatch.labels, mismatch.value, mismatch.extra)
+    for (spki, key_type), count in snapshot.cross.key_reuse:
         f.key_reuse.add((spki, key_type), count)
 
 

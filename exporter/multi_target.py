@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from exporter.collector import SnapshotCollector
 from exporter.config import Config, ProbeConfig
 from exporter.scheduler import probe_info
-from exporter.store import ProbeState, Snapshot, SourceState, TargetState
+from exporter.store import ProbeState, Snapshot, SourceState, TargetState, snapshot_of
 from exporter.tracing import TRACING_OFF, Tracing
 from probes.base import Probe, ProbeContext
 from probes.fetch import FetchError, resolve_checked
@@ -99,7 +99,7 @@ def probe_target(
         source=SourceState(True, 1, MappingProxyType({}), frozenset(), result.duration_seconds),
     )
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(_Fixed(Snapshot(probes={probe_config.name: state}))))
+    registry.register(SnapshotCollector(_Fixed(snapshot_of({probe_config.name: state}))))
     return generate_latest(registry)
 
 

@@ -4,7 +4,9 @@ Writers (scheduler threads) publish one probe's whole round at a time; the store
 derives the new ``ProbeState`` from the previous one (counters, rotations, last
 good certificates) and swaps the snapshot reference under a lock.  Readers (the
 collector, the status page) take ``snapshot()`` without locking and never see a
-half-written round.
+half-written round.  Facts joining several probes (served vs stored certificates,
+shared keys) are computed here, each time the probes' states change, and kept on
+the snapshot (``Snapshot.cross``): rendering a snapshot reads nothing else.
 
 A target missing from a round is gone: its series disappear with it.
 """
@@ -18,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
+from exporter.crossprobe import EMPTY_INDEX, CrossProbeIndex, cross_probe_index
 from probes.base import CertObservation, Discovery, ProbeResult, Reason, SourceError
 
 _EMPTY: Mapping[str, int] = MappingProxyType({})
@@ -140,9 +143,26 @@ class ReloadState:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
+    """Everything ``/metrics`` and the status page show.  Build one with new probe
+    states through ``snapshot_of`` or ``with_probes``, which compute ``cross``."""
+
     probes: Mapping[str, ProbeState] = field(default_factory=dict)
     reload: ReloadState = ReloadState()
     config_source: str = ""
+    cross: CrossProbeIndex = EMPTY_INDEX  # facts joining the probes, computed from ``probes``
+
+
+def snapshot_of(
+    probes: Mapping[str, ProbeState], reload: ReloadState = ReloadState(), config_source: str = ""
+) -> Snapshot:
+    """A snapshot of ``probes`` with their cross-probe facts."""
+    return with_probes(Snapshot(reload=reload, config_source=config_source), probes)
+
+
+def with_probes(snapshot: Snapshot, probes: Mapping[str, ProbeState]) -> Snapshot:
+    """``snapshot`` with new probe states, reusing what its cross-probe facts
+    computed from the states that stay."""
+    return replace(snapshot, probes=probes, cross=cross_probe_index(tuple(probes.values()), snapshot.cross))
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +195,7 @@ class ResultStore:
                     states[info.name] = replace(previous, info=info)
                 else:
                     states[info.name] = ProbeState(info=info, targets={}, source=None)
-            self._snapshot = replace(self._snapshot, probes=states, config_source=config_source)
+            self._snapshot = replace(with_probes(self._snapshot, states), config_source=config_source)
 
     def record_reload(self, successful: bool, now: float | None = None) -> None:
         with self._lock:
@@ -234,7 +254,7 @@ class ResultStore:
             )
             probes = dict(self._snapshot.probes)
             probes[info.name] = state
-            self._snapshot = replace(self._snapshot, probes=probes)
+            self._snapshot = with_probes(self._snapshot, probes)
             return transitions, new_errors
 
 

@@ -7,7 +7,16 @@ from types import MappingProxyType
 from prometheus_client import CollectorRegistry, generate_latest
 
 from exporter.collector import SnapshotCollector, render
-from exporter.store import ProbeInfo, ProbeState, ResultStore, Rotation, Snapshot, SourceState, TargetState
+from exporter.store import (
+    ProbeInfo,
+    ProbeState,
+    ResultStore,
+    Rotation,
+    Snapshot,
+    SourceState,
+    TargetState,
+    snapshot_of,
+)
 from probes.base import CertFacts, CertObservation, Discovery, ProbeResult, Reason, SourceError
 from probes.files import FilesProbe
 from tests.helpers import find, parse_metrics, value
@@ -154,8 +163,8 @@ def test_served_mismatch_compares_the_served_leaf_with_stored_ones() -> None:
         )
 
     def mismatches(stored: dict[str, CertFacts]) -> list[tuple[str, float]]:
-        snapshot = Snapshot(
-            probes={
+        snapshot = snapshot_of(
+            {
                 "site": probe_state("site", "tls", {"site:443": served_old}),
                 "disk": probe_state("disk", "files", stored),
             }
@@ -172,3 +181,41 @@ def test_served_mismatch_compares_the_served_leaf_with_stored_ones() -> None:
     assert mismatches({"/cur.pem": served_old, "/new.pem": renewed}) == [("/cur.pem", 0)]
     # Stored nowhere: no series.
     assert mismatches({"/other.pem": unrelated}) == []
+
+
+def test_cross_probe_facts_are_computed_on_publish_and_render_reads_only_the_snapshot() -> None:
+    from dataclasses import replace
+
+    import exporter.collector
+
+    store = ResultStore()
+    disk, site = info("disk"), replace(info("site"), kind="tls")
+    store.configure([disk, site], "test")
+    renewed = replace(FACTS, fingerprint_sha256="cd" * 32, not_before=FACTS.not_before + 86400)
+    store.publish_round(disk, Discovery(("/a.pem",)), {"/a.pem": (ok_result(renewed), 1.0)}, 0.1)
+    store.publish_round(site, Discovery(("site:443",)), {"site:443": (ok_result(FACTS), 1.0)}, 0.1)
+    first = store.snapshot()
+    assert [(m.labels[2], m.labels[5], m.value) for m in first.cross.served_mismatch] == [("site:443", "/a.pem", 1)]
+    # A TLS round looks its leaf up in the stored index it finds; nothing stored changed.
+    store.publish_round(site, Discovery(("site:443",)), {"site:443": (ok_result(renewed), 2.0)}, 0.1)
+    second = store.snapshot()
+    assert second.cross.stored is first.cross.stored
+    assert [m.value for m in second.cross.served_mismatch] == [0]
+    # A snapshot renders the same, however often and whatever was rendered before.
+    other = snapshot_of({"x": ProbeState(info=info("x"), targets={}, source=None)})
+    texts = {scrape(second), scrape(other) and scrape(second)}
+    assert len(texts) == 1
+    # Reconfigured without the stored probe: its comparisons go with it.
+    store.configure([site], "test")
+    assert store.snapshot().cross.served_mismatch == ()
+    # No mutable state at module level in the render path.
+    mutable = [
+        name
+        for name, value in vars(exporter.collector).items()
+        if isinstance(value, (dict, list, set)) and not name.startswith("__")
+    ]
+    assert mutable == []
+
+
+def ok_result(facts: CertFacts) -> ProbeResult:
+    return ProbeResult(True, Reason.OK, 0.01, (CertObservation(0, "leaf", facts),))
