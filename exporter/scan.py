@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes
 
 from probes.base import CertObservation, ProbeContext, SourceError
 from probes.files import FilesProbe, FilesSettings, Pkcs12Password
-from probes.revocation import CHECKER, load_certificates
+from probes.revocation import RevocationChecker, load_certificates
 
 EXIT_OK, EXIT_EXPIRING, EXIT_ERRORS = 0, 1, 2
 
@@ -88,6 +88,7 @@ def _add_revocation(
         except (OSError, ValueError):
             continue
     by_subject = {loaded.subject: loaded for loaded in certificates.values()}
+    checker = RevocationChecker()  # one scan: a responder or CRL shared by certificates is asked once
     for record in records:
         record["revocation"] = []
         subject = certificates.get(record["fingerprint_sha256"])
@@ -97,9 +98,9 @@ def _add_revocation(
         for method in methods:
             deadline = time.monotonic() + 10
             check = (
-                CHECKER.check_ocsp(subject, issuer, None, deadline=deadline, allow_networks=allow_networks)
+                checker.check_ocsp(subject, issuer, None, deadline=deadline, allow_networks=allow_networks)
                 if method == "ocsp"
-                else CHECKER.check_crl(subject, issuer, None, deadline=deadline, allow_networks=allow_networks)
+                else checker.check_crl(subject, issuer, None, deadline=deadline, allow_networks=allow_networks)
             )
             record["revocation"].append(
                 {"method": method, "state": check.state, "source": check.source, "message": check.message}

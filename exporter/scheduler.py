@@ -45,6 +45,7 @@ from exporter.store import ProbeInfo, ResultStore, Transition
 from exporter.tracing import TRACING_OFF, Tracing
 from probes import KINDS
 from probes.base import NO_SHARD, Discovery, Probe, ProbeContext, ProbeResult, Reason, Shard, SourceError
+from probes.revocation import RevocationChecker
 
 log = logging.getLogger(__name__)
 
@@ -84,14 +85,16 @@ class Plan:
             _close(probe)
 
 
-def build_plan(config: Config, shard: Shard = NO_SHARD) -> Plan:
+def build_plan(config: Config, shard: Shard = NO_SHARD, revocation: RevocationChecker | None = None) -> Plan:
     """Build every probe of ``config`` and its trigger.  A probe or trigger that
     cannot be built (a client certificate that does not load) raises
-    ``ConfigError`` naming the probe, after what was built is closed."""
+    ``ConfigError`` naming the probe, after what was built is closed.  The probes
+    share ``revocation``, the OCSP and CRL caches (a new one when None)."""
     plan = Plan([], {}, config.global_settings.concurrency)
+    revocation = revocation or RevocationChecker()
     for position, probe_config in enumerate(config.probes):
         try:
-            defaults = replace(probe_config.defaults, shard=shard)
+            defaults = replace(probe_config.defaults, shard=shard, revocation=revocation)
             probe = KINDS[probe_config.kind].build(probe_config.settings, defaults)
             plan.probes.append((probe_config, probe, probe_info(probe_config, probe)))
             plan.triggers[probe_config.name] = IntervalTrigger(
@@ -115,6 +118,9 @@ class Scheduler:
         self._store = store
         self._shard = shard
         self.tracing = tracing
+        # The OCSP and CRL caches of every probe this scheduler builds, kept across
+        # reloads: a reload must not ask every responder again.
+        self.revocation = RevocationChecker()
         self._lock = threading.Lock()
         self._aps: BackgroundScheduler | None = None
         self._targets_pool: ThreadPoolExecutor | None = None
@@ -134,7 +140,7 @@ class Scheduler:
         built before the running ones are touched, so anything that raises while
         building (a probe that cannot load its files, a trigger that cannot be made)
         leaves the previous config running, and the exception goes to the caller."""
-        plan = build_plan(config, self._shard)
+        plan = build_plan(config, self._shard, self.revocation)
         try:
             aps = BackgroundScheduler(
                 executors={"default": JobExecutor(max_workers=max(1, min(plan.concurrency, len(plan.probes))))},

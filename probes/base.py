@@ -32,8 +32,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import TracebackType
-from typing import Any, ClassVar, NewType, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, NewType, Protocol
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from probes.revocation import RevocationChecker
 
 # Types the config loader understands beyond the builtins (exporter/config.py):
 Seconds = NewType("Seconds", float)  # "30s", "5m", "28d" or a number of seconds
@@ -94,12 +97,16 @@ NO_SHARD = Shard()  # one replica does everything
 @dataclass(frozen=True)
 class ProbeDefaults:
     """Settings a probe inherits from the config's ``global`` section (and the
-    command line's shard)."""
+    command line's shard), and the process's shared services the scheduler hands
+    to every probe it builds."""
 
     trust: TrustSettings = TrustSettings()
     # Networks that URLs taken from certificates may reach (global.egress.allow_networks).
     allow_networks: tuple[str, ...] = ()
     shard: Shard = NO_SHARD
+    # The OCSP and CRL caches shared by the probes of the process (not configuration):
+    # created by the scheduler, kept across reloads.  None: the probe makes its own.
+    revocation: RevocationChecker | None = field(default=None, compare=False, repr=False)
 
 
 class Reason(StrEnum):

@@ -31,7 +31,14 @@ from probes.base import (
 )
 from probes.certparse import facts_from_certificate
 from probes.fetch import ANY_NETWORK
-from probes.revocation import CHECKER, CRL_REASONS, crl_lookup, expand_paths, load_certificates, revocation_facts
+from probes.revocation import (
+    CRL_REASONS,
+    RevocationChecker,
+    crl_lookup,
+    expand_paths,
+    load_certificates,
+    revocation_facts,
+)
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,7 @@ class CrlProbe:
     def __init__(self, settings: CrlSettings, defaults: ProbeDefaults | None = None) -> None:
         self.settings = settings
         self.allow_networks = ANY_NETWORK  # configured URLs; see the module docstring
+        self.revocation = (defaults or ProbeDefaults()).revocation or RevocationChecker()
         self.issuer = load_certificates(settings.issuer_file)[0]
 
     def targets(self) -> Discovery:
@@ -76,7 +84,7 @@ class CrlProbe:
     def run(self, target: str, ctx: ProbeContext) -> ProbeResult:
         started = time.monotonic()
         with ctx.phase("crl") as phase:
-            info, seconds, status = CHECKER.fetch_crl(
+            info, seconds, status = self.revocation.fetch_crl(
                 target,
                 self.issuer,
                 deadline=ctx.deadline,

@@ -28,7 +28,7 @@ from probes.base import (
 )
 from probes.certparse import facts_from_certificate
 from probes.fetch import ANY_NETWORK
-from probes.revocation import CHECKER, OCSP_REASONS, expand_paths, load_certificates
+from probes.revocation import OCSP_REASONS, RevocationChecker, expand_paths, load_certificates
 
 RESPONDER_FAILURES = (Reason.OCSP_UNAVAILABLE, Reason.OCSP_BAD_RESPONSE, Reason.OCSP_UNAUTHORIZED_SIGNER)
 
@@ -65,8 +65,10 @@ class OcspProbe:
 
     def __init__(self, settings: OcspSettings, defaults: ProbeDefaults | None = None) -> None:
         self.settings = settings
+        defaults = defaults or ProbeDefaults()
         # The egress policy polices URLs from certificates, not the operator's own.
-        self.allow_networks = ANY_NETWORK if settings.url else (defaults or ProbeDefaults()).allow_networks
+        self.allow_networks = ANY_NETWORK if settings.url else defaults.allow_networks
+        self.revocation = defaults.revocation or RevocationChecker()
         self.issuer = load_certificates(settings.issuer_file)[0]
 
     def targets(self) -> Discovery:
@@ -79,7 +81,7 @@ class OcspProbe:
         except (OSError, ValueError, IndexError) as exc:
             return ProbeResult(False, Reason.READ_ERROR, time.monotonic() - started, message=f"{target}: {exc}")
         with ctx.phase("ocsp") as phase:
-            check = CHECKER.check_ocsp(
+            check = self.revocation.check_ocsp(
                 cert,
                 self.issuer,
                 self.settings.url,

@@ -363,7 +363,9 @@ class _CrlEntry:
 
 
 class RevocationChecker:
-    """OCSP and CRL checks over the network, with caches shared by every probe."""
+    """OCSP and CRL checks over the network, with their caches.  One instance is shared
+    by the probes of a process: the scheduler creates it and hands it to the probes it
+    builds (``ProbeDefaults.revocation``); nothing else holds one."""
 
     def __init__(self, *, max_crl_bytes: int = 32 * 1024 * 1024, crl_refresh: float = 3600.0) -> None:
         self._lock = threading.Lock()
@@ -577,6 +579,3 @@ def _issuer_id(issuer: x509.Certificate) -> str:
 def _short(exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return text[:200]
-
-
-CHECKER = RevocationChecker()

@@ -54,7 +54,7 @@ from probes.certparse import facts_from_certificate, role_in_bundle
 from probes.expect import EXPECT_REASONS, Expect, check
 from probes.fetch import getaddrinfo_by
 from probes.profiles import WEBPKI
-from probes.revocation import CHECKER, CRL_REASONS, OCSP_REASONS, evaluate_ocsp, revocation_facts
+from probes.revocation import CRL_REASONS, OCSP_REASONS, RevocationChecker, evaluate_ocsp, revocation_facts
 from probes.stapling import fetch_stapled_response
 from probes.starttls import PROTOCOLS, StartTlsError, upgrade
 from probes.verify import TrustStore, Verdict, VerifySettings, choose_profile, verify_served_chain
@@ -288,6 +288,7 @@ class TlsProbe:
         self.trust = TrustStore.from_settings(trust)
         self.profile = choose_profile(settings.verify, trust)
         self.allow_networks = defaults.allow_networks
+        self.revocation = defaults.revocation or RevocationChecker()
         self.client_certificates: tuple[CertObservation, ...] = ()
         self.context = self._build_context()
         capacity = max(MEMO_SIZE, MEMO_PER_TARGET * len(settings.targets))
@@ -546,7 +547,7 @@ class TlsProbe:
                 role = "leaf" if index == 0 else "intermediate"
                 if settings.ocsp:
                     with ctx.phase("ocsp") as phase:
-                        found = CHECKER.check_ocsp(
+                        found = self.revocation.check_ocsp(
                             cert,
                             issuer,
                             None,
@@ -558,7 +559,7 @@ class TlsProbe:
                     results.append(replace(found, index=index, role=role))
                 if settings.crl:
                     with ctx.phase("crl") as phase:
-                        found = CHECKER.check_crl(
+                        found = self.revocation.check_crl(
                             cert, issuer, None, deadline=ctx.deadline, allow_networks=self.allow_networks
                         )
                         annotate_revocation(phase, found, index, role)

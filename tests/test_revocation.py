@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import yaml
 from probes.base import ProbeContext, ProbeDefaults, ProbeResult
 from probes.crl import CrlProbe, CrlSettings
 from probes.ocsp import OcspProbe, OcspSettings
-from probes.revocation import CHECKER
+from probes.revocation import RevocationChecker
 from probes.tls import RevocationSettings, TlsProbe, TlsSettings
 from tests import servers
 from tests.helpers import DaemonProcess, find
@@ -39,15 +40,30 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RevocationStack]
         yield running
 
 
-def ocsp(stack: RevocationStack, which: str, url: str | None = None, timeout: float = 3) -> ProbeResult:
+def ocsp(
+    stack: RevocationStack,
+    which: str,
+    url: str | None = None,
+    timeout: float = 3,
+    checker: RevocationChecker | None = None,
+) -> ProbeResult:
+    """One run of an ocsp probe; probes given the same ``checker`` share its caches,
+    as the probes of a daemon share the scheduler's."""
     cert = getattr(stack.pki, which)
     probe = OcspProbe(
-        OcspSettings(certificates=(str(cert.cert_path),), issuer_file=str(stack.pki.ca.cert_path), url=url), LOCAL
+        OcspSettings(certificates=(str(cert.cert_path),), issuer_file=str(stack.pki.ca.cert_path), url=url),
+        replace(LOCAL, revocation=checker),
     )
     return probe.run(str(cert.cert_path), ProbeContext(deadline=time.monotonic() + timeout))
 
 
-def crl(stack: RevocationStack, url: str, timeout: float = 3, **settings: Any) -> ProbeResult:
+def crl(
+    stack: RevocationStack,
+    url: str,
+    timeout: float = 3,
+    checker: RevocationChecker | None = None,
+    **settings: Any,
+) -> ProbeResult:
     probe = CrlProbe(
         CrlSettings(
             urls=(url,),
@@ -55,7 +71,7 @@ def crl(stack: RevocationStack, url: str, timeout: float = 3, **settings: Any) -
             certificates=(str(stack.pki.good.cert_path), str(stack.pki.revoked.cert_path)),
             **settings,
         ),
-        LOCAL,
+        replace(LOCAL, revocation=checker),
     )
     return probe.run(url, ProbeContext(deadline=time.monotonic() + timeout))
 
@@ -75,10 +91,11 @@ def test_ocsp_good_revoked_unknown_from_openssl(stack: RevocationStack) -> None:
 
 
 def test_ocsp_answers_are_cached_until_next_update(stack: RevocationStack) -> None:
-    ocsp(stack, "good")
-    requests_before = CHECKER.requests
-    second = ocsp(stack, "good")
-    assert CHECKER.requests == requests_before, "a fresh cached answer must not be asked again"
+    checker = RevocationChecker()
+    ocsp(stack, "good", checker=checker)
+    requests_before = checker.requests
+    second = ocsp(stack, "good", checker=checker)
+    assert checker.requests == requests_before == 1, "a fresh cached answer must not be asked again"
     assert second.revocation[0].from_cache
 
 
@@ -100,16 +117,14 @@ def rendered(probe_name: str, kind: str, results: dict[str, ProbeResult]) -> dic
 
 
 def test_a_cached_answer_keeps_the_responder_visible_with_its_age(
-    stack: RevocationStack, monkeypatch: pytest.MonkeyPatch
+    stack: RevocationStack,
 ) -> None:
     """While an answer is reused from the cache, the responder's last answer (up, duration)
     stays exported with the time it was asked: "down" and "slow" describe that answer."""
-    from probes.revocation import RevocationChecker
-
-    monkeypatch.setattr("probes.ocsp.CHECKER", RevocationChecker())  # nothing cached yet
+    checker = RevocationChecker()  # nothing cached yet
     before = time.time()
-    first = ocsp(stack, "good")
-    second = ocsp(stack, "good")
+    first = ocsp(stack, "good", checker=checker)
+    second = ocsp(stack, "good", checker=checker)
     fresh, cached = first.revocation[0], second.revocation[0]
     assert (fresh.from_cache, cached.from_cache) == (False, True)
     assert fresh.requested_at is not None and before <= fresh.requested_at <= time.time()
@@ -203,9 +218,10 @@ def test_crl_good_lists_the_revoked_certificate(stack: RevocationStack) -> None:
 
 def test_crl_revalidation_uses_conditional_get(stack: RevocationStack) -> None:
     url = stack.http.url(HTTP_PATHS["crl"])
-    crl(stack, url)
+    checker = RevocationChecker()  # one daemon's cache, shared by its rounds
+    crl(stack, url, checker=checker)
     before = stack.http.count(HTTP_PATHS["crl"], status=304)
-    again = crl(stack, url)
+    again = crl(stack, url, checker=checker)
     assert stack.http.count(HTTP_PATHS["crl"], status=304) == before + 1
     assert again.crl is not None and again.crl.entries >= 1  # the cached CRL still answers
 
