@@ -11,6 +11,9 @@ import argparse
 import re
 import socket
 import sys
+import warnings
+
+from cryptography.utils import CryptographyDeprecationWarning
 
 from exporter import __version__
 from exporter.config import ConfigError, default_config, load_config
@@ -99,7 +102,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_library_warnings() -> None:
+    """Process-wide warning filters, set once at start-up (never by a module as it
+    is imported): real trust stores hold certificates with non-positive serials, and
+    cryptography warns on each load, which would flood the log of every scan and
+    round.  The test suite sets the same filter in pyproject.toml."""
+    warnings.filterwarnings("ignore", category=CryptographyDeprecationWarning)
+
+
 def main(argv: list[str] | None = None) -> int:
+    quiet_library_warnings()
     args_list = list(sys.argv[1:] if argv is None else argv)
     if not args_list or (args_list[0].startswith("--") and args_list[0] not in ("--help", "--version")):
         args_list.insert(0, "run")

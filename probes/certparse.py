@@ -29,12 +29,10 @@ import binascii
 import hashlib
 import re
 import time
-import warnings
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cryptography import utils as crypto_utils
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
@@ -44,10 +42,6 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 
 from probes import pkcs12
 from probes.base import CertFacts, CertObservation, Reason, SourceError
-
-# Real trust stores hold certificates with non-positive serials; cryptography warns on
-# each load, which would flood the log of every scan.
-warnings.filterwarnings("ignore", category=crypto_utils.CryptographyDeprecationWarning)
 
 _BEGIN = b"-----BEGIN "
 _DASHES = b"-----"
