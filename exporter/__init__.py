@@ -1,3 +1,3 @@
 """certscope: certificate observability for Prometheus."""
 
-__version__ = "0.1.0"
+from probes.version import __version__ as __version__

@@ -32,7 +32,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
-from exporter import __version__
 from probes.base import (
     ByteSize,
     CertFacts,
@@ -58,6 +57,7 @@ from probes.revocation import CRL_REASONS, OCSP_REASONS, RevocationChecker, eval
 from probes.stapling import fetch_stapled_response
 from probes.starttls import PROTOCOLS, StartTlsError, upgrade
 from probes.verify import TrustStore, Verdict, VerifySettings, choose_profile, verify_served_chain
+from probes.version import __version__
 
 MAX_HTTP_HEADER = 64 * 1024
 MAX_HTTP_BODY = 16 * 1024 * 1024
