@@ -20,7 +20,6 @@ from exporter.config import ConfigError, default_config, load_config
 from exporter.logs import setup_logging
 from probes.base import Shard, parse_duration
 
-COMMANDS = ("run", "check-config", "scan", "probe", "version")
 ALLOW_HELP = "let revocation URLs reach this network (loopback and link-local are refused otherwise)"
 
 

@@ -30,8 +30,6 @@ from probes.certparse import facts_from_certificate
 from probes.fetch import ANY_NETWORK
 from probes.revocation import OCSP_REASONS, RevocationChecker, expand_paths, load_certificates
 
-RESPONDER_FAILURES = (Reason.OCSP_UNAVAILABLE, Reason.OCSP_BAD_RESPONSE, Reason.OCSP_UNAUTHORIZED_SIGNER)
-
 
 @dataclass(frozen=True)
 class OcspSettings:
