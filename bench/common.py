@@ -68,7 +68,9 @@ def argument_parser(doc: str | None, quick: str) -> argparse.ArgumentParser:
     """A parser with the options every benchmark has: ``--out`` and ``--quick`` (whose
     help says what the smoke-test size is)."""
     parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory (default bench/out)")
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help="where results (and cached inputs) go (default bench/out)"
+    )
     parser.add_argument("--quick", action="store_true", help=quick)
     return parser
 
