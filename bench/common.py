@@ -339,6 +339,23 @@ def blackbox_module(
     return f"  {name}:\n    prober: tcp\n    timeout: {timeout}\n    tcp: {{tls: true, tls_config: {{{tls}}}}}"
 
 
+# Lua for wrk loading blackbox_exporter: ``count_probe(status, body)`` counts an answer as
+# a probe if it is a 200 carrying ``probe_success 1``, else as a failure, and keeps the
+# first failure in ``sample``.  Every wrk thread has its own Lua state, hence its own
+# ``ok``, ``bad`` and ``sample`` (read them with ``thread:get``).
+WRK_COUNT_PROBE = r"""
+ok, bad, sample = 0, 0, ""
+function count_probe(status, body)
+  if status == 200 and body ~= nil and string.find(body, "\nprobe_success 1\n", 1, true) then
+    ok = ok + 1
+  else
+    bad = bad + 1
+    if sample == "" then sample = tostring(status) .. " " .. string.sub(body or "", 1, 300) end
+  end
+end
+"""
+
+
 def start_blackbox(workdir: Path, modules: Iterable[str], port: int) -> Managed:
     """Debian's prometheus-blackbox-exporter on 127.0.0.1:``port`` with ``modules``
     (:func:`blackbox_module`); returns once it answers ``/-/healthy``."""

@@ -73,17 +73,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from bench.common import (
-    Results,
-    Sample,
-    argument_parser,
-    bare_fields,
-    int_list,
-    private_key,
-    run_json_child,
-    status_value,
-    timed,
-)
+from bench import common
 from probes.base import ProbeContext, ProbeResult, Reason
 from probes.files import FilesProbe, FilesSettings
 from tests.pki import DAY, NOW, Issued, PrivateKey, issue
@@ -119,8 +109,8 @@ def _make_key_material() -> _KeyMaterial:
     return _KeyMaterial(
         ca_key_pem=ca.key_pem,
         ca_cert_pem=ca.pem,
-        rsa_key_pems=tuple(_key_pem(private_key("rsa")) for _ in range(KEYS_PER_TYPE)),
-        ec_key_pems=tuple(_key_pem(private_key("ec")) for _ in range(KEYS_PER_TYPE)),
+        rsa_key_pems=tuple(_key_pem(common.private_key("rsa")) for _ in range(KEYS_PER_TYPE)),
+        ec_key_pems=tuple(_key_pem(common.private_key("ec")) for _ in range(KEYS_PER_TYPE)),
     )
 
 
@@ -194,7 +184,7 @@ def bare_parse(directory: str) -> list[tuple[Any, ...]]:
         for entry in entries:
             with open(entry.path, "rb") as handle:
                 data = handle.read()
-            rows.append(bare_fields(x509.load_pem_x509_certificate(data)))
+            rows.append(common.bare_fields(x509.load_pem_x509_certificate(data)))
     return rows
 
 
@@ -205,7 +195,7 @@ def _bare_parse_paths(paths: list[str]) -> list[tuple[Any, ...]]:
     for path in paths:
         with open(path, "rb") as handle:
             data = handle.read()
-        row = bare_fields(x509.load_pem_x509_certificate(data))
+        row = common.bare_fields(x509.load_pem_x509_certificate(data))
         rows.append((row[0].timestamp(), *row[1:3], tuple(row[3]), *row[4:7], row[7].dotted_string, row[8]))
     return rows
 
@@ -291,7 +281,7 @@ def _check_not_reparsed(cold: dict[str, ProbeResult], warm: dict[str, ProbeResul
 @dataclass
 class Case:
     name: str
-    samples: list[Sample] = field(default_factory=list)
+    samples: list[common.Sample] = field(default_factory=list)
 
     @property
     def median(self) -> float:
@@ -334,7 +324,7 @@ def measure_size(directory: Path, size: int, repeats: int, cold_cache: bool) -> 
         for repeat in range(repeats):
             if cold_cache:
                 drop_caches()
-            sample, rows = timed(functools.partial(bare_parse, path))
+            sample, rows = common.timed(functools.partial(bare_parse, path))
             if len(rows) != size:
                 raise SystemExit(f"bare_parse read {len(rows)} files, expected {size}")
             cases["bare_parse"].samples.append(sample)
@@ -342,7 +332,7 @@ def measure_size(directory: Path, size: int, repeats: int, cold_cache: bool) -> 
 
             if cold_cache:
                 drop_caches()
-            sample, rows = timed(functools.partial(bare_parse_parallel, path, pool, workers))
+            sample, rows = common.timed(functools.partial(bare_parse_parallel, path, pool, workers))
             if len(rows) != size:
                 raise SystemExit(f"bare_parse_parallel read {len(rows)} files, expected {size}")
             sample.extra["workers"] = workers
@@ -359,19 +349,19 @@ def measure_size(directory: Path, size: int, repeats: int, cold_cache: bool) -> 
 
 def _measure_probe_cases(cases: dict[str, Case], path: str, size: int, cold_cache: bool) -> None:
     """One repetition of scandir_stat, cold_scan and warm_rescan."""
-    sample, count = timed(functools.partial(scandir_stat, path))
+    sample, count = common.timed(functools.partial(scandir_stat, path))
     assert count == size
     cases["scandir_stat"].samples.append(sample)
 
     probe = new_probe(path)
     if cold_cache:
         drop_caches()
-    sample, (discovery_seconds, cold) = timed(functools.partial(run_round, probe))
+    sample, (discovery_seconds, cold) = common.timed(functools.partial(run_round, probe))
     sample.extra["discovery_seconds"] = discovery_seconds
     _check_round(cold, size)
     cases["cold_scan"].samples.append(sample)
 
-    sample, (discovery_seconds, warm) = timed(functools.partial(run_round, probe))
+    sample, (discovery_seconds, warm) = common.timed(functools.partial(run_round, probe))
     sample.extra["discovery_seconds"] = discovery_seconds
     _check_round(warm, size)
     _check_not_reparsed(cold, warm)
@@ -389,12 +379,12 @@ def memory_child(directory: str) -> dict[str, Any]:
     first = sorted(os.listdir(directory))[0]
     new_probe(directory).run(os.path.join(directory, first), ProbeContext(deadline=time.monotonic() + 60))
     gc.collect()
-    rss_before = status_value("VmRSS")
+    rss_before = common.status_value("VmRSS")
     probe = new_probe(directory)
     _, results = run_round(probe)
     certificates = sum(len(r.certificates) for r in results.values())
     gc.collect()
-    rss_after = status_value("VmRSS")
+    rss_after = common.status_value("VmRSS")
     del probe, results
     gc.collect()
 
@@ -420,7 +410,7 @@ def memory_child(directory: str) -> dict[str, Any]:
 
 
 def measure_memory(directory: Path) -> dict[str, Any]:
-    return run_json_child("bench.files_scan", "--memory-child", str(directory))
+    return common.run_json_child("bench.files_scan", "--memory-child", str(directory))
 
 
 # -- profiling --------------------------------------------------------------------
@@ -499,8 +489,8 @@ def print_table(size: int, cases: dict[str, Case], memory: dict[str, Any], cache
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argument_parser(__doc__, "smoke-test mode: 200 files, 1 repeat")
-    parser.add_argument("--sizes", type=int_list(), default=None, help="corpus sizes (default 10000,100000)")
+    parser = common.argument_parser(__doc__, "smoke-test mode: 200 files, 1 repeat")
+    parser.add_argument("--sizes", type=common.int_list(), default=None, help="corpus sizes (default 10000,100000)")
     parser.add_argument("--repeats", type=int, default=None, help="repetitions per case (default 3)")
     parser.add_argument("--drop-caches", action="store_true", help="drop page/inode caches before cold cases (root)")
     parser.add_argument("--profile", action="store_true", help="also cProfile one cold scan and rescan per size")
@@ -522,7 +512,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    results = Results("files_scan", out)
+    results = common.Results("files_scan", out)
     print(results.describe())
     print(f"{repeats} repeat(s) per case, interleaved; {cache_state}")
 

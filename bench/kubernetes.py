@@ -45,15 +45,7 @@ import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from bench.common import (
-    Results,
-    argument_parser,
-    bare_fields,
-    int_list,
-    private_key,
-    run_json_child,
-    status_value,
-)
+from bench import common
 from tests.pki import DAY, NOW, issue
 
 TOKEN = "bench-token"
@@ -65,7 +57,7 @@ def populate(server: Any, size: int, helm: int) -> None:
     that matters here, and the key is never read) and H 1 MB Helm Secrets."""
     root = issue("bench root", ca=True, not_after=NOW + 3650 * DAY)
     intermediate = issue("bench intermediate", root, ca=True, not_after=NOW + 3650 * DAY)
-    leaf_key = private_key("ec")
+    leaf_key = common.private_key("ec")
     root_b64 = base64.b64encode(root.pem).decode()
     for number in range(size):
         name = f"app-{number}.bench.example"
@@ -111,7 +103,7 @@ def _pages(url: str) -> Iterator[dict[str, Any]]:
 
 
 def child_bare(url: str) -> dict[str, Any]:
-    baseline = status_value("VmRSS")
+    baseline = common.status_value("VmRSS")
     started = time.perf_counter()
     objects = 0
     decoded = 0
@@ -125,7 +117,7 @@ def child_bare(url: str) -> dict[str, Any]:
 
 
 def child_bare_parse(url: str) -> dict[str, Any]:
-    baseline = status_value("VmRSS")
+    baseline = common.status_value("VmRSS")
     started = time.perf_counter()
     known: dict[bytes, tuple[Any, ...]] = {}
     inventory: dict[tuple[str, str, str], list[tuple[Any, ...]]] = {}
@@ -137,7 +129,7 @@ def child_bare_parse(url: str) -> dict[str, Any]:
                 for cert in x509.load_pem_x509_certificates(base64.b64decode(item["data"][key])):
                     der = cert.public_bytes(serialization.Encoding.DER)
                     if der not in known:
-                        known[der] = bare_fields(cert)
+                        known[der] = common.bare_fields(cert)
                     rows.append(known[der])
                 inventory[(metadata["namespace"], metadata["name"], key)] = rows
     seconds = time.perf_counter() - started
@@ -159,7 +151,7 @@ def child_certscope(url: str, workdir: str) -> dict[str, Any]:
             }
         )
     )
-    baseline = status_value("VmRSS")
+    baseline = common.status_value("VmRSS")
     started = time.perf_counter()
     probe = KubernetesProbe(KubernetesSettings(kubeconfig=str(kubeconfig), page_size=PAGE, list_timeout=600))
     discovery = probe.targets()
@@ -182,22 +174,24 @@ def child_certscope(url: str, workdir: str) -> dict[str, Any]:
 def _peak(baseline_kib: int) -> dict[str, int]:
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork and exec, so a child
     # of this (large) process would report the parent's peak.
-    peak = status_value("VmHWM")
+    peak = common.status_value("VmHWM")
     return {"peak_rss_kib": peak, "baseline_rss_kib": baseline_kib, "peak_growth_kib": peak - baseline_kib}
 
 
 def run_child(case: str, url: str, workdir: Path) -> dict[str, Any]:
-    return run_json_child("bench.kubernetes", "--child", case, "--url", url, "--out", str(workdir))
+    return common.run_json_child("bench.kubernetes", "--child", case, "--url", url, "--out", str(workdir))
 
 
 # --------------------------------------------------------------------------- main
 
 
 def main() -> None:
-    parser = argument_parser(__doc__, "a tiny run that checks the benchmark works")
-    parser.add_argument("--sizes", type=int_list(), default=(10_000, 30_000), help="TLS Secrets (default 10000,30000)")
+    parser = common.argument_parser(__doc__, "a tiny run that checks the benchmark works")
     parser.add_argument(
-        "--helm", type=int_list(minimum=0), default=(0, 300), help="1 MB Helm Secrets beside the TLS Secrets"
+        "--sizes", type=common.int_list(), default=(10_000, 30_000), help="TLS Secrets (default 10000,30000)"
+    )
+    parser.add_argument(
+        "--helm", type=common.int_list(minimum=0), default=(0, 300), help="1 MB Helm Secrets beside the TLS Secrets"
     )
     parser.add_argument("--child", choices=("bare", "bare_parse", "certscope"), help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -216,7 +210,7 @@ def main() -> None:
 
     from tests.kube_apiserver import FakeApiServer
 
-    results = Results("kubernetes", out)
+    results = common.Results("kubernetes", out)
     sizes = (100, 200) if args.quick else args.sizes
     helm_counts = (0, 5) if args.quick else args.helm
     runs: list[dict[str, Any]] = []

@@ -96,7 +96,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 
-from bench.common import Results, argument_parser, processes_cpu_seconds, sigterm_exits, system_ticks
+from bench import common
 from probes.base import Reason
 from probes.fetch import fetch, resolve_checked
 from probes.revocation import (
@@ -198,8 +198,8 @@ def timed_loop(action: Callable[[], object], seconds: float, responder_pids: Seq
     """Call ``action`` back to back for ``seconds`` on this thread."""
     gc.collect()
     latencies: list[float] = []
-    busy0, total0 = system_ticks()
-    responder0 = processes_cpu_seconds(responder_pids)
+    busy0, total0 = common.system_ticks()
+    responder0 = common.processes_cpu_seconds(responder_pids)
     cpu0 = time.thread_time()
     started = time.perf_counter()
     end = started + seconds
@@ -211,8 +211,8 @@ def timed_loop(action: Callable[[], object], seconds: float, responder_pids: Seq
         now = after
     wall = now - started
     cpu = time.thread_time() - cpu0
-    responder = processes_cpu_seconds(responder_pids) - responder0
-    busy1, total1 = system_ticks()
+    responder = common.processes_cpu_seconds(responder_pids) - responder0
+    busy1, total1 = common.system_ticks()
     cores = (busy1 - busy0) / (total1 - total0) * (os.cpu_count() or 1) if total1 > total0 else 0.0
     return Run(len(latencies), wall, cpu, responder, cores, latencies)
 
@@ -610,7 +610,7 @@ def print_tables(ocsp_cells: dict[str, Cell], crl_cells: dict[str, Cell], entrie
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argument_parser(__doc__, "smoke test: 0.3 s cells, 1 repeat, 1,000-entry CRL")
+    parser = common.argument_parser(__doc__, "smoke test: 0.3 s cells, 1 repeat, 1,000-entry CRL")
     parser.add_argument("--seconds", type=float, default=None, help="seconds per OCSP cell (default 2)")
     parser.add_argument("--repeats", type=int, default=None, help="repetitions (default 3)")
     parser.add_argument("--crl-parses", type=int, default=None, help="CRL parses per cell and repetition (default 3)")
@@ -623,7 +623,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     entries = QUICK_ENTRIES if args.quick else BIG_ENTRIES
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    results = Results("revocation", out, tools=("openssl_cli",))
+    results = common.Results("revocation", out, tools=("openssl_cli",))
     print(f"{results.describe()}; {results.header['machine']['openssl_cli']}")
     print(f"{repeats} repeat(s), interleaved; {seconds} s per OCSP cell; {parses} CRL parse(s) per cell and repeat")
     report: dict[str, Any] = {
@@ -636,7 +636,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "ocsp_cached_network_requests": GOAL_CACHED_REQUESTS,
         },
     }
-    with sigterm_exits(), tempfile.TemporaryDirectory(prefix="certscope-revocation-bench-") as scratch:
+    with common.sigterm_exits(), tempfile.TemporaryDirectory(prefix="certscope-revocation-bench-") as scratch:
         started = time.monotonic()
         with revocation_stack(Path(scratch), big_entries=entries) as stack:
             print(f"stack up in {time.monotonic() - started:.1f} s: {stack.ocsp!r}", flush=True)

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO_ROOT, argument_parser, module_command
+from bench import common
 
 MARK_START = "<!-- bench/run.py summary: start -->"
 MARK_END = "<!-- bench/run.py summary: end -->"
@@ -248,10 +248,10 @@ SCENARIOS = {
 
 
 def run_scenario(name: str, scenario: Scenario, out: Path, quick: bool) -> tuple[list[Row], dict[str, Any]]:
-    args = module_command(scenario.module, "--out", str(out), *(["--quick"] if quick else scenario.full_args))
+    args = common.module_command(scenario.module, "--out", str(out), *(["--quick"] if quick else scenario.full_args))
     print(f"== {name}: {' '.join(args[1:])}", flush=True)
     started = time.monotonic()
-    done = subprocess.run(args, cwd=REPO_ROOT, text=True, capture_output=True, check=False)
+    done = subprocess.run(args, cwd=common.REPO_ROOT, text=True, capture_output=True, check=False)
     (out / f"{name}.log").write_text(done.stdout + done.stderr)
     if done.returncode != 0:
         raise SystemExit(f"{name} failed ({done.returncode}); see {out / f'{name}.log'}:\n{done.stderr[-2000:]}")
@@ -352,11 +352,11 @@ def plot(results: dict[str, dict[str, Any]], path: Path) -> bool:
 
 
 def write_docs(table: str, plot_path: Path | None) -> None:
-    docs = REPO_ROOT / "docs" / "performance.md"
+    docs = common.REPO_ROOT / "docs" / "performance.md"
     text = docs.read_text()
     block = f"{MARK_START}\n{table}"
     if plot_path is not None:
-        target = REPO_ROOT / "docs" / "performance-scale.png"
+        target = common.REPO_ROOT / "docs" / "performance-scale.png"
         target.write_bytes(plot_path.read_bytes())
         block += "\n![Scale curves](performance-scale.png)\n"
     block += f"{MARK_END}"
@@ -370,7 +370,7 @@ def write_docs(table: str, plot_path: Path | None) -> None:
 
 
 def main() -> None:
-    parser = argument_parser(__doc__, "every scenario on its smoke-test size")
+    parser = common.argument_parser(__doc__, "every scenario on its smoke-test size")
     parser.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")
     parser.add_argument("--write-docs", action="store_true", help="put the table and the plot into docs/")
     args = parser.parse_args()

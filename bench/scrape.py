@@ -41,7 +41,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from bench.common import Results, argument_parser, timed
+from bench import common
 from exporter.store import ProbeInfo, ProbeState, ResultStore, Rotation, Snapshot, SourceState, TargetState
 from exporter.web import WebApp, WebServer
 from probes.base import CertFacts, CertObservation, ProbeResult, Reason
@@ -127,14 +127,14 @@ class _Store(ResultStore):
 
 
 def main() -> None:
-    parser = argument_parser(__doc__, "smoke test: 2,000 series, 2 repetitions")
+    parser = common.argument_parser(__doc__, "smoke test: 2,000 series, 2 repetitions")
     parser.add_argument("--series", type=int, default=100_000, help="series to render (default 100000)")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved repetitions (default 5)")
     args = parser.parse_args()
     series = 2_000 if args.quick else args.series
     repeats = 2 if args.quick else args.repeats
     files = series // SERIES_PER_FILE
-    results = Results("scrape", args.out)
+    results = common.Results("scrape", args.out)
 
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
@@ -169,7 +169,7 @@ def main() -> None:
     samples: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(repeats):
         for name, action in cases.items():
-            samples[name].append(timed(action)[0].wall)
+            samples[name].append(common.timed(action)[0].wall)
     server.stop()
 
     tracemalloc.start()

@@ -39,28 +39,15 @@ from typing import Any
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.common import (
-    HOST,
-    Managed,
-    Results,
-    argument_parser,
-    free_ports,
-    module_command,
-    nginx_server,
-    sigterm_exits,
-    start_nginx,
-    status_value,
-    wait_until,
-    write_tls_pki,
-)
+from bench import common
 from tests.pki import build_pki
 from tests.servers import can_connect
 
 
-def start_nginx_listeners(workdir: Path, pki: Path, ports: list[int]) -> Managed:
+def start_nginx_listeners(workdir: Path, pki: Path, ports: list[int]) -> common.Managed:
     """One nginx ``server`` listening on every port, serving the EC localhost leaf."""
-    server = nginx_server(ports, pki / "ec-chain.pem", pki / "ec-leaf.key")
-    return start_nginx(workdir, [server], lambda: all(can_connect(HOST, p) for p in ports), timeout=30)
+    server = common.nginx_server(ports, pki / "ec-chain.pem", pki / "ec-leaf.key")
+    return common.start_nginx(workdir, [server], lambda: all(can_connect(common.HOST, p) for p in ports), timeout=30)
 
 
 def refused_ports(count: int) -> tuple[list[int], list[socket.socket]]:
@@ -68,16 +55,16 @@ def refused_ports(count: int) -> tuple[list[int], list[socket.socket]]:
     held = []
     for _ in range(count):
         sock = socket.socket()
-        sock.bind((HOST, 0))
+        sock.bind((common.HOST, 0))
         held.append(sock)
     return [s.getsockname()[1] for s in held], held
 
 
 def proc_sample(pid: int) -> dict[str, float]:
     return {
-        "rss_kib": status_value("VmRSS", pid),
+        "rss_kib": common.status_value("VmRSS", pid),
         "fds": len(list(Path(f"/proc/{pid}/fd").iterdir())),
-        "threads": status_value("Threads", pid),
+        "threads": common.status_value("Threads", pid),
     }
 
 
@@ -111,15 +98,15 @@ def scrape(url: str, good: int) -> dict[str, float]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="certscope-soak-"))
     pki_dir = workdir / "pki"
-    write_tls_pki(pki_dir, kinds=("ec",))
+    common.write_tls_pki(pki_dir, kinds=("ec",))
     files_dir = workdir / "files"
     files_dir.mkdir()
     pki = build_pki()
     for number in range(50):
         (files_dir / f"cert{number}.pem").write_bytes((pki.valid, pki.expired, pki.intermediate)[number % 3].pem)
-    ports = free_ports(args.targets)
+    ports = common.free_ports(args.targets)
     bad_ports, held = refused_ports(10)
-    started_processes: list[Managed] = []
+    started_processes: list[common.Managed] = []
     try:
         nginx = start_nginx_listeners(workdir, pki_dir, ports)
         started_processes.append(nginx)
@@ -140,9 +127,9 @@ probes:
 """
         )
         log = workdir / "daemon.log"
-        daemon = Managed(
+        daemon = common.Managed(
             "certscope",
-            module_command("exporter", "run", f"--config.file={config}", "--web.listen-address=127.0.0.1:0"),
+            common.module_command("exporter", "run", f"--config.file={config}", "--web.listen-address=127.0.0.1:0"),
             log=log,
         )
         started_processes.append(daemon)
@@ -154,7 +141,7 @@ probes:
                 address[:] = [f"http://127.0.0.1:{match.group(2)}"]
             return bool(match)
 
-        wait_until(listening, "certscope", daemon, [log], timeout=30)
+        common.wait_until(listening, "certscope", daemon, [log], timeout=30)
         metrics_url = address[0] + "/metrics"
         # The daemon runs under setpriv: its own pid is the Python child's.
         pid = daemon.pid
@@ -211,7 +198,7 @@ probes:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argument_parser(__doc__, "a smoke test: half a minute, 50 targets (unless given)")
+    parser = common.argument_parser(__doc__, "a smoke test: half a minute, 50 targets (unless given)")
     parser.add_argument("--minutes", type=float, default=None, help="how long (default 30; quick 0.5)")
     parser.add_argument("--targets", type=int, default=None, help="TLS targets (default 500; quick 50)")
     parser.add_argument("--interval", type=float, default=15, help="probe interval seconds (default 15)")
@@ -220,8 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.minutes = args.minutes if args.minutes is not None else (0.5 if args.quick else 30.0)
     args.targets = args.targets if args.targets is not None else (50 if args.quick else 500)
-    results = Results("soak", args.out, tools=("nginx",))
-    with sigterm_exits():
+    results = common.Results("soak", args.out, tools=("nginx",))
+    with common.sigterm_exits():
         result = results.write(run(args))
     print(json.dumps(result["summary"], indent=2))
     summary = result["summary"]

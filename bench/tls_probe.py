@@ -87,34 +87,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import (
-    CLK_TCK,
-    HOST,
-    PEER_TOOLS,
-    Managed,
-    Results,
-    argument_parser,
-    blackbox_module,
-    children_cpu_seconds,
-    elapsed_and_noise,
-    free_ports,
-    median,
-    module_command,
-    nginx_server,
-    percentile,
-    print_profile,
-    pyspy_executable,
-    pyspy_recording,
-    read_pyspy,
-    require_tools,
-    short_path,
-    sigterm_exits,
-    start_blackbox,
-    start_nginx,
-    system_ticks,
-    tree_cpu_seconds,
-    write_tls_pki,
-)
+from bench import common
 from tests.servers import can_connect
 
 THIS_MODULE = "bench.tls_probe"
@@ -131,19 +104,13 @@ GOAL_CPU_RATIO = 1.0  # certscope client CPU per probe <= 1.0x blackbox's
 GOAL_THROUGHPUT_RATIO = 0.9  # certscope probes/s at concurrency 64 >= 0.9x blackbox's
 GOAL_ROUND_SECONDS = {"rsa": 0.8, "ec": 0.8, "mtls-rsa": 1.3, "mtls-ec": 1.1}
 
-WRK_SCRIPT = r"""
+WRK_SCRIPT = (
+    common.WRK_COUNT_PROBE
+    + r"""
 -- Count a response only if blackbox says the probe succeeded.
 local threads = {}
 function setup(thread) table.insert(threads, thread) end
-function init(args) ok = 0; bad = 0; sample = "" end
-function response(status, headers, body)
-  if status == 200 and body ~= nil and string.find(body, "\nprobe_success 1\n", 1, true) then
-    ok = ok + 1
-  else
-    bad = bad + 1
-    if sample == "" then sample = tostring(status) .. " " .. string.sub(body or "", 1, 300) end
-  end
-end
+function response(status, headers, body) count_probe(status, body) end
 function done(summary, latency, requests)
   local ok_total, bad_total, first = 0, 0, ""
   for _, t in ipairs(threads) do
@@ -161,6 +128,7 @@ function done(summary, latency, requests)
   if first ~= "" then io.write("SAMPLE " .. (string.gsub(first, "\n", " | ")) .. "\n") end
 end
 """
+)
 
 
 # --------------------------------------------------------------------------- configs
@@ -197,7 +165,7 @@ VARIANTS = {v.name: v for v in (*MAIN_VARIANTS, *HTTP_VARIANTS)}
 # --------------------------------------------------------------------------- peers
 
 
-def start_nginx_listeners(workdir: Path, pki: Path, ports: dict[str, int]) -> Managed:
+def start_nginx_listeners(workdir: Path, pki: Path, ports: dict[str, int]) -> common.Managed:
     """One listener per key kind, with and without ``ssl_verify_client on``."""
     servers = []
     for listener, port in ports.items():
@@ -205,11 +173,11 @@ def start_nginx_listeners(workdir: Path, pki: Path, ports: dict[str, int]) -> Ma
         verify = (
             f"ssl_verify_client on; ssl_client_certificate {pki}/{kind}-ca.pem; " if listener.startswith("mtls") else ""
         )
-        servers.append(nginx_server([port], pki / f"{kind}-chain.pem", pki / f"{kind}-leaf.key", verify))
-    return start_nginx(workdir, servers, lambda: all(can_connect(HOST, p) for p in ports.values()))
+        servers.append(common.nginx_server([port], pki / f"{kind}-chain.pem", pki / f"{kind}-leaf.key", verify))
+    return common.start_nginx(workdir, servers, lambda: all(can_connect(common.HOST, p) for p in ports.values()))
 
 
-def start_blackbox_modules(workdir: Path, pki: Path, port: int) -> Managed:
+def start_blackbox_modules(workdir: Path, pki: Path, port: int) -> common.Managed:
     """One blackbox module per main variant (mTLS ones present the client certificate)."""
     modules = []
     for variant in MAIN_VARIANTS:
@@ -217,15 +185,15 @@ def start_blackbox_modules(workdir: Path, pki: Path, port: int) -> Managed:
         client = (
             {"cert_file": pki / f"{kind}-client.pem", "key_file": pki / f"{kind}-client.key"} if variant.mtls else {}
         )
-        modules.append(blackbox_module(variant.module, pki / f"{kind}-ca.pem", **client))
-    return start_blackbox(workdir, modules, port)
+        modules.append(common.blackbox_module(variant.module, pki / f"{kind}-ca.pem", **client))
+    return common.start_blackbox(workdir, modules, port)
 
 
-class Worker(Managed):
+class Worker(common.Managed):
     """A client subprocess (``--worker certscope|bare``) driven over JSON lines."""
 
     def __init__(self, side: str, init: dict[str, Any]) -> None:
-        super().__init__(f"worker-{side}", module_command(THIS_MODULE, "--worker", side), pipes=True)
+        super().__init__(f"worker-{side}", common.module_command(THIS_MODULE, "--worker", side), pipes=True)
         self.side = side
         self._send(init)  # the reply is read by wait_ready(), so that workers start in parallel
 
@@ -300,7 +268,7 @@ class ClientWorker:
                 cert_file=str(pki / f"{variant.key_kind}-client.pem"),
                 key_file=str(pki / f"{variant.key_kind}-client.key"),
             )
-        target = f"{HOST}:{port}"
+        target = f"{common.HOST}:{port}"
         settings = TlsSettings(
             targets=(target,),
             trust=TrustSettings(system=False, ca_files=(str(pki / f"{variant.key_kind}-ca.pem"),)),
@@ -343,8 +311,8 @@ class ClientWorker:
         def task() -> tuple[bool, str]:
             try:
                 with (
-                    socket.create_connection((HOST, port), timeout=PROBE_TIMEOUT) as sock,
-                    context.wrap_socket(sock, server_hostname=HOST) as tls,
+                    socket.create_connection((common.HOST, port), timeout=PROBE_TIMEOUT) as sock,
+                    context.wrap_socket(sock, server_hostname=common.HOST) as tls,
                 ):
                     der = tls.getpeercert(binary_form=True)
                     negotiated = f"{tls.version()} {(tls.cipher() or ('',))[0]}"
@@ -411,8 +379,8 @@ class ClientWorker:
             "failure_samples": dict(failures.most_common(3)),
             "wall_s": wall,
             "cpu_s": cpu,
-            "p50_ms": percentile(latencies, 0.50) * 1e3,
-            "p99_ms": percentile(latencies, 0.99) * 1e3,
+            "p50_ms": common.percentile(latencies, 0.50) * 1e3,
+            "p99_ms": common.percentile(latencies, 0.99) * 1e3,
         }
 
     def _cprofile(self, variant: str, seconds: float) -> dict[str, Any]:
@@ -430,7 +398,7 @@ class ClientWorker:
         total = sum(row[2] for row in stats.stats.values())  # type: ignore[attr-defined]
         rows = []
         for (filename, line, function), (_, _, tottime, cumtime, _) in stats.stats.items():  # type: ignore[attr-defined]
-            rows.append((f"{function} ({short_path(filename)}:{line})", tottime, cumtime))
+            rows.append((f"{function} ({common.short_path(filename)}:{line})", tottime, cumtime))
         self_top = sorted(rows, key=lambda r: -r[1])[:15]
         incl_top = sorted(rows, key=lambda r: -r[2])[:25]
         return {
@@ -510,10 +478,10 @@ class Bench:
         self.pki = workdir / "pki"
         self.cells: list[Cell] = []
         self.rounds: list[dict[str, Any]] = []
-        self.processes: list[Managed] = []
+        self.processes: list[common.Managed] = []
         self.workers: dict[str, Worker] = {}
-        self.nginx: Managed | None = None
-        self.blackbox: Managed | None = None
+        self.nginx: common.Managed | None = None
+        self.blackbox: common.Managed | None = None
         self.blackbox_port = 0
         self.negotiated: dict[str, dict[str, str]] = {}
         self.wrk_script = workdir / "check.lua"
@@ -521,8 +489,8 @@ class Bench:
     # -- setup ---------------------------------------------------------------------
 
     def start(self) -> None:
-        write_tls_pki(self.pki)
-        *listener_ports, self.blackbox_port = free_ports(5)
+        common.write_tls_pki(self.pki)
+        *listener_ports, self.blackbox_port = common.free_ports(5)
         self.ports = dict(zip((v.listener for v in MAIN_VARIANTS), listener_ports, strict=True))
         self.nginx = start_nginx_listeners(self._dir("nginx"), self.pki, self.ports)
         self.processes.append(self.nginx)
@@ -578,14 +546,14 @@ class Bench:
 
     def _probe_url(self, variant: Variant) -> str:
         port = self.ports[variant.listener]
-        return f"http://{HOST}:{self.blackbox_port}/probe?module={variant.module}&target={HOST}:{port}"
+        return f"http://{common.HOST}:{self.blackbox_port}/probe?module={variant.module}&target={common.HOST}:{port}"
 
     # -- one cell ------------------------------------------------------------------
 
     def measure(self, side: str, variant: Variant, concurrency: int, seconds: float, repeat: int) -> Cell:
         assert self.nginx is not None and self.blackbox is not None
-        nginx0 = tree_cpu_seconds(self.nginx.pid)
-        busy0, _ = system_ticks()
+        nginx0 = common.tree_cpu_seconds(self.nginx.pid)
+        busy0, _ = common.system_ticks()
         if side == "blackbox":
             cell = self._measure_blackbox(variant, concurrency, seconds, repeat)
         else:
@@ -593,10 +561,10 @@ class Bench:
                 {"op": "run", "variant": variant.name, "concurrency": concurrency, "seconds": seconds}
             )
             cell = self._cell(side, variant.name, concurrency, repeat, reply)
-        busy1, _ = system_ticks()
-        cell.nginx_cpu_s = tree_cpu_seconds(self.nginx.pid) - nginx0
+        busy1, _ = common.system_ticks()
+        cell.nginx_cpu_s = common.tree_cpu_seconds(self.nginx.pid) - nginx0
         ours = cell.client_cpu_s + cell.nginx_cpu_s + cell.loadgen_cpu_s
-        cell.other_cores = max(0.0, ((busy1 - busy0) / CLK_TCK - ours) / cell.wall_s) if cell.wall_s else 0.0
+        cell.other_cores = max(0.0, ((busy1 - busy0) / common.CLK_TCK - ours) / cell.wall_s) if cell.wall_s else 0.0
         self.cells.append(cell)
         mark = "" if cell.valid else f"  INVALID: {cell.failures} failures {cell.failure_samples}"
         print(
@@ -639,11 +607,11 @@ class Bench:
             str(self.wrk_script),
             self._probe_url(variant),
         ]
-        loadgen0 = children_cpu_seconds()
-        blackbox0 = tree_cpu_seconds(self.blackbox.pid)
+        loadgen0 = common.children_cpu_seconds()
+        blackbox0 = common.tree_cpu_seconds(self.blackbox.pid)
         output = subprocess.run(command, capture_output=True, text=True, check=False, timeout=duration + 60).stdout
-        blackbox1 = tree_cpu_seconds(self.blackbox.pid)
-        loadgen = children_cpu_seconds() - loadgen0
+        blackbox1 = common.tree_cpu_seconds(self.blackbox.pid)
+        loadgen = common.children_cpu_seconds() - loadgen0
         result = next((line for line in output.splitlines() if line.startswith("RESULT ")), None)
         if result is None:
             raise RuntimeError(f"wrk gave no result:\n{output}")
@@ -669,11 +637,11 @@ class Bench:
 
     def endpoint_round(self, variant: Variant, repeat: int) -> dict[str, Any]:
         assert self.nginx is not None
-        nginx0 = tree_cpu_seconds(self.nginx.pid)
+        nginx0 = common.tree_cpu_seconds(self.nginx.pid)
         reply = self.workers["certscope"].call(
             {"op": "round", "variant": variant.name, "concurrency": ROUND_CONCURRENCY, "count": ENDPOINT_ROUND}
         )
-        nginx_cpu = tree_cpu_seconds(self.nginx.pid) - nginx0
+        nginx_cpu = common.tree_cpu_seconds(self.nginx.pid) - nginx0
         row = {
             "variant": variant.name,
             "repeat": repeat,
@@ -699,13 +667,13 @@ class Bench:
     def profile(self, seconds: float) -> dict[str, Any]:
         worker = self.workers["certscope"]
         command = {"op": "run", "variant": "ec", "concurrency": PROFILE_CONCURRENCY, "seconds": seconds}
-        if pyspy_executable() is None:
+        if common.pyspy_executable() is None:
             print("  py-spy not found: cProfile of a sequential run instead", flush=True)
             return worker.call({"op": "cprofile", "variant": "ec", "seconds": seconds})
         raw, log = self.args.out / "tls_probe.pyspy.txt", self.workdir / "py-spy.log"
-        with pyspy_recording(worker.pid, raw, log):
+        with common.pyspy_recording(worker.pid, raw, log):
             reply = worker.call(command)
-        summary = read_pyspy(raw, log, PLUMBING)
+        summary = common.read_pyspy(raw, log, PLUMBING)
         summary.update(
             {
                 "tool": "py-spy record --rate 250 --nonblocking (attached; idle threads excluded)",
@@ -733,7 +701,7 @@ PLUMBING = (
 
 
 def median_of(cells: list[Cell], attribute: str) -> float:
-    return median(getattr(c, attribute) for c in cells if c.valid)
+    return common.median(getattr(c, attribute) for c in cells if c.valid)
 
 
 def summarize(cells: list[Cell]) -> list[dict[str, Any]]:
@@ -806,13 +774,13 @@ def round_summary(rounds: list[dict[str, Any]], rows: list[dict[str, Any]]) -> l
             None,
         )
         goal = GOAL_ROUND_SECONDS.get(listener)
-        median_s = median(seconds)
+        median_s = common.median(seconds)
         out.append(
             {
                 "variant": name,
                 "median_s": median_s,
                 "range_s": [min(seconds), max(seconds)] if seconds else None,
-                "client_cpu_ms_per_probe": median(r["client_cpu_ms_per_probe"] for r in valid),
+                "client_cpu_ms_per_probe": common.median(r["client_cpu_ms_per_probe"] for r in valid),
                 "runs": len(group),
                 "invalid_runs": len(group) - len(valid),
                 "blackbox_equivalent_s": ENDPOINT_ROUND / blackbox["probes_per_s"] if blackbox else None,
@@ -929,12 +897,12 @@ def report(result: dict[str, Any]) -> None:
     profile = result["profile"]
     if profile.get("self"):
         print(f"Profile ({profile['tool']}, {profile.get('samples', profile.get('probes'))} samples):")
-        print_profile(profile)
-    print(elapsed_and_noise(result))
+        common.print_profile(profile)
+    print(common.elapsed_and_noise(result))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argument_parser(__doc__, "a smoke test: concurrency 1 and 64, 0.5 s per run, 1 repetition")
+    parser = common.argument_parser(__doc__, "a smoke test: concurrency 1 and 64, 0.5 s per run, 1 repetition")
     parser.add_argument("--seconds", type=float, default=None, help="seconds per run (default 2, quick 0.5)")
     parser.add_argument("--repeats", type=int, default=None, help="interleaved repetitions (default 3, quick 1)")
     parser.add_argument("--worker", choices=("certscope", "bare"), help=argparse.SUPPRESS)
@@ -944,10 +912,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args.seconds = args.seconds if args.seconds is not None else (0.5 if args.quick else 2.0)
     args.repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
-    if not require_tools(*PEER_TOOLS):
+    if not common.require_tools(*common.PEER_TOOLS):
         return 2
-    results = Results("tls_probe", args.out, tools=("nginx", "blackbox_exporter", "wrk", "py_spy"))
-    with sigterm_exits():
+    results = common.Results("tls_probe", args.out, tools=("nginx", "blackbox_exporter", "wrk", "py_spy"))
+    with common.sigterm_exits():
         result = results.write(run(args))
     report(result)
     invalid = sum(1 for c in result["cells"] if not c["valid"])

@@ -96,34 +96,7 @@ from typing import Any
 
 from cryptography import x509
 
-from bench.common import (
-    HOST,
-    PEER_TOOLS,
-    GcTimer,
-    Managed,
-    Results,
-    argument_parser,
-    blackbox_module,
-    elapsed_and_noise,
-    free_ports,
-    handshake_ok,
-    int_list,
-    median,
-    module_command,
-    nginx_server,
-    print_profile,
-    pyspy_executable,
-    pyspy_recording,
-    read_pyspy,
-    require_tools,
-    reset_peak_rss,
-    self_cpu_seconds,
-    sigterm_exits,
-    start_blackbox,
-    start_nginx,
-    status_value,
-    tree_cpu_seconds,
-)
+from bench import common
 from tests.pki import DAY, NOW, issue
 
 THIS_MODULE = "bench.tls_scale"
@@ -144,7 +117,9 @@ GOAL_ENDPOINTS = 1000
 GOAL_ROUND_SECONDS = 0.8
 GOAL_LINEARITY = 1.2
 
-WRK_SCRIPT = r"""
+WRK_SCRIPT = (
+    common.WRK_COUNT_PROBE
+    + r"""
 -- Each target once: delay() holds back every request beyond the list, request() hands
 -- out the next target, response() counts; the last answer stops the thread and prints
 -- DONE (wrk itself would wait for its whole -d).
@@ -161,8 +136,7 @@ local function now()
 end
 
 local paths = {}
-local issued, sent, ok, bad, first = 0, 0, 0, 0, 0
-local sample = ""
+local issued, sent, first = 0, 0, 0
 
 function init(args)
   for line in io.lines(args[1]) do paths[#paths + 1] = line end
@@ -183,12 +157,7 @@ function request()
 end
 
 function response(status, headers, body)
-  if status == 200 and body ~= nil and string.find(body, "\nprobe_success 1\n", 1, true) then
-    ok = ok + 1
-  else
-    bad = bad + 1
-    if sample == "" then sample = tostring(status) .. " " .. string.sub(body or "", 1, 300) end
-  end
+  count_probe(status, body)
   if ok + bad == #paths then
     io.write(string.format("DONE ok=%d bad=%d first=%.6f last=%.6f\n", ok, bad, first, now()))
     if sample ~= "" then io.write("SAMPLE " .. (string.gsub(sample, "\n", " | ")) .. "\n") end
@@ -197,6 +166,7 @@ function response(status, headers, body)
   end
 end
 """
+)
 
 
 # --------------------------------------------------------------------------- PKI
@@ -208,7 +178,7 @@ def write_pki(directory: Path, count: int) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     ca = issue("tls-scale bench CA", ca=True, not_after=NOW + 3650 * DAY)
     (directory / "ca.pem").write_bytes(ca.pem)
-    loopback = x509.IPAddress(ipaddress.ip_address(HOST))
+    loopback = x509.IPAddress(ipaddress.ip_address(common.HOST))
     for index in range(count):
         name = f"t{index}.tls-scale.test"
         sans = x509.SubjectAlternativeName([x509.DNSName(name), loopback])
@@ -226,7 +196,7 @@ def bind_listeners(count: int) -> list[socket.socket]:
     try:
         for _ in range(count):
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((HOST, 0))
+            sock.bind((common.HOST, 0))
             sock.listen(511)  # nginx's default backlog
             # nginx sets O_NONBLOCK only on sockets it opens itself; on a blocking one, the
             # worker that loses the race for a connection blocks in accept() and stalls
@@ -255,13 +225,15 @@ def raise_file_limit(needed: int) -> None:
 
 def start_nginx_fleet(
     workdir: Path, pki: Path, sockets: list[socket.socket], shared_cert: bool, concurrency: int
-) -> Managed:
+) -> common.Managed:
     """nginx on the inherited ``sockets``, one certificate per listener (or one for all)."""
     ports = [s.getsockname()[1] for s in sockets]
     if shared_cert:
-        servers = [nginx_server(ports, pki / "leaf-0.pem", pki / "leaf-0.key")]
+        servers = [common.nginx_server(ports, pki / "leaf-0.pem", pki / "leaf-0.key")]
     else:
-        servers = [nginx_server([port], pki / f"leaf-{i}.pem", pki / f"leaf-{i}.key") for i, port in enumerate(ports)]
+        servers = [
+            common.nginx_server([port], pki / f"leaf-{i}.pem", pki / f"leaf-{i}.key") for i, port in enumerate(ports)
+        ]
     # Every listening socket takes a connection slot (and a descriptor) in each worker.
     connections = len(ports) + 4 * concurrency + 1024
 
@@ -269,10 +241,10 @@ def start_nginx_fleet(
         # The sockets accept in the kernel before any worker runs: wait for real handshakes
         # on the first and the last listener (the workers are forked after every certificate
         # is loaded).
-        return handshake_ok(ports[-1], pki / "ca.pem") and handshake_ok(ports[0], pki / "ca.pem")
+        return common.handshake_ok(ports[-1], pki / "ca.pem") and common.handshake_ok(ports[0], pki / "ca.pem")
 
     # Loading 5,000 certificates takes a few seconds.
-    return start_nginx(workdir, servers, ready, connections=connections, sockets=sockets, timeout=120)
+    return common.start_nginx(workdir, servers, ready, connections=connections, sockets=sockets, timeout=120)
 
 
 # --------------------------------------------------------------------------- certscope child
@@ -364,8 +336,8 @@ def child_main(config_path: str, expected_targets: int, hold: bool) -> None:
     app = WebApp(store, scheduler.ready, lambda: None)
     round_timeout = 120.0 + expected_targets * 0.2
     gc.collect()
-    hwm_reset = reset_peak_rss()
-    baseline_kib = status_value("VmRSS")
+    hwm_reset = common.reset_peak_rss()
+    baseline_kib = common.status_value("VmRSS")
     if hold:  # a profiler attaches now
         out.write(json.dumps({"ready": os.getpid()}) + "\n")
         out.flush()
@@ -380,8 +352,8 @@ def child_main(config_path: str, expected_targets: int, hold: bool) -> None:
     }
     held: Any = None
     for number in (1, 2):
-        with GcTimer() as gc_timer:
-            cpu_before = self_cpu_seconds()
+        with common.GcTimer() as gc_timer:
+            cpu_before = common.self_cpu_seconds()
             if number == 1:
                 # The daemon's path: the probe is built from the config through the kind
                 # registry, the target pool sized by global.concurrency, and the APScheduler
@@ -395,7 +367,7 @@ def child_main(config_path: str, expected_targets: int, hold: bool) -> None:
                     raise RuntimeError("exporter.scheduler.Scheduler has no _aps: update bench/tls_scale.py")
                 aps.modify_job(probe_config.name, next_run_time=dt.datetime.now(dt.UTC))
             published = store.wait_rounds(number, round_timeout)
-            cpu = self_cpu_seconds() - cpu_before
+            cpu = common.self_cpu_seconds() - cpu_before
         state = store.snapshot().probes[probe_config.name]
         results = [ts for _, ts in sorted(state.targets.items())]
         failures = [
@@ -405,8 +377,8 @@ def child_main(config_path: str, expected_targets: int, hold: bool) -> None:
         ]
         chains = [len(ts.certificates) for ts in results]
         leaves = {ts.certificates[0].cert.fingerprint_sha256 for ts in results if ts.certificates}
-        peak_kib = status_value("VmHWM")
-        rss_kib = status_value("VmRSS")
+        peak_kib = common.status_value("VmHWM")
+        rss_kib = common.status_value("VmRSS")
         round_figures: dict[str, Any] = {
             "seconds": published.round_duration + published.publish_seconds,
             "scheduler_seconds": published.round_duration,
@@ -444,7 +416,7 @@ def child_main(config_path: str, expected_targets: int, hold: bool) -> None:
                 "metrics_bytes": len(body),
                 "metrics_gzip_bytes": len(zipped),
                 "series": sum(1 for line in body.splitlines() if line and not line.startswith(b"#")),
-                "peak_rss_after_render_kib": status_value("VmHWM"),
+                "peak_rss_after_render_kib": common.status_value("VmHWM"),
             }
         )
         del body, again, zipped
@@ -467,7 +439,7 @@ def write_config(path: Path, ports: Sequence[int], ca_file: Path, concurrency: i
                 "name": PROBE_NAME,
                 "kind": "tls",
                 "interval": PROBE_INTERVAL,
-                "targets": [f"{HOST}:{port}" for port in ports],
+                "targets": [f"{common.HOST}:{port}" for port in ports],
             }
         ],
     }
@@ -485,10 +457,10 @@ class Bench:
         self.sizes: tuple[int, ...] = args.sizes
         self.concurrency: int = args.concurrency
         self.ports: list[int] = []
-        self.nginx: Managed | None = None
-        self.blackbox: Managed | None = None
+        self.nginx: common.Managed | None = None
+        self.blackbox: common.Managed | None = None
         self.blackbox_port = 0
-        self.processes: list[Managed] = []
+        self.processes: list[common.Managed] = []
         self.runs: list[dict[str, Any]] = []
         self.setup: dict[str, Any] = {}
 
@@ -512,16 +484,16 @@ class Bench:
         self.setup["nginx_pid_namespace"] = self.nginx.isolated
         self.setup["listeners"] = largest
         self.setup["distinct_certificates"] = 1 if self.args.shared_cert else largest
-        (self.blackbox_port,) = free_ports(1)
-        module = blackbox_module(MODULE, self.pki / "ca.pem", timeout=PROBE_TIMEOUT)
-        self.blackbox = start_blackbox(self.workdir, [module], self.blackbox_port)
+        (self.blackbox_port,) = common.free_ports(1)
+        module = common.blackbox_module(MODULE, self.pki / "ca.pem", timeout=PROBE_TIMEOUT)
+        self.blackbox = common.start_blackbox(self.workdir, [module], self.blackbox_port)
         self.processes.append(self.blackbox)
         for size in self.sizes:
             write_config(
                 self.workdir / f"certscope-{size}.yaml", self.ports[:size], self.pki / "ca.pem", self.concurrency
             )
             (self.workdir / f"targets-{size}.txt").write_text(
-                "".join(f"/probe?module={MODULE}&target={HOST}:{port}\n" for port in self.ports[:size])
+                "".join(f"/probe?module={MODULE}&target={common.HOST}:{port}\n" for port in self.ports[:size])
             )
         (self.workdir / "count.lua").write_text(WRK_SCRIPT)
 
@@ -533,16 +505,16 @@ class Bench:
 
     # -- certscope -----------------------------------------------------------------
 
-    def _child(self, size: int, label: str, hold: bool) -> Managed:
+    def _child(self, size: int, label: str, hold: bool) -> common.Managed:
         config = str(self.workdir / f"certscope-{size}.yaml")
-        args = module_command(
+        args = common.module_command(
             THIS_MODULE, "--child", config, "--child-targets", str(size), *(["--hold"] if hold else [])
         )
-        child = Managed(f"certscope-{label}", args, log=self.workdir / f"certscope-{label}.log", pipes=True)
+        child = common.Managed(f"certscope-{label}", args, log=self.workdir / f"certscope-{label}.log", pipes=True)
         self.processes.append(child)
         return child
 
-    def _child_reply(self, child: Managed) -> dict[str, Any]:
+    def _child_reply(self, child: common.Managed) -> dict[str, Any]:
         assert child.process.stdout is not None
         line = child.process.stdout.readline()
         if not line:
@@ -555,13 +527,13 @@ class Bench:
     def certscope(self, size: int, repeat: int) -> dict[str, Any]:
         assert self.nginx is not None
         load = os.getloadavg()[0]
-        nginx_before = tree_cpu_seconds(self.nginx.pid)
+        nginx_before = common.tree_cpu_seconds(self.nginx.pid)
         child = self._child(size, f"{size}-r{repeat}", hold=False)
         try:
             figures = self._child_reply(child)["result"]
         finally:
             child.stop()
-        nginx_cpu = tree_cpu_seconds(self.nginx.pid) - nginx_before
+        nginx_cpu = common.tree_cpu_seconds(self.nginx.pid) - nginx_before
         check_certscope(figures, size, 1 if self.args.shared_cert else size)
         run = {
             "side": "certscope",
@@ -592,12 +564,12 @@ class Bench:
         load = os.getloadavg()[0]
         bound = int(60 + size / 20)  # wrk's -d: an upper bound only, the Lua hook ends the run
         command = ["wrk", "-t1", f"-c{min(self.concurrency, size)}", f"-d{bound}s", "--timeout", "30s"]
-        command += ["-s", str(self.workdir / "count.lua"), f"http://{HOST}:{self.blackbox_port}/"]
+        command += ["-s", str(self.workdir / "count.lua"), f"http://{common.HOST}:{self.blackbox_port}/"]
         command += ["--", str(self.workdir / f"targets-{size}.txt")]
-        nginx_before = tree_cpu_seconds(self.nginx.pid)
-        blackbox_before = tree_cpu_seconds(self.blackbox.pid)
+        nginx_before = common.tree_cpu_seconds(self.nginx.pid)
+        blackbox_before = common.tree_cpu_seconds(self.blackbox.pid)
         started = time.monotonic()
-        wrk = Managed(f"wrk-{size}-r{repeat}", command, pipes=True)
+        wrk = common.Managed(f"wrk-{size}-r{repeat}", command, pipes=True)
         self.processes.append(wrk)
         output: list[str] = []
         done: dict[str, float] = {}
@@ -608,8 +580,8 @@ class Bench:
                 if line.startswith("DONE "):
                     done = {k: float(v) for k, v in (item.split("=") for item in line.split()[1:])}
                     break
-            blackbox_cpu = tree_cpu_seconds(self.blackbox.pid) - blackbox_before
-            nginx_cpu = tree_cpu_seconds(self.nginx.pid) - nginx_before
+            blackbox_cpu = common.tree_cpu_seconds(self.blackbox.pid) - blackbox_before
+            nginx_cpu = common.tree_cpu_seconds(self.nginx.pid) - nginx_before
             outside_wall = time.monotonic() - started
             with contextlib.suppress(ProcessLookupError):
                 os.kill(wrk.pid, signal.SIGINT)  # wrk sleeps out its -d otherwise
@@ -645,20 +617,20 @@ class Bench:
     # -- profile -------------------------------------------------------------------
 
     def profile(self, size: int) -> dict[str, Any]:
-        if pyspy_executable() is None:
+        if common.pyspy_executable() is None:
             return {"skipped": "py-spy not found (pip install py-spy)"}
         child = self._child(size, f"{size}-profile", hold=True)
         raw, log = self.args.out / "tls_scale.pyspy.txt", self.workdir / "py-spy.log"
         try:
             ready = self._child_reply(child)
-            with pyspy_recording(ready["ready"], raw, log, rate=PYSPY_RATE):
+            with common.pyspy_recording(ready["ready"], raw, log, rate=PYSPY_RATE):
                 assert child.process.stdin is not None
                 child.process.stdin.write("go\n")
                 child.process.stdin.flush()
                 figures = self._child_reply(child)["result"]
         finally:
             child.stop()
-        summary = read_pyspy(raw, log)
+        summary = common.read_pyspy(raw, log)
         if "error" in summary:
             return summary
         summary["by_thread"] = _thread_shares(raw.read_text())
@@ -727,41 +699,43 @@ def summarize(runs: list[dict[str, Any]], sizes: Sequence[int]) -> dict[str, Any
         for number in (1, 2):
             key = f"round{number}"
             rounds = [r[key] for r in cs]
-            certscope[f"round{number}_seconds"] = median(x["seconds"] for x in rounds)
+            certscope[f"round{number}_seconds"] = common.median(x["seconds"] for x in rounds)
             certscope[f"round{number}_seconds_range"] = [
                 min(x["seconds"] for x in rounds),
                 max(x["seconds"] for x in rounds),
             ]
-            certscope[f"round{number}_publish_seconds"] = median(x["publish_seconds"] for x in rounds)
-            certscope[f"round{number}_gc_seconds"] = median(x["gc_seconds"] for x in rounds)
+            certscope[f"round{number}_publish_seconds"] = common.median(x["publish_seconds"] for x in rounds)
+            certscope[f"round{number}_gc_seconds"] = common.median(x["gc_seconds"] for x in rounds)
             certscope[f"round{number}_ms_per_target"] = certscope[f"round{number}_seconds"] * 1e3 / size
-            certscope[f"cpu_ms_per_target_round{number}"] = median(x["cpu_seconds"] * 1e3 / size for x in rounds)
-            certscope[f"render_text_seconds_round{number}"] = median(x["render_text_seconds"] for x in rounds)
-            certscope[f"render_gzip_seconds_round{number}"] = median(x["render_gzip_seconds"] for x in rounds)
-            certscope[f"render_cached_seconds_round{number}"] = median(x["render_cached_seconds"] for x in rounds)
-        certscope["facts_reused_share_round2"] = median(r["round2"].get("facts_reused_share", 0.0) for r in cs)
-        certscope["series"] = median(r["round1"]["series"] for r in cs)
-        certscope["metrics_bytes"] = median(r["round1"]["metrics_bytes"] for r in cs)
+            certscope[f"cpu_ms_per_target_round{number}"] = common.median(x["cpu_seconds"] * 1e3 / size for x in rounds)
+            certscope[f"render_text_seconds_round{number}"] = common.median(x["render_text_seconds"] for x in rounds)
+            certscope[f"render_gzip_seconds_round{number}"] = common.median(x["render_gzip_seconds"] for x in rounds)
+            certscope[f"render_cached_seconds_round{number}"] = common.median(
+                x["render_cached_seconds"] for x in rounds
+            )
+        certscope["facts_reused_share_round2"] = common.median(r["round2"].get("facts_reused_share", 0.0) for r in cs)
+        certscope["series"] = common.median(r["round1"]["series"] for r in cs)
+        certscope["metrics_bytes"] = common.median(r["round1"]["metrics_bytes"] for r in cs)
         certscope["render_us_per_series"] = certscope["render_text_seconds_round1"] * 1e6 / certscope["series"]
-        certscope["peak_rss_kib_per_target_round1"] = median(
+        certscope["peak_rss_kib_per_target_round1"] = common.median(
             (r["round1"]["peak_rss_kib"] - r["baseline_rss_kib"]) / size for r in cs
         )
-        certscope["peak_rss_kib_per_target"] = median(
+        certscope["peak_rss_kib_per_target"] = common.median(
             (r["round2"]["peak_rss_after_render_kib"] - r["baseline_rss_kib"]) / size for r in cs
         )
-        certscope["retained_rss_kib_per_target"] = median(
+        certscope["retained_rss_kib_per_target"] = common.median(
             (r["round2"]["rss_kib"] - r["baseline_rss_kib"]) / size for r in cs
         )
-        certscope["nginx_cpu_ms_per_probe"] = median(r["nginx_cpu_ms_per_probe"] for r in cs)
-        certscope["config_load_seconds"] = median(r["config_load_seconds"] for r in cs)
+        certscope["nginx_cpu_ms_per_probe"] = common.median(r["nginx_cpu_ms_per_probe"] for r in cs)
+        certscope["config_load_seconds"] = common.median(r["config_load_seconds"] for r in cs)
         blackbox = {
             "targets": size,
             "runs": len(bb),
-            "seconds": median(r["seconds"] for r in bb),
+            "seconds": common.median(r["seconds"] for r in bb),
             "seconds_range": [min(r["seconds"] for r in bb), max(r["seconds"] for r in bb)],
-            "ms_per_target": median(r["seconds"] for r in bb) * 1e3 / size,
-            "cpu_ms_per_probe": median(r["cpu_seconds"] * 1e3 / size for r in bb),
-            "nginx_cpu_ms_per_probe": median(r["nginx_cpu_ms_per_probe"] for r in bb),
+            "ms_per_target": common.median(r["seconds"] for r in bb) * 1e3 / size,
+            "cpu_ms_per_probe": common.median(r["cpu_seconds"] * 1e3 / size for r in bb),
+            "nginx_cpu_ms_per_probe": common.median(r["nginx_cpu_ms_per_probe"] for r in bb),
         }
         ratios = {
             "wall_round1_over_blackbox": certscope["round1_seconds"] / blackbox["seconds"],
@@ -904,8 +878,8 @@ def report(result: dict[str, Any]) -> None:
     if profile.get("self"):
         print(f"Profile at {profile['size']:,} targets ({profile['tool']}, {profile['samples']} samples):")
         print("  by thread: " + ", ".join(f"{k} {v:.0%}" for k, v in profile["by_thread"].items()))
-        print_profile(profile)
-    print(elapsed_and_noise(result))
+        common.print_profile(profile)
+    print(common.elapsed_and_noise(result))
 
 
 # --------------------------------------------------------------------------- main
@@ -966,8 +940,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argument_parser(__doc__, "smoke test: sizes 20,60, one repetition, no profile")
-    parser.add_argument("--sizes", type=int_list(), default=None, help="targets per round (default 100,1000,5000)")
+    parser = common.argument_parser(__doc__, "smoke test: sizes 20,60, one repetition, no profile")
+    parser.add_argument(
+        "--sizes", type=common.int_list(), default=None, help="targets per round (default 100,1000,5000)"
+    )
     parser.add_argument("--repeats", type=int, default=None, help="interleaved repetitions (default 3, quick 1)")
     parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="global.concurrency (default 64)")
     parser.add_argument("--shared-cert", action="store_true", help="every endpoint serves the same certificate")
@@ -983,10 +959,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
     if args.repeats < 1 or not 1 <= args.concurrency <= 1024:
         parser.error("--repeats must be at least 1 and --concurrency between 1 and 1024")
-    if not require_tools(*PEER_TOOLS):
+    if not common.require_tools(*common.PEER_TOOLS):
         return 2
-    results = Results("tls_scale", args.out, tools=("nginx", "blackbox_exporter", "wrk", "py_spy"))
-    with sigterm_exits():
+    results = common.Results("tls_scale", args.out, tools=("nginx", "blackbox_exporter", "wrk", "py_spy"))
+    with common.sigterm_exits():
         result = results.write(run(args))
     report(result)
     return 0

@@ -39,7 +39,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from bench.common import REPO_ROOT, Results, argument_parser, module_command
+from bench import common
 from exporter.config import ProbeConfig, TracingSettings, parse_config
 from exporter.scheduler import run_target
 from exporter.tracing import TRACING_OFF, Tracing, setup_tracing
@@ -92,13 +92,13 @@ def measure(loop: Callable[[], None], seconds: float) -> dict[str, float]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argument_parser(__doc__, "smoke test: 0.2 s cells, 1 repeat")
+    parser = common.argument_parser(__doc__, "smoke test: 0.2 s cells, 1 repeat")
     parser.add_argument("--seconds", type=float, default=None, help="seconds per cell (default 2)")
     parser.add_argument("--repeats", type=int, default=None, help="repetitions (default 3)")
     args = parser.parse_args(argv)
     seconds = args.seconds or (0.2 if args.quick else 2.0)
     repeats = args.repeats or (1 if args.quick else 3)
-    results = Results("tracing", args.out)
+    results = common.Results("tracing", args.out)
 
     ctx = ProbeContext(deadline=time.monotonic() + 1e9)
 
@@ -113,8 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ctx.phases.clear()
 
     receiver = subprocess.Popen(
-        module_command("tests.otlp_receiver"),
-        cwd=REPO_ROOT,
+        common.module_command("tests.otlp_receiver"),
+        cwd=common.REPO_ROOT,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
