@@ -611,6 +611,14 @@ _PLUMBING = frozenset(
 )
 
 
+def pyspy_stacks(raw: str) -> Iterator[tuple[str, int]]:
+    """(stack, samples) of each line of py-spy's collapsed stacks (``frame;frame;... count``)."""
+    for line in raw.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if stack and count_text.isdigit():
+            yield stack, int(count_text)
+
+
 def summarize_pyspy(raw: str, plumbing: Iterable[str] = ()) -> dict[str, Any]:
     """Self and inclusive shares per function from py-spy's collapsed stacks
     (``frame;frame;... count``, each frame ``function (file:line)``).  Shares are of all
@@ -620,11 +628,7 @@ def summarize_pyspy(raw: str, plumbing: Iterable[str] = ()) -> dict[str, Any]:
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     total = 0
-    for line in raw.splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
+    for stack, count in pyspy_stacks(raw):
         total += count
         frames = []
         for frame in stack.split(";"):

@@ -652,10 +652,7 @@ def _thread_shares(raw: str) -> dict[str, float]:
     on futures, publishing), the /metrics renders in the main thread, anything else."""
     counts: dict[str, int] = {}
     total = 0
-    for line in raw.splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
+    for stack, count in common.pyspy_stacks(raw):
         if "run_target (" in stack:
             kind = "target runs (pool threads)"
         elif "_round (" in stack:
@@ -664,8 +661,8 @@ def _thread_shares(raw: str) -> dict[str, float]:
             kind = "/metrics renders (main thread)"
         else:
             kind = "other"
-        counts[kind] = counts.get(kind, 0) + int(count_text)
-        total += int(count_text)
+        counts[kind] = counts.get(kind, 0) + count
+        total += count
     return {kind: n / total for kind, n in sorted(counts.items(), key=lambda item: -item[1])} if total else {}
 
 
