@@ -137,7 +137,7 @@ def child_bare_parse(url: str) -> dict[str, Any]:
 
 
 def child_certscope(url: str, workdir: str) -> dict[str, Any]:
-    from probes.base import ProbeContext
+    from probes.base import ProbeContext, Seconds
     from probes.kubernetes import KubernetesProbe, KubernetesSettings
 
     kubeconfig = Path(workdir) / "kubeconfig"
@@ -153,7 +153,7 @@ def child_certscope(url: str, workdir: str) -> dict[str, Any]:
     )
     baseline = common.status_value("VmRSS")
     started = time.perf_counter()
-    probe = KubernetesProbe(KubernetesSettings(kubeconfig=str(kubeconfig), page_size=PAGE, list_timeout=600))
+    probe = KubernetesProbe(KubernetesSettings(kubeconfig=str(kubeconfig), page_size=PAGE, list_timeout=Seconds(600)))
     discovery = probe.targets()
     listed = time.perf_counter() - started
     ctx = ProbeContext(deadline=float("inf"))

@@ -178,7 +178,7 @@ def main() -> None:
     tracemalloc.stop()
 
     medians = {name: statistics.median(values) for name, values in samples.items()}
-    result = {
+    result: dict[str, Any] = {
         "series": certscope_series,
         "files": files,
         "medians_seconds": medians,

@@ -181,11 +181,12 @@ def start_blackbox_modules(workdir: Path, pki: Path, port: int) -> common.Manage
     """One blackbox module per main variant (mTLS ones present the client certificate)."""
     modules = []
     for variant in MAIN_VARIANTS:
-        kind = variant.key_kind
-        client = (
-            {"cert_file": pki / f"{kind}-client.pem", "key_file": pki / f"{kind}-client.key"} if variant.mtls else {}
-        )
-        modules.append(common.blackbox_module(variant.module, pki / f"{kind}-ca.pem", **client))
+        kind, ca_file = variant.key_kind, pki / f"{variant.key_kind}-ca.pem"
+        if variant.mtls:
+            cert_file, key_file = pki / f"{kind}-client.pem", pki / f"{kind}-client.key"
+            modules.append(common.blackbox_module(variant.module, ca_file, cert_file=cert_file, key_file=key_file))
+        else:
+            modules.append(common.blackbox_module(variant.module, ca_file))
     return common.start_blackbox(workdir, modules, port)
 
 

@@ -173,7 +173,7 @@ probes:
         name: {key: statistics.median(s[key] for s in runs) for key in ("wall_us", "cpu_us", "process_cpu_us")}
         for name, runs in samples.items()
     }
-    report = {
+    report: dict[str, Any] = {
         "seconds_per_cell": seconds,
         "repeats": repeats,
         "cells": medians,
