@@ -127,8 +127,10 @@ def _pid_namespace_works() -> bool:
 class Managed:
     """A child process in its own session, killed with its parent (setpriv --pdeathsig).
 
-    ``pipes``: stdin and stdout are text pipes (a JSON-lines worker); otherwise stdout and
-    stderr go to ``log`` (or nowhere).  ``pass_fds`` and ``env`` are handed over as they are.
+    ``pipes``: stdin and stdout are text pipes (a JSON-lines worker); otherwise stdout goes
+    to ``log`` (or nowhere).  stderr goes to ``log`` when there is one, else to ours.
+    ``pass_fds`` and ``env`` are handed over as they are; the working directory is
+    :data:`REPO_ROOT`.
     ``pid_namespace``: also run it in a PID namespace whose init is the command, when the
     machine allows one (``isolated`` says whether it did): if the benchmark dies by SIGKILL,
     pdeathsig kills unshare, ``--kill-child`` kills the command, and the kernel kills every
@@ -151,7 +153,7 @@ class Managed:
         self.isolated = pid_namespace and _pid_namespace_works()
         if self.isolated:
             prefix += ["unshare", "--pid", "--fork", "--kill-child", "--"]
-        self._log = open(log, "ab") if log else None
+        self._log = open(log, "ab") if log else None  # closed by stop()
         self.process = subprocess.Popen(
             [*prefix, *args],
             stdin=subprocess.PIPE if pipes else subprocess.DEVNULL,
