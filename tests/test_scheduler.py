@@ -12,7 +12,7 @@ import pytest
 
 import probes
 from exporter.config import parse_config
-from exporter.scheduler import Scheduler
+from exporter.scheduler import Scheduler, build_plan
 from exporter.store import ResultStore
 from probes.base import Discovery, ProbeContext, ProbeDefaults, ProbeResult, Reason
 from tests.helpers import wait_for
@@ -147,3 +147,28 @@ def test_results_discovery_vouches_for_are_published_without_a_run(
     assert kept.result.message == "kept" and kept.result.success
     assert ("kept" in VouchingProbe.runs) is traced
     assert VouchingProbe.runs.count("changed") >= 3
+
+
+def test_the_probes_of_a_scheduler_share_its_revocation_cache_across_reloads() -> None:
+    """One OCSP/CRL cache per daemon, made by the scheduler and handed to the probes
+    it builds: a reload must not ask every responder again."""
+    scheduler = Scheduler(ResultStore())
+    try:
+        for name in ("a", "renamed"):
+            config = parse_config(
+                f"probes: [{{name: {name}, kind: tls, interval: 1h, targets: ['127.0.0.1:1']}},"
+                " {name: b, kind: tls, interval: 1h, targets: ['127.0.0.1:2']}]",
+                "test",
+            )
+            scheduler.apply(config)
+            built = [scheduler.probe(probe_name) for probe_name in (name, "b")]
+            assert all(found is not None and found[1].revocation is scheduler.revocation for found in built)  # type: ignore[attr-defined]
+    finally:
+        scheduler.stop()
+    # Built without a scheduler (check-config): one cache of its own, shared by its probes.
+    plan = build_plan(config)
+    try:
+        first, second = (probe for _, probe, _ in plan.probes)
+        assert first.revocation is second.revocation is not scheduler.revocation  # type: ignore[attr-defined]
+    finally:
+        plan.close()
