@@ -87,7 +87,7 @@ from cryptography.x509.oid import NameOID
 
 from probes.base import CertFacts, IssuanceFacts, Phase, ProbeContext, Reason
 from probes.ca import CaClient, CaFailure, CaIssuance, CaSettings, fetch_reason, listen_address, status_reason
-from probes.ca_issue import check, read_secret, scrub
+from probes.ca_issue import check, require_secret, scrub
 from probes.certparse import facts_from_certificate
 from probes.fetch import FetchError, Response, fetch
 from probes.jose import JoseError, PrivateKey, b64url, b64url_decode, hmac_jws, jwk_thumbprint, public_jwk, sign_jws
@@ -269,7 +269,7 @@ class AcmeCanary:
             if acme.contact:
                 payload["contact"] = list(acme.contact)
             if acme.eab_kid:
-                secret = read_secret(acme.eab_hmac_key_file, acme.eab_hmac_key_env, "issuance.acme.eab_hmac_key")
+                secret = require_secret(acme.eab_hmac_key_file, acme.eab_hmac_key_env, "issuance.acme.eab_hmac_key")
                 text = secret.decode("utf-8", "replace")
                 secrets_seen.append(text)
                 try:

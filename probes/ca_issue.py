@@ -37,7 +37,6 @@ import hashlib
 import hmac
 import ipaddress
 import json
-import os
 import secrets
 import time
 from datetime import UTC, datetime
@@ -51,6 +50,7 @@ from cryptography.x509.verification import ExtensionPolicy, PolicyBuilder, Store
 
 from probes.base import IssuanceFacts, ProbeContext, Reason
 from probes.ca import CaClient, CaFailure, CaIssuance, CaSettings
+from probes.credentials import CredentialUnavailable, read_secret
 from probes.jose import BadPassword, JoseError, decrypt_jwk, sign_jwt
 
 TOKEN_LIFETIME = 300  # seconds; the token is used at once, this only bounds clock skew
@@ -99,7 +99,7 @@ def _step(
         raise CaFailure(
             Reason.CA_BAD_RESPONSE, f"provisioner {issuance.provisioner!r} publishes no encrypted key and key id"
         )
-    password = read_secret(issuance.password_file, issuance.password_env, "issuance.password")
+    password = require_secret(issuance.password_file, issuance.password_env, "issuance.password")
     secrets_seen.append(password.decode("utf-8", "replace"))
     try:
         signing_key, _ = decrypt_jwk(encrypted, password)
@@ -180,7 +180,7 @@ def _cfssl(
         path = "/api/v1/cfssl/sign"
         body = {"certificate_request": csr_pem, "hosts": list(issuance.names), **profile}
         if issuance.auth_key_file or issuance.auth_key_env:
-            secret = read_secret(issuance.auth_key_file, issuance.auth_key_env, "issuance.auth_key")
+            secret = require_secret(issuance.auth_key_file, issuance.auth_key_env, "issuance.auth_key")
             secrets_seen.append(secret.decode("utf-8", "replace"))
             try:
                 auth_key = bytes.fromhex(secret.decode("ascii"))
@@ -220,21 +220,16 @@ def _refusal(exc: CaFailure) -> CaFailure:
 # -- shared -------------------------------------------------------------------------
 
 
-def read_secret(path: str | None, env: str | None, what: str) -> bytes:
-    """A credential from its file or variable, without a trailing newline (as the
-    step CLI reads password files).  Errors name the source, never the value."""
-    if env:
-        value = os.environ.get(env)
-        if not value:
-            raise CaFailure(Reason.CREDENTIAL_UNAVAILABLE, f"{what}_env: environment variable {env} is not set")
-        return value.rstrip("\r\n").encode()
-    if path:
-        try:
-            with open(path, "rb") as handle:
-                return handle.read(64 * 1024).rstrip(b"\r\n")
-        except OSError as exc:
-            raise CaFailure(Reason.CREDENTIAL_UNAVAILABLE, f"{what}_file: cannot read {path}: {exc.strerror}") from None
-    raise CaFailure(Reason.CREDENTIAL_UNAVAILABLE, f"{what}: no file or environment variable configured")
+def require_secret(path: str | None, env: str | None, what: str) -> bytes:
+    """A credential the issuance cannot go without (probes/credentials.py), or a
+    ``credential_unavailable`` failure naming its source, never its value."""
+    try:
+        secret = read_secret(env, path, what)
+    except CredentialUnavailable as exc:
+        raise CaFailure(Reason.CREDENTIAL_UNAVAILABLE, str(exc)) from None
+    if secret is None:
+        raise CaFailure(Reason.CREDENTIAL_UNAVAILABLE, f"{what}: no file or environment variable configured")
+    return secret
 
 
 def _csr(key: ec.EllipticCurvePrivateKey, issuance: CaIssuance) -> str:

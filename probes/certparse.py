@@ -42,6 +42,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 
 from probes import pkcs12
 from probes.base import CertFacts, CertObservation, Reason, SourceError
+from probes.credentials import CredentialUnavailable
 
 _BEGIN = b"-----BEGIN "
 _DASHES = b"-----"
@@ -186,7 +187,11 @@ def _pem_blocks(data: bytes) -> tuple[list[tuple[bytes, bytes]], int]:
 
 def _parse_binary(data: bytes, name: str, pkcs12_password: PasswordSource, deadline: float | None) -> Parsed:
     if _looks_like_pkcs12(data):
-        return _load_pkcs12(data, name, pkcs12_password(), deadline)
+        try:
+            password = pkcs12_password()
+        except CredentialUnavailable as exc:  # names the variable or file, never the value
+            return Parsed((), (SourceError(Reason.BAD_PASSWORD, name, f"{name}: cannot open PKCS#12 ({exc})"),))
+        return _load_pkcs12(data, name, password, deadline)
     try:
         return Parsed((facts_from_der(data),), ())
     except Exception:  # noqa: BLE001 - not a DER certificate; try the next format

@@ -42,8 +42,9 @@ from probes.base import (
     path_field,
 )
 from probes.certparse import Parsed, bundle_observations, parse_container
+from probes.credentials import read_secret
 from probes.expect import EXPECT_REASONS, Expect, check
-from probes.located import located_result, parse_located, read_password
+from probes.located import located_result, parse_located
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
@@ -303,22 +304,13 @@ class FilesProbe:
         source = self.settings.pkcs12
         if source is None:
             return None
-        if source.password_env:
-            value = os.environ.get(source.password_env)
-            return value.encode() if value is not None else None
-        if source.password_file:
-            try:
-                with open(source.password_file, "rb") as handle:
-                    return handle.read().rstrip(b"\r\n")
-            except OSError:
-                return None
-        return None
+        return read_secret(source.password_env, source.password_file, "pkcs12.password")
 
     def _keystore_password(self) -> bytes | None:
         source = self.settings.keystore
         if source is None:
             return self._pkcs12_password()
-        return read_password(source.password_env, source.password_file)
+        return read_secret(source.password_env, source.password_file, "keystore.password")
 
 
 _entry_name = operator.attrgetter("name")

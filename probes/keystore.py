@@ -36,6 +36,7 @@ import struct
 
 from probes.base import Reason, SourceError
 from probes.certparse import facts_from_der
+from probes.credentials import CredentialUnavailable
 from probes.located import Labels, Located, PasswordSource
 
 JKS_MAGIC = b"\xfe\xed\xfe\xed"
@@ -61,7 +62,10 @@ def parse_keystore(data: bytes, name: str, password_source: PasswordSource) -> L
         entries, end = _entries(data, store_type)
     except _Corrupt as exc:
         return _failed(Reason.PARSE_ERROR, name, f"{name}: corrupt {store_type} keystore ({exc})")
-    password = password_source()
+    try:
+        password = password_source()
+    except CredentialUnavailable as exc:  # names the variable or file, never the value
+        return _failed(Reason.BAD_PASSWORD, name, f"{name}: cannot open {store_type} keystore ({exc})")
     if password is None:
         return _failed(Reason.BAD_PASSWORD, name, f"{name}: cannot open {store_type} keystore (no password configured)")
     if not _digest_matches(data, end, password):

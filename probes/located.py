@@ -15,7 +15,6 @@ anything else, which the ``files`` probe then hands to ``certparse``.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,21 +49,6 @@ def parse_located(data: bytes, name: str, *, keystore_password: PasswordSource, 
         return keystore.parse_keystore(data, name, keystore_password)
     if kubeconfig.looks_like_kubeconfig(data):
         return kubeconfig.parse_kubeconfig(data, name, max_file_size=max_file_size)
-    return None
-
-
-def read_password(variable: str | None, path: str | None) -> bytes | None:
-    """A password from an environment variable or a file (read at each use, so a
-    rotated one is picked up); None when neither is set or it cannot be read."""
-    if variable:
-        value = os.environ.get(variable)
-        return value.encode() if value is not None else None
-    if path:
-        try:
-            with open(path, "rb") as handle:
-                return handle.read().rstrip(b"\r\n")
-        except OSError:
-            return None
     return None
 
 

@@ -50,6 +50,7 @@ from probes.base import (
     path_field,
 )
 from probes.certparse import facts_from_certificate, role_in_bundle
+from probes.credentials import read_secret
 from probes.expect import EXPECT_REASONS, Expect, check
 from probes.fetch import getaddrinfo_by
 from probes.profiles import WEBPKI
@@ -312,7 +313,8 @@ class TlsProbe:
         return context
 
     def _load_client_cert(self, context: ssl.SSLContext, client: ClientCert) -> None:
-        password = _read_password(client)
+        # A password that cannot be read is a ValueError naming it: the probe is not built.
+        password = read_secret(client.password_env, client.password_file, "client_cert.password")
         if client.pkcs12_file:
             with open(client.pkcs12_file, "rb") as handle:
                 bundle = pkcs12.load_pkcs12(handle.read(), password)
@@ -723,18 +725,6 @@ def _note_certificate_request(
 ) -> None:
     if msg_type == _CERTIFICATE_REQUEST and content_type == _HANDSHAKE and direction == "read":
         conn.certscope_certificate_requested = True
-
-
-def _read_password(client: ClientCert) -> bytes | None:
-    if client.password_env:
-        value = os.environ.get(client.password_env)
-        if value is None:
-            raise ValueError(f"environment variable {client.password_env} is not set")
-        return value.encode()
-    if client.password_file:
-        with open(client.password_file, "rb") as handle:
-            return handle.read().rstrip(b"\r\n")
-    return None
 
 
 def _resolve(host: str, port: int, ip_version: str, deadline: float) -> list[tuple[str, int]]:
