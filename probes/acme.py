@@ -87,7 +87,7 @@ from cryptography.x509.oid import NameOID
 
 from probes.base import CertFacts, IssuanceFacts, Phase, ProbeContext, Reason
 from probes.ca import CaClient, CaFailure, CaIssuance, CaSettings, fetch_reason, listen_address, status_reason
-from probes.ca_issue import check, require_secret, scrub
+from probes.ca_issue import check, general_name, require_secret, scrub
 from probes.certparse import facts_from_certificate
 from probes.fetch import FetchError, Response, fetch
 from probes.jose import JoseError, PrivateKey, b64url, b64url_decode, hmac_jws, jwk_thumbprint, public_jwk, sign_jws
@@ -602,12 +602,7 @@ def _csr(key: ec.EllipticCurvePrivateKey, issuance: CaIssuance) -> bytes:
     common_name = issuance.common_name if issuance.common_name in dns_names else next(iter(dns_names), "")
     attributes = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)] if 0 < len(common_name) <= 64 else []
     subject = x509.Name(attributes)
-    general: list[x509.GeneralName] = []
-    for name in names:
-        try:
-            general.append(x509.IPAddress(ipaddress.ip_address(name)))
-        except ValueError:
-            general.append(x509.DNSName(name))
+    general = [general_name(name) for name in names]
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(subject)

@@ -237,13 +237,14 @@ def _csr(key: ec.EllipticCurvePrivateKey, issuance: CaIssuance) -> str:
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(subject)
-        .add_extension(x509.SubjectAlternativeName([_general_name(n) for n in issuance.names]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([general_name(n) for n in issuance.names]), critical=False)
         .sign(key, hashes.SHA256())
     )
     return csr.public_bytes(serialization.Encoding.PEM).decode("ascii")
 
 
-def _general_name(name: str) -> x509.GeneralName:
+def general_name(name: str) -> x509.GeneralName:
+    """An IP address SAN for an address literal, a DNS name SAN otherwise."""
     try:
         return x509.IPAddress(ipaddress.ip_address(name))
     except ValueError:
@@ -284,7 +285,7 @@ def check(
         present = {str(n.value) for n in san if isinstance(n, (x509.DNSName, x509.IPAddress))}
     except (x509.ExtensionNotFound, ValueError):
         present = set()
-    missing = [n for n in issuance.names if str(_general_name(n).value) not in present]
+    missing = [n for n in issuance.names if str(general_name(n).value) not in present]
     if missing:
         raise CaFailure(Reason.SAN_MISMATCH, f"the issued certificate lacks the requested names {', '.join(missing)}")
     lifetime = (leaf.not_valid_after_utc - leaf.not_valid_before_utc).total_seconds()

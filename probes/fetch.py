@@ -125,7 +125,7 @@ AddrInfo = tuple[socket.AddressFamily, socket.SocketKind, int, str, tuple[str, i
 def getaddrinfo_by(host: str, port: int, family: int, deadline: float) -> list[AddrInfo]:
     """``socket.getaddrinfo(host, port, family, SOCK_STREAM)`` or TimeoutError once
     ``deadline`` (a ``time.monotonic()`` value) passes; resolver errors as raised."""
-    if _is_ip_literal(host):
+    if is_ip(host):
         # Nothing to ask a resolver: answered at once, without a thread (which cost an
         # uncached OCSP check about a third of its CPU).
         return socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)  # type: ignore[return-value]
@@ -151,7 +151,8 @@ def getaddrinfo_by(host: str, port: int, family: int, deadline: float) -> list[A
     return outcome[0]  # type: ignore[no-any-return]
 
 
-def _is_ip_literal(host: str) -> bool:
+def is_ip(host: str) -> bool:
+    """``host`` is an IP address literal (IPv4 dotted quad or IPv6), not a name."""
     try:
         ipaddress.ip_address(host)
     except ValueError:

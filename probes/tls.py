@@ -17,7 +17,6 @@ One ``SSLContext`` is built per probe configuration and shared by all its runs
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import socket
@@ -52,7 +51,7 @@ from probes.base import (
 from probes.certparse import facts_from_certificate, role_in_bundle
 from probes.credentials import read_secret
 from probes.expect import EXPECT_REASONS, Expect, check
-from probes.fetch import getaddrinfo_by
+from probes.fetch import getaddrinfo_by, is_ip
 from probes.profiles import WEBPKI
 from probes.revocation import CRL_REASONS, OCSP_REASONS, RevocationChecker, evaluate_ocsp, revocation_facts
 from probes.stapling import fetch_stapled_response
@@ -208,7 +207,7 @@ class TlsSettings:
             problems.append(("ip_version", f"must be any, ipv4 or ipv6, got {self.ip_version!r}"))
         if not 1 <= self.max_chain_length <= 64:
             problems.append(("max_chain_length", "must be between 1 and 64"))
-        if self.server_name is not None and _is_ip(self.server_name):
+        if self.server_name is not None and is_ip(self.server_name):
             problems.append(("server_name", "must be a DNS name; an IP address is never sent as SNI"))
         return problems
 
@@ -222,21 +221,13 @@ def split_target(target: str) -> tuple[str, int]:
         raise ValueError(f"'@' is not allowed in a host name, got {target!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-        if not _is_ip(host):
+        if not is_ip(host):
             raise ValueError(f"not an IPv6 address in brackets: {target!r}")
     elif ":" in host:
         raise ValueError(f"write IPv6 addresses in brackets, as [{host}]:{port}")
     if not host:
         raise ValueError(f"no host in {target!r}")
     return host, int(port)
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 class _Failure(Exception):
@@ -367,7 +358,7 @@ class TlsProbe:
         started = time.monotonic()
         name, _, pinned_address = target.partition("@")
         host, port = split_target(name)
-        server_name = self.settings.server_name or ("" if _is_ip(host) else host)
+        server_name = self.settings.server_name or ("" if is_ip(host) else host)
         labels = (("target", name), ("address", pinned_address)) if pinned_address else ()
         observations: list[CertObservation] = list(self.client_certificates)
         try:
@@ -398,7 +389,7 @@ class TlsProbe:
         settings = self.settings
         ctx.set_attribute("server.address", host)
         ctx.set_attribute("server.port", port)
-        if pinned_address or _is_ip(host):
+        if pinned_address or is_ip(host):
             literal = pinned_address or host  # no lookup, so no dns phase
             addresses = [(literal, int(socket.AF_INET6 if ":" in literal else socket.AF_INET))]
         else:
@@ -729,7 +720,7 @@ def _note_certificate_request(
 
 def _resolve(host: str, port: int, ip_version: str, deadline: float) -> list[tuple[str, int]]:
     family = {"ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}.get(ip_version, socket.AF_UNSPEC)
-    if _is_ip(host):
+    if is_ip(host):
         return [(host, int(socket.AF_INET6 if ":" in host else socket.AF_INET))]
     try:
         infos = getaddrinfo_by(host, port, family, deadline)
