@@ -43,6 +43,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 from probes import pkcs12
 from probes.base import CertFacts, CertObservation, Reason, SourceError
 from probes.credentials import CredentialUnavailable
+from probes.der import DerError, read_element
 
 _BEGIN = b"-----BEGIN "
 _DASHES = b"-----"
@@ -435,11 +436,8 @@ _ISSUER_NAMES_MAX = 4096
 
 def _tlv(der: bytes, position: int) -> tuple[int, int]:
     """Where the contents of the DER element at ``position`` start and where it ends."""
-    length = der[position + 1]
-    if length < 0x80:
-        return position + 2, position + 2 + length
-    start = position + 2 + (length & 0x7F)
-    return start, start + int.from_bytes(der[position + 2 : start], "big")
+    _, start, end = read_element(der, position)
+    return start, end
 
 
 def _issuer_and_spki(der: bytes) -> tuple[bytes, bytes]:
@@ -606,6 +604,13 @@ def _spki_is_canonical(spki: bytes, key_type: str) -> bool:
     """Whether the raw SubjectPublicKeyInfo of a key ``cryptography`` loaded is
     exactly what ``public_bytes(DER, SubjectPublicKeyInfo)`` writes, so that its
     digest can be taken without re-encoding the key.  False when unsure."""
+    try:
+        return _spki_written_as_is(spki, key_type)
+    except (DerError, IndexError):
+        return False
+
+
+def _spki_written_as_is(spki: bytes, key_type: str) -> bool:
     algorithm_start = _tlv(spki, 0)[0]
     algorithm_end = _tlv(spki, algorithm_start)[1]
     algorithm = spki[algorithm_start:algorithm_end]

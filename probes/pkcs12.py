@@ -44,6 +44,8 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from probes.der import DerError, Element, elements
+
 # The total of key derivation iterations a file may ask for.  Real files use 2,048
 # (OpenSSL), 10,000 (Java) to 600,000 (OWASP's PBKDF2-SHA256 figure) per derivation,
 # three or four derivations in all; 10 million costs 1.5-2.5 s of CPU here.
@@ -113,31 +115,15 @@ class Price:
     readable: bool = True
 
 
-_ElementList = list[tuple[int, int, int]]  # (tag, contents start, contents end)
+_ElementList = list[Element]  # (tag, contents start, contents end)
 
 
 def _elements(data: bytes, start: int, end: int) -> _ElementList:
-    found: _ElementList = []
-    position = start
-    while position < end:
-        if end - position < 2:
-            raise _Unreadable
-        tag = data[position]
-        if tag & 0x1F == 0x1F:
-            raise _Unreadable  # high tag numbers: no PKCS#12 field uses one
-        length = data[position + 1]
-        position += 2
-        if length & 0x80:
-            count = length & 0x7F
-            if count == 0 or count > 4 or position + count > end:
-                raise _Unreadable  # indefinite (BER) or absurd
-            length = int.from_bytes(data[position : position + count], "big")
-            position += count
-        if position + length > end:
-            raise _Unreadable
-        found.append((tag, position, position + length))
-        position += length
-    return found
+    """probes/der.py's walk: BER, high tag numbers and lengths past the end are unreadable."""
+    try:
+        return elements(data, start, end)
+    except DerError:
+        raise _Unreadable from None
 
 
 class _Pricer:

@@ -38,6 +38,7 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, ExtensionOID
 
 from probes.base import Reason, RevocationFacts
+from probes.der import elements, read_element
 from probes.fetch import FetchError, fetch
 
 GOOD, REVOKED, UNKNOWN, NOT_APPLICABLE = "good", "revoked", "unknown", "not_applicable"
@@ -209,23 +210,9 @@ def _subject_public_key_bits(cert: x509.Certificate) -> bytes:
     """The subjectPublicKey BIT STRING contents: what OCSP's issuerKeyHash hashes."""
     spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     # SPKI ::= SEQUENCE { algorithm AlgorithmIdentifier, subjectPublicKey BIT STRING }
-    position = _skip_header(spki, 0)  # into the outer SEQUENCE
-    position = _skip_element(spki, position)  # past the AlgorithmIdentifier
-    content = _skip_header(spki, position)  # into the BIT STRING
-    return spki[content + 1 :]  # past the unused-bits octet
-
-
-def _skip_header(der: bytes, position: int) -> int:
-    length = der[position + 1]
-    return position + 2 + (length & 0x7F if length & 0x80 else 0)
-
-
-def _skip_element(der: bytes, position: int) -> int:
-    length = der[position + 1]
-    if length & 0x80:
-        count = length & 0x7F
-        return position + 2 + count + int.from_bytes(der[position + 2 : position + 2 + count], "big")
-    return position + 2 + length
+    _, start, end = read_element(spki, 0)
+    _, bits_start, bits_end = elements(spki, start, end)[1]
+    return spki[bits_start + 1 : bits_end]  # past the unused-bits octet
 
 
 def _authorised_signer(
