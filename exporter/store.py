@@ -179,6 +179,9 @@ class ResultStore:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._snapshot = Snapshot()
+        # Mappings of one reason to a count, shared by every target at that count: the
+        # files of a tree that fail alike, round after round, all hold the same one.
+        self._single_failures: dict[tuple[str, int], Mapping[str, int]] = {}
 
     def snapshot(self) -> Snapshot:
         return self._snapshot
@@ -225,7 +228,7 @@ class ResultStore:
             targets: dict[str, TargetState] = {}
             for target, (result, finished) in results.items():
                 previous = old_state.targets.get(target)
-                targets[target] = _next_target_state(info, previous, result, finished)
+                targets[target] = _next_target_state(info, previous, result, finished, self._single_failures)
                 previous_reason = previous.result.reason if previous else None
                 if previous_reason != result.reason:
                     transitions.append(Transition(target, previous_reason, result.reason, result.message))
@@ -259,11 +262,15 @@ class ResultStore:
 
 
 def _next_target_state(
-    info: ProbeInfo, previous: TargetState | None, result: ProbeResult, finished: float
+    info: ProbeInfo,
+    previous: TargetState | None,
+    result: ProbeResult,
+    finished: float,
+    single_failures: dict[tuple[str, int], Mapping[str, int]],
 ) -> TargetState:
     failures_total = previous.failures_total if previous else _EMPTY
     if not result.success:
-        failures_total = _count_failure(failures_total, result.reason.value)
+        failures_total = _count_failure(failures_total, result.reason.value, single_failures)
     last_success = finished if result.success else (previous.last_success if previous else None)
 
     certificates = result.certificates
@@ -320,22 +327,20 @@ def _next_target_state(
     )
 
 
-# Mappings of one reason to a count, shared by every target at that count: the
-# files of a tree that fail alike, round after round, all hold the same one.
-_single_failures: dict[tuple[str, int], Mapping[str, int]] = {}
-
-
-def _count_failure(failures: Mapping[str, int], reason: str) -> Mapping[str, int]:
-    """``failures`` with one more failure for ``reason``, as a new read-only mapping."""
+def _count_failure(
+    failures: Mapping[str, int], reason: str, single_failures: dict[tuple[str, int], Mapping[str, int]]
+) -> Mapping[str, int]:
+    """``failures`` with one more failure for ``reason``, as a new read-only mapping
+    (one of ``single_failures``, shared, when it holds one reason only)."""
     count = failures.get(reason, 0) + 1
     if len(failures) > 1 or (failures and reason not in failures):
         return MappingProxyType({**failures, reason: count})
     key = (reason, count)
-    shared = _single_failures.get(key)
+    shared = single_failures.get(key)
     if shared is None:
-        if len(_single_failures) >= 4096:
-            _single_failures.clear()
-        shared = _single_failures[key] = MappingProxyType({reason: count})
+        if len(single_failures) >= 4096:
+            single_failures.clear()
+        shared = single_failures[key] = MappingProxyType({reason: count})
     return shared
 
 
