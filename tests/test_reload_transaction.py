@@ -134,7 +134,7 @@ def test_no_reload_stops_or_wedges_the_daemon(start_daemon: Any, tmp_path: Path,
     certificate = tmp_path / "good.pem"
     certificate.write_bytes(pki.valid.pem)
     good = GOOD.format(path=certificate)
-    daemon: DaemonProcess = start_daemon(good)
+    daemon: DaemonProcess = start_daemon(good, "--web.enable-lifecycle")  # POST /-/reload is one of the two ways
     config_path = Path(daemon.process.args[-1].split("=", 1)[1])  # type: ignore[index, union-attr]
     daemon.wait_ready()
 

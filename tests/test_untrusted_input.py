@@ -188,6 +188,7 @@ probes:
 {steady}"""
         daemon: DaemonProcess = start_daemon(config)
         with HealthWatch(daemon) as watch:
+            daemon.wait_ready(timeout=15)  # both probes' first rounds, so the steady one has runs to count
             metrics = daemon.wait_metrics(
                 lambda m: find(m, "certscope_probe_status", target="tenant/hostile-tls/tls.crt"), 15, "the Secret"
             )
