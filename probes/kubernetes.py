@@ -301,6 +301,11 @@ class Stream(Generic[StoredT]):
         with self._lock:
             return list(self.items.values())
 
+    def get(self, key: tuple[str, str]) -> StoredT | None:
+        """The object at (namespace, name), as kept."""
+        with self._lock:
+            return self.items.get(key)
+
     # -- the informer loop -----------------------------------------------------
 
     def _run(self) -> None:
