@@ -181,6 +181,17 @@ def csr(name: str, signer: str, username: str, issued: Issued | None, *, common_
 # --------------------------------------------------------------------------- endpoints
 
 
+def tls_secret(namespace: str, name: str, leaf: Issued, *chain: Issued, **metadata: Any) -> dict[str, Any]:
+    """A ``kubernetes.io/tls`` Secret holding ``leaf`` (then ``chain``) and its key."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/tls",
+        "metadata": {"namespace": namespace, "name": name, **metadata},
+        "data": {"tls.crt": b64(leaf.pem + b"".join(c.pem for c in chain)), "tls.key": b64(leaf.key_pem)},
+    }
+
+
 def ingress(
     namespace: str,
     name: str,

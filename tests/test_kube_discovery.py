@@ -11,7 +11,6 @@ what is served with the Secret: ``match``, ``stale``, ``other``, ``secret_missin
 
 from __future__ import annotations
 
-import base64
 import socket
 import threading
 import time
@@ -38,25 +37,12 @@ from probes.tls import TlsProbe, TlsSettings
 from tests import kube_objects
 from tests.helpers import find, parse_metrics, value, wait_for
 from tests.kube_apiserver import FakeApiServer
+from tests.kube_objects import tls_secret
 from tests.pki import DAY, NOW, Issued, Pki, issue
 from tests.servers import ServerProcess, nginx_sni_server
 from tests.test_kubernetes import TOKEN, write_kubeconfig
 
 LOOPBACK = ("127.0.0.0/8",)
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def tls_secret(namespace: str, name: str, leaf: Issued, *chain: Issued) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "kubernetes.io/tls",
-        "metadata": {"namespace": namespace, "name": name},
-        "data": {"tls.crt": b64(leaf.pem + b"".join(c.pem for c in chain)), "tls.key": b64(leaf.key_pem)},
-    }
 
 
 @dataclass
