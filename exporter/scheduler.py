@@ -40,7 +40,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES
 from apscheduler.executors.pool import ThreadPoolExecutor as JobExecutor
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -58,6 +60,7 @@ log = logging.getLogger(__name__)
 START_SPREAD = 0.1
 MAX_START_SPREAD = 2.0
 JITTER_SHARE = 0.05
+WAKE_RETRY = 0.05  # seconds before a skipped wake is asked again
 
 
 def probe_info(config: ProbeConfig, probe: Probe) -> ProbeInfo:
@@ -133,6 +136,7 @@ class Scheduler:
                     id=probe_config.name,
                     name=f"probe {probe_config.name}",
                 )
+            self._aps.add_listener(lambda event, aps=self._aps: self._skipped(event, aps), EVENT_JOB_MAX_INSTANCES)
             self._aps.start()
 
     def stop(self, wait: bool = True) -> None:
@@ -205,20 +209,37 @@ class Scheduler:
         pool: ThreadPoolExecutor,
         cancelled: threading.Event,
     ) -> None:
+        name = config.name
         with self._wake_lock:
-            self._running.add(config.name)
-            early = config.name in self._early
-            self._early.discard(config.name)
+            self._running.add(name)
+            early = name in self._early
+            self._early.discard(name)
         try:
-            self._round_once(config, probe, info, pool, cancelled, early)
+            while True:
+                self._round_once(config, probe, info, pool, cancelled, early)
+                # Woken while this round ran (its discovery may have missed the change):
+                # one more round now, in this same job, since a run asked of APScheduler
+                # while this job is still running would be skipped (max_instances).
+                with self._wake_lock:
+                    if name not in self._woken or cancelled.is_set():
+                        self._running.discard(name)
+                        return
+                    self._woken.discard(name)
+                    self._early.discard(name)
+                early = True
         finally:
             with self._wake_lock:
-                self._running.discard(config.name)
-                again = config.name in self._woken
-                self._woken.discard(config.name)
-                aps = self._aps
-            if again and not cancelled.is_set():
-                self._wake(config.name, aps)
+                self._running.discard(name)
+
+    def _skipped(self, event: Any, aps: BackgroundScheduler) -> None:
+        """APScheduler skipped a run (max_instances): when it was a wake, caught in the
+        instant between a round's end and its job's, ask again shortly."""
+        with self._wake_lock:
+            pending = event.job_id in self._early
+        if pending:
+            retry = threading.Timer(WAKE_RETRY, self._wake, (event.job_id, aps))
+            retry.daemon = True
+            retry.start()
 
     def _round_once(
         self,
