@@ -1,7 +1,8 @@
 """Benchmark: how fast the ``files`` probe scans a directory of PEM certificates.
 
 For corpora of N distinct one-certificate PEM files (leaves alternating RSA-2048 and
-ECDSA P-256 keys, signed by an EC P-256 CA, two DNS SANs each), this measures in one
+ECDSA P-256 keys, signed by an EC P-256 CA, two DNS SANs each, issued with the tests'
+``tests.pki.issue``), this measures in one
 run, each case repeated and interleaved (A B C D E A B C D E ...), reporting medians:
 
 ``bare_parse``
@@ -41,7 +42,7 @@ every ``bare_parse``, ``bare_parse_parallel`` and ``cold_scan`` repetition.
 
 Usage::
 
-    python bench/files_scan.py [--sizes 10000,100000] [--repeats 3] [--drop-caches]
+    python -m bench.files_scan [--sizes 10000,100000] [--repeats 3] [--drop-caches]
                                [--out bench/out] [--quick] [--profile]
 
 Corpora are cached under ``--out`` (``corpus-<N>/``) and generated only if missing.
@@ -52,42 +53,33 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import datetime as dt
 import functools
 import gc
 import io
 import json
 import os
-import platform
 import pstats
 import shutil
 import statistics
-import subprocess
-import sys
 import time
 import tracemalloc
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cryptography
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from probes.base import ProbeContext, ProbeResult, Reason  # noqa: E402
-from probes.files import FilesProbe, FilesSettings  # noqa: E402
+from bench import common
+from probes.base import ProbeContext, ProbeResult, Reason
+from probes.files import FilesProbe, FilesSettings
+from tests.pki import DAY, NOW, Issued, PrivateKey, issue
 
 DEFAULT_SIZES = (10_000, 100_000)
 QUICK_SIZES = (200,)
-DEFAULT_OUT = REPO_ROOT / "bench" / "out"
 KEYS_PER_TYPE = 4  # leaf keys reused round-robin: RSA generation is the slow part
 ROUND_TIMEOUT_SECONDS = 60.0  # ProbeContext deadline of each target
 PARALLEL_GENERATION_FROM = 5_000  # below this, generate in-process
@@ -102,15 +94,6 @@ GOAL_BYTES_PER_CERT = 2048
 # -- corpus -----------------------------------------------------------------------
 
 
-def _name(common_name: str) -> x509.Name:
-    return x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "certscope bench"),
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-        ]
-    )
-
-
 @dataclass(frozen=True)
 class _KeyMaterial:
     """PEM-encoded keys, picklable for the generation workers."""
@@ -121,64 +104,45 @@ class _KeyMaterial:
     ec_key_pems: tuple[bytes, ...]
 
 
-def _pem_private(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
+def _make_key_material() -> _KeyMaterial:
+    ca = issue("certscope bench CA", ca=True, not_after=NOW + 3650 * DAY)
+    return _KeyMaterial(
+        ca_key_pem=ca.key_pem,
+        ca_cert_pem=ca.pem,
+        rsa_key_pems=tuple(_key_pem(common.private_key("rsa")) for _ in range(KEYS_PER_TYPE)),
+        ec_key_pems=tuple(_key_pem(common.private_key("ec")) for _ in range(KEYS_PER_TYPE)),
+    )
+
+
+def _key_pem(key: PrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
 
 
-def _make_key_material() -> _KeyMaterial:
-    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("certscope bench CA"))
-        .issuer_name(_name("certscope bench CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=3650))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    return _KeyMaterial(
-        ca_key_pem=_pem_private(ca_key),
-        ca_cert_pem=ca_cert.public_bytes(serialization.Encoding.PEM),
-        rsa_key_pems=tuple(
-            _pem_private(rsa.generate_private_key(public_exponent=65537, key_size=2048)) for _ in range(KEYS_PER_TYPE)
-        ),
-        ec_key_pems=tuple(_pem_private(ec.generate_private_key(ec.SECP256R1())) for _ in range(KEYS_PER_TYPE)),
-    )
+def _load_key(pem: bytes) -> PrivateKey:
+    key = serialization.load_pem_private_key(pem, password=None)
+    assert isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey)
+    return key
 
 
 def _write_leaves(material: _KeyMaterial, directory: str, start: int, stop: int) -> int:
     """Write leaves ``start``..``stop-1``: even indexes RSA-2048, odd ones P-256."""
-    ca_key = serialization.load_pem_private_key(material.ca_key_pem, password=None)
-    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
-    ca_subject = x509.load_pem_x509_certificate(material.ca_cert_pem).subject
-    rsa_public = [serialization.load_pem_private_key(p, None).public_key() for p in material.rsa_key_pems]
-    ec_public = [serialization.load_pem_private_key(p, None).public_key() for p in material.ec_key_pems]
-    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    ca = Issued(x509.load_pem_x509_certificate(material.ca_cert_pem), _load_key(material.ca_key_pem))
+    rsa_keys = [_load_key(p) for p in material.rsa_key_pems]
+    ec_keys = [_load_key(p) for p in material.ec_key_pems]
     for index in range(start, stop):
-        pool = rsa_public if index % 2 == 0 else ec_public
-        public_key = pool[(index // 2) % KEYS_PER_TYPE]
+        pool = rsa_keys if index % 2 == 0 else ec_keys
         host = f"host-{index:06d}.bench.certscope.test"
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(_name(host))
-            .issuer_name(ca_subject)
-            .public_key(public_key)  # type: ignore[arg-type]
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=1))
-            .not_valid_after(now + dt.timedelta(days=30 + index % 365))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.SubjectAlternativeName([x509.DNSName(host), x509.DNSName(f"www.{host}")]), critical=False
-            )
-            .sign(ca_key, hashes.SHA256())
+        leaf = issue(
+            host,
+            ca,
+            key=pool[(index // 2) % KEYS_PER_TYPE],
+            not_after=NOW + (30 + index % 365) * DAY,
+            sans=(host, f"www.{host}"),
         )
         with open(os.path.join(directory, f"cert-{index:06d}.pem"), "wb") as handle:
-            handle.write(cert.public_bytes(serialization.Encoding.PEM))
+            handle.write(leaf.pem)
     return stop - start
 
 
@@ -213,30 +177,6 @@ def ensure_corpus(out: Path, size: int) -> Path:
 # -- the measured cases -----------------------------------------------------------
 
 
-_SHA256 = hashes.SHA256()
-
-
-def bare_fields(cert: x509.Certificate) -> tuple[Any, ...]:
-    """The fields certscope needs, read straight off a loaded certificate."""
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        dns_names = san.get_values_for_type(x509.DNSName)
-    except x509.ExtensionNotFound:
-        dns_names = []
-    public_key = cert.public_key()
-    return (
-        cert.not_valid_after_utc,
-        cert.subject.rfc4514_string(),
-        cert.issuer.rfc4514_string(),
-        dns_names,
-        cert.serial_number,
-        type(public_key).__name__,
-        getattr(public_key, "key_size", 0),
-        cert.signature_algorithm_oid,
-        cert.fingerprint(_SHA256),
-    )
-
-
 def bare_parse(directory: str) -> list[tuple[Any, ...]]:
     """The library limit: list, read, load, read the fields; nothing else."""
     rows: list[tuple[Any, ...]] = []
@@ -244,7 +184,7 @@ def bare_parse(directory: str) -> list[tuple[Any, ...]]:
         for entry in entries:
             with open(entry.path, "rb") as handle:
                 data = handle.read()
-            rows.append(bare_fields(x509.load_pem_x509_certificate(data)))
+            rows.append(common.bare_fields(x509.load_pem_x509_certificate(data)))
     return rows
 
 
@@ -255,7 +195,7 @@ def _bare_parse_paths(paths: list[str]) -> list[tuple[Any, ...]]:
     for path in paths:
         with open(path, "rb") as handle:
             data = handle.read()
-        row = bare_fields(x509.load_pem_x509_certificate(data))
+        row = common.bare_fields(x509.load_pem_x509_certificate(data))
         rows.append((row[0].timestamp(), *row[1:3], tuple(row[3]), *row[4:7], row[7].dotted_string, row[8]))
     return rows
 
@@ -338,40 +278,10 @@ def _check_not_reparsed(cold: dict[str, ProbeResult], warm: dict[str, ProbeResul
 # -- measuring --------------------------------------------------------------------
 
 
-class GcTimer:
-    """Wall-clock seconds the cyclic garbage collector ran while installed."""
-
-    def __init__(self) -> None:
-        self.seconds = 0.0
-        self.collections = 0
-        self._started = 0.0
-
-    def _callback(self, phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            self._started = time.perf_counter()
-        else:
-            self.seconds += time.perf_counter() - self._started
-            self.collections += 1
-
-    def __enter__(self) -> GcTimer:
-        gc.callbacks.append(self._callback)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        gc.callbacks.remove(self._callback)
-
-
-@dataclass
-class Sample:
-    wall: float
-    cpu: float
-    extra: dict[str, float] = field(default_factory=dict)
-
-
 @dataclass
 class Case:
     name: str
-    samples: list[Sample] = field(default_factory=list)
+    samples: list[common.Sample] = field(default_factory=list)
 
     @property
     def median(self) -> float:
@@ -399,18 +309,6 @@ def drop_caches() -> None:
         handle.write("3\n")
 
 
-def timed(action: Callable[[], Any]) -> tuple[Sample, Any]:
-    """Run ``action`` once after a full collection; wall, CPU and in-run GC seconds."""
-    gc.collect()
-    with GcTimer() as gc_timer:
-        cpu_started = time.process_time()
-        started = time.perf_counter()
-        value = action()
-        wall = time.perf_counter() - started
-        cpu = time.process_time() - cpu_started
-    return Sample(wall, cpu, {"gc_seconds": gc_timer.seconds}), value
-
-
 CASES = ("bare_parse", "bare_parse_parallel", "scandir_stat", "cold_scan", "warm_rescan")
 
 
@@ -426,7 +324,7 @@ def measure_size(directory: Path, size: int, repeats: int, cold_cache: bool) -> 
         for repeat in range(repeats):
             if cold_cache:
                 drop_caches()
-            sample, rows = timed(functools.partial(bare_parse, path))
+            sample, rows = common.timed(functools.partial(bare_parse, path))
             if len(rows) != size:
                 raise SystemExit(f"bare_parse read {len(rows)} files, expected {size}")
             cases["bare_parse"].samples.append(sample)
@@ -434,7 +332,7 @@ def measure_size(directory: Path, size: int, repeats: int, cold_cache: bool) -> 
 
             if cold_cache:
                 drop_caches()
-            sample, rows = timed(functools.partial(bare_parse_parallel, path, pool, workers))
+            sample, rows = common.timed(functools.partial(bare_parse_parallel, path, pool, workers))
             if len(rows) != size:
                 raise SystemExit(f"bare_parse_parallel read {len(rows)} files, expected {size}")
             sample.extra["workers"] = workers
@@ -451,19 +349,19 @@ def measure_size(directory: Path, size: int, repeats: int, cold_cache: bool) -> 
 
 def _measure_probe_cases(cases: dict[str, Case], path: str, size: int, cold_cache: bool) -> None:
     """One repetition of scandir_stat, cold_scan and warm_rescan."""
-    sample, count = timed(functools.partial(scandir_stat, path))
+    sample, count = common.timed(functools.partial(scandir_stat, path))
     assert count == size
     cases["scandir_stat"].samples.append(sample)
 
     probe = new_probe(path)
     if cold_cache:
         drop_caches()
-    sample, (discovery_seconds, cold) = timed(functools.partial(run_round, probe))
+    sample, (discovery_seconds, cold) = common.timed(functools.partial(run_round, probe))
     sample.extra["discovery_seconds"] = discovery_seconds
     _check_round(cold, size)
     cases["cold_scan"].samples.append(sample)
 
-    sample, (discovery_seconds, warm) = timed(functools.partial(run_round, probe))
+    sample, (discovery_seconds, warm) = common.timed(functools.partial(run_round, probe))
     sample.extra["discovery_seconds"] = discovery_seconds
     _check_round(warm, size)
     _check_not_reparsed(cold, warm)
@@ -474,14 +372,6 @@ def _measure_probe_cases(cases: dict[str, Case], path: str, size: int, cold_cach
 # -- memory (runs in a subprocess per size) ----------------------------------------
 
 
-def _vm_kib(field_name: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field_name} not in /proc/self/status")
-
-
 def memory_child(directory: str) -> dict[str, Any]:
     """In a fresh interpreter: VmRSS before and after one cold scan (the round's
     results still held, as the daemon's store would), then the same again with
@@ -489,12 +379,12 @@ def memory_child(directory: str) -> dict[str, Any]:
     first = sorted(os.listdir(directory))[0]
     new_probe(directory).run(os.path.join(directory, first), ProbeContext(deadline=time.monotonic() + 60))
     gc.collect()
-    rss_before = _vm_kib("VmRSS")
+    rss_before = common.status_value("VmRSS")
     probe = new_probe(directory)
     _, results = run_round(probe)
     certificates = sum(len(r.certificates) for r in results.values())
     gc.collect()
-    rss_after = _vm_kib("VmRSS")
+    rss_after = common.status_value("VmRSS")
     del probe, results
     gc.collect()
 
@@ -520,13 +410,7 @@ def memory_child(directory: str) -> dict[str, Any]:
 
 
 def measure_memory(directory: Path) -> dict[str, Any]:
-    completed = subprocess.run(
-        [sys.executable, __file__, "--memory-child", str(directory)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return dict(json.loads(completed.stdout.strip().splitlines()[-1]))
+    return common.run_json_child("bench.files_scan", "--memory-child", str(directory))
 
 
 # -- profiling --------------------------------------------------------------------
@@ -551,44 +435,6 @@ def profile_size(directory: Path, out: Path, top: int = 25) -> None:
 
 
 # -- report -----------------------------------------------------------------------
-
-
-def code_version() -> dict[str, Any]:
-    """Which certscope code was measured (the tree may have local changes)."""
-
-    def git(*args: str) -> str:
-        try:
-            done = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
-        except OSError:
-            return ""
-        return done.stdout.strip()
-
-    dirty = git("status", "--porcelain", "--", "probes", "exporter")
-    return {
-        "commit": git("rev-parse", "HEAD"),
-        "probes_or_exporter_modified": bool(dirty),
-        "modified": dirty.split("\n"),
-    }
-
-
-def machine_info() -> dict[str, Any]:
-    model = ""
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        models = [line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")]
-        model = models[0] if models else ""
-    except OSError:
-        pass
-    from cryptography.hazmat.backends.openssl.backend import backend
-
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "cryptography": cryptography.__version__,
-        "openssl": backend.openssl_version_text(),
-    }
 
 
 def ratios(cases: dict[str, Case], size: int, memory: dict[str, Any]) -> dict[str, Any]:
@@ -642,20 +488,11 @@ def print_table(size: int, cases: dict[str, Case], memory: dict[str, Any], cache
     )
 
 
-def parse_sizes(text: str) -> tuple[int, ...]:
-    sizes = tuple(int(part.replace("_", "")) for part in text.split(",") if part.strip())
-    if not sizes or any(s < 1 for s in sizes):
-        raise argparse.ArgumentTypeError("sizes must be positive integers, comma-separated")
-    return sizes
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=parse_sizes, default=None, help="corpus sizes (default 10000,100000)")
+    parser = common.argument_parser(__doc__, "smoke-test mode: 200 files, 1 repeat")
+    parser.add_argument("--sizes", type=common.int_list(), default=None, help="corpus sizes (default 10000,100000)")
     parser.add_argument("--repeats", type=int, default=None, help="repetitions per case (default 3)")
     parser.add_argument("--drop-caches", action="store_true", help="drop page/inode caches before cold cases (root)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="corpora and results (default bench/out)")
-    parser.add_argument("--quick", action="store_true", help="smoke-test mode: 200 files, 1 repeat")
     parser.add_argument("--profile", action="store_true", help="also cProfile one cold scan and rescan per size")
     parser.add_argument("--memory-child", metavar="DIR", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -675,25 +512,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-
-    machine = machine_info()
-    print(
-        f"machine: {machine['nproc']} CPUs, {machine['cpu_model']}, Linux {machine['kernel']}, "
-        f"Python {machine['python']}, cryptography {machine['cryptography']} ({machine['openssl']})"
-    )
-    code = code_version()
-    print(f"certscope at {code['commit'][:12]}{' + local changes' if code['probes_or_exporter_modified'] else ''}")
+    results = common.Results("files_scan", out)
+    print(results.describe())
     print(f"{repeats} repeat(s) per case, interleaved; {cache_state}")
 
     report: dict[str, Any] = {
-        "benchmark": "files_scan",
-        "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": machine,
-        "code": code,
         "repeats": repeats,
         "drop_caches": args.drop_caches,
         "cache_state": cache_state,
-        "loadavg_at_start": os.getloadavg(),
         "goals": {
             "cold_over_bare_parse_max": GOAL_COLD_OVER_BARE,
             "cold_100k_seconds_max": GOAL_COLD_100K_SECONDS,
@@ -716,13 +542,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         if args.profile:
             profile_size(directory, out)
-
-    report["loadavg_at_end"] = os.getloadavg()
-    json_path = out / "files_scan.json"
-    json_path.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {json_path}")
+    print()
+    results.write(report)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

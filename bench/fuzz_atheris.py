@@ -5,7 +5,7 @@ CPython 3.11 on x86-64 Linux; it does not need a compiler).
 
 Usage::
 
-    python bench/fuzz_atheris.py TARGET [-max_total_time=60] [-seed=1] [other libFuzzer flags]
+    python -m bench.fuzz_atheris TARGET [-max_total_time=60] [-seed=1] [other libFuzzer flags]
 
 TARGET is one of ``container``, ``pkcs12``, ``ocsp``, ``crl``, ``watch``.  A crash
 prints the input and writes it to ``crash-*`` in the current directory.
@@ -19,16 +19,13 @@ from pathlib import Path
 
 import atheris
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
 with atheris.instrument_imports():
     from probes.certparse import parse_container
     from probes.kubernetes import _events
     from probes.revocation import crl_lookup, evaluate_crl, evaluate_ocsp
 
-from tests.test_fuzz import CRL_DER, OCSP_GOOD, P12, P12_PASSWORD, PKI  # noqa: E402
-from tests.test_fuzz import NOW as FUZZ_NOW  # noqa: E402
+from tests.test_fuzz import CRL_DER, OCSP_GOOD, P12, P12_PASSWORD, PKI
+from tests.test_fuzz import NOW as FUZZ_NOW
 
 
 class _Response:
@@ -78,7 +75,7 @@ TARGETS: dict[str, tuple[Callable[[bytes], None], list[bytes]]] = {
 
 def main() -> None:
     if len(sys.argv) < 2 or sys.argv[1] not in TARGETS:
-        raise SystemExit(f"usage: {sys.argv[0]} {{{','.join(TARGETS)}}} [libFuzzer flags]")
+        raise SystemExit(f"usage: python -m bench.fuzz_atheris {{{','.join(TARGETS)}}} [libFuzzer flags]")
     name = sys.argv[1]
     target, seeds = TARGETS[name]
     corpus = Path(f"/tmp/certscope-atheris-{name}")

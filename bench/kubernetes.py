@@ -2,7 +2,8 @@
 
 The API server fixture (``tests/kube_apiserver.py``, real HTTP on 127.0.0.1) holds N
 ``kubernetes.io/tls`` Secrets — ``tls.crt`` = a distinct leaf plus the shared
-intermediate, ``ca.crt`` = the root, ``tls.key`` = a key (never decoded) — and H Helm
+intermediate, ``ca.crt`` = the root (all issued with the tests' ``tests.pki.issue``),
+``tls.key`` = a key (never decoded) — and H Helm
 release Secrets of 1 MB each (type ``helm.sh/release.v1``).  The fixture runs in this
 process; each measured case runs in a fresh child process, so its peak RSS is its
 own:
@@ -13,8 +14,8 @@ own:
     and ``ca.crt`` value; nothing kept.
 ``bare_parse``
     ``bare``, plus each distinct certificate loaded with ``cryptography`` and the
-    fields certscope needs read into a tuple (``bench/files_scan.py``'s
-    ``bare_fields``), every Secret key's tuples kept: the least an inventory costs.
+    fields certscope needs read into a tuple (``bench.common.bare_fields``), every
+    Secret key's tuples kept: the least an inventory costs.
 ``certscope``
     ``KubernetesProbe.targets()`` until the first complete inventory (every Secret's
     certificates parsed into facts and kept), then one ``run`` per target, as a
@@ -26,88 +27,43 @@ with H: the Helm Secrets are filtered out by the API server.
 
 Usage::
 
-    python bench/kubernetes.py [--sizes 10000,30000] [--helm 0,300] [--out bench/out] [--quick]
+    python -m bench.kubernetes [--sizes 10000,30000] [--helm 0,300] [--out bench/out] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
-import datetime as dt
 import json
 import os
-import platform
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
-from cryptography import x509  # noqa: E402
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-from cryptography.x509.oid import NameOID  # noqa: E402
+from bench import common
+from tests.pki import DAY, NOW, issue
 
 TOKEN = "bench-token"
 PAGE = 500
 
 
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _ca(
-    common_name: str, key: ec.EllipticCurvePrivateKey, issuer: tuple[x509.Certificate, Any] | None
-) -> x509.Certificate:
-    now = dt.datetime.now(dt.UTC)
-    signer_name, signer_key = (issuer[0].subject, issuer[1]) if issuer else (_name(common_name), key)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(_name(common_name))
-        .issuer_name(signer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=3650))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(signer_key, hashes.SHA256())
-    )
-
-
 def populate(server: Any, size: int, helm: int) -> None:
     """N TLS Secrets with distinct leaves (one shared key pair: signing is the cost
     that matters here, and the key is never read) and H 1 MB Helm Secrets."""
-    root_key = ec.generate_private_key(ec.SECP256R1())
-    root = _ca("bench root", root_key, None)
-    intermediate_key = ec.generate_private_key(ec.SECP256R1())
-    intermediate = _ca("bench intermediate", intermediate_key, (root, root_key))
-    leaf_key = ec.generate_private_key(ec.SECP256R1())
-    key_b64 = base64.b64encode(
-        leaf_key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    ).decode()
-    intermediate_pem = intermediate.public_bytes(serialization.Encoding.PEM)
-    root_b64 = base64.b64encode(root.public_bytes(serialization.Encoding.PEM)).decode()
-    now = dt.datetime.now(dt.UTC)
+    root = issue("bench root", ca=True, not_after=NOW + 3650 * DAY)
+    intermediate = issue("bench intermediate", root, ca=True, not_after=NOW + 3650 * DAY)
+    leaf_key = common.private_key("ec")
+    root_b64 = base64.b64encode(root.pem).decode()
     for number in range(size):
         name = f"app-{number}.bench.example"
-        leaf = (
-            x509.CertificateBuilder()
-            .subject_name(_name(name))
-            .issuer_name(intermediate.subject)
-            .public_key(leaf_key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=1))
-            .not_valid_after(now + dt.timedelta(days=60 + number % 30))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-            .sign(intermediate_key, hashes.SHA256())
-        )
-        chain = leaf.public_bytes(serialization.Encoding.PEM) + intermediate_pem
+        leaf = issue(name, intermediate, key=leaf_key, not_after=NOW + (60 + number % 30) * DAY, sans=(name,))
+        chain = leaf.pem + intermediate.pem
+        key_b64 = base64.b64encode(leaf.key_pem).decode()
         server.put(
             "secrets",
             {
@@ -131,22 +87,8 @@ def populate(server: Any, size: int, helm: int) -> None:
 # --------------------------------------------------------------------------- children
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def _rss_kib() -> int:
-    return _status_kib("VmRSS")
-
-
 def _pages(url: str) -> Iterator[dict[str, Any]]:
     """The paginated LIST a client must make: limit, the type as a field selector, continue."""
-    import requests
-
     session = requests.Session()
     params = {"limit": str(PAGE), "fieldSelector": "type=kubernetes.io/tls"}
     headers = {"Authorization": f"Bearer {TOKEN}"}
@@ -161,7 +103,7 @@ def _pages(url: str) -> Iterator[dict[str, Any]]:
 
 
 def child_bare(url: str) -> dict[str, Any]:
-    baseline = _rss_kib()
+    baseline = common.status_value("VmRSS")
     started = time.perf_counter()
     objects = 0
     decoded = 0
@@ -175,9 +117,7 @@ def child_bare(url: str) -> dict[str, Any]:
 
 
 def child_bare_parse(url: str) -> dict[str, Any]:
-    from bench.files_scan import bare_fields
-
-    baseline = _rss_kib()
+    baseline = common.status_value("VmRSS")
     started = time.perf_counter()
     known: dict[bytes, tuple[Any, ...]] = {}
     inventory: dict[tuple[str, str, str], list[tuple[Any, ...]]] = {}
@@ -189,7 +129,7 @@ def child_bare_parse(url: str) -> dict[str, Any]:
                 for cert in x509.load_pem_x509_certificates(base64.b64decode(item["data"][key])):
                     der = cert.public_bytes(serialization.Encoding.DER)
                     if der not in known:
-                        known[der] = bare_fields(cert)
+                        known[der] = common.bare_fields(cert)
                     rows.append(known[der])
                 inventory[(metadata["namespace"], metadata["name"], key)] = rows
     seconds = time.perf_counter() - started
@@ -197,7 +137,7 @@ def child_bare_parse(url: str) -> dict[str, Any]:
 
 
 def child_certscope(url: str, workdir: str) -> dict[str, Any]:
-    from probes.base import ProbeContext
+    from probes.base import ProbeContext, Seconds
     from probes.kubernetes import KubernetesProbe, KubernetesSettings
 
     kubeconfig = Path(workdir) / "kubeconfig"
@@ -211,9 +151,9 @@ def child_certscope(url: str, workdir: str) -> dict[str, Any]:
             }
         )
     )
-    baseline = _rss_kib()
+    baseline = common.status_value("VmRSS")
     started = time.perf_counter()
-    probe = KubernetesProbe(KubernetesSettings(kubeconfig=str(kubeconfig), page_size=PAGE, list_timeout=600))
+    probe = KubernetesProbe(KubernetesSettings(kubeconfig=str(kubeconfig), page_size=PAGE, list_timeout=Seconds(600)))
     discovery = probe.targets()
     listed = time.perf_counter() - started
     ctx = ProbeContext(deadline=float("inf"))
@@ -234,36 +174,29 @@ def child_certscope(url: str, workdir: str) -> dict[str, Any]:
 def _peak(baseline_kib: int) -> dict[str, int]:
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork and exec, so a child
     # of this (large) process would report the parent's peak.
-    peak = _status_kib("VmHWM")
+    peak = common.status_value("VmHWM")
     return {"peak_rss_kib": peak, "baseline_rss_kib": baseline_kib, "peak_growth_kib": peak - baseline_kib}
 
 
 def run_child(case: str, url: str, workdir: Path) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, __file__, "--child", case, "--url", url, "--out", str(workdir)],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"{case} child failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return common.run_json_child("bench.kubernetes", "--child", case, "--url", url, "--out", str(workdir))
 
 
 # --------------------------------------------------------------------------- main
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="10000,30000")
-    parser.add_argument("--helm", default="0,300", help="1 MB Helm Secrets beside the TLS Secrets")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "out"))
-    parser.add_argument("--quick", action="store_true", help="a tiny run that checks the benchmark works")
-    parser.add_argument("--child", choices=("bare", "bare_parse", "certscope"))
-    parser.add_argument("--url")
+    parser = common.argument_parser(__doc__, "a tiny run that checks the benchmark works")
+    parser.add_argument(
+        "--sizes", type=common.int_list(), default=(10_000, 30_000), help="TLS Secrets (default 10000,30000)"
+    )
+    parser.add_argument(
+        "--helm", type=common.int_list(minimum=0), default=(0, 300), help="1 MB Helm Secrets beside the TLS Secrets"
+    )
+    parser.add_argument("--child", choices=("bare", "bare_parse", "certscope"), help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    out = Path(args.out)
+    out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     if args.child == "bare":
         print(json.dumps(child_bare(args.url)))
@@ -272,14 +205,15 @@ def main() -> None:
         print(json.dumps(child_bare_parse(args.url)))
         return
     if args.child == "certscope":
-        print(json.dumps(child_certscope(args.url, args.out)))
+        print(json.dumps(child_certscope(args.url, str(out))))
         return
 
     from tests.kube_apiserver import FakeApiServer
 
-    sizes = [100, 200] if args.quick else [int(s) for s in args.sizes.split(",")]
-    helm_counts = [0, 5] if args.quick else [int(h) for h in args.helm.split(",")]
-    results: dict[str, Any] = {"machine": platform.platform(), "cpus": os.cpu_count(), "runs": []}
+    results = common.Results("kubernetes", out)
+    sizes = (100, 200) if args.quick else args.sizes
+    helm_counts = (0, 5) if args.quick else args.helm
+    runs: list[dict[str, Any]] = []
     print(f"{'secrets':>8} {'helm':>5} {'case':>10} {'seconds':>8} {'peak RSS MiB':>13} {'growth MiB':>11}")
     for size in sizes:
         for helm in helm_counts:
@@ -306,10 +240,10 @@ def main() -> None:
                     f" {run['time_over_bare_parse']:.2f}x bare_parse; peak growth"
                     f" {run['growth_over_bare_parse']:.2f}x bare_parse, {run['bytes_per_secret']:.0f} B per Secret"
                 )
-                results["runs"].append(run)
+                runs.append(run)
             finally:
                 server.stop()
-    (out / "kubernetes.json").write_text(json.dumps(results, indent=2))
+    results.write({"runs": runs})
 
 
 if __name__ == "__main__":

@@ -65,27 +65,22 @@ CRL ``--crl-parses`` times (default 3):
 
 Usage::
 
-    python bench/revocation.py [--quick] [--out bench/out] [--seconds 2] [--repeats 3] [--profile]
+    python -m bench.revocation [--quick] [--out bench/out] [--seconds 2] [--repeats 3] [--profile]
 
 Results are printed and written to ``<out>/revocation.json``.
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import cProfile
 import datetime as dt
 import gc
 import http.client
 import io
-import json
 import os
-import platform
 import pstats
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -93,23 +88,18 @@ import timeit
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 from urllib.parse import quote
 
-import cryptography
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from probes.base import Reason  # noqa: E402
-from probes.fetch import fetch, resolve_checked  # noqa: E402
-from probes.revocation import (  # noqa: E402
+from bench import common
+from probes.base import Reason
+from probes.fetch import fetch, resolve_checked
+from probes.revocation import (
     CHECKER,
     GOOD,
     MAX_OCSP_BYTES,
@@ -119,7 +109,7 @@ from probes.revocation import (  # noqa: E402
     evaluate_crl,
     evaluate_ocsp,
 )
-from tests.revocation_servers import (  # noqa: E402
+from tests.revocation_servers import (
     BIG_SERIAL_BASE,
     HTTP_PATHS,
     RevocationStack,
@@ -127,7 +117,6 @@ from tests.revocation_servers import (  # noqa: E402
     revocation_stack,
 )
 
-DEFAULT_OUT = REPO_ROOT / "bench" / "out"
 ALLOW = ("127.0.0.0/8",)
 DEADLINE_SECONDS = 5.0
 BIG_ENTRIES = 100_000
@@ -143,35 +132,6 @@ CRL_CELLS = ("crl_certscope", "crl_bare", "crl_bare_raw_tbs")
 
 
 # -- accounting -------------------------------------------------------------------
-
-
-def thread_cpu() -> float:
-    """User + system CPU seconds of this thread (CLOCK_THREAD_CPUTIME_ID: exact, where
-    ``getrusage(RUSAGE_THREAD)`` moves in scheduler ticks)."""
-    return time.thread_time()
-
-
-CLOCK_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def processes_cpu(pids: Sequence[int]) -> float:
-    """utime + stime of the given processes (seconds); gone ones count 0."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / CLOCK_TICK
-
-
-def machine_busy() -> tuple[float, float]:
-    """(busy, total) jiffies of all CPUs, from /proc/stat."""
-    with open("/proc/stat") as stat:
-        values = [int(v) for v in stat.readline().split()[1:]]
-    idle = values[3] + values[4]
-    return float(sum(values) - idle), float(sum(values))
 
 
 @dataclass
@@ -238,9 +198,9 @@ def timed_loop(action: Callable[[], object], seconds: float, responder_pids: Seq
     """Call ``action`` back to back for ``seconds`` on this thread."""
     gc.collect()
     latencies: list[float] = []
-    busy0, total0 = machine_busy()
-    responder0 = processes_cpu(responder_pids)
-    cpu0 = thread_cpu()
+    busy0, total0 = common.system_ticks()
+    responder0 = common.processes_cpu_seconds(responder_pids)
+    cpu0 = time.thread_time()
     started = time.perf_counter()
     end = started + seconds
     now = started
@@ -250,21 +210,21 @@ def timed_loop(action: Callable[[], object], seconds: float, responder_pids: Seq
         latencies.append(after - now)
         now = after
     wall = now - started
-    cpu = thread_cpu() - cpu0
-    responder = processes_cpu(responder_pids) - responder0
-    busy1, total1 = machine_busy()
+    cpu = time.thread_time() - cpu0
+    responder = common.processes_cpu_seconds(responder_pids) - responder0
+    busy1, total1 = common.system_ticks()
     cores = (busy1 - busy0) / (total1 - total0) * (os.cpu_count() or 1) if total1 > total0 else 0.0
     return Run(len(latencies), wall, cpu, responder, cores, latencies)
 
 
 def timed_times(action: Callable[[], object], times: int) -> Run:
     gc.collect()
-    cpu0 = thread_cpu()
+    cpu0 = time.thread_time()
     started = time.perf_counter()
     for _ in range(times):
         action()
     wall = time.perf_counter() - started
-    return Run(times, wall, thread_cpu() - cpu0)
+    return Run(times, wall, time.thread_time() - cpu0)
 
 
 # -- OCSP -------------------------------------------------------------------------
@@ -329,15 +289,24 @@ class OcspBench:
     def floor(self) -> None:
         self._check(self._post())
 
-    def floor_signatures(self) -> None:
-        response = self._check(self._post())
+    def _signatures(self, response: ocsp.OCSPResponse) -> tuple[Callable[[], None], Callable[[], None]]:
+        """The two ECDSA verifications a careful client makes: the delegated responder
+        certificate by the CA, and the response by the responder."""
         signer = response.certificates[0]
         issuer_key = self.issuer.public_key()
         signer_key = signer.public_key()
         assert isinstance(issuer_key, ec.EllipticCurvePublicKey) and isinstance(signer_key, ec.EllipticCurvePublicKey)
         assert signer.signature_hash_algorithm is not None and response.signature_hash_algorithm is not None
-        issuer_key.verify(signer.signature, signer.tbs_certificate_bytes, ec.ECDSA(signer.signature_hash_algorithm))
-        signer_key.verify(response.signature, response.tbs_response_bytes, ec.ECDSA(response.signature_hash_algorithm))
+        signer_algorithm = ec.ECDSA(signer.signature_hash_algorithm)
+        response_algorithm = ec.ECDSA(response.signature_hash_algorithm)
+        return (
+            lambda: issuer_key.verify(signer.signature, signer.tbs_certificate_bytes, signer_algorithm),
+            lambda: signer_key.verify(response.signature, response.tbs_response_bytes, response_algorithm),
+        )
+
+    def floor_signatures(self) -> None:
+        for verify in self._signatures(self._check(self._post())):
+            verify()
 
     def fetch_only(self) -> None:
         response = fetch(
@@ -360,24 +329,14 @@ class OcspBench:
         """Microseconds per call (median of 5 repeats) of the parts of an uncached check."""
         der = self._post()
         response = self._check(der)
-        signer = response.certificates[0]
-        issuer_key = self.issuer.public_key()
-        signer_key = signer.public_key()
-        assert isinstance(issuer_key, ec.EllipticCurvePublicKey) and isinstance(signer_key, ec.EllipticCurvePublicKey)
-        assert signer.signature_hash_algorithm is not None and response.signature_hash_algorithm is not None
-        signer_algorithm = ec.ECDSA(signer.signature_hash_algorithm)
-        response_algorithm = ec.ECDSA(response.signature_hash_algorithm)
+        verify_signer, verify_response = self._signatures(response)
         now = dt.datetime.now(dt.UTC)
         parts: dict[str, Callable[[], object]] = {
             "build_ocsp_request": lambda: build_ocsp_request(self.cert, self.issuer, None),
             "evaluate_ocsp": lambda: evaluate_ocsp(der, self.cert, self.issuer, now),
             "load_der_ocsp_response + status": lambda: ocsp.load_der_ocsp_response(der).certificate_status,
-            "verify responder certificate (ECDSA P-256)": lambda: issuer_key.verify(
-                signer.signature, signer.tbs_certificate_bytes, signer_algorithm
-            ),
-            "verify response signature (ECDSA P-256)": lambda: signer_key.verify(
-                response.signature, response.tbs_response_bytes, response_algorithm
-            ),
+            "verify responder certificate (ECDSA P-256)": verify_signer,
+            "verify response signature (ECDSA P-256)": verify_response,
             "responder_name == issuer.subject": lambda: response.responder_name == self.issuer.subject,
             "issuer fingerprint (cache key)": lambda: self.issuer.fingerprint(hashes.SHA256()),
             "resolve_checked('127.0.0.1')": lambda: resolve_checked(self.host, self.port, ALLOW),
@@ -573,43 +532,6 @@ def measure_crl(bench: CrlBench, parses: int, repeats: int) -> dict[str, Cell]:
 # -- report -----------------------------------------------------------------------
 
 
-def code_version() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        try:
-            done = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
-        except OSError:
-            return ""
-        return done.stdout.strip()
-
-    dirty = git("status", "--porcelain", "--", "probes")
-    return {"commit": git("rev-parse", "HEAD"), "probes_modified": bool(dirty), "modified": dirty.split("\n")}
-
-
-def machine_info() -> dict[str, Any]:
-    model = ""
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        models = [line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")]
-        model = models[0] if models else ""
-    except OSError:
-        pass
-    from cryptography.hazmat.backends.openssl.backend import backend
-
-    try:
-        openssl_cli = subprocess.run(["openssl", "version"], capture_output=True, text=True, check=False).stdout
-    except OSError:
-        openssl_cli = ""
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "cryptography": cryptography.__version__,
-        "openssl": backend.openssl_version_text(),
-        "openssl_cli": openssl_cli.strip(),
-    }
-
-
 def crypto_ratio(breakdown: dict[str, float]) -> float:
     """(build the request + evaluate_ocsp) over (build + parse + the two ECDSA verifications)."""
     bare = (
@@ -687,9 +609,7 @@ def print_tables(ocsp_cells: dict[str, Cell], crl_cells: dict[str, Cell], entrie
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory (default bench/out)")
-    parser.add_argument("--quick", action="store_true", help="smoke test: 0.3 s cells, 1 repeat, 1,000-entry CRL")
+    parser = common.argument_parser(__doc__, "smoke test: 0.3 s cells, 1 repeat, 1,000-entry CRL")
     parser.add_argument("--seconds", type=float, default=None, help="seconds per OCSP cell (default 2)")
     parser.add_argument("--repeats", type=int, default=None, help="repetitions (default 3)")
     parser.add_argument("--crl-parses", type=int, default=None, help="CRL parses per cell and repetition (default 3)")
@@ -702,51 +622,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     entries = QUICK_ENTRIES if args.quick else BIG_ENTRIES
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-
-    def raise_exit(signum: int, frame: FrameType | None) -> None:
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, raise_exit)
-    machine = machine_info()
-    code = code_version()
-    print(
-        f"machine: {machine['nproc']} CPUs, {machine['cpu_model']}, Linux {machine['kernel']}, "
-        f"Python {machine['python']}, cryptography {machine['cryptography']} ({machine['openssl']}), "
-        f"{machine['openssl_cli']}"
-    )
-    print(f"certscope at {code['commit'][:12]}{' + local changes in probes/' if code['probes_modified'] else ''}")
+    results = common.Results("revocation", out, tools=("openssl_cli",))
+    print(f"{results.describe()}; {results.header['machine']['openssl_cli']}")
     print(f"{repeats} repeat(s), interleaved; {seconds} s per OCSP cell; {parses} CRL parse(s) per cell and repeat")
     report: dict[str, Any] = {
-        "benchmark": "revocation",
-        "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": machine,
-        "code": code,
         "quick": args.quick,
         "repeats": repeats,
         "seconds_per_ocsp_cell": seconds,
         "crl_parses_per_cell": parses,
-        "loadavg_at_start": os.getloadavg(),
         "goals": {
             "ocsp_uncached_cpu_over_floor_max": GOAL_OCSP_CPU_OVER_FLOOR,
             "ocsp_cached_network_requests": GOAL_CACHED_REQUESTS,
         },
     }
-    try:
-        with tempfile.TemporaryDirectory(prefix="certscope-revocation-bench-") as scratch:
-            started = time.monotonic()
-            with revocation_stack(Path(scratch), big_entries=entries) as stack:
-                print(f"stack up in {time.monotonic() - started:.1f} s: {stack.ocsp!r}", flush=True)
-                ocsp_bench = OcspBench(stack)
-                ocsp_cells = measure_ocsp(ocsp_bench, seconds, repeats)
-                breakdown = ocsp_bench.breakdown(200 if args.quick else 2000)
-                profile = ocsp_bench.profile(out) if args.profile else ""
-                crl_bench = CrlBench(stack, entries)
-                crl_cells = measure_crl(crl_bench, parses, repeats)
-                size = len(crl_bench.data)
-                responder_alive = stack.ocsp.alive()
-                checker_requests = CHECKER.requests
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    with common.sigterm_exits(), tempfile.TemporaryDirectory(prefix="certscope-revocation-bench-") as scratch:
+        started = time.monotonic()
+        with revocation_stack(Path(scratch), big_entries=entries) as stack:
+            print(f"stack up in {time.monotonic() - started:.1f} s: {stack.ocsp!r}", flush=True)
+            ocsp_bench = OcspBench(stack)
+            ocsp_cells = measure_ocsp(ocsp_bench, seconds, repeats)
+            breakdown = ocsp_bench.breakdown(200 if args.quick else 2000)
+            profile = ocsp_bench.profile(out) if args.profile else ""
+            crl_bench = CrlBench(stack, entries)
+            crl_cells = measure_crl(crl_bench, parses, repeats)
+            size = len(crl_bench.data)
+            responder_alive = stack.ocsp.alive()
+            checker_requests = CHECKER.requests
 
     print_tables(ocsp_cells, crl_cells, crl_bench.expected_entries, size)
     print("\nuncached check, parts (in-process, median of 5, us per call)")
@@ -785,12 +686,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "cells": {name: cell.summary() for name, cell in crl_cells.items()},
             },
             "ratios": result,
-            "loadavg_at_end": os.getloadavg(),
         }
     )
-    json_path = out / "revocation.json"
-    json_path.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {json_path}")
+    results.write(report)
     return 0
 
 

@@ -1,17 +1,17 @@
 """Run the benchmarks, one command: every scenario, or the ones named.
 
-Each scenario is its own script (``bench/<name>.py``, which starts the peers and
-servers it needs and interleaves its cases A B A B); this harness runs them one after
-the other in subprocesses, reads the JSON each writes, and prints one table of the
-goals with the measured figure, whether it is met, and the script's own ratio.  It
-writes ``<out>/summary.json``, ``<out>/summary.md`` and a plot of the scale curves
-(``<out>/scale.png``).  With ``--write-docs`` the table replaces the block between
-the ``bench/run.py`` markers in ``docs/performance.md`` and the plot goes to
-``docs/performance-scale.png``.
+Each scenario is its own module (``bench/<name>.py``, run as ``python -m bench.<name>``,
+which starts the peers and servers it needs and interleaves its cases A B A B); this
+harness runs them one after the other in subprocesses from the repository root, reads
+the JSON each writes, and prints one table of the goals with the measured figure,
+whether it is met, and the script's own ratio.  It writes ``<out>/summary.json``,
+``<out>/summary.md`` and a plot of the scale curves (``<out>/scale.png``).  With
+``--write-docs`` the table replaces the block between the ``bench/run.py`` markers in
+``docs/performance.md`` and the plot goes to ``docs/performance-scale.png``.
 
 Usage::
 
-    python bench/run.py [--only files,tls,tls_scale,revocation,kubernetes,scrape] [--quick] [--out bench/out]
+    python -m bench.run [--only files,tls,tls_scale,revocation,kubernetes,scrape] [--quick] [--out bench/out]
                         [--write-docs]
 
 ``--quick`` runs every scenario on its smoke-test size (the test suite does this).
@@ -19,20 +19,18 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
+from bench import common
+
 MARK_START = "<!-- bench/run.py summary: start -->"
 MARK_END = "<!-- bench/run.py summary: end -->"
 
@@ -233,28 +231,27 @@ def _scrape(result: dict[str, Any]) -> list[Row]:
 
 @dataclass(frozen=True)
 class Scenario:
-    script: str
+    module: str
     output: str
     extract: Callable[[dict[str, Any]], list[Row]]
     full_args: tuple[str, ...] = ()
 
 
 SCENARIOS = {
-    "files": Scenario("files_scan.py", "files_scan.json", _files),
-    "tls": Scenario("tls_probe.py", "tls_probe.json", _tls),
-    "tls_scale": Scenario("tls_scale.py", "tls_scale.json", _tls_scale),
-    "revocation": Scenario("revocation.py", "revocation.json", _revocation),
-    "kubernetes": Scenario("kubernetes.py", "kubernetes.json", _kubernetes),
-    "scrape": Scenario("scrape.py", "scrape.json", _scrape),
+    "files": Scenario("bench.files_scan", "files_scan.json", _files),
+    "tls": Scenario("bench.tls_probe", "tls_probe.json", _tls),
+    "tls_scale": Scenario("bench.tls_scale", "tls_scale.json", _tls_scale),
+    "revocation": Scenario("bench.revocation", "revocation.json", _revocation),
+    "kubernetes": Scenario("bench.kubernetes", "kubernetes.json", _kubernetes),
+    "scrape": Scenario("bench.scrape", "scrape.json", _scrape),
 }
 
 
 def run_scenario(name: str, scenario: Scenario, out: Path, quick: bool) -> tuple[list[Row], dict[str, Any]]:
-    args = [sys.executable, str(BENCH / scenario.script), "--out", str(out)]
-    args += ["--quick"] if quick else list(scenario.full_args)
+    args = common.module_command(scenario.module, "--out", str(out), *(["--quick"] if quick else scenario.full_args))
     print(f"== {name}: {' '.join(args[1:])}", flush=True)
     started = time.monotonic()
-    done = subprocess.run(args, cwd=ROOT, text=True, capture_output=True, check=False)
+    done = subprocess.run(args, cwd=common.REPO_ROOT, text=True, capture_output=True, check=False)
     (out / f"{name}.log").write_text(done.stdout + done.stderr)
     if done.returncode != 0:
         raise SystemExit(f"{name} failed ({done.returncode}); see {out / f'{name}.log'}:\n{done.stderr[-2000:]}")
@@ -266,7 +263,7 @@ def run_scenario(name: str, scenario: Scenario, out: Path, quick: bool) -> tuple
 def markdown(rows: list[Row], quick: bool) -> str:
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     lines = [
-        f"Measured by `python bench/run.py{' --quick' if quick else ''}` on {platform.node() or 'this machine'}"
+        f"Measured by `python -m bench.run{' --quick' if quick else ''}` on {platform.node() or 'this machine'}"
         f" ({os.cpu_count()} CPUs, Python {platform.python_version()}), {when}.",
         "",
         "| scenario | goal | measured | met |",
@@ -355,11 +352,11 @@ def plot(results: dict[str, dict[str, Any]], path: Path) -> bool:
 
 
 def write_docs(table: str, plot_path: Path | None) -> None:
-    docs = ROOT / "docs" / "performance.md"
+    docs = common.REPO_ROOT / "docs" / "performance.md"
     text = docs.read_text()
     block = f"{MARK_START}\n{table}"
     if plot_path is not None:
-        target = ROOT / "docs" / "performance-scale.png"
+        target = common.REPO_ROOT / "docs" / "performance-scale.png"
         target.write_bytes(plot_path.read_bytes())
         block += "\n![Scale curves](performance-scale.png)\n"
     block += f"{MARK_END}"
@@ -373,11 +370,9 @@ def write_docs(table: str, plot_path: Path | None) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.argument_parser(__doc__, "every scenario on its smoke-test size")
     parser.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=BENCH / "out")
-    parser.add_argument("--write-docs", action="store_true")
+    parser.add_argument("--write-docs", action="store_true", help="put the table and the plot into docs/")
     args = parser.parse_args()
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in names if n not in SCENARIOS]

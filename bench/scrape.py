@@ -24,38 +24,28 @@ scrapes), and the peak during one scrape.
 
 Usage::
 
-    python bench/scrape.py [--series 100000] [--repeats 5] [--out bench/out] [--quick]
+    python -m bench.scrape [--series 100000] [--repeats 5] [--out bench/out] [--quick]
 """
 
 from __future__ import annotations
 
-import argparse
-import gc
-import json
-import os
-import platform
 import statistics
-import sys
-import time
 import tracemalloc
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import requests
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 
-import requests  # noqa: E402
-from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
-from prometheus_client.core import GaugeMetricFamily, Metric  # noqa: E402
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-from prometheus_client.registry import Collector  # noqa: E402
-
-from exporter.store import ProbeInfo, ProbeState, ResultStore, Rotation, Snapshot, SourceState, TargetState  # noqa: E402
-from exporter.web import WebApp, WebServer  # noqa: E402
-from probes.base import CertFacts, CertObservation, ProbeResult, Reason  # noqa: E402
-from probes.files import FilesProbe  # noqa: E402
+from bench import common
+from exporter.store import ProbeInfo, ProbeState, ResultStore, Rotation, Snapshot, SourceState, TargetState
+from exporter.web import WebApp, WebServer
+from probes.base import CertFacts, CertObservation, ProbeResult, Reason
+from probes.files import FilesProbe
 
 SERIES_PER_FILE = 13
 
@@ -136,25 +126,15 @@ class _Store(ResultStore):
         self._snapshot = snapshot
 
 
-def timed(action: Callable[[], Any]) -> float:
-    gc.collect()
-    started = time.perf_counter()
-    action()
-    return time.perf_counter() - started
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--series", type=int, default=100_000)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", default=str(ROOT / "bench" / "out"))
-    parser.add_argument("--quick", action="store_true")
+    parser = common.argument_parser(__doc__, "smoke test: 2,000 series, 2 repetitions")
+    parser.add_argument("--series", type=int, default=100_000, help="series to render (default 100000)")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved repetitions (default 5)")
     args = parser.parse_args()
     series = 2_000 if args.quick else args.series
     repeats = 2 if args.quick else args.repeats
     files = series // SERIES_PER_FILE
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    results = common.Results("scrape", args.out)
 
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
@@ -189,7 +169,7 @@ def main() -> None:
     samples: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(repeats):
         for name, action in cases.items():
-            samples[name].append(timed(action))
+            samples[name].append(common.timed(action)[0].wall)
     server.stop()
 
     tracemalloc.start()
@@ -198,10 +178,7 @@ def main() -> None:
     tracemalloc.stop()
 
     medians = {name: statistics.median(values) for name, values in samples.items()}
-    result = {
-        "machine": platform.platform(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
+    result: dict[str, Any] = {
         "series": certscope_series,
         "files": files,
         "medians_seconds": medians,
@@ -222,7 +199,7 @@ def main() -> None:
         print(f"  {name:<40} {ratio:.2f}x")
     print(f"  snapshot held between scrapes: {result['snapshot_bytes_per_series']:.0f} B per series")
     print(f"  peak allocated during a scrape: {result['scrape_peak_bytes_per_series']:.0f} B per series")
-    (out / "scrape.json").write_text(json.dumps(result, indent=2))
+    results.write(result)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Soak: the daemon against 500 local TLS targets for N minutes, memory and file
-descriptors sampled, their slope reported.  Not run in CI (``--minutes 0.5`` is a
-smoke test).
+descriptors sampled, their slope reported.  Not run in CI (``--quick``, half a minute
+with 50 targets, is a smoke test).
 
-Setup: a throw-away PKI (``bench/tls_probe.py``'s ``write_pki``: EC P-256, leaf for
+Setup: a throw-away PKI (``bench.common.write_tls_pki``: EC P-256, leaf for
 localhost + CA), one nginx (2 workers, no session cache or tickets: every probe is a
 full handshake) listening on ``--targets`` ports of 127.0.0.1 (default 500), a
 directory of 50 certificate files, and ``python -m exporter run`` with one ``tls``
@@ -18,17 +18,16 @@ near 0 KiB/min.
 
 Usage::
 
-    python bench/soak.py [--minutes 30] [--targets 500] [--interval 15] [--out bench/out]
+    python -m bench.soak [--minutes 30] [--targets 500] [--interval 15] [--out bench/out] [--quick]
 
 Results go to ``<out>/soak.json``.  Every process runs in its own session under
-``setpriv --pdeathsig KILL`` and is stopped at the end, on error and on Ctrl-C.
+``setpriv --pdeathsig KILL`` and is stopped at the end, on error, on Ctrl-C and on SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import socket
 import sys
@@ -38,33 +37,17 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
-sys.path[:0] = [str(ROOT), str(BENCH)]
-
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-from tls_probe import Managed, bench_nginx_conf, can_connect, free_ports, wait_until, write_pki  # noqa: E402
-
-from tests.pki import build_pki  # noqa: E402
-
-HOST = "127.0.0.1"
+from bench import common
+from tests.pki import build_pki
+from tests.servers import can_connect
 
 
-def start_nginx(workdir: Path, pki: Path, ports: list[int]) -> Managed:
-    listens = "\n".join(f"    listen {HOST}:{port} ssl;" for port in ports)
-    config = workdir / "nginx.conf"
-    server = (
-        f"  server {{\n{listens}\n"
-        f"    ssl_certificate {pki}/ec-chain.pem;\n"
-        f"    ssl_certificate_key {pki}/ec-leaf.key;\n"
-        '    return 200 "ok\\n";\n'
-        "  }"
-    )
-    config.write_text(bench_nginx_conf(workdir, server))
-    nginx = Managed("nginx", ["nginx", "-p", str(workdir), "-c", str(config)], log=workdir / "nginx.out")
-    wait_until(lambda: all(can_connect(p) for p in ports), "nginx", nginx, workdir / "error.log", timeout=30)
-    return nginx
+def start_nginx_listeners(workdir: Path, pki: Path, ports: list[int]) -> common.Managed:
+    """One nginx ``server`` listening on every port, serving the EC localhost leaf."""
+    server = common.nginx_server(ports, pki / "ec-chain.pem", pki / "ec-leaf.key")
+    return common.start_nginx(workdir, [server], lambda: all(can_connect(common.HOST, p) for p in ports), timeout=30)
 
 
 def refused_ports(count: int) -> tuple[list[int], list[socket.socket]]:
@@ -72,16 +55,17 @@ def refused_ports(count: int) -> tuple[list[int], list[socket.socket]]:
     held = []
     for _ in range(count):
         sock = socket.socket()
-        sock.bind((HOST, 0))
+        sock.bind((common.HOST, 0))
         held.append(sock)
     return [s.getsockname()[1] for s in held], held
 
 
 def proc_sample(pid: int) -> dict[str, float]:
-    status = Path(f"/proc/{pid}/status").read_text()
-    rss = int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1))  # type: ignore[union-attr]
-    threads = int(re.search(r"Threads:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
-    return {"rss_kib": rss, "fds": len(os.listdir(f"/proc/{pid}/fd")), "threads": threads}
+    return {
+        "rss_kib": common.status_value("VmRSS", pid),
+        "fds": len(list(Path(f"/proc/{pid}/fd").iterdir())),
+        "threads": common.status_value("Threads", pid),
+    }
 
 
 def slope_per_minute(points: list[tuple[float, float]]) -> float | None:
@@ -114,18 +98,17 @@ def scrape(url: str, good: int) -> dict[str, float]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="certscope-soak-"))
     pki_dir = workdir / "pki"
-    pki_dir.mkdir()
-    write_pki(pki_dir)
+    common.write_tls_pki(pki_dir, kinds=("ec",))
     files_dir = workdir / "files"
     files_dir.mkdir()
     pki = build_pki()
     for number in range(50):
         (files_dir / f"cert{number}.pem").write_bytes((pki.valid, pki.expired, pki.intermediate)[number % 3].pem)
-    ports = free_ports(args.targets)
+    ports = common.free_ports(args.targets)
     bad_ports, held = refused_ports(10)
-    started_processes: list[Managed] = []
+    started_processes: list[common.Managed] = []
     try:
-        nginx = start_nginx(workdir, pki_dir, ports)
+        nginx = start_nginx_listeners(workdir, pki_dir, ports)
         started_processes.append(nginx)
         config = workdir / "config.yaml"
         config.write_text(
@@ -144,9 +127,9 @@ probes:
 """
         )
         log = workdir / "daemon.log"
-        daemon = Managed(
+        daemon = common.Managed(
             "certscope",
-            [sys.executable, "-m", "exporter", "run", f"--config.file={config}", "--web.listen-address=127.0.0.1:0"],
+            common.module_command("exporter", "run", f"--config.file={config}", "--web.listen-address=127.0.0.1:0"),
             log=log,
         )
         started_processes.append(daemon)
@@ -158,7 +141,7 @@ probes:
                 address[:] = [f"http://127.0.0.1:{match.group(2)}"]
             return bool(match)
 
-        wait_until(listening, "certscope", daemon, log, timeout=30)
+        common.wait_until(listening, "certscope", daemon, [log], timeout=30)
         metrics_url = address[0] + "/metrics"
         # The daemon runs under setpriv: its own pid is the Python child's.
         pid = daemon.pid
@@ -215,17 +198,18 @@ probes:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--minutes", type=float, default=30)
-    parser.add_argument("--targets", type=int, default=500)
-    parser.add_argument("--interval", type=float, default=15)
-    parser.add_argument("--sample", type=float, default=10)
-    parser.add_argument("--warmup", type=float, default=60)
-    parser.add_argument("--out", type=Path, default=BENCH / "out")
+    parser = common.argument_parser(__doc__, "a smoke test: half a minute, 50 targets (unless given)")
+    parser.add_argument("--minutes", type=float, default=None, help="how long (default 30; quick 0.5)")
+    parser.add_argument("--targets", type=int, default=None, help="TLS targets (default 500; quick 50)")
+    parser.add_argument("--interval", type=float, default=15, help="probe interval seconds (default 15)")
+    parser.add_argument("--sample", type=float, default=10, help="seconds between samples (default 10)")
+    parser.add_argument("--warmup", type=float, default=60, help="seconds left out of the slopes (default 60)")
     args = parser.parse_args(argv)
-    result = run(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "soak.json").write_text(json.dumps(result, indent=2))
+    args.minutes = args.minutes if args.minutes is not None else (0.5 if args.quick else 30.0)
+    args.targets = args.targets if args.targets is not None else (50 if args.quick else 500)
+    results = common.Results("soak", args.out, tools=("nginx",))
+    with common.sigterm_exits():
+        result = results.write(run(args))
     print(json.dumps(result["summary"], indent=2))
     summary = result["summary"]
     return 0 if summary["daemon_alive"] and summary["good_targets_ok_last"] == args.targets else 1

@@ -1,7 +1,8 @@
 """Benchmark: the ``tls`` probe against blackbox_exporter and a bare Python client.
 
-One run builds a throw-away PKI (RSA-2048 and ECDSA P-256: a CA, a server leaf with
-SANs DNS:localhost and IP:127.0.0.1, and a clientAuth leaf each), starts one nginx
+One run builds a throw-away PKI (``bench.common.write_tls_pki``: RSA-2048 and ECDSA
+P-256, a CA, a server leaf with SANs DNS:localhost and IP:127.0.0.1, and a clientAuth
+leaf each, issued with the tests' ``tests.pki.issue``), starts one nginx
 (foreground, 2 workers, ``access_log off``, no session cache and no tickets, so every
 probe is a full handshake; TLS 1.2 and 1.3) with four listeners on 127.0.0.1 (RSA,
 EC, and the same two with ``ssl_verify_client on``; each serves leaf + CA) and
@@ -52,7 +53,7 @@ EC only, no profile.
 
 Usage::
 
-    python bench/tls_probe.py [--quick] [--seconds N] [--repeats R] [--out bench/out]
+    python -m bench.tls_probe [--quick] [--seconds N] [--repeats R] [--out bench/out]
 
 Results are printed and written to ``<out>/tls_probe.json`` (the raw py-spy samples
 to ``<out>/tls_probe.pyspy.txt``).  Every server and worker process runs in its own
@@ -65,18 +66,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
-import datetime as dt
-import ipaddress
 import json
 import os
-import platform
 import pstats
 import resource
 import shutil
 import signal
 import socket
 import ssl
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -84,23 +81,17 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import cryptography
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from bench import common
+from tests.servers import can_connect
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+THIS_MODULE = "bench.tls_probe"
 
-HOST = "127.0.0.1"
 CONCURRENCIES = (1, 16, 64)
 QUICK_CONCURRENCIES = (1, 64)
 SIDES = ("certscope", "blackbox", "bare")
@@ -108,25 +99,18 @@ ENDPOINT_ROUND = 1000
 ROUND_CONCURRENCY = 64
 PROFILE_CONCURRENCY = 16
 PROBE_TIMEOUT = 10.0
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 # Goals (docs/performance.md, after the shared performance baseline).
 GOAL_CPU_RATIO = 1.0  # certscope client CPU per probe <= 1.0x blackbox's
 GOAL_THROUGHPUT_RATIO = 0.9  # certscope probes/s at concurrency 64 >= 0.9x blackbox's
 GOAL_ROUND_SECONDS = {"rsa": 0.8, "ec": 0.8, "mtls-rsa": 1.3, "mtls-ec": 1.1}
 
-WRK_SCRIPT = r"""
+WRK_SCRIPT = (
+    common.WRK_COUNT_PROBE
+    + r"""
 -- Count a response only if blackbox says the probe succeeded.
 local threads = {}
 function setup(thread) table.insert(threads, thread) end
-function init(args) ok = 0; bad = 0; sample = "" end
-function response(status, headers, body)
-  if status == 200 and body ~= nil and string.find(body, "\nprobe_success 1\n", 1, true) then
-    ok = ok + 1
-  else
-    bad = bad + 1
-    if sample == "" then sample = tostring(status) .. " " .. string.sub(body or "", 1, 300) end
-  end
-end
+function response(status, headers, body) count_probe(status, body) end
 function done(summary, latency, requests)
   local ok_total, bad_total, first = 0, 0, ""
   for _, t in ipairs(threads) do
@@ -144,6 +128,7 @@ function done(summary, latency, requests)
   if first ~= "" then io.write("SAMPLE " .. (string.gsub(first, "\n", " | ")) .. "\n") end
 end
 """
+)
 
 
 # --------------------------------------------------------------------------- configs
@@ -177,287 +162,39 @@ HTTP_VARIANTS = (Variant("mtls-rsa+http", "rsa", True, True), Variant("mtls-ec+h
 VARIANTS = {v.name: v for v in (*MAIN_VARIANTS, *HTTP_VARIANTS)}
 
 
-# --------------------------------------------------------------------------- PKI
+# --------------------------------------------------------------------------- peers
 
 
-def _private_key(kind: str) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
-    return rsa.generate_private_key(65537, 2048) if kind == "rsa" else ec.generate_private_key(ec.SECP256R1())
-
-
-def _name(common_name: str) -> x509.Name:
-    return x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "certscope bench"),
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-        ]
-    )
-
-
-def _certificate(
-    common_name: str,
-    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey,
-    issuer_name: str,
-    issuer_key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey,
-    *,
-    role: str,  # ca | server | client
-) -> x509.Certificate:
-    now = dt.datetime.now(dt.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(common_name))
-        .issuer_name(_name(issuer_name))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=90))
-        .add_extension(x509.BasicConstraints(ca=role == "ca", path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-    )
-    if role == "ca":
-        usage = x509.KeyUsage(True, False, False, False, False, True, True, False, False)
-        return builder.add_extension(usage, critical=True).sign(issuer_key, hashes.SHA256())
-    usage = x509.KeyUsage(True, False, role == "server" and isinstance(key, rsa.RSAPrivateKey), *[False] * 6)
-    eku = ExtendedKeyUsageOID.SERVER_AUTH if role == "server" else ExtendedKeyUsageOID.CLIENT_AUTH
-    builder = (
-        builder.add_extension(usage, critical=True)
-        .add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
-    )
-    if role == "server":
-        sans = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(HOST))]
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
-def _pem(obj: x509.Certificate | rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> bytes:
-    if isinstance(obj, x509.Certificate):
-        return obj.public_bytes(serialization.Encoding.PEM)
-    return obj.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
-def write_pki(directory: Path) -> None:
-    """``{kind}-ca.pem``, ``{kind}-chain.pem`` (leaf + CA), ``{kind}-leaf.key``,
-    ``{kind}-client.pem`` / ``.key`` for kind in rsa, ec."""
-    for kind in ("rsa", "ec"):
-        ca_key, leaf_key, client_key = _private_key(kind), _private_key(kind), _private_key(kind)
-        ca_name = f"bench {kind} CA"
-        ca = _certificate(ca_name, ca_key, ca_name, ca_key, role="ca")
-        leaf = _certificate("localhost", leaf_key, ca_name, ca_key, role="server")
-        client = _certificate("bench client", client_key, ca_name, ca_key, role="client")
-        files = {
-            f"{kind}-ca.pem": _pem(ca),
-            f"{kind}-chain.pem": _pem(leaf) + _pem(ca),
-            f"{kind}-leaf.key": _pem(leaf_key),
-            f"{kind}-client.pem": _pem(client),
-            f"{kind}-client.key": _pem(client_key),
-        }
-        for name, data in files.items():
-            (directory / name).write_bytes(data)
-
-
-# --------------------------------------------------------------------------- /proc accounting
-
-
-def process_cpu_seconds(pid: int, with_children: bool = False) -> float:
-    """utime + stime of ``pid`` (all its threads), plus its direct children's."""
-    pids = [pid]
-    if with_children:
-        with contextlib.suppress(OSError):
-            pids += [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    ticks = 0
-    for one in pids:
-        try:
-            fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        ticks += int(fields[11]) + int(fields[12])
-    return ticks / CLK_TCK
-
-
-def system_ticks() -> tuple[int, int]:
-    """(busy, total) jiffies over all CPUs from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = values[3] + values[4]
-    total = sum(values[:8])
-    return total - idle, total
-
-
-def children_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def cpu_pressure() -> str:
-    try:
-        return Path("/proc/pressure/cpu").read_text().splitlines()[0]
-    except OSError:
-        return "n/a"
-
-
-# --------------------------------------------------------------------------- processes
-
-
-class Managed:
-    """A child process in its own session, killed with its parent (setpriv
-    --pdeathsig); ``stop()`` is idempotent and kills the whole process group."""
-
-    def __init__(self, name: str, args: list[str], *, log: Path | None = None, pipes: bool = False) -> None:
-        self.name = name
-        prefix = ["setpriv", "--pdeathsig", "KILL", "--"] if shutil.which("setpriv") else []
-        self._log = open(log, "ab") if log else None
-        self.process = subprocess.Popen(
-            [*prefix, *args],
-            stdin=subprocess.PIPE if pipes else subprocess.DEVNULL,
-            stdout=subprocess.PIPE if pipes else (self._log or subprocess.DEVNULL),
-            stderr=self._log if self._log else None,
-            start_new_session=True,
-            text=pipes,
-        )
-        self.pid = self.process.pid
-        self._stopped = False
-
-    def running(self) -> bool:
-        return self.process.poll() is None
-
-    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 5.0) -> None:
-        if self._stopped:
-            return
-        self._stopped = True
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, sig)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.pid, signal.SIGKILL)
-            self.process.wait()
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGKILL)  # anything left in the group
-        for stream in (self.process.stdin, self.process.stdout):
-            if stream is not None:
-                with contextlib.suppress(OSError):
-                    stream.close()
-        if self._log:
-            self._log.close()
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind((HOST, 0))
-            sockets.append(sock)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def wait_until(check: Callable[[], bool], what: str, process: Managed, log: Path, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not process.running():
-            break
-        with contextlib.suppress(OSError):
-            if check():
-                return
-        time.sleep(0.05)
-    tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-    raise RuntimeError(f"{what} did not start (exit status {process.process.poll()}):\n{tail}")
-
-
-def can_connect(port: int) -> bool:
-    with socket.create_connection((HOST, port), timeout=0.5):
-        return True
-
-
-def bench_nginx_conf(workdir: Path, servers: str, connections: int = 4096) -> str:
-    """The benchmarks' nginx.conf around ``servers`` (``server`` blocks): full
-    handshakes only (no session cache, no tickets), no keep-alive, no access log."""
-    return f"""daemon off;
-worker_processes 2;
-worker_rlimit_nofile {connections + 64};
-pid {workdir}/nginx.pid;
-error_log {workdir}/error.log warn;
-events {{ worker_connections {connections}; }}
-http {{
-  access_log off;
-  client_body_temp_path {workdir}/client_body;
-  proxy_temp_path {workdir}/proxy;
-  fastcgi_temp_path {workdir}/fastcgi;
-  uwsgi_temp_path {workdir}/uwsgi;
-  scgi_temp_path {workdir}/scgi;
-  ssl_protocols TLSv1.2 TLSv1.3;
-  ssl_session_cache off;
-  ssl_session_tickets off;
-  keepalive_timeout 0;
-{servers}
-}}
-"""
-
-
-def start_nginx(workdir: Path, pki: Path, ports: dict[str, int]) -> Managed:
+def start_nginx_listeners(workdir: Path, pki: Path, ports: dict[str, int]) -> common.Managed:
+    """One listener per key kind, with and without ``ssl_verify_client on``."""
     servers = []
     for listener, port in ports.items():
         kind = listener.removeprefix("mtls-")
         verify = (
-            f"ssl_verify_client on; ssl_client_certificate {pki}/{kind}-ca.pem;" if listener.startswith("mtls") else ""
+            f"ssl_verify_client on; ssl_client_certificate {pki}/{kind}-ca.pem; " if listener.startswith("mtls") else ""
         )
-        servers.append(
-            f"  server {{ listen {HOST}:{port} ssl; ssl_certificate {pki}/{kind}-chain.pem; "
-            f'ssl_certificate_key {pki}/{kind}-leaf.key; {verify} return 200 "ok\\n"; }}'
-        )
-    config = workdir / "nginx.conf"
-    config.write_text(bench_nginx_conf(workdir, "\n".join(servers)))
-    log = workdir / "nginx.out"
-    nginx = Managed(
-        "nginx", ["nginx", "-p", str(workdir), "-c", str(config), "-e", str(workdir / "error.log")], log=log
-    )
-    wait_until(lambda: all(can_connect(p) for p in ports.values()), "nginx", nginx, workdir / "error.log")
-    return nginx
+        servers.append(common.nginx_server([port], pki / f"{kind}-chain.pem", pki / f"{kind}-leaf.key", verify))
+    return common.start_nginx(workdir, servers, lambda: all(can_connect(common.HOST, p) for p in ports.values()))
 
 
-def start_blackbox(workdir: Path, pki: Path, ports: dict[str, int], port: int) -> Managed:
-    lines = ["modules:"]
+def start_blackbox_modules(workdir: Path, pki: Path, port: int) -> common.Managed:
+    """One blackbox module per main variant (mTLS ones present the client certificate)."""
+    modules = []
     for variant in MAIN_VARIANTS:
-        tls = f"ca_file: {pki}/{variant.key_kind}-ca.pem"
+        kind, ca_file = variant.key_kind, pki / f"{variant.key_kind}-ca.pem"
         if variant.mtls:
-            tls += f", cert_file: {pki}/{variant.key_kind}-client.pem, key_file: {pki}/{variant.key_kind}-client.key"
-        lines.append(
-            f"  {variant.module}:\n    prober: tcp\n    timeout: 30s\n    tcp: {{tls: true, tls_config: {{{tls}}}}}"
-        )
-    config = workdir / "blackbox.yml"
-    config.write_text("\n".join(lines) + "\n")
-    log = workdir / "blackbox.log"
-    blackbox = Managed(
-        "blackbox",
-        [
-            "prometheus-blackbox-exporter",
-            f"--config.file={config}",
-            f"--web.listen-address={HOST}:{port}",
-            "--log.level=warn",
-        ],
-        log=log,
-    )
-
-    def healthy() -> bool:
-        with urllib.request.urlopen(f"http://{HOST}:{port}/-/healthy", timeout=1) as response:
-            return bool(response.status == 200)
-
-    wait_until(healthy, "blackbox_exporter", blackbox, log)
-    return blackbox
+            cert_file, key_file = pki / f"{kind}-client.pem", pki / f"{kind}-client.key"
+            modules.append(common.blackbox_module(variant.module, ca_file, cert_file=cert_file, key_file=key_file))
+        else:
+            modules.append(common.blackbox_module(variant.module, ca_file))
+    return common.start_blackbox(workdir, modules, port)
 
 
-class Worker(Managed):
+class Worker(common.Managed):
     """A client subprocess (``--worker certscope|bare``) driven over JSON lines."""
 
     def __init__(self, side: str, init: dict[str, Any]) -> None:
-        super().__init__(
-            f"worker-{side}", [sys.executable, str(Path(__file__).resolve()), "--worker", side], pipes=True
-        )
+        super().__init__(f"worker-{side}", common.module_command(THIS_MODULE, "--worker", side), pipes=True)
         self.side = side
         self._send(init)  # the reply is read by wait_ready(), so that workers start in parallel
 
@@ -487,12 +224,6 @@ class Worker(Managed):
 
 
 # --------------------------------------------------------------------------- worker side
-
-
-def _percentile(sorted_values: list[float], share: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * share))]
 
 
 class ClientWorker:
@@ -538,7 +269,7 @@ class ClientWorker:
                 cert_file=str(pki / f"{variant.key_kind}-client.pem"),
                 key_file=str(pki / f"{variant.key_kind}-client.key"),
             )
-        target = f"{HOST}:{port}"
+        target = f"{common.HOST}:{port}"
         settings = TlsSettings(
             targets=(target,),
             trust=TrustSettings(system=False, ca_files=(str(pki / f"{variant.key_kind}-ca.pem"),)),
@@ -581,8 +312,8 @@ class ClientWorker:
         def task() -> tuple[bool, str]:
             try:
                 with (
-                    socket.create_connection((HOST, port), timeout=PROBE_TIMEOUT) as sock,
-                    context.wrap_socket(sock, server_hostname=HOST) as tls,
+                    socket.create_connection((common.HOST, port), timeout=PROBE_TIMEOUT) as sock,
+                    context.wrap_socket(sock, server_hostname=common.HOST) as tls,
                 ):
                     der = tls.getpeercert(binary_form=True)
                     negotiated = f"{tls.version()} {(tls.cipher() or ('',))[0]}"
@@ -649,8 +380,8 @@ class ClientWorker:
             "failure_samples": dict(failures.most_common(3)),
             "wall_s": wall,
             "cpu_s": cpu,
-            "p50_ms": _percentile(latencies, 0.50) * 1e3,
-            "p99_ms": _percentile(latencies, 0.99) * 1e3,
+            "p50_ms": common.percentile(latencies, 0.50) * 1e3,
+            "p99_ms": common.percentile(latencies, 0.99) * 1e3,
         }
 
     def _cprofile(self, variant: str, seconds: float) -> dict[str, Any]:
@@ -668,7 +399,7 @@ class ClientWorker:
         total = sum(row[2] for row in stats.stats.values())  # type: ignore[attr-defined]
         rows = []
         for (filename, line, function), (_, _, tottime, cumtime, _) in stats.stats.items():  # type: ignore[attr-defined]
-            rows.append((f"{function} ({_short_path(filename)}:{line})", tottime, cumtime))
+            rows.append((f"{function} ({common.short_path(filename)}:{line})", tottime, cumtime))
         self_top = sorted(rows, key=lambda r: -r[1])[:15]
         incl_top = sorted(rows, key=lambda r: -r[2])[:25]
         return {
@@ -748,10 +479,10 @@ class Bench:
         self.pki = workdir / "pki"
         self.cells: list[Cell] = []
         self.rounds: list[dict[str, Any]] = []
-        self.processes: list[Managed] = []
+        self.processes: list[common.Managed] = []
         self.workers: dict[str, Worker] = {}
-        self.nginx: Managed | None = None
-        self.blackbox: Managed | None = None
+        self.nginx: common.Managed | None = None
+        self.blackbox: common.Managed | None = None
         self.blackbox_port = 0
         self.negotiated: dict[str, dict[str, str]] = {}
         self.wrk_script = workdir / "check.lua"
@@ -759,13 +490,12 @@ class Bench:
     # -- setup ---------------------------------------------------------------------
 
     def start(self) -> None:
-        self.pki.mkdir()
-        write_pki(self.pki)
-        *listener_ports, self.blackbox_port = free_ports(5)
+        common.write_tls_pki(self.pki)
+        *listener_ports, self.blackbox_port = common.free_ports(5)
         self.ports = dict(zip((v.listener for v in MAIN_VARIANTS), listener_ports, strict=True))
-        self.nginx = start_nginx(self._dir("nginx"), self.pki, self.ports)
+        self.nginx = start_nginx_listeners(self._dir("nginx"), self.pki, self.ports)
         self.processes.append(self.nginx)
-        self.blackbox = start_blackbox(self._dir("blackbox"), self.pki, self.ports, self.blackbox_port)
+        self.blackbox = start_blackbox_modules(self._dir("blackbox"), self.pki, self.blackbox_port)
         self.processes.append(self.blackbox)
         self.wrk_script.write_text(WRK_SCRIPT)
         init = {"op": "init", "pki": str(self.pki), "ports": self.ports}
@@ -817,14 +547,14 @@ class Bench:
 
     def _probe_url(self, variant: Variant) -> str:
         port = self.ports[variant.listener]
-        return f"http://{HOST}:{self.blackbox_port}/probe?module={variant.module}&target={HOST}:{port}"
+        return f"http://{common.HOST}:{self.blackbox_port}/probe?module={variant.module}&target={common.HOST}:{port}"
 
     # -- one cell ------------------------------------------------------------------
 
     def measure(self, side: str, variant: Variant, concurrency: int, seconds: float, repeat: int) -> Cell:
         assert self.nginx is not None and self.blackbox is not None
-        nginx0 = process_cpu_seconds(self.nginx.pid, with_children=True)
-        busy0, _ = system_ticks()
+        nginx0 = common.tree_cpu_seconds(self.nginx.pid)
+        busy0, _ = common.system_ticks()
         if side == "blackbox":
             cell = self._measure_blackbox(variant, concurrency, seconds, repeat)
         else:
@@ -832,10 +562,10 @@ class Bench:
                 {"op": "run", "variant": variant.name, "concurrency": concurrency, "seconds": seconds}
             )
             cell = self._cell(side, variant.name, concurrency, repeat, reply)
-        busy1, _ = system_ticks()
-        cell.nginx_cpu_s = process_cpu_seconds(self.nginx.pid, with_children=True) - nginx0
+        busy1, _ = common.system_ticks()
+        cell.nginx_cpu_s = common.tree_cpu_seconds(self.nginx.pid) - nginx0
         ours = cell.client_cpu_s + cell.nginx_cpu_s + cell.loadgen_cpu_s
-        cell.other_cores = max(0.0, ((busy1 - busy0) / CLK_TCK - ours) / cell.wall_s) if cell.wall_s else 0.0
+        cell.other_cores = max(0.0, ((busy1 - busy0) / common.CLK_TCK - ours) / cell.wall_s) if cell.wall_s else 0.0
         self.cells.append(cell)
         mark = "" if cell.valid else f"  INVALID: {cell.failures} failures {cell.failure_samples}"
         print(
@@ -878,11 +608,11 @@ class Bench:
             str(self.wrk_script),
             self._probe_url(variant),
         ]
-        loadgen0 = children_cpu_seconds()
-        blackbox0 = process_cpu_seconds(self.blackbox.pid)
+        loadgen0 = common.children_cpu_seconds()
+        blackbox0 = common.tree_cpu_seconds(self.blackbox.pid)
         output = subprocess.run(command, capture_output=True, text=True, check=False, timeout=duration + 60).stdout
-        blackbox1 = process_cpu_seconds(self.blackbox.pid)
-        loadgen = children_cpu_seconds() - loadgen0
+        blackbox1 = common.tree_cpu_seconds(self.blackbox.pid)
+        loadgen = common.children_cpu_seconds() - loadgen0
         result = next((line for line in output.splitlines() if line.startswith("RESULT ")), None)
         if result is None:
             raise RuntimeError(f"wrk gave no result:\n{output}")
@@ -908,11 +638,11 @@ class Bench:
 
     def endpoint_round(self, variant: Variant, repeat: int) -> dict[str, Any]:
         assert self.nginx is not None
-        nginx0 = process_cpu_seconds(self.nginx.pid, with_children=True)
+        nginx0 = common.tree_cpu_seconds(self.nginx.pid)
         reply = self.workers["certscope"].call(
             {"op": "round", "variant": variant.name, "concurrency": ROUND_CONCURRENCY, "count": ENDPOINT_ROUND}
         )
-        nginx_cpu = process_cpu_seconds(self.nginx.pid, with_children=True) - nginx0
+        nginx_cpu = common.tree_cpu_seconds(self.nginx.pid) - nginx0
         row = {
             "variant": variant.name,
             "repeat": repeat,
@@ -937,39 +667,14 @@ class Bench:
 
     def profile(self, seconds: float) -> dict[str, Any]:
         worker = self.workers["certscope"]
-        pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         command = {"op": "run", "variant": "ec", "concurrency": PROFILE_CONCURRENCY, "seconds": seconds}
-        if not os.access(pyspy, os.X_OK):
+        if common.pyspy_executable() is None:
             print("  py-spy not found: cProfile of a sequential run instead", flush=True)
             return worker.call({"op": "cprofile", "variant": "ec", "seconds": seconds})
-        raw = self.args.out / "tls_probe.pyspy.txt"
-        spy = Managed(
-            "py-spy",
-            [
-                pyspy,
-                "record",
-                "--pid",
-                str(worker.pid),
-                "--rate",
-                "250",
-                "--nonblocking",  # in blocking mode py-spy 0.4 counts idle pool threads as busy
-                "--format",
-                "raw",
-                "--output",
-                str(raw),
-            ],
-            log=self.workdir / "py-spy.log",
-        )
-        self.processes.append(spy)
-        time.sleep(1.0)  # attach
-        reply = worker.call(command)
-        time.sleep(0.2)
-        spy.stop(signal.SIGINT, timeout=20)  # py-spy writes its output on SIGINT
-        if not raw.exists():
-            log = (self.workdir / "py-spy.log").read_text(errors="replace")[-1500:]
-            print(f"  py-spy wrote nothing:\n{log}", flush=True)
-            return {"tool": "py-spy", "error": log}
-        summary = summarize_pyspy(raw.read_text())
+        raw, log = self.args.out / "tls_probe.pyspy.txt", self.workdir / "py-spy.log"
+        with common.pyspy_recording(worker.pid, raw, log):
+            reply = worker.call(command)
+        summary = common.read_pyspy(raw, log, PLUMBING)
         summary.update(
             {
                 "tool": "py-spy record --rate 250 --nonblocking (attached; idle threads excluded)",
@@ -984,72 +689,20 @@ class Bench:
         return summary
 
 
-def _short_path(path: str) -> str:
-    with contextlib.suppress(ValueError):
-        return str(Path(path).resolve().relative_to(REPO_ROOT))
-    parts = Path(path).parts
-    if "site-packages" in parts:
-        return "/".join(parts[parts.index("site-packages") + 1 :])
-    return Path(path).name
-
-
-# Frames every sample of a pool thread passes through: left out of the printed
-# inclusive list (kept in the JSON).
-_PLUMBING = frozenset(
-    {
-        "Thread._bootstrap",
-        "Thread._bootstrap_inner",
-        "Thread.run",
-        "_worker",
-        "_WorkItem.run",
-        "ClientWorker.run.<locals>.timed",
-        "ClientWorker._certscope_task.<locals>.task",
-        "ClientWorker.run",
-        "worker_main",
-        "main",
-        "<module>",
-    }
+# The worker's own frames every sample of a probe passes through.
+PLUMBING = (
+    "ClientWorker.run.<locals>.timed",
+    "ClientWorker._certscope_task.<locals>.task",
+    "ClientWorker.run",
+    "worker_main",
 )
-
-
-def summarize_pyspy(raw: str) -> dict[str, Any]:
-    """Self and inclusive shares per function from py-spy's collapsed stacks
-    (``frame;frame;... count``, each frame ``function (file:line)``).  Shares are of
-    all samples of busy threads, i.e. of the client's CPU time."""
-    own: Counter[str] = Counter()
-    inclusive: Counter[str] = Counter()
-    total = 0
-    for line in raw.splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
-        total += count
-        frames = []
-        for frame in stack.split(";"):
-            name, _, where = frame.partition(" (")
-            filename = where.rsplit(":", 1)[0].rstrip(")")
-            frames.append(f"{name} ({_short_path(filename)})" if filename else name)
-        own[frames[-1]] += count
-        for frame in set(frames):
-            inclusive[frame] += count
-    if not total:
-        return {"samples": 0, "self": [], "inclusive": [], "inclusive_all": []}
-    ranked = inclusive.most_common()
-    return {
-        "samples": total,
-        "self": [(name, n / total) for name, n in own.most_common(20)],
-        "inclusive": [(name, n / total) for name, n in ranked if name.split(" (")[0] not in _PLUMBING][:40],
-        "inclusive_all": [(name, n / total) for name, n in ranked[:60]],
-    }
 
 
 # --------------------------------------------------------------------------- report
 
 
 def median_of(cells: list[Cell], attribute: str) -> float:
-    values = [getattr(c, attribute) for c in cells if c.valid]
-    return statistics.median(values) if values else float("nan")
+    return common.median(getattr(c, attribute) for c in cells if c.valid)
 
 
 def summarize(cells: list[Cell]) -> list[dict[str, Any]]:
@@ -1122,20 +775,18 @@ def round_summary(rounds: list[dict[str, Any]], rows: list[dict[str, Any]]) -> l
             None,
         )
         goal = GOAL_ROUND_SECONDS.get(listener)
-        median = statistics.median(seconds) if seconds else float("nan")
+        median_s = common.median(seconds)
         out.append(
             {
                 "variant": name,
-                "median_s": median,
+                "median_s": median_s,
                 "range_s": [min(seconds), max(seconds)] if seconds else None,
-                "client_cpu_ms_per_probe": statistics.median(r["client_cpu_ms_per_probe"] for r in valid)
-                if valid
-                else float("nan"),
+                "client_cpu_ms_per_probe": common.median(r["client_cpu_ms_per_probe"] for r in valid),
                 "runs": len(group),
                 "invalid_runs": len(group) - len(valid),
                 "blackbox_equivalent_s": ENDPOINT_ROUND / blackbox["probes_per_s"] if blackbox else None,
                 "goal_s": goal,
-                "goal_met": bool(median <= goal) if goal and seconds else None,
+                "goal_met": bool(median_s <= goal) if goal and seconds else None,
             }
         )
     return out
@@ -1158,48 +809,6 @@ def goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _command_output(command: list[str]) -> str:
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"unavailable ({exc})"
-    return (result.stdout + result.stderr).strip().splitlines()[0] if (result.stdout + result.stderr).strip() else ""
-
-
-def machine() -> dict[str, Any]:
-    cpu_model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    from cryptography.hazmat.backends.openssl.backend import backend
-
-    commit = _command_output(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"])
-    dirty = _command_output(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--", "probes", "exporter"])
-    return {
-        "certscope_commit": commit + (" (probes/ or exporter/ modified)" if dirty else ""),
-        "nproc": os.cpu_count(),
-        "cpu_model": cpu_model,
-        "kernel": platform.release(),
-        "debian": Path("/etc/debian_version").read_text().strip() if Path("/etc/debian_version").exists() else "",
-        "python": platform.python_version(),
-        "python_ssl": ssl.OPENSSL_VERSION,
-        "cryptography": cryptography.__version__,
-        "cryptography_openssl": backend.openssl_version_text(),
-        "nginx": _command_output(["nginx", "-v"]),
-        "blackbox_exporter": _command_output(["prometheus-blackbox-exporter", "--version"]),
-        "wrk": _command_output(["wrk", "-v"]),
-        "py_spy": _command_output([shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"), "-V"]),
-    }
-
-
-def noise() -> dict[str, Any]:
-    return {"loadavg": Path("/proc/loadavg").read_text().strip(), "cpu_pressure": cpu_pressure()}
-
-
 # --------------------------------------------------------------------------- main
 
 
@@ -1209,25 +818,11 @@ def _interleaved(repeat: int) -> tuple[str, ...]:
     return SIDES[shift:] + SIDES[:shift]
 
 
-@contextlib.contextmanager
-def terminate_on_sigterm() -> Iterator[None]:
-    def raise_exit(signum: int, frame: Any) -> None:
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, raise_exit)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     seconds: float = args.seconds
     repeats: int = args.repeats
     concurrencies = QUICK_CONCURRENCIES if args.quick else CONCURRENCIES
     print(f"TLS probe benchmark: {seconds} s per run, {repeats} repetitions, concurrency {concurrencies}", flush=True)
-    started = time.monotonic()
-    noise_start = noise()
     workdir = Path(tempfile.mkdtemp(prefix="certscope-tls-bench-"))
     bench = Bench(args, workdir)
     try:
@@ -1263,8 +858,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(workdir, ignore_errors=True)
     rows = summarize(bench.cells)
     return {
-        "generated": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "command": " ".join(sys.argv),
         "settings": {
             "seconds": seconds,
             "blackbox_seconds": max(1, round(seconds)),
@@ -1272,9 +865,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "concurrencies": concurrencies,
             "quick": args.quick,
         },
-        "machine": machine(),
-        "noise": {"start": noise_start, "end": noise()},
-        "elapsed_s": time.monotonic() - started,
         "negotiated": bench.negotiated,
         "summary": rows,
         "goals_at_64": goals(rows),
@@ -1308,43 +898,14 @@ def report(result: dict[str, Any]) -> None:
     profile = result["profile"]
     if profile.get("self"):
         print(f"Profile ({profile['tool']}, {profile.get('samples', profile.get('probes'))} samples):")
-        print("  inclusive (thread and pool plumbing left out):")
-        for name, share in profile["inclusive"][:25]:
-            print(f"    {share * 100:5.1f}%  {name}")
-        print("  self:")
-        for name, share in profile["self"][:15]:
-            print(f"    {share * 100:5.1f}%  {name}")
-    print(f"elapsed {result['elapsed_s']:.0f} s; noise start {result['noise']['start']}, end {result['noise']['end']}")
-
-
-def run_with_peers(
-    args: argparse.Namespace, run: Callable[[argparse.Namespace], dict[str, Any]], name: str
-) -> dict[str, Any] | None:
-    """Run a benchmark that needs nginx, blackbox_exporter and wrk, and write
-    ``<out>/<name>.json``; None (after saying what to install) when one is missing."""
-    missing = [tool for tool in ("nginx", "prometheus-blackbox-exporter", "wrk") if not shutil.which(tool)]
-    if missing:
-        print(
-            f"missing: {', '.join(missing)} (apt-get install -y --no-install-recommends "
-            "nginx prometheus-blackbox-exporter wrk)",
-            file=sys.stderr,
-        )
-        return None
-    args.out.mkdir(parents=True, exist_ok=True)
-    with terminate_on_sigterm():
-        result = run(args)
-    (args.out / f"{name}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    return result
+        common.print_profile(profile)
+    print(common.elapsed_and_noise(result))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--quick", action="store_true", help="a smoke test: concurrency 1 and 64, 0.5 s per run, 1 repetition"
-    )
+    parser = common.argument_parser(__doc__, "a smoke test: concurrency 1 and 64, 0.5 s per run, 1 repetition")
     parser.add_argument("--seconds", type=float, default=None, help="seconds per run (default 2, quick 0.5)")
     parser.add_argument("--repeats", type=int, default=None, help="interleaved repetitions (default 3, quick 1)")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "out")
     parser.add_argument("--worker", choices=("certscope", "bare"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -1352,12 +913,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args.seconds = args.seconds if args.seconds is not None else (0.5 if args.quick else 2.0)
     args.repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
-    result = run_with_peers(args, run, "tls_probe")
-    if result is None:
+    if not common.require_tools(*common.PEER_TOOLS):
         return 2
+    results = common.Results("tls_probe", args.out, tools=("nginx", "blackbox_exporter", "wrk", "py_spy"))
+    with common.sigterm_exits():
+        result = results.write(run(args))
     report(result)
     invalid = sum(1 for c in result["cells"] if not c["valid"])
-    print(f"wrote {args.out / 'tls_probe.json'}" + (f"; {invalid} invalid runs (failures)" if invalid else ""))
+    if invalid:
+        print(f"{invalid} invalid runs (failures)")
     return 1 if invalid else 0
 
 

@@ -5,7 +5,8 @@ Setup, once per run:
 
 PKI
     An ECDSA P-256 CA and one ECDSA P-256 leaf per endpoint, each with its own key
-    (SANs ``DNS:t<i>.tls-scale.test`` and ``IP:127.0.0.1``); every endpoint serves leaf + CA.
+    (SANs ``DNS:t<i>.tls-scale.test`` and ``IP:127.0.0.1``), issued with the tests'
+    ``tests.pki.issue``; every endpoint serves leaf + CA.
     A fleet of N endpoints is N distinct certificates, so certscope's per-chain caches
     (``probes.tls._ChainMemo``: facts by DER, verdicts by (chain, name)) start empty for
     every target of a first round.  ``--shared-cert`` serves one certificate from every
@@ -60,7 +61,7 @@ Profile (full runs, unless ``--no-profile``): one more certscope child at the la
 
 Usage::
 
-    python bench/tls_scale.py [--sizes 100,1000,5000] [--repeats 3] [--concurrency 64]
+    python -m bench.tls_scale [--sizes 100,1000,5000] [--repeats 3] [--concurrency 64]
                               [--shared-cert] [--no-profile] [--out bench/out] [--quick]
 
 ``--quick`` (the smoke test, under 10 s): sizes 20 and 60, one repetition, no profile.
@@ -84,39 +85,22 @@ import resource
 import shutil
 import signal
 import socket
-import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+from bench import common
+from tests.pki import DAY, NOW, issue
 
-from bench.files_scan import GcTimer  # noqa: E402
-from bench.tls_probe import (  # noqa: E402
-    CLK_TCK,
-    Managed,
-    bench_nginx_conf,
-    cpu_pressure,
-    machine,
-    run_with_peers,
-    summarize_pyspy,
-)
+THIS_MODULE = "bench.tls_scale"
 
-HOST = "127.0.0.1"
 DEFAULT_SIZES = (100, 1000, 5000)
 QUICK_SIZES = (20, 60)
 DEFAULT_CONCURRENCY = 64
@@ -133,7 +117,9 @@ GOAL_ENDPOINTS = 1000
 GOAL_ROUND_SECONDS = 0.8
 GOAL_LINEARITY = 1.2
 
-WRK_SCRIPT = r"""
+WRK_SCRIPT = (
+    common.WRK_COUNT_PROBE
+    + r"""
 -- Each target once: delay() holds back every request beyond the list, request() hands
 -- out the next target, response() counts; the last answer stops the thread and prints
 -- DONE (wrk itself would wait for its whole -d).
@@ -150,8 +136,7 @@ local function now()
 end
 
 local paths = {}
-local issued, sent, ok, bad, first = 0, 0, 0, 0, 0
-local sample = ""
+local issued, sent, first = 0, 0, 0
 
 function init(args)
   for line in io.lines(args[1]) do paths[#paths + 1] = line end
@@ -172,12 +157,7 @@ function request()
 end
 
 function response(status, headers, body)
-  if status == 200 and body ~= nil and string.find(body, "\nprobe_success 1\n", 1, true) then
-    ok = ok + 1
-  else
-    bad = bad + 1
-    if sample == "" then sample = tostring(status) .. " " .. string.sub(body or "", 1, 300) end
-  end
+  count_probe(status, body)
   if ok + bad == #paths then
     io.write(string.format("DONE ok=%d bad=%d first=%.6f last=%.6f\n", ok, bad, first, now()))
     if sample ~= "" then io.write("SAMPLE " .. (string.gsub(sample, "\n", " | ")) .. "\n") end
@@ -186,153 +166,28 @@ function response(status, headers, body)
   end
 end
 """
+)
 
 
 # --------------------------------------------------------------------------- PKI
 
 
-def _name(common_name: str) -> x509.Name:
-    return x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "certscope bench"),
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-        ]
-    )
-
-
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
 def write_pki(directory: Path, count: int) -> None:
     """``ca.pem``; ``leaf-<i>.pem`` (leaf + CA) and ``leaf-<i>.key`` for i < count, every
     leaf with its own key (a fleet does not share keys, and key reuse is a finding of its own)."""
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = _name("tls-scale bench CA")
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=3650))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    ca_pem = ca.public_bytes(serialization.Encoding.PEM)
-    (directory / "ca.pem").write_bytes(ca_pem)
-    authority = x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key())
-    usage = x509.KeyUsage(True, False, False, False, False, False, False, False, False)
-    server_auth = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH])
-    loopback = x509.IPAddress(ipaddress.ip_address(HOST))
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = issue("tls-scale bench CA", ca=True, not_after=NOW + 3650 * DAY)
+    (directory / "ca.pem").write_bytes(ca.pem)
+    loopback = x509.IPAddress(ipaddress.ip_address(common.HOST))
     for index in range(count):
-        key = ec.generate_private_key(ec.SECP256R1())
         name = f"t{index}.tls-scale.test"
-        leaf = (
-            x509.CertificateBuilder()
-            .subject_name(_name(name))
-            .issuer_name(ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=1))
-            .not_valid_after(now + dt.timedelta(days=30 + index % 60))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(usage, critical=True)
-            .add_extension(server_auth, critical=False)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .add_extension(authority, critical=False)
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name), loopback]), critical=False)
-            .sign(ca_key, hashes.SHA256())
-        )
-        (directory / f"leaf-{index}.pem").write_bytes(leaf.public_bytes(serialization.Encoding.PEM) + ca_pem)
-        (directory / f"leaf-{index}.key").write_bytes(_pem_key(key))
+        sans = x509.SubjectAlternativeName([x509.DNSName(name), loopback])
+        leaf = issue(name, ca, not_after=NOW + (30 + index % 60) * DAY, extra_extensions=(sans,))
+        (directory / f"leaf-{index}.pem").write_bytes(leaf.pem + ca.pem)
+        (directory / f"leaf-{index}.key").write_bytes(leaf.key_pem)
 
 
 # --------------------------------------------------------------------------- processes
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` and all its descendants (nginx: unshare -> master -> workers)."""
-    ticks = 0
-    pending = [pid]
-    while pending:
-        one = pending.pop()
-        try:
-            fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
-            tasks = list(Path(f"/proc/{one}/task").iterdir())
-        except OSError:
-            continue
-        ticks += int(fields[11]) + int(fields[12])
-        for task in tasks:
-            with contextlib.suppress(OSError):
-                pending += [int(child) for child in (task / "children").read_text().split()]
-    return ticks / CLK_TCK
-
-
-def _pid_namespace_works() -> bool:
-    """Whether ``unshare --pid`` may be used (root, or user namespaces allowed)."""
-    if not shutil.which("unshare"):
-        return False
-    try:
-        done = subprocess.run(
-            ["unshare", "--pid", "--fork", "--kill-child", "--", "true"], capture_output=True, timeout=10, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return done.returncode == 0
-
-
-class Server:
-    """nginx with inherited listening sockets: ``Managed`` cannot pass file descriptors.
-
-    Same contract: its own session under ``setpriv --pdeathsig KILL``; ``stop()`` is
-    idempotent and kills the whole process group.  When possible it also runs in a PID
-    namespace whose init is the nginx master: if this script dies by SIGKILL, pdeathsig
-    kills unshare, ``--kill-child`` kills the master, and the kernel kills every process
-    left in the namespace (the workers, which pdeathsig alone would orphan)."""
-
-    def __init__(self, args: list[str], *, fds: Sequence[int], env: Mapping[str, str], log: Path) -> None:
-        prefix = ["setpriv", "--pdeathsig", "KILL", "--"] if shutil.which("setpriv") else []
-        self.isolated = _pid_namespace_works()
-        if self.isolated:
-            prefix += ["unshare", "--pid", "--fork", "--kill-child", "--"]
-        self._log = open(log, "ab")
-        self.process = subprocess.Popen(
-            [*prefix, *args],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=self._log,
-            pass_fds=tuple(fds),
-            env=dict(env),
-            start_new_session=True,
-        )
-        self.pid = self.process.pid
-        self._stopped = False
-
-    def running(self) -> bool:
-        return self.process.poll() is None
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self._stopped:
-            return
-        self._stopped = True
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGKILL)  # workers still closing, anything left in the group
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout)
-        self._log.close()
 
 
 def bind_listeners(count: int) -> list[socket.socket]:
@@ -341,7 +196,7 @@ def bind_listeners(count: int) -> list[socket.socket]:
     try:
         for _ in range(count):
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((HOST, 0))
+            sock.bind((common.HOST, 0))
             sock.listen(511)  # nginx's default backlog
             # nginx sets O_NONBLOCK only on sockets it opens itself; on a blocking one, the
             # worker that loses the race for a connection blocks in accept() and stalls
@@ -368,120 +223,31 @@ def raise_file_limit(needed: int) -> None:
         raise SystemExit(f"need {needed} open files (one per listener, plus connections); the limit is {soft}")
 
 
-def nginx_config(workdir: Path, pki: Path, ports: Sequence[int], shared_cert: bool, concurrency: int) -> str:
+def start_nginx_fleet(
+    workdir: Path, pki: Path, sockets: list[socket.socket], shared_cert: bool, concurrency: int
+) -> common.Managed:
+    """nginx on the inherited ``sockets``, one certificate per listener (or one for all)."""
+    ports = [s.getsockname()[1] for s in sockets]
     if shared_cert:
-        listens = "\n".join(f"    listen {HOST}:{port} ssl;" for port in ports)
-        servers = (
-            f"  server {{\n{listens}\n    ssl_certificate {pki}/leaf-0.pem; ssl_certificate_key {pki}/leaf-0.key;\n"
-            '    return 200 "ok\\n";\n  }'
-        )
+        servers = [common.nginx_server(ports, pki / "leaf-0.pem", pki / "leaf-0.key")]
     else:
-        servers = "\n".join(
-            f"  server {{ listen {HOST}:{port} ssl; ssl_certificate {pki}/leaf-{index}.pem; "
-            f'ssl_certificate_key {pki}/leaf-{index}.key; return 200 "ok\\n"; }}'
-            for index, port in enumerate(ports)
-        )
+        servers = [
+            common.nginx_server([port], pki / f"leaf-{i}.pem", pki / f"leaf-{i}.key") for i, port in enumerate(ports)
+        ]
     # Every listening socket takes a connection slot (and a descriptor) in each worker.
     connections = len(ports) + 4 * concurrency + 1024
-    return bench_nginx_conf(workdir, servers, connections)
 
-
-def handshake_ok(port: int, ca_file: Path) -> bool:
-    import ssl
-
-    context = ssl.create_default_context(cafile=str(ca_file))
-    try:
-        with (
-            socket.create_connection((HOST, port), timeout=2) as sock,
-            context.wrap_socket(sock, server_hostname=HOST) as tls,
-        ):
-            return bool(tls.getpeercert(binary_form=True))
-    except (OSError, ValueError):
-        return False
-
-
-def start_nginx(workdir: Path, pki: Path, sockets: list[socket.socket], shared_cert: bool, concurrency: int) -> Server:
-    ports = [s.getsockname()[1] for s in sockets]
-    config = workdir / "nginx.conf"
-    config.write_text(nginx_config(workdir, pki, ports, shared_cert, concurrency))
-    fds = [s.fileno() for s in sockets]
-    # nginx adopts listening sockets named in NGINX ("fd;fd;...;") instead of binding.
-    env = {**os.environ, "NGINX": "".join(f"{fd};" for fd in fds)}
-    log = workdir / "nginx.out"
-    nginx = Server(
-        ["nginx", "-p", str(workdir), "-c", str(config), "-e", str(workdir / "error.log")], fds=fds, env=env, log=log
-    )
-    deadline = time.monotonic() + 120  # loading 5,000 certificates takes a few seconds
-    while time.monotonic() < deadline and nginx.running():
+    def ready() -> bool:
         # The sockets accept in the kernel before any worker runs: wait for real handshakes
         # on the first and the last listener (the workers are forked after every certificate
         # is loaded).
-        if handshake_ok(ports[-1], pki / "ca.pem") and handshake_ok(ports[0], pki / "ca.pem"):
-            return nginx
-        time.sleep(0.1)
-    tail = "".join(p.read_text(errors="replace")[-1500:] for p in (log, workdir / "error.log") if p.exists())
-    nginx.stop()
-    raise RuntimeError(f"nginx did not start (exit status {nginx.process.poll()}):\n{tail}")
+        return common.handshake_ok(ports[-1], pki / "ca.pem") and common.handshake_ok(ports[0], pki / "ca.pem")
 
-
-def start_blackbox(workdir: Path, pki: Path, port: int) -> Managed:
-    config = workdir / "blackbox.yml"
-    config.write_text(
-        f"modules:\n  {MODULE}:\n    prober: tcp\n    timeout: {PROBE_TIMEOUT}\n"
-        f"    tcp: {{tls: true, tls_config: {{ca_file: {pki}/ca.pem}}}}\n"
-    )
-    log = workdir / "blackbox.log"
-    blackbox = Managed(
-        "blackbox",
-        [
-            "prometheus-blackbox-exporter",
-            f"--config.file={config}",
-            f"--web.listen-address={HOST}:{port}",
-            "--log.level=warn",
-        ],
-        log=log,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and blackbox.running():
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(f"http://{HOST}:{port}/-/healthy", timeout=1) as response:
-                if response.status == 200:
-                    return blackbox
-        time.sleep(0.05)
-    blackbox.stop()
-    raise RuntimeError(f"blackbox_exporter did not start:\n{log.read_text(errors='replace')[-1500:]}")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
+    # Loading 5,000 certificates takes a few seconds.
+    return common.start_nginx(workdir, servers, ready, connections=connections, sockets=sockets, timeout=120)
 
 
 # --------------------------------------------------------------------------- certscope child
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def _reset_peak_rss() -> bool:
-    """Reset VmHWM to the current RSS (Linux 4.0+), so the peak is the measured work's."""
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5\n")
-    except OSError:
-        return False
-    return True
-
-
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 @dataclass(frozen=True)
@@ -570,8 +336,8 @@ def child_main(config_path: str, expected_targets: int, hold: bool) -> None:
     app = WebApp(store, scheduler.ready, lambda: None)
     round_timeout = 120.0 + expected_targets * 0.2
     gc.collect()
-    hwm_reset = _reset_peak_rss()
-    baseline_kib = _status_kib("VmRSS")
+    hwm_reset = common.reset_peak_rss()
+    baseline_kib = common.status_value("VmRSS")
     if hold:  # a profiler attaches now
         out.write(json.dumps({"ready": os.getpid()}) + "\n")
         out.flush()
@@ -586,8 +352,8 @@ def child_main(config_path: str, expected_targets: int, hold: bool) -> None:
     }
     held: Any = None
     for number in (1, 2):
-        with GcTimer() as gc_timer:
-            cpu_before = _cpu_seconds()
+        with common.GcTimer() as gc_timer:
+            cpu_before = common.self_cpu_seconds()
             if number == 1:
                 # The daemon's path: the probe is built from the config through the kind
                 # registry, the target pool sized by global.concurrency, and the APScheduler
@@ -601,7 +367,7 @@ def child_main(config_path: str, expected_targets: int, hold: bool) -> None:
                     raise RuntimeError("exporter.scheduler.Scheduler has no _aps: update bench/tls_scale.py")
                 aps.modify_job(probe_config.name, next_run_time=dt.datetime.now(dt.UTC))
             published = store.wait_rounds(number, round_timeout)
-            cpu = _cpu_seconds() - cpu_before
+            cpu = common.self_cpu_seconds() - cpu_before
         state = store.snapshot().probes[probe_config.name]
         results = [ts for _, ts in sorted(state.targets.items())]
         failures = [
@@ -611,8 +377,8 @@ def child_main(config_path: str, expected_targets: int, hold: bool) -> None:
         ]
         chains = [len(ts.certificates) for ts in results]
         leaves = {ts.certificates[0].cert.fingerprint_sha256 for ts in results if ts.certificates}
-        peak_kib = _status_kib("VmHWM")
-        rss_kib = _status_kib("VmRSS")
+        peak_kib = common.status_value("VmHWM")
+        rss_kib = common.status_value("VmRSS")
         round_figures: dict[str, Any] = {
             "seconds": published.round_duration + published.publish_seconds,
             "scheduler_seconds": published.round_duration,
@@ -650,7 +416,7 @@ def child_main(config_path: str, expected_targets: int, hold: bool) -> None:
                 "metrics_bytes": len(body),
                 "metrics_gzip_bytes": len(zipped),
                 "series": sum(1 for line in body.splitlines() if line and not line.startswith(b"#")),
-                "peak_rss_after_render_kib": _status_kib("VmHWM"),
+                "peak_rss_after_render_kib": common.status_value("VmHWM"),
             }
         )
         del body, again, zipped
@@ -673,7 +439,7 @@ def write_config(path: Path, ports: Sequence[int], ca_file: Path, concurrency: i
                 "name": PROBE_NAME,
                 "kind": "tls",
                 "interval": PROBE_INTERVAL,
-                "targets": [f"{HOST}:{port}" for port in ports],
+                "targets": [f"{common.HOST}:{port}" for port in ports],
             }
         ],
     }
@@ -691,17 +457,16 @@ class Bench:
         self.sizes: tuple[int, ...] = args.sizes
         self.concurrency: int = args.concurrency
         self.ports: list[int] = []
-        self.nginx: Server | None = None
-        self.blackbox: Managed | None = None
+        self.nginx: common.Managed | None = None
+        self.blackbox: common.Managed | None = None
         self.blackbox_port = 0
-        self.processes: list[Managed] = []
+        self.processes: list[common.Managed] = []
         self.runs: list[dict[str, Any]] = []
         self.setup: dict[str, Any] = {}
 
     def start(self) -> None:
         largest = max(self.sizes)
         raise_file_limit(largest + 4 * self.concurrency + 1024)
-        self.pki.mkdir()
         started = time.perf_counter()
         write_pki(self.pki, 1 if self.args.shared_cert else largest)
         self.setup["pki_seconds"] = time.perf_counter() - started
@@ -711,7 +476,7 @@ class Bench:
         try:
             self.ports = [s.getsockname()[1] for s in sockets]
             started = time.perf_counter()
-            self.nginx = start_nginx(nginx_dir, self.pki, sockets, self.args.shared_cert, self.concurrency)
+            self.nginx = start_nginx_fleet(nginx_dir, self.pki, sockets, self.args.shared_cert, self.concurrency)
             self.setup["nginx_start_seconds"] = time.perf_counter() - started
         finally:
             for sock in sockets:  # nginx holds its own copies
@@ -719,15 +484,16 @@ class Bench:
         self.setup["nginx_pid_namespace"] = self.nginx.isolated
         self.setup["listeners"] = largest
         self.setup["distinct_certificates"] = 1 if self.args.shared_cert else largest
-        self.blackbox_port = free_port()
-        self.blackbox = start_blackbox(self.workdir, self.pki, self.blackbox_port)
+        (self.blackbox_port,) = common.free_ports(1)
+        module = common.blackbox_module(MODULE, self.pki / "ca.pem", timeout=PROBE_TIMEOUT)
+        self.blackbox = common.start_blackbox(self.workdir, [module], self.blackbox_port)
         self.processes.append(self.blackbox)
         for size in self.sizes:
             write_config(
                 self.workdir / f"certscope-{size}.yaml", self.ports[:size], self.pki / "ca.pem", self.concurrency
             )
             (self.workdir / f"targets-{size}.txt").write_text(
-                "".join(f"/probe?module={MODULE}&target={HOST}:{port}\n" for port in self.ports[:size])
+                "".join(f"/probe?module={MODULE}&target={common.HOST}:{port}\n" for port in self.ports[:size])
             )
         (self.workdir / "count.lua").write_text(WRK_SCRIPT)
 
@@ -739,14 +505,16 @@ class Bench:
 
     # -- certscope -----------------------------------------------------------------
 
-    def _child(self, size: int, label: str, hold: bool) -> Managed:
-        args = [sys.executable, str(Path(__file__).resolve()), "--child", str(self.workdir / f"certscope-{size}.yaml")]
-        args += ["--child-targets", str(size)] + (["--hold"] if hold else [])
-        child = Managed(f"certscope-{label}", args, log=self.workdir / f"certscope-{label}.log", pipes=True)
+    def _child(self, size: int, label: str, hold: bool) -> common.Managed:
+        config = str(self.workdir / f"certscope-{size}.yaml")
+        args = common.module_command(
+            THIS_MODULE, "--child", config, "--child-targets", str(size), *(["--hold"] if hold else [])
+        )
+        child = common.Managed(f"certscope-{label}", args, log=self.workdir / f"certscope-{label}.log", pipes=True)
         self.processes.append(child)
         return child
 
-    def _child_reply(self, child: Managed) -> dict[str, Any]:
+    def _child_reply(self, child: common.Managed) -> dict[str, Any]:
         assert child.process.stdout is not None
         line = child.process.stdout.readline()
         if not line:
@@ -759,13 +527,13 @@ class Bench:
     def certscope(self, size: int, repeat: int) -> dict[str, Any]:
         assert self.nginx is not None
         load = os.getloadavg()[0]
-        nginx_before = tree_cpu_seconds(self.nginx.pid)
+        nginx_before = common.tree_cpu_seconds(self.nginx.pid)
         child = self._child(size, f"{size}-r{repeat}", hold=False)
         try:
             figures = self._child_reply(child)["result"]
         finally:
             child.stop()
-        nginx_cpu = tree_cpu_seconds(self.nginx.pid) - nginx_before
+        nginx_cpu = common.tree_cpu_seconds(self.nginx.pid) - nginx_before
         check_certscope(figures, size, 1 if self.args.shared_cert else size)
         run = {
             "side": "certscope",
@@ -796,12 +564,12 @@ class Bench:
         load = os.getloadavg()[0]
         bound = int(60 + size / 20)  # wrk's -d: an upper bound only, the Lua hook ends the run
         command = ["wrk", "-t1", f"-c{min(self.concurrency, size)}", f"-d{bound}s", "--timeout", "30s"]
-        command += ["-s", str(self.workdir / "count.lua"), f"http://{HOST}:{self.blackbox_port}/"]
+        command += ["-s", str(self.workdir / "count.lua"), f"http://{common.HOST}:{self.blackbox_port}/"]
         command += ["--", str(self.workdir / f"targets-{size}.txt")]
-        nginx_before = tree_cpu_seconds(self.nginx.pid)
-        blackbox_before = tree_cpu_seconds(self.blackbox.pid)
+        nginx_before = common.tree_cpu_seconds(self.nginx.pid)
+        blackbox_before = common.tree_cpu_seconds(self.blackbox.pid)
         started = time.monotonic()
-        wrk = Managed(f"wrk-{size}-r{repeat}", command, pipes=True)
+        wrk = common.Managed(f"wrk-{size}-r{repeat}", command, pipes=True)
         self.processes.append(wrk)
         output: list[str] = []
         done: dict[str, float] = {}
@@ -812,8 +580,8 @@ class Bench:
                 if line.startswith("DONE "):
                     done = {k: float(v) for k, v in (item.split("=") for item in line.split()[1:])}
                     break
-            blackbox_cpu = tree_cpu_seconds(self.blackbox.pid) - blackbox_before
-            nginx_cpu = tree_cpu_seconds(self.nginx.pid) - nginx_before
+            blackbox_cpu = common.tree_cpu_seconds(self.blackbox.pid) - blackbox_before
+            nginx_cpu = common.tree_cpu_seconds(self.nginx.pid) - nginx_before
             outside_wall = time.monotonic() - started
             with contextlib.suppress(ProcessLookupError):
                 os.kill(wrk.pid, signal.SIGINT)  # wrk sleeps out its -d otherwise
@@ -849,47 +617,23 @@ class Bench:
     # -- profile -------------------------------------------------------------------
 
     def profile(self, size: int) -> dict[str, Any]:
-        pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-        if not os.access(pyspy, os.X_OK):
+        if common.pyspy_executable() is None:
             return {"skipped": "py-spy not found (pip install py-spy)"}
         child = self._child(size, f"{size}-profile", hold=True)
-        raw = self.args.out / "tls_scale.pyspy.txt"
-        spy: Managed | None = None
+        raw, log = self.args.out / "tls_scale.pyspy.txt", self.workdir / "py-spy.log"
         try:
             ready = self._child_reply(child)
-            spy = Managed(
-                "py-spy",
-                [
-                    pyspy,
-                    "record",
-                    "--pid",
-                    str(ready["ready"]),
-                    "--rate",
-                    str(PYSPY_RATE),
-                    "--nonblocking",  # in blocking mode py-spy 0.4 counts idle pool threads as busy
-                    "--format",
-                    "raw",
-                    "--output",
-                    str(raw),
-                ],
-                log=self.workdir / "py-spy.log",
-            )
-            self.processes.append(spy)
-            time.sleep(1.0)  # attach
-            assert child.process.stdin is not None
-            child.process.stdin.write("go\n")
-            child.process.stdin.flush()
-            figures = self._child_reply(child)["result"]
-            spy.stop(signal.SIGINT, timeout=30)  # py-spy writes its output on SIGINT
+            with common.pyspy_recording(ready["ready"], raw, log, rate=PYSPY_RATE):
+                assert child.process.stdin is not None
+                child.process.stdin.write("go\n")
+                child.process.stdin.flush()
+                figures = self._child_reply(child)["result"]
         finally:
-            if spy is not None:
-                spy.stop(signal.SIGINT, timeout=30)
             child.stop()
-        if not raw.exists():
-            return {"error": (self.workdir / "py-spy.log").read_text(errors="replace")[-1500:]}
-        text = raw.read_text()
-        summary = summarize_pyspy(text)
-        summary["by_thread"] = _thread_shares(text)
+        summary = common.read_pyspy(raw, log)
+        if "error" in summary:
+            return summary
+        summary["by_thread"] = _thread_shares(raw.read_text())
         summary.update(
             {
                 "tool": f"py-spy record --rate {PYSPY_RATE} --nonblocking (attached for both rounds)",
@@ -908,10 +652,7 @@ def _thread_shares(raw: str) -> dict[str, float]:
     on futures, publishing), the /metrics renders in the main thread, anything else."""
     counts: dict[str, int] = {}
     total = 0
-    for line in raw.splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
+    for stack, count in common.pyspy_stacks(raw):
         if "run_target (" in stack:
             kind = "target runs (pool threads)"
         elif "_round (" in stack:
@@ -920,8 +661,8 @@ def _thread_shares(raw: str) -> dict[str, float]:
             kind = "/metrics renders (main thread)"
         else:
             kind = "other"
-        counts[kind] = counts.get(kind, 0) + int(count_text)
-        total += int(count_text)
+        counts[kind] = counts.get(kind, 0) + count
+        total += count
     return {kind: n / total for kind, n in sorted(counts.items(), key=lambda item: -item[1])} if total else {}
 
 
@@ -946,11 +687,6 @@ def check_certscope(figures: dict[str, Any], size: int, distinct: int) -> None:
 # --------------------------------------------------------------------------- summary
 
 
-def _median(values: Iterable[float]) -> float:
-    listed = list(values)
-    return statistics.median(listed) if listed else float("nan")
-
-
 def summarize(runs: list[dict[str, Any]], sizes: Sequence[int]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for size in sizes:
@@ -960,41 +696,43 @@ def summarize(runs: list[dict[str, Any]], sizes: Sequence[int]) -> dict[str, Any
         for number in (1, 2):
             key = f"round{number}"
             rounds = [r[key] for r in cs]
-            certscope[f"round{number}_seconds"] = _median(x["seconds"] for x in rounds)
+            certscope[f"round{number}_seconds"] = common.median(x["seconds"] for x in rounds)
             certscope[f"round{number}_seconds_range"] = [
                 min(x["seconds"] for x in rounds),
                 max(x["seconds"] for x in rounds),
             ]
-            certscope[f"round{number}_publish_seconds"] = _median(x["publish_seconds"] for x in rounds)
-            certscope[f"round{number}_gc_seconds"] = _median(x["gc_seconds"] for x in rounds)
+            certscope[f"round{number}_publish_seconds"] = common.median(x["publish_seconds"] for x in rounds)
+            certscope[f"round{number}_gc_seconds"] = common.median(x["gc_seconds"] for x in rounds)
             certscope[f"round{number}_ms_per_target"] = certscope[f"round{number}_seconds"] * 1e3 / size
-            certscope[f"cpu_ms_per_target_round{number}"] = _median(x["cpu_seconds"] * 1e3 / size for x in rounds)
-            certscope[f"render_text_seconds_round{number}"] = _median(x["render_text_seconds"] for x in rounds)
-            certscope[f"render_gzip_seconds_round{number}"] = _median(x["render_gzip_seconds"] for x in rounds)
-            certscope[f"render_cached_seconds_round{number}"] = _median(x["render_cached_seconds"] for x in rounds)
-        certscope["facts_reused_share_round2"] = _median(r["round2"].get("facts_reused_share", 0.0) for r in cs)
-        certscope["series"] = _median(r["round1"]["series"] for r in cs)
-        certscope["metrics_bytes"] = _median(r["round1"]["metrics_bytes"] for r in cs)
+            certscope[f"cpu_ms_per_target_round{number}"] = common.median(x["cpu_seconds"] * 1e3 / size for x in rounds)
+            certscope[f"render_text_seconds_round{number}"] = common.median(x["render_text_seconds"] for x in rounds)
+            certscope[f"render_gzip_seconds_round{number}"] = common.median(x["render_gzip_seconds"] for x in rounds)
+            certscope[f"render_cached_seconds_round{number}"] = common.median(
+                x["render_cached_seconds"] for x in rounds
+            )
+        certscope["facts_reused_share_round2"] = common.median(r["round2"].get("facts_reused_share", 0.0) for r in cs)
+        certscope["series"] = common.median(r["round1"]["series"] for r in cs)
+        certscope["metrics_bytes"] = common.median(r["round1"]["metrics_bytes"] for r in cs)
         certscope["render_us_per_series"] = certscope["render_text_seconds_round1"] * 1e6 / certscope["series"]
-        certscope["peak_rss_kib_per_target_round1"] = _median(
+        certscope["peak_rss_kib_per_target_round1"] = common.median(
             (r["round1"]["peak_rss_kib"] - r["baseline_rss_kib"]) / size for r in cs
         )
-        certscope["peak_rss_kib_per_target"] = _median(
+        certscope["peak_rss_kib_per_target"] = common.median(
             (r["round2"]["peak_rss_after_render_kib"] - r["baseline_rss_kib"]) / size for r in cs
         )
-        certscope["retained_rss_kib_per_target"] = _median(
+        certscope["retained_rss_kib_per_target"] = common.median(
             (r["round2"]["rss_kib"] - r["baseline_rss_kib"]) / size for r in cs
         )
-        certscope["nginx_cpu_ms_per_probe"] = _median(r["nginx_cpu_ms_per_probe"] for r in cs)
-        certscope["config_load_seconds"] = _median(r["config_load_seconds"] for r in cs)
+        certscope["nginx_cpu_ms_per_probe"] = common.median(r["nginx_cpu_ms_per_probe"] for r in cs)
+        certscope["config_load_seconds"] = common.median(r["config_load_seconds"] for r in cs)
         blackbox = {
             "targets": size,
             "runs": len(bb),
-            "seconds": _median(r["seconds"] for r in bb),
+            "seconds": common.median(r["seconds"] for r in bb),
             "seconds_range": [min(r["seconds"] for r in bb), max(r["seconds"] for r in bb)],
-            "ms_per_target": _median(r["seconds"] for r in bb) * 1e3 / size,
-            "cpu_ms_per_probe": _median(r["cpu_seconds"] * 1e3 / size for r in bb),
-            "nginx_cpu_ms_per_probe": _median(r["nginx_cpu_ms_per_probe"] for r in bb),
+            "ms_per_target": common.median(r["seconds"] for r in bb) * 1e3 / size,
+            "cpu_ms_per_probe": common.median(r["cpu_seconds"] * 1e3 / size for r in bb),
+            "nginx_cpu_ms_per_probe": common.median(r["nginx_cpu_ms_per_probe"] for r in bb),
         }
         ratios = {
             "wall_round1_over_blackbox": certscope["round1_seconds"] / blackbox["seconds"],
@@ -1061,10 +799,6 @@ def goals(summary: dict[str, Any], sizes: Sequence[int]) -> dict[str, Any]:
             result["linearity"][f"{cost}_round{number}_met"] for cost in ("wall", "cpu") for number in (1, 2)
         )
     return result
-
-
-def noise() -> dict[str, Any]:
-    return {"loadavg": Path("/proc/loadavg").read_text().strip(), "cpu_pressure": cpu_pressure()}
 
 
 def table(summary: dict[str, Any]) -> str:
@@ -1141,13 +875,8 @@ def report(result: dict[str, Any]) -> None:
     if profile.get("self"):
         print(f"Profile at {profile['size']:,} targets ({profile['tool']}, {profile['samples']} samples):")
         print("  by thread: " + ", ".join(f"{k} {v:.0%}" for k, v in profile["by_thread"].items()))
-        print("  inclusive (thread and pool plumbing left out):")
-        for name, share in profile["inclusive"][:25]:
-            print(f"    {share * 100:5.1f}%  {name}")
-        print("  self:")
-        for name, share in profile["self"][:15]:
-            print(f"    {share * 100:5.1f}%  {name}")
-    print(f"elapsed {result['elapsed_s']:.0f} s; noise start {result['noise']['start']}; end {result['noise']['end']}")
+        common.print_profile(profile)
+    print(common.elapsed_and_noise(result))
 
 
 # --------------------------------------------------------------------------- main
@@ -1161,8 +890,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         f"{'one shared' if args.shared_cert else 'a distinct'} certificate per endpoint",
         flush=True,
     )
-    started = time.monotonic()
-    noise_start = noise()
     workdir = Path(tempfile.mkdtemp(prefix="certscope-tls-scale-"))
     bench = Bench(args, workdir)
     profile: dict[str, Any] = {"skipped": "--quick" if args.quick else "--no-profile"}
@@ -1192,9 +919,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(workdir, ignore_errors=True)
     summary = summarize(bench.runs, sizes)
     return {
-        "benchmark": "tls_scale",
-        "generated": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "command": " ".join(sys.argv),
         "settings": {
             "sizes": list(sizes),
             "repeats": args.repeats,
@@ -1204,10 +928,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "probe_timeout": PROBE_TIMEOUT,
             "key": "ECDSA P-256 leaf and CA; TLS 1.2 and 1.3 offered; no session resumption",
         },
-        "machine": machine(),
-        "noise": {"start": noise_start, "end": noise()},
         "setup": bench.setup,
-        "elapsed_s": time.monotonic() - started,
         "sizes": summary,
         "goals": goals(summary, sizes),
         "profile": profile,
@@ -1215,25 +936,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def parse_sizes(text: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(part.replace("_", "")) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError("sizes must be integers, comma-separated") from None
-    if not sizes or any(s < 1 for s in sizes) or len(set(sizes)) != len(sizes):
-        raise argparse.ArgumentTypeError("sizes must be distinct positive integers, comma-separated")
-    return tuple(sorted(sizes))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=parse_sizes, default=None, help="targets per round (default 100,1000,5000)")
+    parser = common.argument_parser(__doc__, "smoke test: sizes 20,60, one repetition, no profile")
+    parser.add_argument(
+        "--sizes", type=common.int_list(), default=None, help="targets per round (default 100,1000,5000)"
+    )
     parser.add_argument("--repeats", type=int, default=None, help="interleaved repetitions (default 3, quick 1)")
     parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="global.concurrency (default 64)")
     parser.add_argument("--shared-cert", action="store_true", help="every endpoint serves the same certificate")
     parser.add_argument("--no-profile", dest="profile", action="store_false", help="skip the py-spy profile")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "out")
-    parser.add_argument("--quick", action="store_true", help="smoke test: sizes 20,60, one repetition, no profile")
     parser.add_argument("--child", metavar="CONFIG", help=argparse.SUPPRESS)
     parser.add_argument("--child-targets", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--hold", action="store_true", help=argparse.SUPPRESS)
@@ -1245,11 +956,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
     if args.repeats < 1 or not 1 <= args.concurrency <= 1024:
         parser.error("--repeats must be at least 1 and --concurrency between 1 and 1024")
-    result = run_with_peers(args, run, "tls_scale")
-    if result is None:
+    if not common.require_tools(*common.PEER_TOOLS):
         return 2
+    results = common.Results("tls_scale", args.out, tools=("nginx", "blackbox_exporter", "wrk", "py_spy"))
+    with common.sigterm_exits():
+        result = results.write(run(args))
     report(result)
-    print(f"wrote {args.out / 'tls_scale.json'}")
     return 0
 
 

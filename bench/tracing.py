@@ -22,25 +22,24 @@ span processor's export thread (encoding, sending).  The OTLP receiver
     The same with a real TLS probe (``probes.tls``) against ``openssl s_server`` on
     127.0.0.1: the overhead in proportion to a real run.
 
+Usage::
+
+    python -m bench.tracing [--quick] [--seconds 2] [--repeats 3] [--out bench/out]
+
 Results go to ``<out>/tracing.json``; the summary is printed.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
+from bench import common
 from exporter.config import ProbeConfig, TracingSettings, parse_config
 from exporter.scheduler import run_target
 from exporter.tracing import TRACING_OFF, Tracing, setup_tracing
@@ -49,7 +48,6 @@ from probes.base import Discovery, ProbeContext, ProbeResult, Reason
 from tests import servers
 from tests.pki import build_pki
 
-DEFAULT_OUT = Path(__file__).resolve().parent / "out"
 PHASES = ("dns", "connect", "tls.handshake", "http", "verify")
 
 
@@ -94,14 +92,13 @@ def measure(loop: Callable[[], None], seconds: float) -> dict[str, float]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory (default bench/out)")
-    parser.add_argument("--quick", action="store_true", help="smoke test: 0.2 s cells, 1 repeat")
+    parser = common.argument_parser(__doc__, "smoke test: 0.2 s cells, 1 repeat")
     parser.add_argument("--seconds", type=float, default=None, help="seconds per cell (default 2)")
     parser.add_argument("--repeats", type=int, default=None, help="repetitions (default 3)")
     args = parser.parse_args(argv)
     seconds = args.seconds or (0.2 if args.quick else 2.0)
     repeats = args.repeats or (1 if args.quick else 3)
+    results = common.Results("tracing", args.out)
 
     ctx = ProbeContext(deadline=time.monotonic() + 1e9)
 
@@ -116,8 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ctx.phases.clear()
 
     receiver = subprocess.Popen(
-        [sys.executable, "-m", "tests.otlp_receiver"],
-        cwd=Path(__file__).resolve().parent.parent,
+        common.module_command("tests.otlp_receiver"),
+        cwd=common.REPO_ROOT,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -176,8 +173,7 @@ probes:
         name: {key: statistics.median(s[key] for s in runs) for key in ("wall_us", "cpu_us", "process_cpu_us")}
         for name, runs in samples.items()
     }
-    report = {
-        "python": platform.python_version(),
+    report: dict[str, Any] = {
         "seconds_per_cell": seconds,
         "repeats": repeats,
         "cells": medians,
@@ -190,8 +186,7 @@ probes:
             - medians["tls_untraced"]["process_cpu_us"],
         },
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "tracing.json").write_text(json.dumps(report, indent=2) + "\n")
+    results.write(report)
     print(f"{'cell':<16} {'wall us':>10} {'cpu us':>10} {'process cpu us':>15}")
     for name, cell in medians.items():
         print(f"{name:<16} {cell['wall_us']:>10.2f} {cell['cpu_us']:>10.2f} {cell['process_cpu_us']:>15.2f}")
@@ -202,4 +197,4 @@ probes:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -35,6 +35,12 @@ def _parser() -> argparse.ArgumentParser:
         help="TLS, client certificates and basic auth (exporter-toolkit format); wins over web.config_file",
     )
     run.add_argument(
+        "--web.enable-lifecycle",
+        dest="enable_lifecycle",
+        action="store_true",
+        help="serve POST /-/reload (off by default: it needs no credentials without a web config); SIGHUP works anyway",
+    )
+    run.add_argument(
         "--shard.index",
         dest="shard_index",
         default="0",
@@ -135,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"certscope: {exc}", file=sys.stderr)
         return 2
-    return Daemon(args.config_file, args.listen_address, args.web_config_file, shard).serve()
+    return Daemon(args.config_file, args.listen_address, args.web_config_file, shard, args.enable_lifecycle).serve()
 
 
 def parse_shard(index: str, count: int, hostname: str) -> Shard:
@@ -193,10 +199,14 @@ def _probe(args: argparse.Namespace) -> int:
 
 
 def _check_config(path: str | None, web_config_file: str | None = None) -> int:
+    """Reject what the daemon would: the config is loaded and then built as the
+    daemon builds it (every probe and its trigger), without starting anything."""
+    from exporter.scheduler import build_plan
     from exporter.webconfig import WebConfigError, load_web_config
 
     try:
         config = load_config(path) if path else default_config()
+        build_plan(config).close()
         if web_config_file:
             load_web_config(web_config_file)
     except (ConfigError, WebConfigError) as exc:

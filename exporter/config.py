@@ -6,16 +6,31 @@ unknown keys, wrong types, bad durations and sizes, missing files (fields made w
 ``path_field``) each become one ``probes[1].paths[0]: ...`` message.  A dataclass may
 add cross-field checks with ``validate() -> list[(field, message)]``.
 
-``load_config(path)`` raises ``ConfigError`` carrying all messages;
-``default_config()`` is the embedded config used when no file is given.
+``load_config(path)`` raises ``ConfigError`` carrying all messages, and nothing
+else, whatever the file holds; ``default_config()`` is the embedded config used
+when no file is given.
+
+Hostile or broken files are bounded (docs/reliability.md): the path must be a
+regular file (a FIFO would block the reader, ``/dev/zero`` never ends) of at most
+``MAX_CONFIG_BYTES``, in UTF-8; YAML nesting stops at ``MAX_YAML_DEPTH`` levels and
+alias expansion at ``MAX_YAML_NODES`` nodes (a "billion laughs" document is a few
+hundred bytes); durations are finite, at most 100 years, and intervals at least
+``MIN_INTERVAL``; integers fit in 64 bits.  Messages show values through
+``_show``, which never prints more than about 80 characters of one, and a
+``ConfigError`` lists at most ``MAX_MESSAGES`` messages of at most
+``MAX_MESSAGE_LENGTH`` characters.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import ipaddress
+import math
 import os
 import re
+import reprlib
+import stat
 import types
 import typing
 from collections.abc import Mapping
@@ -38,11 +53,42 @@ RESERVED_LABELS = frozenset(
 )
 
 
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+MAX_YAML_DEPTH = 64
+MAX_YAML_NODES = 1_000_000
+# Rounds closer together than this are a typo (1ms), not a schedule.  The suite's
+# in-process scheduler tests run 100 ms rounds; nothing real needs less.
+MIN_INTERVAL = 0.1
+MAX_DURATION = 100 * 365 * 86400.0
+MAX_MESSAGES = 100
+MAX_MESSAGE_LENGTH = 400
+
+
 class ConfigError(Exception):
     def __init__(self, source: str, messages: list[str]) -> None:
         self.source = source
-        self.messages = messages
-        super().__init__(f"{source}: " + "; ".join(messages))
+        bounded = [m if len(m) <= MAX_MESSAGE_LENGTH else m[: MAX_MESSAGE_LENGTH - 3] + "..." for m in messages]
+        if len(bounded) > MAX_MESSAGES:
+            bounded = [*bounded[:MAX_MESSAGES], f"... and {len(bounded) - MAX_MESSAGES} more errors"]
+        self.messages = bounded
+        super().__init__(f"{source}: " + "; ".join(bounded))
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 2, 60, 60, 40
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 4
+
+
+def _show(value: Any) -> str:
+    """A value for a message: ``repr`` cut to about 80 characters, without ever
+    building the whole repr (a YAML alias can stand for gigabytes of it)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"an integer of {value.bit_length()} bits"
+    try:
+        text = _REPR.repr(value)
+    except (ValueError, RecursionError):
+        return f"a {type(value).__name__}"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 @dataclass(frozen=True)
@@ -66,7 +112,7 @@ class Egress:
             try:
                 ipaddress.ip_network(network, strict=False)
             except ValueError:
-                problems.append((f"allow_networks[{index}]", f"not a network: {network!r}"))
+                problems.append((f"allow_networks[{index}]", f"not a network: {_show(network)}"))
         return problems
 
 
@@ -80,10 +126,16 @@ class GlobalSettings:
     egress: Egress = Egress()
 
     def validate(self) -> list[tuple[str, str]]:
-        problems = []
+        problems = _interval_problems(self.interval)
         if not 1 <= self.concurrency <= 1024:
             problems.append(("concurrency", "must be between 1 and 1024"))
         return problems
+
+
+def _interval_problems(interval: float | None) -> list[tuple[str, str]]:
+    if interval is not None and interval < MIN_INTERVAL:
+        return [("interval", f"must be at least {MIN_INTERVAL * 1000:g}ms, got {interval * 1000:g}ms")]
+    return []
 
 
 @dataclass(frozen=True)
@@ -135,9 +187,9 @@ class TracingSettings:
     def validate(self) -> list[tuple[str, str]]:
         problems = []
         if self.protocol is not None and self.protocol not in TRACE_PROTOCOLS:
-            problems.append(("protocol", f"must be one of {', '.join(TRACE_PROTOCOLS)}, got {self.protocol!r}"))
+            problems.append(("protocol", f"must be one of {', '.join(TRACE_PROTOCOLS)}, got {_show(self.protocol)}"))
         if self.endpoint is not None and not re.match(r"^https?://[^/\s]+", self.endpoint):
-            problems.append(("endpoint", f"must be an http:// or https:// URL, got {self.endpoint!r}"))
+            problems.append(("endpoint", f"must be an http:// or https:// URL, got {_show(self.endpoint)}"))
         if self.sample_ratio is not None and not 0.0 <= self.sample_ratio <= 1.0:
             problems.append(("sample_ratio", "must be between 0 and 1"))
         if not 1 <= self.max_queue_size <= 1_000_000:
@@ -177,14 +229,50 @@ class _CommonProbeFields:
     thresholds: Thresholds | None = None
     labels: dict[str, str] = field(default_factory=dict)
 
+    def validate(self) -> list[tuple[str, str]]:
+        return _interval_problems(self.interval)
+
 
 def load_config(path: str) -> Config:
     try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
+        data = read_config_file(path, MAX_CONFIG_BYTES)
     except OSError as exc:
-        raise ConfigError(path, [f"cannot read config file: {exc.strerror}"]) from None
+        raise ConfigError(path, [f"cannot read config file: {exc.strerror or exc}"]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            path, [f"not UTF-8: byte 0x{data[exc.start]:02x} at offset {exc.start} (line {line})"]
+        ) from None
     return parse_config(text, path)
+
+
+def read_config_file(path: str, limit: int) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes.  Opened without
+    blocking (a FIFO with no writer would hold the caller, the daemon's main loop,
+    forever) and refused unless regular (``/dev/zero`` never ends)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        if info.st_size > limit:
+            raise OSError(errno.EFBIG, f"{info.st_size} bytes is over the {limit}-byte limit")
+        chunks = []
+        remaining = limit + 1
+        while remaining > 0:
+            chunk = os.read(fd, min(remaining, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        data = b"".join(chunks)
+        if len(data) > limit:
+            raise OSError(errno.EFBIG, f"over the {limit}-byte limit")
+        return data
+    finally:
+        os.close(fd)
 
 
 def default_config() -> Config:
@@ -194,12 +282,15 @@ def default_config() -> Config:
 
 def parse_config(text: str, source: str) -> Config:
     try:
-        document = yaml.safe_load(text)
+        document = _load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(source, [f"invalid YAML: {where}{problem}"]) from None
+    except (ValueError, RecursionError, MemoryError) as exc:
+        # PyYAML builds ints with int(): over 4,300 digits it raises ValueError.
+        raise ConfigError(source, [f"invalid YAML: {type(exc).__name__}: {str(exc)[:200]}"]) from None
     if document is None:
         document = {}
     errors: list[str] = []
@@ -213,6 +304,78 @@ def parse_config(text: str, source: str) -> Config:
     if errors:
         raise ConfigError(source, errors)
     return Config(global_settings, web, tuple(probes), source, tracing)
+
+
+class _YamlTooBig(yaml.YAMLError):
+    def __init__(self, problem: str, mark: Any = None) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.problem_mark = mark
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with the nesting depth bounded while composing (the
+    composer recurses: 100,000 levels raised RecursionError out of the reload)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+                raise _YamlTooBig(f"nested deeper than {MAX_YAML_DEPTH} levels", mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _load_yaml(text: str) -> Any:
+    loader = _BoundedLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse a document whose aliases make it larger than ``MAX_YAML_NODES`` nodes
+    once expanded, or that contains itself.  Aliases are shared nodes in the
+    composed graph; the expanded size of each node is counted once, iteratively."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    in_progress: set[int] = set()
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            in_progress.discard(key)
+            size = 1 + sum(sizes[id(child)] for child in _children(node))
+            if size > MAX_YAML_NODES:
+                raise _YamlTooBig(f"aliases expand the document to more than {MAX_YAML_NODES:,} nodes", node.start_mark)
+            sizes[key] = size
+            continue
+        if key in sizes:
+            continue
+        if key in in_progress:
+            raise _YamlTooBig("an alias refers to a node that contains it", node.start_mark)
+        in_progress.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in _children(node) if id(child) not in sizes)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
 
 
 def _load_probes(entries: Any, defaults: GlobalSettings | None, errors: list[str]) -> list[ProbeConfig]:
@@ -232,7 +395,7 @@ def _load_probes(entries: Any, defaults: GlobalSettings | None, errors: list[str
         kind = KINDS.get(kind_name) if isinstance(kind_name, str) else None
         if kind is None:
             choices = ", ".join(sorted(KINDS))
-            errors.append(f"{where}.kind: must be one of {choices}, got {kind_name!r}")
+            errors.append(f"{where}.kind: must be one of {choices}, got {_show(kind_name)}")
             continue
         kind_keys = {f.name for f in dataclasses.fields(kind.settings)}
         _reject_unknown(entry, common_keys | kind_keys, where, errors)
@@ -242,9 +405,9 @@ def _load_probes(entries: Any, defaults: GlobalSettings | None, errors: list[str
         if common is None:
             continue
         if not _PROBE_NAME.match(common.name):
-            errors.append(f"{where}.name: 1-63 letters, digits, '_', '.' or '-', got {common.name!r}")
+            errors.append(f"{where}.name: 1-63 letters, digits, '_', '.' or '-', got {_show(common.name)}")
         elif common.name in names:
-            errors.append(f"{where}.name: {common.name!r} is already used by probes[{names[common.name]}]")
+            errors.append(f"{where}.name: {_show(common.name)} is already used by probes[{names[common.name]}]")
         names.setdefault(common.name, position)
         for label in common.labels:
             if not _LABEL_NAME.match(label) or label.startswith("__"):
@@ -325,37 +488,46 @@ def _convert(hint: Any, value: Any, path: str, errors: list[str], metadata: Mapp
             errors.append(f"{path}: must be a mapping, got {_type_name(value)}")
             return {}
         return {
-            _convert(args[0], k, f"{path}.{k}", errors, {}): _convert(args[1], v, f"{path}.{k}", errors, {})
+            _convert(args[0], k, f"{path}.{_key(k)}", errors, {}): _convert(args[1], v, f"{path}.{_key(k)}", errors, {})
             for k, v in value.items()
         }
     if hint is bool:
         if not isinstance(value, bool):
-            errors.append(f"{path}: must be true or false, got {value!r}")
+            errors.append(f"{path}: must be true or false, got {_show(value)}")
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            errors.append(f"{path}: must be an integer, got {value!r}")
+            errors.append(f"{path}: must be an integer, got {_show(value)}")
+        elif not -(2**63) <= value < 2**63:
+            errors.append(f"{path}: out of range, got {_show(value)}")
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            errors.append(f"{path}: must be a number, got {value!r}")
-        return float(value) if isinstance(value, (int, float)) else value
+            errors.append(f"{path}: must be a number, got {_show(value)}")
+            return value
+        number = float(value) if abs(value) < 2**1000 else math.inf
+        if not math.isfinite(number):
+            errors.append(f"{path}: must be a finite number, got {_show(value)}")
+        return number
     if hint is str:
         if not isinstance(value, str):
             errors.append(f"{path}: must be a string, got {_type_name(value)}")
             return value
         if metadata.get("must_exist") and not os.path.exists(value):
-            errors.append(f"{path}: file not found: {value}")
+            errors.append(f"{path}: file not found: {_key(value)}")
         return value
     raise TypeError(f"config loader cannot handle {hint!r} at {path}")  # a bug in a settings class
 
 
 def _seconds(value: Any, path: str, errors: list[str]) -> Seconds:
     if isinstance(value, bool):
-        errors.append(f"{path}: must be a duration like 30s or 5m, got {value!r}")
+        errors.append(f"{path}: must be a duration like 30s or 5m, got {_show(value)}")
         return Seconds(0)
     if isinstance(value, (int, float)):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an integer of hundreds of digits
+            seconds = math.inf
     elif isinstance(value, str):
         try:
             seconds = parse_duration(value)
@@ -364,6 +536,9 @@ def _seconds(value: Any, path: str, errors: list[str]) -> Seconds:
             return Seconds(0)
     else:
         errors.append(f"{path}: must be a duration like 30s or 5m, got {_type_name(value)}")
+        return Seconds(0)
+    if math.isnan(seconds) or seconds > MAX_DURATION:
+        errors.append(f"{path}: must be a finite duration of at most 100y, got {_show(value)}")
         return Seconds(0)
     if seconds <= 0:
         errors.append(f"{path}: must be longer than zero")
@@ -375,11 +550,11 @@ _SIZE_UNITS = {None: 1, "B": 1, "KB": 1000, "KiB": 1024, "MB": 10**6, "MiB": 102
 
 
 def _byte_size(value: Any, path: str, errors: list[str]) -> ByteSize:
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**63:
         return ByteSize(value)
     match = _SIZE.match(value.strip()) if isinstance(value, str) else None
     if match is None or int(match.group(1)) == 0:
-        errors.append(f"{path}: must be a positive size like 16MiB or 512KiB, got {value!r}")
+        errors.append(f"{path}: must be a positive size like 16MiB or 512KiB, got {_show(value)}")
         return ByteSize(0)
     return ByteSize(int(match.group(1)) * _SIZE_UNITS[match.group(2)])
 
@@ -387,9 +562,15 @@ def _byte_size(value: Any, path: str, errors: list[str]) -> ByteSize:
 def _reject_unknown(data: dict[Any, Any], known: set[str], where: str, errors: list[str]) -> None:
     for key in data:
         if key not in known:
-            path = f"{where}.{key}" if where else str(key)
-            hint = _closest(str(key), known)
+            path = f"{where}.{_key(key)}" if where else _key(key)
+            hint = _closest(_key(key), known)
             errors.append(f"{path}: unknown key" + (f" (did you mean {hint!r}?)" if hint else ""))
+
+
+def _key(key: Any) -> str:
+    """A mapping key or a path from the file, for a message: at most 80 characters."""
+    text = key if isinstance(key, str) else _show(key)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _closest(key: str, known: set[str]) -> str | None:
@@ -411,7 +592,7 @@ def split_listen_address(address: str) -> tuple[str, int]:
     """'127.0.0.1:9754', '[::1]:9754', ':9754' -> (host, port)."""
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"must be host:port, got {address!r}")
+        raise ValueError(f"must be host:port, got {_show(address)}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     return host or "0.0.0.0", int(port)

@@ -1,8 +1,11 @@
 """The long-running process: config, scheduler, store and web server, with reloads.
 
-Reload (SIGHUP or ``POST /-/reload``) loads and validates the new config first; a
-bad one is logged with every error, keeps the old config running and sets
-``certscope_config_last_reload_successful 0``.  SIGTERM and SIGINT stop the web
+Reload (SIGHUP or ``POST /-/reload``) is a transaction: the new config is read,
+validated and built (probes, triggers, scheduler) before the running one is
+touched.  Any failure on the way (a file that is not UTF-8, bad YAML, a type, a
+value, a probe or trigger that cannot be built, even a bug) keeps the old config
+running, sets ``certscope_config_last_reload_successful 0`` and logs one line; a
+reload never ends the process and never leaves probing stopped.  SIGTERM and SIGINT stop the web
 server and the scheduler; a round in flight stops after its current target, then
 queued spans are flushed for at most ``tracing.shutdown_timeout``.
 
@@ -14,11 +17,19 @@ on restart (like ``web.listen_address``).
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from types import FrameType
 
-from exporter.config import Config, ConfigError, default_config, load_config, split_listen_address
+from exporter.config import (
+    EMBEDDED_DEFAULT,
+    Config,
+    ConfigError,
+    default_config,
+    load_config,
+    split_listen_address,
+)
 from exporter.multi_target import ProbeRefused, probe_target
 from exporter.scheduler import Scheduler
 from exporter.store import ResultStore
@@ -29,6 +40,9 @@ from probes.base import NO_SHARD, Shard
 
 log = logging.getLogger(__name__)
 
+# SIGTERM ends the process within this, whatever a thread is stuck in (see exit_after).
+STOP_GRACE_SECONDS = 8.0
+
 
 class Daemon:
     def __init__(
@@ -37,6 +51,7 @@ class Daemon:
         listen_address: str | None = None,
         web_config_file: str | None = None,
         shard: Shard = NO_SHARD,
+        enable_lifecycle: bool = False,
     ) -> None:
         self.config_file = config_file
         self.listen_address_flag = listen_address
@@ -49,27 +64,41 @@ class Daemon:
         self._stop = threading.Event()
         self._reload_requested = threading.Event()
         self.web: WebServer | None = None
+        self.enable_lifecycle = enable_lifecycle  # POST /-/reload; SIGHUP reloads regardless
 
     def load(self) -> Config:
         return load_config(self.config_file) if self.config_file else default_config()
 
     def reload(self) -> str | None:
-        """Load the config again; returns None on success, else the error text."""
+        """Load the config again; returns None on success, else the error text.
+        Never raises."""
         with self._reload_lock:
+            source = self.config_file or EMBEDDED_DEFAULT
             try:
                 config = self.load()
+                self.scheduler.apply(config)
             except ConfigError as exc:
-                for message in exc.messages:
-                    log.error("config reload failed: %s: %s", exc.source, message)
+                log.error(
+                    "config reload failed, the previous config keeps running: %s: %d error(s): %s",
+                    exc.source,
+                    len(exc.messages),
+                    "; ".join(exc.messages),
+                )
                 self.store.record_reload(False)
                 return "\n".join(exc.messages)
+            except Exception as exc:  # whatever it is, the old config goes on
+                message = f"{type(exc).__name__}: {str(exc)[:300]}"
+                log.error(
+                    "config reload failed, the previous config keeps running: %s: %s", source, message, exc_info=True
+                )
+                self.store.record_reload(False)
+                return message
             if self.config and config.web.listen_address != self.config.web.listen_address:
                 log.warning("web.listen_address changed; it takes effect on restart")
             if self.config and config.tracing != self.config.tracing:
                 log.warning("the tracing section changed; it takes effect on restart")
             if self.config and config.web.config_file != self.config.web.config_file:
                 log.warning("web.config_file changed; it takes effect on restart (its content reloads by itself)")
-            self.scheduler.apply(config)
             self.config = config
             self.store.record_reload(True)
             log.info("config reloaded from %s: %d probes", config.source, len(config.probes))
@@ -93,7 +122,7 @@ class Daemon:
                 for message in exc.messages:
                     log.error("invalid web config: %s: %s", exc.source, message)
                 return 1
-        app = WebApp(self.store, self.scheduler.ready, self.reload, self._probe_once)
+        app = WebApp(self.store, self.scheduler.ready, self.reload if self.enable_lifecycle else None, self._probe_once)
         try:
             self.web = WebServer(app, host, port, web_config)
         except OSError as exc:
@@ -102,7 +131,12 @@ class Daemon:
         self.scheduler.tracing = setup_tracing(config.tracing)
         if self.scheduler.tracing.enabled:
             app.register_live(TracingCollector(lambda: self.scheduler.tracing))
-        self.scheduler.apply(config)
+        try:
+            self.scheduler.apply(config)
+        except ConfigError as exc:  # a probe that cannot be built
+            for message in exc.messages:
+                log.error("invalid config: %s: %s", exc.source, message)
+            return 1
         self.store.record_reload(True)
         self.web.start()
         log.info(
@@ -126,6 +160,7 @@ class Daemon:
                 self._reload_requested.clear()
                 self.reload()
         log.info("stopping")
+        exit_after(STOP_GRACE_SECONDS)
         self.web.stop()
         self.scheduler.stop(wait=False)
         self.scheduler.tracing.shutdown()
@@ -143,3 +178,19 @@ class Daemon:
     def _on_stop(self, signum: int, frame: FrameType | None) -> None:
         self._stop.set()
         self._reload_requested.set()  # wake the main loop
+
+
+def exit_after(seconds: float) -> None:
+    """Exit the process ``seconds`` from now if it has not exited by itself.
+
+    Python joins the probes' worker threads at exit, so a thread stuck in a call
+    without a deadline would keep a stopped daemon alive; this timer ends it."""
+
+    def force() -> None:
+        log.warning("still stopping after %.0f s (a probe is stuck); exiting now", seconds)
+        logging.shutdown()
+        os._exit(0)
+
+    timer = threading.Timer(seconds, force)
+    timer.daemon = True
+    timer.start()

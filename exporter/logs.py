@@ -1,11 +1,29 @@
-"""Log formats: ``logfmt`` (default) and ``json``, one line per record."""
+"""Log formats: ``logfmt`` (default) and ``json``, one line per record.
+
+A record carries what others wrote (file names, certificate names, error text), so
+no character that a terminal or a log shipper acts on is written raw: line breaks,
+carriage returns, ESC (terminal escape sequences), every other C0 and C1 control,
+DEL, the Unicode line and paragraph separators and the bidirectional overrides
+(text that displays otherwise than it reads) are escaped, in logfmt as in JSON.  A
+record is always exactly one line.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from datetime import UTC, datetime
+
+# Characters escaped beyond quotes and backslashes.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_control(match: re.Match[str]) -> str:
+    char = match.group()
+    return _SHORT_ESCAPES.get(char) or f"\\u{ord(char):04x}"
 
 
 def _timestamp(record: logging.LogRecord) -> str:
@@ -13,9 +31,9 @@ def _timestamp(record: logging.LogRecord) -> str:
 
 
 def _logfmt_value(value: str) -> str:
-    if value and not any(c in value for c in ' "=\\\n\t'):
+    if value and not any(c in value for c in ' "=\\') and not _CONTROL.search(value):
         return value
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
+    escaped = _CONTROL.sub(_escape_control, value.replace("\\", "\\\\").replace('"', '\\"'))
     return f'"{escaped}"'
 
 
@@ -42,7 +60,8 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             document["exception"] = self.formatException(record.exc_info)
-        return json.dumps(document, ensure_ascii=False)
+        # json escapes C0 controls itself; the others in _CONTROL are escaped here.
+        return _CONTROL.sub(_escape_control, json.dumps(document, ensure_ascii=False))
 
 
 def setup_logging(level: str = "info", fmt: str = "logfmt") -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from datetime import UTC, datetime
@@ -140,10 +141,13 @@ def _record(path: str, observation: CertObservation, now: float, warn_seconds: f
 
 
 def _print_table(records: list[dict[str, Any]], errors: list[SourceError], stream: TextIO) -> None:
+    def line(text: str) -> None:
+        stream.write(printable(text) + "\n")
+
     for record in records:
         status = "; ".join(record["problems"]) or "ok"
         where = "".join(f" {name}={value}" for name, value in record["where"].items())
-        stream.write(f"{record['path']}[{record['index']}] ({record['role']}){where}: {status}\n")
+        line(f"{record['path']}[{record['index']}] ({record['role']}){where}: {status}")
         rows = [
             ("subject", record["subject"] or "(empty)"),
             ("issuer", record["issuer"]),
@@ -160,11 +164,32 @@ def _print_table(records: list[dict[str, Any]], errors: list[SourceError], strea
             ),
         ]
         for name, value in rows:
-            stream.write(f"    {name:<11} {value}\n")
+            line(f"    {name:<11} {value}")
     for error in errors:
-        stream.write(f"error [{error.reason.value}] {error.message}\n")
+        line(f"error [{error.reason.value}] {error.message}")
     expiring = sum(1 for r in records if r["expiring"])
     stream.write(f"\n{len(records)} certificate(s), {expiring} expired or expiring, {len(errors)} problem(s)\n")
+
+
+# What a terminal would act on or what cannot be written: C0 and C1 controls (ESC
+# starts escape sequences, CR rewrites the line), DEL, line and paragraph
+# separators, bidirectional overrides (text that reads differently than it is), and
+# the lone surrogates that stand for a file name's undecodable bytes.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def printable(text: str) -> str:
+    """``text`` for a terminal: each unprintable character as a visible escape
+    (``\\x1b``, ``\\u202e``; a file name's undecodable byte as ``\\xNN``).
+    Backslashes stay as they are: RFC 4514 names use them (``CN=Doe\\, John``)."""
+    return _UNPRINTABLE.sub(_escape, text) if _UNPRINTABLE.search(text) else text
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if 0xDC80 <= code <= 0xDCFF:  # surrogateescape: the byte it stands for
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def _iso(timestamp: float) -> str:

@@ -37,8 +37,9 @@ import logging
 import random
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -46,9 +47,10 @@ from apscheduler.events import EVENT_JOB_MAX_INSTANCES
 from apscheduler.executors.pool import ThreadPoolExecutor as JobExecutor
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
 
-from exporter.config import Config, ProbeConfig
-from exporter.store import ProbeInfo, ResultStore
+from exporter.config import Config, ConfigError, ProbeConfig
+from exporter.store import ProbeInfo, ResultStore, Transition
 from exporter.tracing import TRACING_OFF, Tracing
 from probes import KINDS
 from probes.base import NO_SHARD, Discovery, Probe, ProbeContext, ProbeResult, Reason, Shard, SourceError
@@ -77,6 +79,47 @@ def probe_info(config: ProbeConfig, probe: Probe) -> ProbeInfo:
     )
 
 
+@dataclass
+class Plan:
+    """Everything a config needs to run, built but not started: what ``apply``
+    swaps in, and what ``certscope check-config`` builds to reject what the daemon
+    would (``close()`` it when done)."""
+
+    probes: list[tuple[ProbeConfig, Probe, ProbeInfo]]
+    triggers: dict[str, IntervalTrigger]
+    concurrency: int
+
+    def close(self) -> None:
+        for _, probe, _ in self.probes:
+            _close(probe)
+
+
+def build_plan(config: Config, shard: Shard = NO_SHARD) -> Plan:
+    """Build every probe of ``config`` and its trigger.  A probe or trigger that
+    cannot be built (a client certificate that does not load) raises
+    ``ConfigError`` naming the probe, after what was built is closed."""
+    plan = Plan([], {}, config.global_settings.concurrency)
+    for position, probe_config in enumerate(config.probes):
+        try:
+            defaults = replace(probe_config.defaults, shard=shard)
+            probe = KINDS[probe_config.kind].build(probe_config.settings, defaults)
+            plan.probes.append((probe_config, probe, probe_info(probe_config, probe)))
+            plan.triggers[probe_config.name] = IntervalTrigger(
+                seconds=probe_config.interval, jitter=probe_config.interval * JITTER_SHARE, timezone=UTC
+            )
+        except Exception as exc:
+            plan.close()
+            message = f"probes[{position}] ({probe_config.name}): cannot be built: {type(exc).__name__}: {exc}"
+            raise ConfigError(config.source, [message]) from exc
+    return plan
+
+
+def _close(probe: Probe) -> None:
+    close = getattr(probe, "close", None)  # probes holding threads or connections
+    if close is not None:
+        close()
+
+
 class Scheduler:
     def __init__(self, store: ResultStore, shard: Shard = NO_SHARD, tracing: Tracing = TRACING_OFF) -> None:
         self._store = store
@@ -87,6 +130,7 @@ class Scheduler:
         self._targets_pool: ThreadPoolExecutor | None = None
         self._pending_first_round: set[str] = set()
         self._probes: dict[str, tuple[ProbeConfig, Probe]] = {}
+        self._config: Config | None = None  # what runs now
         # Set when the jobs of the current config are stopped, so that a round in
         # flight ends between two targets instead of running to the end.
         self._cancelled = threading.Event()
@@ -101,43 +145,66 @@ class Scheduler:
     # -- lifecycle ---------------------------------------------------------------
 
     def apply(self, config: Config) -> None:
-        """Start probing ``config``, replacing any previous config's jobs."""
-        probes: list[tuple[ProbeConfig, Probe, ProbeInfo]] = []
-        for probe_config in config.probes:
-            defaults = replace(probe_config.defaults, shard=self._shard)
-            probe = KINDS[probe_config.kind].build(probe_config.settings, defaults)
-            probes.append((probe_config, probe, probe_info(probe_config, probe)))
-        concurrency = config.global_settings.concurrency
-        with self._lock:
-            self._stop_locked(wait=False)
-            self._store.configure([info for _, _, info in probes], config.source)
-            self._targets_pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="target")
-            self._aps = BackgroundScheduler(
-                executors={"default": JobExecutor(max_workers=max(1, min(concurrency, len(probes))))},
+        """Start probing ``config``, replacing any previous config's jobs.
+
+        A transaction: the probes, their triggers and the new APScheduler are all
+        built before the running ones are touched, so anything that raises while
+        building (a probe that cannot load its files, a trigger that cannot be made)
+        leaves the previous config running, and the exception goes to the caller."""
+        plan = build_plan(config, self._shard)
+        try:
+            aps = BackgroundScheduler(
+                executors={"default": JobExecutor(max_workers=max(1, min(plan.concurrency, len(plan.probes))))},
                 job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
                 timezone=UTC,
             )
-            self._pending_first_round = {c.name for c, _, _ in probes}
-            self._probes = {c.name: (c, probe) for c, probe, _ in probes}
-            self._cancelled = threading.Event()
-            now = datetime.now(UTC)
-            for probe_config, probe, info in probes:
+            targets_pool = ThreadPoolExecutor(max_workers=plan.concurrency, thread_name_prefix="target")
+        except Exception:
+            plan.close()
+            raise
+        cancelled = threading.Event()
+        now = datetime.now(UTC)
+        try:
+            for probe_config, probe, info in plan.probes:
                 set_wake = getattr(probe, "set_wake", None)  # probes whose targets come and go
                 if set_wake is not None:
-                    set_wake(lambda name=probe_config.name, aps=self._aps: self._wake(name, aps))
+                    set_wake(lambda name=probe_config.name, aps=aps: self._wake(name, aps))
                 spread = min(probe_config.interval * START_SPREAD, MAX_START_SPREAD)
-                self._aps.add_job(
+                aps.add_job(
                     self._round,
-                    trigger="interval",
-                    seconds=probe_config.interval,
-                    jitter=probe_config.interval * JITTER_SHARE,
+                    trigger=plan.triggers[probe_config.name],
                     next_run_time=now + timedelta(seconds=random.uniform(0, spread)),
-                    args=(probe_config, probe, info, self._targets_pool, self._cancelled),
+                    args=(probe_config, probe, info, targets_pool, cancelled),
                     id=probe_config.name,
                     name=f"probe {probe_config.name}",
                 )
-            self._aps.add_listener(lambda event, aps=self._aps: self._skipped(event, aps), EVENT_JOB_MAX_INSTANCES)
-            self._aps.start()
+            aps.add_listener(lambda event, aps=aps: self._skipped(event, aps), EVENT_JOB_MAX_INSTANCES)
+        except Exception:
+            targets_pool.shutdown(wait=False)
+            plan.close()
+            raise
+        with self._lock:
+            previous = self._config
+            self._stop_locked(wait=False)
+            self._store.configure([info for _, _, info in plan.probes], config.source)
+            self._targets_pool = targets_pool
+            self._aps = aps
+            self._pending_first_round = {c.name for c, _, _ in plan.probes}
+            self._probes = {c.name: (c, probe) for c, probe, _ in plan.probes}
+            self._cancelled = cancelled
+            try:
+                aps.start()
+                self._config = config
+                return
+            except Exception:
+                self._stop_locked(wait=False)
+                self._config = None  # so that the previous config failing as well raises, not loops
+                if previous is None:
+                    raise
+        # Starting failed after the previous jobs were stopped: put them back.
+        log.error("the new config's scheduler did not start; the previous config is running again")
+        self.apply(previous)
+        raise RuntimeError("the scheduler of the new config did not start")
 
     def stop(self, wait: bool = True) -> None:
         with self._lock:
@@ -146,11 +213,10 @@ class Scheduler:
     def _stop_locked(self, wait: bool) -> None:
         self._cancelled.set()
         for _, probe in self._probes.values():
-            close = getattr(probe, "close", None)  # probes holding threads or connections
-            if close is not None:
-                close()
+            _close(probe)
         if self._aps is not None:
-            self._aps.shutdown(wait=wait)
+            if self._aps.running:
+                self._aps.shutdown(wait=wait)
             self._aps = None
         if self._targets_pool is not None:
             self._targets_pool.shutdown(wait=wait, cancel_futures=True)
@@ -289,21 +355,65 @@ class Scheduler:
         duration = time.monotonic() - started
         transitions, new_errors = self._store.publish_round(info, discovery, results, duration)
         self._pending_first_round.discard(config.name)
-        for error in new_errors:
-            log.warning("probe=%s reason=%s %s", config.name, error.reason.value, error.message)
-        for change in transitions:
-            if change.current is Reason.OK:
-                if change.previous is not None:
-                    log.info("probe=%s target=%s recovered (was %s)", config.name, change.target, change.previous.value)
-            else:
-                log.warning(
-                    "probe=%s target=%s failing reason=%s %s",
-                    config.name,
-                    change.target,
-                    change.current.value,
-                    change.message,
-                )
+        _log_round(config.name, new_errors, transitions)
         log.debug("probe=%s round done targets=%d seconds=%.3f", config.name, len(results), duration)
+
+
+# A round logs at most this many source errors and as many target transitions, then
+# one line per kind counting the rest by reason.  A tree of 50,000 files that are no
+# certificates logged 100,001 lines at start; the metrics have every one of them.
+MAX_LOGGED_PER_ROUND = 20
+
+
+def _log_round(probe: str, new_errors: list[SourceError], transitions: list[Transition]) -> None:
+    for error in new_errors[:MAX_LOGGED_PER_ROUND]:
+        log.warning("probe=%s reason=%s %s", probe, error.reason.value, error.message)
+    unlogged = Counter(error.reason.value for error in new_errors[MAX_LOGGED_PER_ROUND:])
+    if unlogged:
+        log.warning(
+            "probe=%s %d more new source errors this round not logged (%s); see certscope_source_errors_total",
+            probe,
+            sum(unlogged.values()),
+            _counts(unlogged),
+        )
+    logged = 0
+    recovered: Counter[str] = Counter()
+    failing: Counter[str] = Counter()
+    for change in transitions:
+        if change.current is Reason.OK and change.previous is None:
+            continue  # a new target that is fine: nothing to say
+        if logged >= MAX_LOGGED_PER_ROUND:
+            if change.current is Reason.OK:
+                recovered[change.previous.value if change.previous else ""] += 1
+            else:
+                failing[change.current.value] += 1
+            continue
+        logged += 1
+        if change.current is Reason.OK:
+            previous = change.previous.value if change.previous else ""
+            log.info("probe=%s target=%s recovered (was %s)", probe, change.target, previous)
+        else:
+            log.warning(
+                "probe=%s target=%s failing reason=%s %s", probe, change.target, change.current.value, change.message
+            )
+    if failing:
+        log.warning(
+            "probe=%s %d more targets failing this round not logged (%s); see certscope_probe_status",
+            probe,
+            sum(failing.values()),
+            _counts(failing),
+        )
+    if recovered:
+        log.info(
+            "probe=%s %d more targets recovered this round not logged (was %s)",
+            probe,
+            sum(recovered.values()),
+            _counts(recovered),
+        )
+
+
+def _counts(counter: Counter[str]) -> str:
+    return ", ".join(f"{reason}={count}" for reason, count in counter.most_common())
 
 
 def run_target(

@@ -23,6 +23,8 @@ from types import MappingProxyType
 from probes.base import CertObservation, Discovery, ProbeResult, Reason, SourceError
 
 _EMPTY: Mapping[str, int] = MappingProxyType({})
+_NONE_REVOKED: Mapping[tuple[int, str, str], float] = MappingProxyType({})
+_NO_ROTATIONS: Mapping[tuple[int, str], Rotation] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,9 +248,9 @@ class ResultStore:
 def _next_target_state(
     info: ProbeInfo, previous: TargetState | None, result: ProbeResult, finished: float
 ) -> TargetState:
-    failures = dict(previous.failures_total) if previous else {}
+    failures_total = previous.failures_total if previous else _EMPTY
     if not result.success:
-        failures[result.reason.value] = failures.get(result.reason.value, 0) + 1
+        failures_total = _count_failure(failures_total, result.reason.value)
     last_success = finished if result.success else (previous.last_success if previous else None)
 
     certificates = result.certificates
@@ -289,18 +291,39 @@ def _next_target_state(
     if issuance is not None:
         outcome = "success" if issuance.success else "failure"
         issuance_total[outcome] = issuance_total.get(outcome, 0) + 1
+    # Empty mappings are shared: a tree of 50,000 files that are no certificates has
+    # no rotations and no revocations, and a dict and its proxy each cost 100 bytes.
     return TargetState(
-        revoked_since=MappingProxyType(revoked_since),
+        revoked_since=MappingProxyType(revoked_since) if revoked_since else _NONE_REVOKED,
         issuance_total=MappingProxyType(issuance_total) if issuance_total else _EMPTY,
         result=result,
         last_run=finished,
         last_success=last_success,
         runs_total=(previous.runs_total if previous else 0) + 1,
-        failures_total=MappingProxyType(failures) if failures else _EMPTY,
+        failures_total=failures_total,
         certificates=certificates,
         certificates_from_last_good=from_last_good,
-        rotations=MappingProxyType(rotations),
+        rotations=MappingProxyType(rotations) if rotations else _NO_ROTATIONS,
     )
+
+
+# Mappings of one reason to a count, shared by every target at that count: the
+# files of a tree that fail alike, round after round, all hold the same one.
+_single_failures: dict[tuple[str, int], Mapping[str, int]] = {}
+
+
+def _count_failure(failures: Mapping[str, int], reason: str) -> Mapping[str, int]:
+    """``failures`` with one more failure for ``reason``, as a new read-only mapping."""
+    count = failures.get(reason, 0) + 1
+    if len(failures) > 1 or (failures and reason not in failures):
+        return MappingProxyType({**failures, reason: count})
+    key = (reason, count)
+    shared = _single_failures.get(key)
+    if shared is None:
+        if len(_single_failures) >= 4096:
+            _single_failures.clear()
+        shared = _single_failures[key] = MappingProxyType({reason: count})
+    return shared
 
 
 def _next_source_state(

@@ -24,14 +24,20 @@ Contract:
   that certscope cannot honour (``cipher_suites``, ``RequireAnyClientCert``, ...) are
   errors too, never silently ignored.
 - :class:`WebConfigSource` holds the live config: ``current()`` notices (by stat, at
-  most once a second) when the web config file or the certificate, key or client CA
-  file changed, and loads them again.  A rotated certificate therefore takes effect
-  on the next connection, without a restart.  A change that does not load (a key
-  that no longer matches its certificate half-way through a rotation, a typo) keeps
-  the previous config serving and logs the errors.
+  most once a second, in a thread of its own so that no connection waits for it)
+  when the web config file or the certificate, key or client CA file changed, and
+  loads them again.  A rotated certificate therefore takes effect within a second
+  or two, on the next connections, without a restart.  A change that does not load (a key
+  that no longer matches its certificate half-way through a rotation, a typo, a
+  value of the wrong type, a file that is not UTF-8 or not a regular file) keeps
+  the previous config serving, logs the errors and sets
+  ``certscope_web_config_last_reload_successful`` to 0 (:class:`WebConfigCollector`);
+  nothing in the file can stop the HTTP server.  The file is read up to 1 MiB.
 - Passwords are checked with bcrypt; an unknown user costs the same bcrypt work as
-  a known one, and user names are compared in constant time.  Neither a password
-  nor a hash is ever logged or put in an error message.
+  a known one, and user names are compared in constant time.  A password longer
+  than bcrypt's 72 bytes is refused (401), as Go's bcrypt and so the exporter
+  toolkit refuse it, never truncated.  Neither a password nor a hash is ever
+  logged or put in an error message.
 - Basic auth covers every path except ``/-/healthy`` and ``/-/ready``, which say
   nothing but "up" and must stay reachable by a kubelet that has no credentials.
 """
@@ -44,7 +50,9 @@ import hashlib
 import hmac
 import logging
 import os
+import re
 import ssl
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -53,6 +61,8 @@ from typing import Any
 
 import bcrypt
 import yaml
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +108,12 @@ _HTTP_KEYS = {"headers", "http2"}
 # checked against it so that they cost as much as known ones.
 _DUMMY_HASH = b"$2b$10$U8XwFVN1ncY1RQGxk9Pt3.tzA5Hk0wplbhauLnvwwstTAnuVhCYC6"
 _CHECK_INTERVAL = 1.0  # seconds between stats of the files behind the web config
+MAX_WEB_CONFIG_BYTES = 1024 * 1024
+# libyaml's safe loader when PyYAML has it: it refuses deep nesting in milliseconds
+# where the pure-Python scanner takes seconds holding the GIL.
+_SAFE_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+BCRYPT_MAX_PASSWORD_BYTES = 72
+_BCRYPT_HASH = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
 
 
 class WebConfigError(Exception):
@@ -144,14 +160,50 @@ class WebConfig:
 
 
 def load_web_config(path: str) -> WebConfig:
-    """Parse and check the file, and load its TLS material once to prove it loads."""
+    """Parse and check the file, and load its TLS material once to prove it loads.
+    Raises only ``WebConfigError``, whatever the file holds."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
+        return _load_web_config(path)
+    except WebConfigError:
+        raise
+    except (RecursionError, MemoryError, TypeError, ValueError, AttributeError) as exc:
+        # A shape no check above foresaw: still an error about the file, never a crash.
+        raise WebConfigError(path, [f"cannot be used as a web config ({type(exc).__name__})"]) from None
+
+
+def _read_capped(path: str) -> str:
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused below).
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise WebConfigError(path, ["not a regular file"])
+            data = handle.read(MAX_WEB_CONFIG_BYTES + 1)
     except OSError as exc:
         raise WebConfigError(path, [f"cannot read web config file: {exc.strerror}"]) from None
+    if len(data) > MAX_WEB_CONFIG_BYTES:
+        raise WebConfigError(path, [f"larger than {MAX_WEB_CONFIG_BYTES} bytes"])
     try:
-        document = yaml.safe_load(text)
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise WebConfigError(path, [f"not UTF-8 (byte {exc.start})"]) from None
+
+
+def _shown(value: Any) -> str:
+    """A value for an error message: short strings quoted, anything else by its type,
+    so a huge or deeply aliased value is never rendered."""
+    if isinstance(value, str):
+        return repr(value[:60] + ("..." if len(value) > 60 else ""))
+    if isinstance(value, bool | float) or value is None:
+        return repr(value)
+    if isinstance(value, int):
+        return repr(value) if abs(value) < 10**12 else "a large integer"
+    return f"a {type(value).__name__}"
+
+
+def _load_web_config(path: str) -> WebConfig:
+    text = _read_capped(path)
+    try:
+        document = yaml.load(text, Loader=_SAFE_LOADER)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -179,7 +231,11 @@ def load_web_config(path: str) -> WebConfig:
 def _unknown(data: Mapping[Any, Any], known: set[str], where: str, errors: list[str]) -> None:
     for key in data:
         if key not in known:
-            errors.append(f"{where}{key}: unknown key")
+            errors.append(f"{where}{_key(key)}: unknown key")
+
+
+def _key(key: Any) -> str:
+    return key[:60] if isinstance(key, str) else _shown(key)
 
 
 def _tls(data: Any, base: str, errors: list[str]) -> TlsServerConfig | None:
@@ -213,22 +269,25 @@ def _tls(data: Any, base: str, errors: list[str]) -> TlsServerConfig | None:
     key_file = path("key_file", True)
     client_ca_file = path("client_ca_file", False)
     client_auth = data.get("client_auth_type", "NoClientCert")
-    if client_auth in UNSUPPORTED_CLIENT_AUTH_TYPES:
+    auth_types = ", ".join(CLIENT_AUTH_TYPES)
+    if not isinstance(client_auth, str):
+        errors.append(f"{where}.client_auth_type: must be one of {auth_types}, got {_shown(client_auth)}")
+    elif client_auth in UNSUPPORTED_CLIENT_AUTH_TYPES:
         errors.append(
             f"{where}.client_auth_type: {client_auth} is not supported (a client certificate is always verified);"
             " use VerifyClientCertIfGiven or RequireAndVerifyClientCert"
         )
     elif client_auth not in CLIENT_AUTH_TYPES:
-        errors.append(f"{where}.client_auth_type: must be one of {', '.join(CLIENT_AUTH_TYPES)}, got {client_auth!r}")
+        errors.append(f"{where}.client_auth_type: must be one of {auth_types}, got {_shown(client_auth)}")
     elif client_auth != "NoClientCert" and "client_ca_file" not in data:
         errors.append(f"{where}.client_ca_file: required when client_auth_type is {client_auth}")
     versions = {}
     for key, default in (("min_version", "TLS12"), ("max_version", "TLS13")):
         version = data.get(key, default)
-        if version not in TLS_VERSIONS:
-            errors.append(f"{where}.{key}: must be one of {', '.join(TLS_VERSIONS)}, got {version!r}")
+        if not isinstance(version, str) or version not in TLS_VERSIONS:
+            errors.append(f"{where}.{key}: must be one of {', '.join(TLS_VERSIONS)}, got {_shown(version)}")
         versions[key] = version
-    if all(v in TLS_VERSIONS for v in versions.values()) and (
+    if all(isinstance(v, str) and v in TLS_VERSIONS for v in versions.values()) and (
         TLS_VERSIONS[versions["min_version"]] > TLS_VERSIONS[versions["max_version"]]
     ):
         errors.append(f"{where}.min_version: must not be above max_version")
@@ -269,9 +328,9 @@ def _headers(data: Any, errors: list[str]) -> tuple[tuple[str, str], ...]:
     allowed = {h.lower(): h for h in ALLOWED_HEADERS}
     for name, value in headers.items():
         if not isinstance(name, str) or name.lower() not in allowed:
-            errors.append(f"{where}.headers.{name}: not one of {', '.join(ALLOWED_HEADERS)}")
+            errors.append(f"{where}.headers.{_key(name)}: not one of {', '.join(ALLOWED_HEADERS)}")
         elif not isinstance(value, str) or "\n" in value or "\r" in value:
-            errors.append(f"{where}.headers.{name}: must be a one-line string")
+            errors.append(f"{where}.headers.{_key(name)}: must be a one-line string")
         else:
             result.append((allowed[name.lower()], value))
     return tuple(result)
@@ -286,11 +345,11 @@ def _users(data: Any, errors: list[str]) -> dict[str, bytes]:
     users = {}
     for name, hashed in data.items():
         if not isinstance(name, str) or not name or ":" in name:
-            errors.append(f"basic_auth_users.{name}: not a usable user name")
+            errors.append(f"basic_auth_users.{_key(name)}: not a usable user name")
             continue
         # The message never repeats the value: it may be a password pasted by mistake.
-        if not isinstance(hashed, str) or not hashed.startswith(("$2a$", "$2b$", "$2y$")) or len(hashed) != 60:
-            errors.append(f"basic_auth_users.{name}: must be a bcrypt hash ($2y$..., 60 characters)")
+        if not isinstance(hashed, str) or not _BCRYPT_HASH.fullmatch(hashed):
+            errors.append(f"basic_auth_users.{_key(name)}: must be a bcrypt hash ($2y$..., 60 characters)")
             continue
         users[name] = hashed.encode("ascii", "replace")
     return users
@@ -306,33 +365,74 @@ class WebConfigSource:
         self._context = self.config.tls.build_context() if self.config.tls else None
         self._stamp = _stamp(self.config.files())
         self._checked = time.monotonic()
+        self._checking = False
+        self.last_reload_successful = True
+        self.last_reload_success_time = time.time()
 
     def current(self) -> tuple[WebConfig, ssl.SSLContext | None]:
+        """The config and TLS context in force, at once; never raises.
+
+        At most once a second it starts a check of the files in a thread of its own,
+        so loading a changed file (a hostile one can take seconds of YAML parsing)
+        never delays a connection; the next connections get the result."""
         with self._lock:
-            now = time.monotonic()
-            if now - self._checked >= _CHECK_INTERVAL:
-                self._checked = now
-                stamp = _stamp(self.config.files())
-                if stamp != self._stamp:
-                    self._reload(stamp)
+            if not self._checking and time.monotonic() - self._checked >= _CHECK_INTERVAL:
+                self._checking = True
+                threading.Thread(target=self._check, name="web-config", daemon=True).start()
             return self.config, self._context
+
+    def _check(self) -> None:
+        try:
+            stamp = _stamp(self.config.files())
+            if stamp != self._stamp:
+                self._reload(stamp)
+        finally:
+            with self._lock:
+                self._checking = False
+                self._checked = time.monotonic()
 
     def _reload(self, stamp: tuple[Any, ...]) -> None:
         try:
             config = load_web_config(self.path)
             context = config.tls.build_context() if config.tls else None
         except WebConfigError as exc:
-            for message in exc.messages:
-                log.error("web config not reloaded, the previous one stays: %s: %s", exc.source, message)
-            self._stamp = stamp  # do not retry until something changes again
-            return
+            messages = exc.messages
         except (ssl.SSLError, OSError) as exc:
-            log.error("web config not reloaded, the previous one stays: %s: %s", self.path, exc)
-            self._stamp = stamp
+            messages = [str(exc)]
+        except Exception as exc:  # noqa: BLE001 - whatever the file holds, the old config serves on
+            messages = [f"unexpected {type(exc).__name__}"]
+        else:
+            with self._lock:
+                self.config, self._context = config, context
+            self._stamp = _stamp(config.files())
+            self.last_reload_successful = True
+            self.last_reload_success_time = time.time()
+            log.info("web config reloaded from %s (tls=%s, users=%d)", self.path, bool(context), len(config.users))
             return
-        self.config, self._context = config, context
-        self._stamp = _stamp(config.files())
-        log.info("web config reloaded from %s (tls=%s, users=%d)", self.path, bool(context), len(config.users))
+        for message in messages:
+            log.error("web config not reloaded, the previous one stays: %s: %s", self.path, message)
+        self._stamp = stamp  # do not retry until something changes again
+        self.last_reload_successful = False
+
+
+class WebConfigCollector(Collector):
+    """The web config's reload state, rendered on every scrape."""
+
+    def __init__(self, source: WebConfigSource) -> None:
+        self._source = source
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            "certscope_web_config_last_reload_successful",
+            "1 if the web config file loaded at its last change, 0 if that change was rejected "
+            "(the previous TLS and auth settings keep serving)",
+            value=1.0 if self._source.last_reload_successful else 0.0,
+        )
+        yield GaugeMetricFamily(
+            "certscope_web_config_last_reload_success_timestamp_seconds",
+            "when the web config file last loaded successfully",
+            value=self._source.last_reload_success_time,
+        )
 
 
 def _stamp(paths: Iterable[str]) -> tuple[Any, ...]:
@@ -374,8 +474,8 @@ class BasicAuth:
         except (binascii.Error, UnicodeDecodeError):
             return False
         user, sep, password = decoded.partition(":")
-        if not sep:
-            return False
+        if not sep or len(password.encode()) > BCRYPT_MAX_PASSWORD_BYTES:
+            return False  # bcrypt reads 72 bytes at most; a longer password is refused, not cut
         hashed = _DUMMY_HASH
         known = False
         for name, candidate in users.items():  # constant time in the name, whichever matches
@@ -385,7 +485,11 @@ class BasicAuth:
         with self._lock:
             if known and key in self._ok:
                 return True
-        valid = bcrypt.checkpw(password.encode(), hashed) and known
+        try:
+            valid = bcrypt.checkpw(password.encode(), hashed) and known
+        except ValueError:  # a hash bcrypt cannot use (the config check should have caught it)
+            log.error("basic auth: the bcrypt hash of a configured user cannot be used")
+            valid = False
         if valid:
             with self._lock:
                 if len(self._ok) >= 1024:

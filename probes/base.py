@@ -159,6 +159,7 @@ class Reason(StrEnum):
     MALFORMED_CERTIFICATE = "malformed_certificate"
     DUPLICATE_CERTIFICATE = "duplicate_certificate"
     BAD_PASSWORD = "bad_password"
+    KDF_TOO_EXPENSIVE = "kdf_too_expensive"  # a PKCS#12 asking for absurd key derivation work; not opened
     # expected identity
     SAN_MISMATCH = "san_mismatch"
     WRONG_ISSUER = "wrong_issuer"

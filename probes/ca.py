@@ -20,8 +20,9 @@ One target per probe, its ``url``.  Each run:
    the inventory with ``role="issued"``.
 
 The run succeeds when all three did; its ``reason`` is the first failure in that
-order.  The URL is configured by the operator but still obeys ``global.egress``
-(like the ``crl`` and ``ocsp`` kinds): a CA on loopback needs ``allow_networks``.
+order.  The URLs (``url``, ``bundle_urls``) are the operator's, so they are trusted
+like configured TLS targets (a CA on loopback is probed); ``global.egress`` polices
+URLs taken from certificates and /probe callers.
 HTTPS to the CA is verified against ``trust`` (default: the global trust store).
 
 Credentials (step provisioner password, cfssl auth key) are read from a file or an
@@ -57,7 +58,7 @@ from probes.base import (
     path_field,
 )
 from probes.certparse import parse_container, role_in_bundle
-from probes.fetch import FetchError, Response, fetch
+from probes.fetch import ANY_NETWORK, FetchError, Response, fetch
 
 if TYPE_CHECKING:
     from probes.acme import AcmeCanary
@@ -397,9 +398,8 @@ class CaProbe:
     def __init__(self, settings: CaSettings, defaults: ProbeDefaults | None = None) -> None:
         defaults = defaults or ProbeDefaults()
         self.settings = settings
-        self.client = CaClient(
-            settings.url, tls_context(settings.trust or defaults.trust), defaults.allow_networks, settings.max_size
-        )
+        context = tls_context(settings.trust or defaults.trust)
+        self.client = CaClient(settings.url, context, ANY_NETWORK, settings.max_size)
         self.acme: AcmeCanary | None = None
         if settings.flavor == "acme" and settings.issuance.enabled:
             from probes.acme import AcmeCanary  # it imports this module

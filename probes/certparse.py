@@ -28,6 +28,7 @@ from __future__ import annotations
 import binascii
 import hashlib
 import re
+import time
 import warnings
 import weakref
 from collections.abc import Callable
@@ -37,9 +38,11 @@ from cryptography import utils as crypto_utils
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
-from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
+from cryptography.hazmat.primitives.serialization import pkcs7
+from cryptography.hazmat.primitives.serialization import pkcs12 as pkcs12_library
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 
+from probes import pkcs12
 from probes.base import CertFacts, CertObservation, Reason, SourceError
 
 # Real trust stores hold certificates with non-positive serials; cryptography warns on
@@ -48,7 +51,8 @@ warnings.filterwarnings("ignore", category=crypto_utils.CryptographyDeprecationW
 
 _BEGIN = b"-----BEGIN "
 _DASHES = b"-----"
-_BLOCK_TYPE = re.compile(rb"[A-Z0-9 #]{1,64}")
+_MAX_BLOCK_TYPE = 64
+_BLOCK_TYPE = re.compile(rb"[A-Z0-9 #]{1,%d}" % _MAX_BLOCK_TYPE)
 _CERT_BLOCKS = {b"CERTIFICATE", b"X509 CERTIFICATE", b"TRUSTED CERTIFICATE"}
 _PKCS7_BLOCKS = {b"PKCS7", b"PKCS #7 SIGNED DATA", b"CMS"}
 
@@ -68,26 +72,65 @@ def _no_password() -> bytes | None:
     return None
 
 
-def parse_container(data: bytes, name: str, *, pkcs12_password: PasswordSource = _no_password) -> Parsed:
+def parse_container(
+    data: bytes, name: str, *, pkcs12_password: PasswordSource = _no_password, deadline: float | None = None
+) -> Parsed:
     """Every certificate in ``data``; ``name`` is only used in error messages.
-    ``pkcs12_password`` is called only when the data is PKCS#12."""
+    ``pkcs12_password`` is called only when the data is PKCS#12.  ``deadline`` (a
+    ``time.monotonic()`` value) bounds the opening of a PKCS#12, which never gets
+    more than ``pkcs12.DEADLINE_SECONDS`` either way."""
     if not data.strip():
         return Parsed((), (SourceError(Reason.EMPTY_FILE, name, f"{name}: file is empty"),))
     if b"-----BEGIN " in data:
         return _parse_pem(data, name)
-    return _parse_binary(data, name, pkcs12_password)
+    return _parse_binary(data, name, pkcs12_password, deadline)
+
+
+# A container lists at most this many problems in full; beyond, one line per reason
+# says how many more there were.  A 16 MiB file of empty PEM blocks is 300,000
+# problems: 100 MB of messages and as many log lines, saying the same thing.
+MAX_LISTED_PROBLEMS = 20
+
+
+class _Problems:
+    """The problems of one container: the first ``MAX_LISTED_PROBLEMS`` as they
+    are, then a count per reason, listed as one summary problem per reason."""
+
+    __slots__ = ("_listed", "_name", "_unlisted")
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._listed: list[SourceError] = []
+        self._unlisted: dict[Reason, int] = {}
+
+    def append(self, error: SourceError) -> None:
+        if len(self._listed) < MAX_LISTED_PROBLEMS:
+            self._listed.append(error)
+        else:
+            self._unlisted[error.reason] = self._unlisted.get(error.reason, 0) + 1
+
+    def __bool__(self) -> bool:
+        return bool(self._listed)
+
+    def result(self) -> tuple[SourceError, ...]:
+        summaries = (
+            SourceError(reason, self._name, f"{self._name}: {count} more {reason.value} problem(s) not listed")
+            for reason, count in self._unlisted.items()
+        )
+        return (*self._listed, *summaries)
 
 
 def _parse_pem(data: bytes, name: str) -> Parsed:
     certs: list[CertFacts] = []
-    errors: list[SourceError] = []
-    other: list[str] = []
+    errors = _Problems(name)
+    # Distinct types, in order: a file of 300,000 key blocks needs one "PRIVATE KEY".
+    other: dict[str, None] = {}
     blocks, truncated = _pem_blocks(data)
     for block_number, (block_type, body) in enumerate(blocks):
         item = f"{name}[{block_number}]"
         if block_type not in _CERT_BLOCKS and block_type not in _PKCS7_BLOCKS:
             # Keys, CSRs, CRLs, parameters: skipped by type, body never decoded.
-            other.append(block_type.decode("ascii"))
+            other[block_type.decode("ascii")] = None
             continue
         try:
             der = binascii.a2b_base64(b"".join(body.split()), strict_mode=True)
@@ -108,29 +151,37 @@ def _parse_pem(data: bytes, name: str) -> Parsed:
             SourceError(Reason.PARSE_ERROR, name, f"{name}: {truncated} PEM block(s) truncated (BEGIN without END)")
         )
     if not certs and not errors:
-        kinds = ", ".join(sorted(set(other))) or "nothing"
+        kinds = ", ".join(sorted(other)) or "nothing"
         errors.append(SourceError(Reason.NO_CERTIFICATE, name, f"{name}: no certificate (found {kinds})"))
-    return Parsed(tuple(certs), tuple(errors), tuple(other))
+    return Parsed(tuple(certs), errors.result(), tuple(other))
 
 
 def _pem_blocks(data: bytes) -> tuple[list[tuple[bytes, bytes]], int]:
     """(type, body) of every complete PEM block, and how many BEGIN lines have no
-    matching END.  Plain ``bytes.find``: three times faster than a regex here."""
+    matching END.  Plain ``bytes.find``: three times faster than a regex here.
+
+    Linear in ``len(data)``: a block's END is only looked for up to the next BEGIN
+    (a BEGIN before the END makes the block truncated anyway), and its type's closing
+    dashes only within the longest type allowed.  Searching the rest of the file for
+    every BEGIN made a file of repeated BEGIN lines quadratic: 42 s of CPU for 2 MiB,
+    about 45 minutes at the 16 MiB cap (docs/reliability.md)."""
     blocks: list[tuple[bytes, bytes]] = []
     truncated = 0
     position = 0
+    size = len(data)
     while (start := data.find(_BEGIN, position)) >= 0:
-        type_end = data.find(_DASHES, start + len(_BEGIN))
-        block_type = data[start + len(_BEGIN) : type_end] if type_end >= 0 else b""
+        type_start = start + len(_BEGIN)
+        type_end = data.find(_DASHES, type_start, type_start + _MAX_BLOCK_TYPE + len(_DASHES))
+        block_type = data[type_start:type_end] if type_end >= 0 else b""
         if not _BLOCK_TYPE.fullmatch(block_type):
             truncated += 1  # a BEGIN line that never closes
-            position = start + len(_BEGIN)
+            position = type_start
             continue
         end_marker = b"-----END " + block_type + _DASHES
         body_start = type_end + len(_DASHES)
-        end = data.find(end_marker, body_start)
         next_begin = data.find(_BEGIN, body_start)
-        if end < 0 or 0 <= next_begin < end:
+        end = data.find(end_marker, body_start, next_begin if next_begin >= 0 else size)
+        if end < 0:
             truncated += 1
             position = body_start
             continue
@@ -139,23 +190,21 @@ def _pem_blocks(data: bytes) -> tuple[list[tuple[bytes, bytes]], int]:
     return blocks, truncated
 
 
-def _parse_binary(data: bytes, name: str, pkcs12_password: PasswordSource) -> Parsed:
+def _parse_binary(data: bytes, name: str, pkcs12_password: PasswordSource, deadline: float | None) -> Parsed:
     if _looks_like_pkcs12(data):
-        return _load_pkcs12(data, name, pkcs12_password())
+        return _load_pkcs12(data, name, pkcs12_password(), deadline)
     try:
         return Parsed((facts_from_der(data),), ())
     except Exception:  # noqa: BLE001 - not a DER certificate; try the next format
         pass
     certs: list[CertFacts] = []
-    errors: list[SourceError] = []
+    errors = _Problems(name)
     if _load_pkcs7(data, name, certs, errors, quiet=True):
-        return Parsed(tuple(certs), tuple(errors))
+        return Parsed(tuple(certs), errors.result())
     return Parsed((), (SourceError(Reason.PARSE_ERROR, name, f"{name}: neither PEM, DER, PKCS#7 nor PKCS#12"),))
 
 
-def _load_pkcs7(
-    der: bytes, item: str, certs: list[CertFacts], errors: list[SourceError], *, quiet: bool = False
-) -> bool:
+def _load_pkcs7(der: bytes, item: str, certs: list[CertFacts], errors: _Problems, *, quiet: bool = False) -> bool:
     try:
         loaded = pkcs7.load_der_pkcs7_certificates(der)
     except Exception as exc:  # noqa: BLE001
@@ -168,12 +217,49 @@ def _load_pkcs7(
     return True
 
 
-def _load_pkcs12(data: bytes, name: str, password: bytes | None) -> Parsed:
+def _load_pkcs12(data: bytes, name: str, password: bytes | None, deadline: float | None) -> Parsed:
+    """Priced first, opened in a worker process when it involves a password at all
+    (``probes.pkcs12``); only a PKCS#12 with neither MAC nor encryption is opened
+    here."""
+    cost = pkcs12.price(data, password_given=password is not None)
+    if cost.iterations > pkcs12.MAX_KDF_ITERATIONS:
+        message = (
+            f"{name}: PKCS#12 asks for {cost.iterations:,} key derivation iterations in all "
+            f"(the dearest: {cost.largest}), over the {pkcs12.MAX_KDF_ITERATIONS:,} allowed; not opened"
+        )
+        return Parsed((), (SourceError(Reason.KDF_TOO_EXPENSIVE, name, message),))
+    if not cost.password_based:
+        return _load_pkcs12_here(data, name, password)
+    seconds = pkcs12.DEADLINE_SECONDS if deadline is None else deadline - time.monotonic()
     try:
-        bundle = pkcs12.load_pkcs12(data, password)
+        ders = pkcs12.open_isolated(data, password, seconds)
+    except pkcs12.Pkcs12Error as exc:
+        if exc.kind == "password":
+            # cryptography says "Invalid password or PKCS12 data"; the structure looked
+            # like a PFX (see _looks_like_pkcs12), so the password is the likely cause.
+            hint = "no password configured" if password is None else "wrong password"
+            return Parsed((), (SourceError(Reason.BAD_PASSWORD, name, f"{name}: cannot open PKCS#12 ({hint})"),))
+        if exc.kind == "deadline":
+            return Parsed((), (SourceError(Reason.DEADLINE_EXCEEDED, name, f"{name}: PKCS#12 {exc}"),))
+        if exc.kind == "worker":
+            return Parsed((), (SourceError(Reason.INTERNAL_ERROR, name, f"{name}: PKCS#12 not read: {exc}"),))
+        return Parsed((), (SourceError(Reason.PARSE_ERROR, name, f"{name}: bad PKCS#12 ({exc})"),))
+    if not ders:
+        return Parsed((), (SourceError(Reason.NO_CERTIFICATE, name, f"{name}: PKCS#12 holds no certificate"),))
+    certs: list[CertFacts] = []
+    errors = _Problems(name)
+    for index, der in enumerate(ders):
+        try:
+            certs.append(facts_from_der(der))
+        except Exception as exc:  # noqa: BLE001 - any loader failure is a parse error
+            errors.append(SourceError(Reason.PARSE_ERROR, f"{name}[{index}]", f"{name}[{index}]: {_short(exc)}"))
+    return Parsed(tuple(certs), errors.result())
+
+
+def _load_pkcs12_here(data: bytes, name: str, password: bytes | None) -> Parsed:
+    try:
+        bundle = pkcs12_library.load_pkcs12(data, password)
     except ValueError:
-        # cryptography says "Invalid password or PKCS12 data"; the structure looked
-        # like a PFX (see _looks_like_pkcs12), so the password is the likely cause.
         hint = "no password configured" if password is None else "wrong password"
         return Parsed((), (SourceError(Reason.BAD_PASSWORD, name, f"{name}: cannot open PKCS#12 ({hint})"),))
     except Exception as exc:  # noqa: BLE001
@@ -562,7 +648,7 @@ def bundle_observations(
         return (CertObservation(0, role_in_bundle(certificates[0]), certificates[0]),), ()
     seen: set[str] = set()
     observations: list[CertObservation] = []
-    errors: list[SourceError] = []
+    errors = _Problems(name)
     for index, facts in enumerate(certificates):
         if facts.fingerprint_sha256 in seen:
             item = f"{name}[{index}]"
@@ -583,4 +669,4 @@ def bundle_observations(
                 )
             )
         observations.append(CertObservation(index, role_in_bundle(facts), facts))
-    return tuple(observations), tuple(errors)
+    return tuple(observations), errors.result()

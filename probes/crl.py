@@ -4,6 +4,9 @@ Each round fetches every URL (a conditional GET when certscope already holds the
 CRL), checks its signature against ``issuer_file`` and its freshness, and exports its
 size, entry count, CRL number and update times.  Certificates listed in
 ``certificates`` (files or globs) are looked up in it.
+
+The URLs are the operator's, so they are trusted like configured TLS targets
+(loopback included); ``global.egress`` polices URLs taken from certificates.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from probes.base import (
     path_field,
 )
 from probes.certparse import facts_from_certificate
+from probes.fetch import ANY_NETWORK
 from probes.revocation import CHECKER, CRL_REASONS, crl_lookup, expand_paths, load_certificates, revocation_facts
 
 
@@ -63,7 +67,7 @@ class CrlProbe:
 
     def __init__(self, settings: CrlSettings, defaults: ProbeDefaults | None = None) -> None:
         self.settings = settings
-        self.allow_networks = (defaults or ProbeDefaults()).allow_networks
+        self.allow_networks = ANY_NETWORK  # configured URLs; see the module docstring
         self.issuer = load_certificates(settings.issuer_file)[0]
 
     def targets(self) -> Discovery:

@@ -78,6 +78,13 @@ class FilesSettings:
         for index, path in enumerate(self.paths):
             if not path.startswith("/"):
                 problems.append((f"paths[{index}]", f"must be absolute, got {path!r}"))
+        # A glob whose class cannot compile ("[z-a]") would raise in every round.
+        for name, patterns in (("paths", self.paths), ("exclude", self.exclude)):
+            for index, pattern in enumerate(patterns):
+                try:
+                    _pattern_regex(pattern)
+                except re.error as exc:
+                    problems.append((f"{name}[{index}]", f"not a valid glob ({exc.msg})"))
         if self.max_files < 1:
             problems.append(("max_files", "must be at least 1"))
         if self.pkcs12 and self.pkcs12.password_file and self.pkcs12.password_env:
@@ -121,6 +128,8 @@ class FilesProbe:
         Reason.MALFORMED_CERTIFICATE,
         Reason.DUPLICATE_CERTIFICATE,
         Reason.BAD_PASSWORD,
+        Reason.KDF_TOO_EXPENSIVE,
+        Reason.DEADLINE_EXCEEDED,
         Reason.TOO_MANY_FILES,
         *EXPECT_REASONS,
         Reason.INTERNAL_ERROR,
@@ -279,7 +288,7 @@ class FilesProbe:
                 result = located_result(located, target, started, self.settings.expect)
                 block_types: tuple[str, ...] = ("PRIVATE KEY",) if located.holds_private_key else ()
             else:
-                parsed = parse_container(data, target, pkcs12_password=self._pkcs12_password)
+                parsed = parse_container(data, target, pkcs12_password=self._pkcs12_password, deadline=ctx.deadline)
                 result = container_result(parsed, target, started, self.settings.expect)
                 block_types = parsed.other_blocks
             phase.set("certscope.certificates", len(result.certificates))

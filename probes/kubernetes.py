@@ -558,6 +558,8 @@ class KubernetesProbe:
         Reason.PARSE_ERROR,
         Reason.MALFORMED_CERTIFICATE,
         Reason.DUPLICATE_CERTIFICATE,
+        Reason.BAD_PASSWORD,  # a PKCS#12 value: Secrets carry no password for it
+        Reason.KDF_TOO_EXPENSIVE,
         *EXPECT_REASONS,
         Reason.INTERNAL_ERROR,
     )

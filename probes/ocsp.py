@@ -5,6 +5,9 @@ Targets are certificate files (``certificates``, PEM or DER; the first certifica
 each file is checked).  Each round asks the responder from the certificate's AIA, or
 ``url`` when set, through the shared cache: an answer is reused until its
 nextUpdate, so a responder is not asked more often than its answers expire.
+
+The AIA URL comes from a certificate and obeys ``global.egress``; ``url`` is the
+operator's and is trusted like a configured TLS target (loopback included).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from probes.base import (
     path_field,
 )
 from probes.certparse import facts_from_certificate
+from probes.fetch import ANY_NETWORK
 from probes.revocation import CHECKER, OCSP_REASONS, expand_paths, load_certificates
 
 RESPONDER_FAILURES = (Reason.OCSP_UNAVAILABLE, Reason.OCSP_BAD_RESPONSE, Reason.OCSP_UNAUTHORIZED_SIGNER)
@@ -61,7 +65,8 @@ class OcspProbe:
 
     def __init__(self, settings: OcspSettings, defaults: ProbeDefaults | None = None) -> None:
         self.settings = settings
-        self.allow_networks = (defaults or ProbeDefaults()).allow_networks
+        # The egress policy polices URLs from certificates, not the operator's own.
+        self.allow_networks = ANY_NETWORK if settings.url else (defaults or ProbeDefaults()).allow_networks
         self.issuer = load_certificates(settings.issuer_file)[0]
 
     def targets(self) -> Discovery:

@@ -229,6 +229,8 @@ def split_target(target: str) -> tuple[str, int]:
     host, sep, port = target.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"must be host:port, got {target!r}")
+    if "@" in host:  # '@' separates a target from its pinned address (resolve: all)
+        raise ValueError(f"'@' is not allowed in a host name, got {target!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
         if not _is_ip(host):

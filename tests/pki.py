@@ -12,18 +12,19 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 DAY = dt.timedelta(days=1)
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 
 @dataclass(frozen=True)
 class Issued:
     cert: x509.Certificate
-    key: ec.EllipticCurvePrivateKey
+    key: PrivateKey
 
     @property
     def pem(self) -> bytes:
@@ -80,8 +81,12 @@ def issue(
     not_after: dt.datetime | None = None,
     sans: tuple[str, ...] = (),
     extra_extensions: tuple[x509.ExtensionType, ...] = (),
+    key: PrivateKey | None = None,
+    extended_key_usage: tuple[x509.ObjectIdentifier, ...] = (ExtendedKeyUsageOID.SERVER_AUTH,),
 ) -> Issued:
-    key = ec.generate_private_key(ec.SECP256R1())
+    """A certificate for ``common_name`` signed by ``issuer`` (self-signed without one).
+    ``key`` defaults to a new EC P-256 key; ``extended_key_usage`` applies to leaves only."""
+    key = key or ec.generate_private_key(ec.SECP256R1())
     signer_key = issuer.key if issuer else key
     builder = (
         x509.CertificateBuilder()
@@ -102,7 +107,7 @@ def issue(
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in sans]), critical=False)
     if not ca:
-        builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        builder = builder.add_extension(x509.ExtendedKeyUsage(list(extended_key_usage)), critical=False)
     for extension in extra_extensions:
         builder = builder.add_extension(extension, critical=False)
     return Issued(builder.sign(signer_key, hashes.SHA256()), key)

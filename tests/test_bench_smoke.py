@@ -1,5 +1,7 @@
 """The benchmarks run end to end on a tiny scenario, so they cannot rot.  Their
-numbers are not judged here (benchmarks are not pass/fail tests)."""
+numbers are not judged here (benchmarks are not pass/fail tests).  They run as the
+documentation says, ``python -m bench.<name>`` from the repository root, and each writes
+the result header of ``bench.common.Results``."""
 
 from __future__ import annotations
 
@@ -10,22 +12,36 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
 
 
-def run_quick(script: str, out: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+def run_quick(name: str, out: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``python -m bench.<name> --quick``; its ``<out>/<name>.json`` must carry the common header."""
     run = subprocess.run(
-        [sys.executable, str(BENCH / script), "--quick", "--out", str(out)],
+        [sys.executable, "-m", f"bench.{name}", "--quick", "--out", str(out)],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=timeout,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    result = json.loads((out / f"{name}.json").read_text())
+    assert result["benchmark"] == name
+    assert result["machine"]["nproc"] and result["machine"]["python"] and result["code"]["commit"]
+    assert set(result["noise"]) == {"start", "end"} and result["elapsed_s"] > 0
     return run
 
 
+def test_benchmarks_import_the_project_without_path_tricks() -> None:
+    """They run as modules of the ``bench`` package, so nothing edits ``sys.path``."""
+    scripts = sorted(BENCH.glob("*.py"))
+    assert len(scripts) > 5 and (BENCH / "__init__.py") in scripts
+    assert [s.name for s in scripts if "sys.path" in s.read_text()] == []
+
+
 def test_files_scan_benchmark_quick(tmp_path: Path) -> None:
-    run = run_quick("files_scan.py", tmp_path, 120)
+    run = run_quick("files_scan", tmp_path, 120)
     result = json.loads((tmp_path / "files_scan.json").read_text())
     (size,) = result["sizes"].values()
     assert set(size["cases"]) >= {"bare_parse", "scandir_stat", "cold_scan", "warm_rescan"}
@@ -34,14 +50,14 @@ def test_files_scan_benchmark_quick(tmp_path: Path) -> None:
 
 
 def test_tls_probe_benchmark_quick(tmp_path: Path) -> None:
-    run = run_quick("tls_probe.py", tmp_path, 300)
+    run = run_quick("tls_probe", tmp_path, 300)
     result = json.loads((tmp_path / "tls_probe.json").read_text())
     assert result["goals_at_64"], "the certscope/blackbox ratios were computed"
     assert "1,000 loopback endpoints" in run.stdout
 
 
 def test_tls_scale_benchmark_quick(tmp_path: Path) -> None:
-    run = run_quick("tls_scale.py", tmp_path, 180)
+    run = run_quick("tls_scale", tmp_path, 180)
     result = json.loads((tmp_path / "tls_scale.json").read_text())
     assert list(result["sizes"]) == ["20", "60"]
     for size_text, figures in result["sizes"].items():
@@ -75,13 +91,13 @@ def test_tls_scale_benchmark_quick(tmp_path: Path) -> None:
 
 
 def test_revocation_benchmark_quick(tmp_path: Path) -> None:
-    run = run_quick("revocation.py", tmp_path, 120)
+    run = run_quick("revocation", tmp_path, 120)
     assert (tmp_path / "revocation.json").exists()
     assert "OCSP cached network requests = 0" in run.stdout
 
 
 def test_kubernetes_benchmark_quick(tmp_path: Path) -> None:
-    run = run_quick("kubernetes.py", tmp_path, 180)
+    run = run_quick("kubernetes", tmp_path, 180)
     result = json.loads((tmp_path / "kubernetes.json").read_text())
     assert [(r["secrets"], r["helm_secrets"]) for r in result["runs"]] == [(100, 0), (100, 5), (200, 0), (200, 5)]
     assert all(r["certscope"]["targets"] == 2 * r["secrets"] for r in result["runs"])
@@ -89,7 +105,7 @@ def test_kubernetes_benchmark_quick(tmp_path: Path) -> None:
 
 
 def test_scrape_benchmark_quick(tmp_path: Path) -> None:
-    run = run_quick("scrape.py", tmp_path, 120)
+    run = run_quick("scrape", tmp_path, 120)
     result = json.loads((tmp_path / "scrape.json").read_text())
     assert set(result["medians_seconds"]) >= {"client_collector", "certscope_http_first", "certscope_http_cached"}
     assert result["series"] > 1000
@@ -100,13 +116,15 @@ def test_harness_runs_scenarios_and_plots(tmp_path: Path) -> None:
     run = subprocess.run(
         [
             sys.executable,
-            str(BENCH / "run.py"),
+            "-m",
+            "bench.run",
             "--quick",
             "--only",
             "kubernetes,scrape,tls_scale",
             "--out",
             str(tmp_path),
         ],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
@@ -122,7 +140,7 @@ def test_harness_runs_scenarios_and_plots(tmp_path: Path) -> None:
 
 
 def test_tracing_benchmark_quick(tmp_path: Path) -> None:
-    run = run_quick("tracing.py", tmp_path, 120)
+    run = run_quick("tracing", tmp_path, 120)
     result = json.loads((tmp_path / "tracing.json").read_text())
     assert set(result["cells"]) == {
         "phase_untraced",

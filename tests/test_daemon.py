@@ -115,7 +115,7 @@ def test_reload_by_signal_and_http_keeps_the_old_config_on_error(start_daemon, p
     second = tmp_path / "second"
     write_formats(pki, first)
     write_formats(pki, second)
-    daemon: DaemonProcess = start_daemon(files_config(first))
+    daemon: DaemonProcess = start_daemon(files_config(first), "--web.enable-lifecycle")
     daemon.wait_ready()
     config_path = Path(daemon.process.args[-1].split("=", 1)[1])  # type: ignore[index, union-attr]
 

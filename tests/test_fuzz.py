@@ -33,6 +33,7 @@ from probes.base import Reason
 from probes.certparse import Parsed, _pem_blocks, parse_container
 from probes.kubernetes import _events
 from probes.revocation import GOOD, REVOKED, UNKNOWN, crl_lookup, evaluate_crl, evaluate_ocsp
+from tests import pkcs12_forge
 from tests.pki import build_pki
 
 EXAMPLES = int(os.environ.get("CERTSCOPE_FUZZ_EXAMPLES", "250"))
@@ -150,6 +151,7 @@ PARSE_REASONS = {
     Reason.NO_CERTIFICATE,
     Reason.BAD_PASSWORD,
     Reason.MALFORMED_CERTIFICATE,
+    Reason.KDF_TOO_EXPENSIVE,  # a mutation that makes an iteration count absurd
 }
 
 
@@ -181,6 +183,8 @@ def test_parse_container_never_raises(data: bytes) -> None:
 @given(mutated((P12,)), st.sampled_from((None, b"", b"wrong", P12_PASSWORD)))
 @example(P12, P12_PASSWORD)
 @example(P12, None)
+@example(pkcs12_forge.expensive_mac([PKI.valid.der], 2**31 - 1), None)
+@example(pkcs12_forge.expensive_key_bag([PKI.valid.der], 2**31 - 1), b"wrong")
 def test_pkcs12_path_never_raises(data: bytes, password: bytes | None) -> None:
     started = time.monotonic()
     parsed = parse_container(data, "fuzz.p12", pkcs12_password=lambda: password)
