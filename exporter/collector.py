@@ -124,6 +124,11 @@ class _Families:
             "1 if this part of the source (a Kubernetes resource, namespace and type) is listed and watched.",
             (*SOURCE_LABELS, "scope"),
         )
+        self.targets_dropped = _gauge(
+            p + "source_targets_dropped",
+            "Endpoints the source discovered in its last round but left out (over max_targets).",
+            SOURCE_LABELS,
+        )
         self.watch_restarts = _counter(
             p + "kubernetes_watch_restarts",
             "Kubernetes watches restarted, by reason (expired: 410, relist; dropped; error; timeout: normal end).",
@@ -134,6 +139,12 @@ class _Families:
             "1 if a newer certificate for the served names is stored at source_target (renewed, not served);"
             " 0 if the served certificate is the one stored there.",
             (*TARGET_LABELS, "source_probe", "source_kind", "source_target"),
+        )
+        self.endpoint_secret = _gauge(
+            p + "endpoint_secret_status",
+            "1 for how the leaf a discovered endpoint serves compares with its Secret's:"
+            " match, stale (renewed, not served), other (not the Secret's), secret_missing.",
+            (*TARGET_LABELS, "state"),
         )
         self.key_exposed = _gauge(
             p + "private_key_exposed",
@@ -339,6 +350,8 @@ def _render_probe(state: ProbeState, f: _Families) -> None:
         f.source_round.add(source_key, state.source.round_duration_seconds)
         for scope, up in state.source.scopes:
             f.source_scope_up.add((*source_key, scope), 1 if up else 0)
+        if info.kind == "tls" and state.source.scopes:  # a tls probe discovering its targets
+            f.targets_dropped.add(source_key, state.source.targets_dropped)
         for reason_value, count in state.source.watch_restarts:
             f.watch_restarts.add((info.name, reason_value), count)
         for reason in info.source_reasons:
@@ -365,6 +378,8 @@ def _render_probe(state: ProbeState, f: _Families) -> None:
         f.status.add((*key, ts.result.reason.value), 1, extra)
         for cause in ts.result.key_exposure:
             f.key_exposed.add((*key, cause), 1, extra)
+        if ts.result.stored is not None:
+            f.endpoint_secret.add((*key, ts.result.stored.state), 1, extra + ts.result.stored.labels)
         if ts.result.tls is not None:
             _render_tls(ts.result.tls, key, extra, f)
         for check in ts.result.revocation:

@@ -23,6 +23,12 @@ run all the same, so that each run keeps its span.
 
 Each target run is traced when tracing is on (``exporter.tracing``): the run's root
 span wraps ``Probe.run`` and the result carries its trace id to the store.
+
+A probe whose targets change between rounds (Kubernetes discovery: an Ingress added
+or deleted, seen through a watch event) can ask for a round now: it offers
+``set_wake(callback)`` and calls the callback it is given.  The round then runs at
+once (or right after the round in flight), and the probe carries its other targets
+over (``Discovery.carried``) so that an early round costs the new targets only.
 """
 
 from __future__ import annotations
@@ -35,8 +41,11 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES
 from apscheduler.executors.pool import ThreadPoolExecutor as JobExecutor
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
@@ -54,6 +63,7 @@ log = logging.getLogger(__name__)
 START_SPREAD = 0.1
 MAX_START_SPREAD = 2.0
 JITTER_SHARE = 0.05
+WAKE_RETRY = 0.05  # seconds before a skipped wake is asked again
 
 
 def probe_info(config: ProbeConfig, probe: Probe) -> ProbeInfo:
@@ -130,6 +140,13 @@ class Scheduler:
         # Set when the jobs of the current config are stopped, so that a round in
         # flight ends between two targets instead of running to the end.
         self._cancelled = threading.Event()
+        # Probes with a round in flight, and those woken meanwhile (their round runs
+        # again as soon as it ends: the wake may have come after its discovery).
+        # Its own lock: stop() holds _lock while it waits for rounds to end.
+        self._wake_lock = threading.Lock()
+        self._running: set[str] = set()
+        self._woken: set[str] = set()
+        self._early: set[str] = set()  # woken: the next round may carry targets over
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -155,6 +172,9 @@ class Scheduler:
         now = datetime.now(UTC)
         try:
             for probe_config, probe, info in plan.probes:
+                set_wake = getattr(probe, "set_wake", None)  # probes whose targets come and go
+                if set_wake is not None:
+                    set_wake(lambda name=probe_config.name, aps=aps: self._wake(name, aps))
                 spread = min(probe_config.interval * START_SPREAD, MAX_START_SPREAD)
                 aps.add_job(
                     self._round,
@@ -164,6 +184,7 @@ class Scheduler:
                     id=probe_config.name,
                     name=f"probe {probe_config.name}",
                 )
+            aps.add_listener(lambda event, aps=aps: self._skipped(event, aps), EVENT_JOB_MAX_INSTANCES)
         except Exception:
             targets_pool.shutdown(wait=False)
             plan.close()
@@ -207,6 +228,24 @@ class Scheduler:
             self._targets_pool.shutdown(wait=wait, cancel_futures=True)
             self._targets_pool = None
 
+    def _wake(self, name: str, aps: BackgroundScheduler | None) -> None:
+        """Run probe ``name``'s round now, or right after the one in flight (called
+        from a probe's own thread: a Kubernetes watch)."""
+        if aps is None or not self._current(aps):
+            return  # a config that is gone
+        with self._wake_lock:
+            self._early.add(name)
+            if name in self._running:
+                self._woken.add(name)
+                return
+        try:
+            aps.modify_job(name, next_run_time=datetime.now(UTC))
+        except JobLookupError:
+            pass
+
+    def _current(self, aps: BackgroundScheduler) -> bool:
+        return aps is self._aps
+
     def probe(self, name: str) -> tuple[ProbeConfig, Probe] | None:
         """The configured probe called ``name``, as built for the current config."""
         return self._probes.get(name)
@@ -217,6 +256,23 @@ class Scheduler:
 
     # -- one round ---------------------------------------------------------------
 
+    def _carried(self, config: ProbeConfig, discovery: Discovery, early: bool) -> frozenset[str]:
+        """The targets a round keeps as published instead of running: only in a round
+        woken early, only those the probe offers (unchanged since their last run), and
+        only while their last run is younger than the interval.  A scheduled round
+        runs every target."""
+        if not early or not discovery.carried:
+            return frozenset()
+        state = self._store.snapshot().probes.get(config.name)
+        if state is None:
+            return frozenset()
+        horizon = time.time() - config.interval
+        return frozenset(
+            target
+            for target in discovery.carried
+            if (ts := state.targets.get(target)) is not None and ts.last_run >= horizon
+        )
+
     def _round(
         self,
         config: ProbeConfig,
@@ -224,6 +280,47 @@ class Scheduler:
         info: ProbeInfo,
         pool: ThreadPoolExecutor,
         cancelled: threading.Event,
+    ) -> None:
+        name = config.name
+        with self._wake_lock:
+            self._running.add(name)
+            early = name in self._early
+            self._early.discard(name)
+        try:
+            while True:
+                self._round_once(config, probe, info, pool, cancelled, early)
+                # Woken while this round ran (its discovery may have missed the change):
+                # one more round now, in this same job, since a run asked of APScheduler
+                # while this job is still running would be skipped (max_instances).
+                with self._wake_lock:
+                    if name not in self._woken or cancelled.is_set():
+                        self._running.discard(name)
+                        return
+                    self._woken.discard(name)
+                    self._early.discard(name)
+                early = True
+        finally:
+            with self._wake_lock:
+                self._running.discard(name)
+
+    def _skipped(self, event: Any, aps: BackgroundScheduler) -> None:
+        """APScheduler skipped a run (max_instances): when it was a wake, caught in the
+        instant between a round's end and its job's, ask again shortly."""
+        with self._wake_lock:
+            pending = event.job_id in self._early
+        if pending:
+            retry = threading.Timer(WAKE_RETRY, self._wake, (event.job_id, aps))
+            retry.daemon = True
+            retry.start()
+
+    def _round_once(
+        self,
+        config: ProbeConfig,
+        probe: Probe,
+        info: ProbeInfo,
+        pool: ThreadPoolExecutor,
+        cancelled: threading.Event,
+        early: bool = False,
     ) -> None:
         started = time.monotonic()
         try:
@@ -235,20 +332,23 @@ class Scheduler:
             )
         if self._shard.count > 1 and not getattr(probe, "shards_itself", False):
             owned = tuple(t for t in discovery.targets if self._shard.owns(t))
-            discovery = replace(discovery, targets=owned)
+            discovery = replace(discovery, targets=owned, carried=discovery.carried.intersection(owned))
+        discovery = replace(discovery, carried=self._carried(config, discovery, early))
         results: dict[str, tuple[ProbeResult, float]] = {}
         unchanged = discovery.unchanged if not self.tracing.enabled else {}
-        if probe.concurrent_targets and len(discovery.targets) > 1:
+        carried = discovery.carried
+        to_run = [t for t in discovery.targets if t not in carried] if carried else discovery.targets
+        if probe.concurrent_targets and len(to_run) > 1:
             futures = {
                 target: pool.submit(run_target, probe, target, config, self.tracing)
-                for target in discovery.targets
+                for target in to_run
                 if target not in unchanged
             }
-            for target in discovery.targets:
+            for target in to_run:
                 future = futures.get(target)
                 results[target] = future.result() if future is not None else (unchanged[target], time.time())
         else:
-            for target in discovery.targets:
+            for target in to_run:
                 if cancelled.is_set():
                     return
                 reused = unchanged.get(target)

@@ -8,7 +8,9 @@ half-written round.  Facts joining several probes (served vs stored certificates
 shared keys) are computed here, each time the probes' states change, and kept on
 the snapshot (``Snapshot.cross``): rendering a snapshot reads nothing else.
 
-A target missing from a round is gone: its series disappear with it.
+A target missing from a round is gone: its series disappear with it.  A target the
+round carries over (``Discovery.carried``: not run, still there) keeps its state as it
+was, counters included.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ class SourceState:
     round_duration_seconds: float
     scopes: tuple[tuple[str, bool], ...] = ()  # (scope, up) for sources made of parts
     watch_restarts: tuple[tuple[str, int], ...] = ()  # (reason, cumulative count)
+    targets_dropped: int = 0  # found but left out by the source's cap in the last round
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +235,10 @@ class ResultStore:
                 previous_reason = previous.result.reason if previous else None
                 if previous_reason != result.reason:
                     transitions.append(Transition(target, previous_reason, result.reason, result.message))
+            for target in discovery.carried:
+                carried = old_state.targets.get(target)
+                if carried is not None and target not in targets:
+                    targets[target] = carried
             errors = list(discovery.errors)
             for result, _ in results.values():
                 errors.extend(result.errors)
@@ -358,4 +365,5 @@ def _next_source_state(
         round_duration_seconds=round_duration,
         scopes=discovery.scopes,
         watch_restarts=discovery.watch_restarts,
+        targets_dropped=discovery.dropped,
     )

@@ -159,6 +159,7 @@ class Reason(StrEnum):
     NOT_REGULAR_FILE = "not_regular_file"
     FILE_TOO_LARGE = "file_too_large"
     TOO_MANY_FILES = "too_many_files"
+    TOO_MANY_TARGETS = "too_many_targets"  # discovered endpoints beyond max_targets, left out
     EMPTY_FILE = "empty_file"
     NO_CERTIFICATE = "no_certificate"
     PARSE_ERROR = "parse_error"
@@ -331,6 +332,15 @@ class CaFacts:
 
 
 @dataclass(frozen=True, slots=True)
+class StoredComparison:
+    """How the leaf an endpoint serves compares with the certificate stored where it
+    should come from (a discovered endpoint's Secret: probes/kubediscovery.py)."""
+
+    state: str  # match | stale | other | secret_missing
+    labels: tuple[tuple[str, str], ...]  # where it is stored: secret_namespace, secret_name
+
+
+@dataclass(frozen=True, slots=True)
 class ProbeResult:
     success: bool
     reason: Reason
@@ -358,6 +368,8 @@ class ProbeResult:
     # The run's trace id (32 hex digits), set by the scheduler when the run was
     # traced and sampled; the histograms carry it as an exemplar.
     trace_id: str = ""
+    # Served vs stored, for an endpoint whose backing Secret is known.
+    stored: StoredComparison | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,6 +393,12 @@ class Discovery:
     # are instead of calling run(), unless runs are traced.  Every key is a target.
     # Left out of repr (100,000 results in a log line) and of equality and hash.
     unchanged: Mapping[str, ProbeResult] = field(default_factory=dict, compare=False, repr=False)
+    # Targets not run in this round whose published state stays as it is (runs and
+    # failures not counted again): a round woken early for a new discovered target
+    # runs that one and carries the others over.  Every one is a target.
+    carried: frozenset[str] = frozenset()
+    # Targets the source found but left out, over its cap (max_targets).
+    dropped: int = 0
 
 
 AttributeValue = str | bool | int | float

@@ -46,7 +46,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import requests
 
@@ -159,9 +159,18 @@ class _Stored:
     errors: tuple[SourceError, ...] = ()  # object-level problems (bad annotations)
 
 
+# Namespaced resources outside the core group, by API path prefix (the discovery
+# sources of probes/kubediscovery.py); core ones (secrets, configmaps, services) are
+# under /api/v1.
+NAMESPACED_GROUPS: dict[str, str] = {
+    "ingresses": "/apis/networking.k8s.io/v1",
+    "gateways": "/apis/gateway.networking.k8s.io/v1",
+}
+
+
 @dataclass(frozen=True)
-class _Scope:
-    resource: str  # secrets | configmaps | one of kubeobjects.RESOURCES (cluster-scoped)
+class Scope:
+    resource: str  # secrets | configmaps | services | ingresses | gateways | one of kubeobjects.RESOURCES
     namespace: str | None  # None: all namespaces (and always for cluster-scoped resources)
     secret_type: str | None
     label_selector: str
@@ -179,9 +188,10 @@ class _Scope:
     def path(self) -> str:
         if self.resource in RESOURCES:
             return f"{RESOURCES[self.resource][0]}/{self.resource}"
+        prefix = NAMESPACED_GROUPS.get(self.resource, "/api/v1")
         if self.namespace is None:
-            return f"/api/v1/{self.resource}"
-        return f"/api/v1/namespaces/{self.namespace}/{self.resource}"
+            return f"{prefix}/{self.resource}"
+        return f"{prefix}/namespaces/{self.namespace}/{self.resource}"
 
     def params(self) -> dict[str, str]:
         params = {}
@@ -211,16 +221,69 @@ class _Expired(Exception):
     """The resourceVersion watched from is too old (410): relist."""
 
 
-class _Stream:
-    """List+watch of one scope in a daemon thread; ``items`` is its cache."""
+class Versioned(Protocol):
+    """What a stream keeps of one object: enough to tell an unchanged object."""
 
-    def __init__(self, scope: _Scope, cluster: Cluster, owner: KubernetesProbe) -> None:
+    @property
+    def uid(self) -> str: ...
+
+    @property
+    def resource_version(self) -> str: ...
+
+
+StoredT = TypeVar("StoredT", bound=Versioned)
+StoredT_co = TypeVar("StoredT_co", bound=Versioned, covariant=True)
+
+
+class WatchSettings(Protocol):
+    """The list+watch knobs a stream reads from its owner's settings."""
+
+    @property
+    def page_size(self) -> int: ...
+
+    @property
+    def list_timeout(self) -> float: ...
+
+    @property
+    def watch_timeout(self) -> float: ...
+
+    @property
+    def resync_interval(self) -> float: ...
+
+
+class StreamOwner(Protocol[StoredT_co]):
+    """Who a stream works for: the ``kubernetes`` probe (certificates in objects) or a
+    discovery source (probes/kubediscovery.py: endpoints in objects)."""
+
+    @property
+    def watch_settings(self) -> WatchSettings: ...
+
+    def count_restart(self, reason: str) -> None: ...
+
+    def parse_object(self, resource: str, obj: Mapping[str, Any], uid: str, version: str) -> StoredT_co | None:
+        """What to keep of one object; None: nothing (ignored, another replica's)."""
+        ...
+
+    def malformed(self, error: SourceError) -> StoredT_co:
+        """What to keep of an object of the wrong shape: its error only."""
+        ...
+
+
+class Stream(Generic[StoredT]):
+    """List+watch of one scope in a daemon thread; ``items`` is its cache.
+
+    ``on_change`` (optional) is called from the stream's thread after a watch event
+    changed the cache, so that an owner can react within one event (a discovery
+    source wakes its probe's round)."""
+
+    def __init__(self, scope: Scope, cluster: Cluster, owner: StreamOwner[StoredT]) -> None:
         self.scope = scope
         self._cluster = cluster
         self._owner = owner
-        self._settings = owner.settings
+        self._settings = owner.watch_settings
         self._lock = threading.Lock()
-        self.items: dict[tuple[str, str], _Stored] = {}
+        self.items: dict[tuple[str, str], StoredT] = {}
+        self.on_change: Any = None  # Callable[[], None] | None
         self.up = False
         self.synced = threading.Event()  # set after the first list, or its first failure
         self.error: SourceError | None = None
@@ -234,9 +297,14 @@ class _Stream:
         self._stop.set()
         self.synced.set()  # nobody waits for a stream that is going away
 
-    def view(self) -> list[_Stored]:
+    def view(self) -> list[StoredT]:
         with self._lock:
             return list(self.items.values())
+
+    def get(self, key: tuple[str, str]) -> StoredT | None:
+        """The object at (namespace, name), as kept."""
+        with self._lock:
+            return self.items.get(key)
 
     # -- the informer loop -----------------------------------------------------
 
@@ -274,7 +342,7 @@ class _Stream:
     def _list(self, session: requests.Session) -> str:
         """Read the whole scope page by page; returns the list's resourceVersion."""
         deadline = time.monotonic() + self._settings.list_timeout
-        fresh: dict[tuple[str, str], _Stored] = {}
+        fresh: dict[tuple[str, str], StoredT] = {}
         params = {**self.scope.params(), "limit": str(self._settings.page_size)}
         while True:
             remaining = deadline - time.monotonic()
@@ -378,23 +446,27 @@ class _Stream:
         if kind == "BOOKMARK":
             return new_version
         key = _object_key(obj)
+        changed = False
         if kind in ("ADDED", "MODIFIED"):
             with self._lock:
                 previous = self.items.get(key)
             stored = self._build(obj, previous)
             with self._lock:
                 if stored is None:
-                    self.items.pop(key, None)
+                    changed = self.items.pop(key, None) is not None
                 else:
+                    changed = stored is not previous
                     self.items[key] = stored
         elif kind == "DELETED":
             with self._lock:
-                self.items.pop(key, None)
+                changed = self.items.pop(key, None) is not None
+        if changed and self.on_change is not None:
+            self.on_change()
         return new_version
 
-    def _build(self, obj: Mapping[str, Any], previous: _Stored | None) -> _Stored | None:
-        """Parse an object's certificate keys, or reuse ``previous`` if unchanged.
-        None: the object is ignored by annotation.  An object of the wrong shape (a
+    def _build(self, obj: Mapping[str, Any], previous: StoredT | None) -> StoredT | None:
+        """Parse an object, or reuse ``previous`` if unchanged.  None: nothing to keep
+        (ignored by annotation, another replica's).  An object of the wrong shape (a
         non-conforming API server or proxy) is one error of its own, never the scope's."""
         try:
             return self._build_checked(obj, previous)
@@ -402,20 +474,21 @@ class _Stream:
             namespace, name = _object_key(obj) if isinstance(obj.get("metadata"), dict) else ("?", "?")
             item = f"{namespace}/{name}" if namespace else f"{self.scope.resource}/{name}"
             error = SourceError(Reason.PARSE_ERROR, item, f"{item}: malformed {self.scope.resource} object ({exc})")
-            return _Stored("", "", (), (error,))
+            return self._owner.malformed(error)
 
-    def _build_checked(self, obj: Mapping[str, Any], previous: _Stored | None) -> _Stored | None:
+    def _build_checked(self, obj: Mapping[str, Any], previous: StoredT | None) -> StoredT | None:
         metadata = obj.get("metadata") or {}
         uid = str(metadata.get("uid") or "")
         version = str(metadata.get("resourceVersion") or "")
-        annotations = metadata.get("annotations") or {}
-        if str(annotations.get(ANNOTATION_PREFIX + "ignore", "")).lower() in ("true", "1", "yes"):
-            return None
-        if not self._owner.shard.owns(str(metadata.get("namespace") or "")):
-            return None  # another replica's namespace
         if previous is not None and previous.uid == uid and previous.resource_version == version and version:
             return previous
         return self._owner.parse_object(self.scope.resource, obj, uid, version)
+
+
+def ignored(metadata: Mapping[str, Any]) -> bool:
+    """``certscope.io/ignore: "true"`` on the object."""
+    annotations = metadata.get("annotations") or {}
+    return str(annotations.get(ANNOTATION_PREFIX + "ignore", "")).lower() in ("true", "1", "yes")
 
 
 # Larger than any object etcd stores (1.5 MiB by default): a line this long without
@@ -502,7 +575,7 @@ class KubernetesProbe:
         self.settings = settings
         self.shard = defaults.shard if defaults is not None else NO_SHARD
         self._lock = threading.Lock()
-        self._streams: list[_Stream] = []
+        self._streams: list[Stream[_Stored]] = []
         self._cluster: Cluster | None = None
         self._setup_error: SourceError | None = None
         self._restarts_lock = threading.Lock()  # streams count while _start waits under _lock
@@ -532,18 +605,18 @@ class KubernetesProbe:
             () if settings.namespaces else (None,)
         )
         scopes = [
-            _Scope("secrets", namespace, secret_type, settings.label_selector)
+            Scope("secrets", namespace, secret_type, settings.label_selector)
             for namespace in (namespaces if settings.secrets else ())
             for secret_type in (settings.secret_types or (None,))
         ]
         if settings.configmaps:
             scopes += [
-                _Scope("configmaps", namespace, None, settings.configmap_label_selector) for namespace in namespaces
+                Scope("configmaps", namespace, None, settings.configmap_label_selector) for namespace in namespaces
             ]
         cluster_resources = [*settings.ca_bundles, *((CSR_RESOURCE,) if settings.certificate_signing_requests else ())]
         if self.shard.owns(""):  # cluster-scoped objects are the shard of namespace "" alone
-            scopes += [_Scope(resource, None, None, "") for resource in cluster_resources]
-        self._streams = [_Stream(scope, self._cluster, self) for scope in scopes]
+            scopes += [Scope(resource, None, None, "") for resource in cluster_resources]
+        self._streams = [Stream(scope, self._cluster, self) for scope in scopes]
         for stream in self._streams:
             stream.start()
 
@@ -611,10 +684,21 @@ class KubernetesProbe:
 
     # -- parsing -----------------------------------------------------------------
 
-    def parse_object(self, resource: str, obj: Mapping[str, Any], uid: str, version: str) -> _Stored:
+    @property
+    def watch_settings(self) -> KubernetesSettings:
+        return self.settings
+
+    def malformed(self, error: SourceError) -> _Stored:
+        return _Stored("", "", (), (error,))
+
+    def parse_object(self, resource: str, obj: Mapping[str, Any], uid: str, version: str) -> _Stored | None:
+        metadata = obj.get("metadata") or {}
+        if ignored(metadata):
+            return None
+        if not self.shard.owns(str(metadata.get("namespace") or "")):
+            return None  # another replica's namespace
         if resource in RESOURCES:
             return self._parse_cluster_object(resource, obj, uid, version)
-        metadata = obj.get("metadata") or {}
         # Interned: a namespace is repeated on every object in it, a key name on most.
         namespace, name = sys.intern(str(metadata.get("namespace") or "")), str(metadata.get("name") or "")
         annotations = metadata.get("annotations") or {}

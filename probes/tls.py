@@ -13,6 +13,13 @@ verdict; ``probes.verify`` then judges trust and hostname in-process.
 
 One ``SSLContext`` is built per probe configuration and shared by all its runs
 (building one costs as much as twenty handshakes).
+
+With a ``kubernetes:`` block the probe also takes its targets from the cluster
+(``probes.kubediscovery``: Ingresses, Gateway listeners, annotated Services), each
+with its own server name; an address taken from an object passes the egress policy
+before any connection, and the served leaf is compared with the Secret that should
+back the endpoint (``ProbeResult.stored``).  A watch event that changes the
+endpoints wakes the probe's round (``set_wake``).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -43,6 +51,7 @@ from probes.base import (
     RevocationFacts,
     Seconds,
     SourceError,
+    StoredComparison,
     TlsFacts,
     TrustSettings,
     annotate_revocation,
@@ -51,7 +60,8 @@ from probes.base import (
 from probes.certparse import facts_from_certificate, role_in_bundle
 from probes.credentials import read_secret
 from probes.expect import EXPECT_REASONS, Expect, check
-from probes.fetch import getaddrinfo_by, is_ip
+from probes.fetch import FetchError, getaddrinfo_by, is_ip, resolve_checked
+from probes.kubediscovery import Endpoint, KubeDiscoverySettings, KubeEndpoints, compare
 from probes.profiles import WEBPKI
 from probes.revocation import CRL_REASONS, OCSP_REASONS, RevocationChecker, evaluate_ocsp, revocation_facts
 from probes.stapling import fetch_stapled_response
@@ -167,7 +177,7 @@ class RevocationSettings:
 
 @dataclass(frozen=True)
 class TlsSettings:
-    targets: tuple[str, ...]
+    targets: tuple[str, ...] = ()  # required unless kubernetes discovers them
     server_name: str | None = None  # SNI and the name verified; default: the target host
     alpn: tuple[str, ...] = ()
     starttls: str | None = None
@@ -187,11 +197,13 @@ class TlsSettings:
     # ("*.example.com:443"); loopback, link-local and metadata addresses stay
     # refused unless global.egress.allow_networks lets them through.
     allow_targets: tuple[str, ...] = ()
+    # Endpoints discovered in Kubernetes (probes/kubediscovery.py), besides ``targets``.
+    kubernetes: KubeDiscoverySettings | None = None
 
     def validate(self) -> list[tuple[str, str]]:
         problems = []
-        if not self.targets:
-            problems.append(("targets", "at least one target is required"))
+        if not self.targets and self.kubernetes is None:
+            problems.append(("targets", "at least one target is required (or kubernetes discovery)"))
         for index, target in enumerate(self.targets):
             try:
                 split_target(target)
@@ -283,8 +295,21 @@ class TlsProbe:
         self.revocation = defaults.revocation or RevocationChecker()
         self.client_certificates: tuple[CertObservation, ...] = ()
         self.context = self._build_context()
-        capacity = max(MEMO_SIZE, MEMO_PER_TARGET * len(settings.targets))
+        discovered = settings.kubernetes.max_targets if settings.kubernetes is not None else 0
+        capacity = max(MEMO_SIZE, MEMO_PER_TARGET * (len(settings.targets) + discovered))
         self._memo = _ChainMemo(self.trust, capacity, self.profile)
+        self._source = KubeEndpoints(settings.kubernetes) if settings.kubernetes is not None else None
+        self._endpoints: dict[str, Endpoint] = {}  # the discovered targets of the latest round
+
+    def set_wake(self, wake: Callable[[], None]) -> None:
+        """Called by the scheduler: ``wake()`` runs the round now.  A discovery
+        source calls it when a watch event adds, changes or removes an endpoint."""
+        if self._source is not None:
+            self._source.on_change = wake
+
+    def close(self) -> None:
+        if self._source is not None:
+            self._source.close()
 
     # -- configuration -----------------------------------------------------------
 
@@ -337,6 +362,25 @@ class TlsProbe:
     # -- discovery ---------------------------------------------------------------
 
     def targets(self) -> Discovery:
+        static = self._static_targets()
+        if self._source is None:
+            return static
+        found = self._source.look()
+        previous, self._endpoints = self._endpoints, found.endpoints
+        # Unchanged since the last round: a round woken early for a new endpoint may
+        # carry these over instead of probing them again (the scheduler decides).
+        carried = frozenset(t for t, e in found.endpoints.items() if previous.get(t) == e)
+        return Discovery(
+            (*static.targets, *(t for t in found.endpoints if t not in static.targets)),
+            (*static.errors, *found.errors),
+            up=found.up,
+            scopes=found.scopes,
+            watch_restarts=found.watch_restarts,
+            carried=carried,
+            dropped=found.dropped,
+        )
+
+    def _static_targets(self) -> Discovery:
         if self.settings.resolve != "all":
             return Discovery(self.settings.targets)
         targets: list[str] = []
@@ -355,6 +399,9 @@ class TlsProbe:
     # -- one run -----------------------------------------------------------------
 
     def run(self, target: str, ctx: ProbeContext) -> ProbeResult:
+        endpoint = self._endpoints.get(target)
+        if endpoint is not None:
+            return self._run_discovered(endpoint, ctx)
         started = time.monotonic()
         name, _, pinned_address = target.partition("@")
         host, port = split_target(name)
@@ -374,6 +421,46 @@ class TlsProbe:
                 tls=failure.tls,
                 target_labels=labels,
             )
+
+    def _run_discovered(self, endpoint: Endpoint, ctx: ProbeContext) -> ProbeResult:
+        """An endpoint found in the cluster: its address checked against the egress
+        policy unless configured, then the usual run, then served vs stored."""
+        started = time.monotonic()
+        observations: list[CertObservation] = list(self.client_certificates)
+        labels = endpoint.labels
+        where = f"{endpoint.host}:{endpoint.port}"
+        try:
+            pinned = ""
+            if not endpoint.trusted:
+                with ctx.phase("dns") as phase:
+                    try:
+                        pinned = resolve_checked(endpoint.host, endpoint.port, self.allow_networks, ctx.deadline)
+                    except FetchError as exc:
+                        reason = Reason.CONNECT_FAILED if exc.kind == "refused" else Reason.DNS_ERROR
+                        phase.fail(reason, str(exc))
+                        raise _Failure(reason, str(exc)) from None
+            result = self._run(
+                endpoint.host, endpoint.port, endpoint.server_name, pinned, ctx, started, observations, labels
+            )
+        except _Failure as failure:
+            result = ProbeResult(
+                success=False,
+                reason=failure.reason,
+                duration_seconds=time.monotonic() - started,
+                certificates=tuple(observations),
+                phases=tuple(ctx.phases),
+                message=f"{endpoint.target} ({where}): {failure}",
+                tls=failure.tls,
+                target_labels=labels,
+            )
+        stored = None
+        leaf = next((o.cert for o in result.certificates if o.role == "leaf" and o.index == 0), None)
+        if leaf is not None and endpoint.secrets and self._source is not None:
+            leaves = self._source.stored_leaves(endpoint.secrets)
+            if leaves is not None:
+                secret_labels = (("secret_namespace", endpoint.secrets[0][0]), ("secret_name", endpoint.secrets[0][1]))
+                stored = StoredComparison(compare(leaf, leaves), secret_labels)
+        return replace(result, info_labels=endpoint.info_labels, stored=stored)
 
     def _run(
         self,

@@ -8,7 +8,10 @@ silent; ``tests/test_kube_apiserver.py`` checks them, including against the offi
 
 Modelled
 --------
-* Resources ``secrets`` and ``configmaps`` (core ``v1``), and the cluster-scoped
+* Resources ``secrets``, ``configmaps`` and ``services`` (core ``v1``), the namespaced
+  ``ingresses`` (``networking.k8s.io/v1``) and ``gateways`` (``gateway.networking.k8s.io/v1``,
+  a CRD in a real cluster) at ``/apis/{group}/{version}[/namespaces/{ns}]/{res}[/{name}]``,
+  and the cluster-scoped
   ``validatingwebhookconfigurations``, ``mutatingwebhookconfigurations``
   (``admissionregistration.k8s.io/v1``), ``apiservices`` (``apiregistration.k8s.io/v1``),
   ``customresourcedefinitions`` (``apiextensions.k8s.io/v1``) and ``certificatesigningrequests``
@@ -60,6 +63,8 @@ NOT modelled
 * Writes over HTTP (create/update/patch/delete are test-side calls: ``put``/``delete``), dry-run,
   managedFields, finalizers, deletionTimestamp/grace periods, generation, ownerReferences, garbage
   collection, admission, validation of names and of Secret contents, immutable Secrets.
+* What controllers write: a Service's ``clusterIP`` allocation, an Ingress's or Gateway's ``status``
+  (tests put objects with the status a controller would have written).
 * Namespaces as objects (a list in a namespace that does not exist is simply empty), other
   resources, API groups and versions, the deprecated ``/api/v1/watch/...`` paths, websockets, subresources.
 * RBAC beyond "cluster-wide or these namespaces, every resource or these" (no verbs, groups,
@@ -106,6 +111,9 @@ HOST = "127.0.0.1"
 KINDS = {
     "secrets": "Secret",
     "configmaps": "ConfigMap",
+    "services": "Service",
+    "ingresses": "Ingress",
+    "gateways": "Gateway",
     "validatingwebhookconfigurations": "ValidatingWebhookConfiguration",
     "mutatingwebhookconfigurations": "MutatingWebhookConfiguration",
     "apiservices": "APIService",
@@ -117,21 +125,31 @@ SINGULAR = {resource: kind.lower() for resource, kind in KINDS.items()}
 GROUP_VERSIONS = {
     "secrets": ("", "v1"),
     "configmaps": ("", "v1"),
+    "services": ("", "v1"),
+    "ingresses": ("networking.k8s.io", "v1"),
+    # A CRD in a real cluster (the Gateway API's standard channel); served like a built-in here.
+    "gateways": ("gateway.networking.k8s.io", "v1"),
     "validatingwebhookconfigurations": ("admissionregistration.k8s.io", "v1"),
     "mutatingwebhookconfigurations": ("admissionregistration.k8s.io", "v1"),
     "apiservices": ("apiregistration.k8s.io", "v1"),
     "customresourcedefinitions": ("apiextensions.k8s.io", "v1"),
     "certificatesigningrequests": ("certificates.k8s.io", "v1"),
 }
-NAMESPACED = frozenset({"secrets", "configmaps"})  # the others are cluster-scoped
+NAMESPACED = frozenset({"secrets", "configmaps", "services", "ingresses", "gateways"})  # the others: cluster-scoped
 SHORT_NAMES = {
     "configmaps": ["cm"],
+    "services": ["svc"],
+    "ingresses": ["ing"],
+    "gateways": ["gtw"],
     "customresourcedefinitions": ["crd", "crds"],
     "certificatesigningrequests": ["csr"],
 }
 FIELD_LABELS = {
     "secrets": frozenset({"metadata.name", "metadata.namespace", "type"}),
     "configmaps": frozenset({"metadata.name", "metadata.namespace"}),
+    "services": frozenset({"metadata.name", "metadata.namespace"}),
+    "ingresses": frozenset({"metadata.name", "metadata.namespace"}),
+    "gateways": frozenset({"metadata.name", "metadata.namespace"}),
     # The apiserver's CSR field selectors include spec.signerName (kept in Fields.type).
     "certificatesigningrequests": frozenset({"metadata.name", "spec.signerName"}),
 }
@@ -1078,8 +1096,9 @@ def _group_list() -> dict[str, Any]:
 
 
 _RESOURCE_PATH = re.compile(
-    r"(?:/api/v1/(?:namespaces/(?P<ns>[^/]+)/)?(?P<res>secrets|configmaps)"
-    r"|/apis/(?P<group>[^/]+)/(?P<version>[^/]+)/(?P<cres>[a-z]+))(?:/(?P<name>[^/]+))?"
+    r"(?:/api/v1/(?:namespaces/(?P<ns>[^/]+)/)?(?P<res>secrets|configmaps|services)"
+    r"|/apis/(?P<group>[^/]+)/(?P<version>[^/]+)/(?:namespaces/(?P<gns>[^/]+)/)?(?P<cres>[a-z]+))"
+    r"(?:/(?P<name>[^/]+))?"
 )
 
 
@@ -1195,7 +1214,8 @@ class _Handler(BaseHTTPRequestHandler):
                 resource not in KINDS or GROUP_VERSIONS[resource] != (match["group"], match["version"])
             ):
                 raise ApiError(404, "NotFound", FAILURES[404][1], {})
-            namespace = unquote(match["ns"]) if match["ns"] else None
+            namespace_part = match["ns"] or match["gns"]
+            namespace = unquote(namespace_part) if namespace_part else None
             name = unquote(match["name"]) if match["name"] else None
             watching = query.get("watch", "").lower() in ("1", "true")
             if (namespace is not None) != (resource in NAMESPACED) and (name is not None or namespace is not None):

@@ -176,3 +176,149 @@ def csr(name: str, signer: str, username: str, issued: Issued | None, *, common_
             "certificate": b64(issued.pem),
         }
     return obj
+
+
+# --------------------------------------------------------------------------- endpoints
+
+
+def tls_secret(namespace: str, name: str, leaf: Issued, *chain: Issued, **metadata: Any) -> dict[str, Any]:
+    """A ``kubernetes.io/tls`` Secret holding ``leaf`` (then ``chain``) and its key."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/tls",
+        "metadata": {"namespace": namespace, "name": name, **metadata},
+        "data": {"tls.crt": b64(leaf.pem + b"".join(c.pem for c in chain)), "tls.key": b64(leaf.key_pem)},
+    }
+
+
+def ingress(
+    namespace: str,
+    name: str,
+    tls: list[tuple[list[str], str | None]],
+    *,
+    ingress_class: str | None = "nginx",
+    load_balancer: str | None = None,
+    **metadata: Any,
+) -> dict[str, Any]:
+    """A ``networking.k8s.io/v1`` Ingress: ``tls`` (hosts, secretName or None), a rule per
+    host to a backend Service, and ``status.loadBalancer`` when ``load_balancer`` (an IP)."""
+    hosts = [host for hosts, _ in tls for host in hosts]
+    spec: dict[str, Any] = {
+        "tls": [{"hosts": hosts_, **({"secretName": secret} if secret else {})} for hosts_, secret in tls],
+        "rules": [
+            {
+                "host": host,
+                "http": {
+                    "paths": [
+                        {
+                            "path": "/",
+                            "pathType": "Prefix",
+                            "backend": {"service": {"name": "web", "port": {"number": 8080}}},
+                        }
+                    ]
+                },
+            }
+            for host in hosts
+        ],
+    }
+    if ingress_class is not None:
+        spec["ingressClassName"] = ingress_class
+    status: dict[str, Any] = {"loadBalancer": {}}
+    if load_balancer is not None:
+        status["loadBalancer"] = {"ingress": [{"ip": load_balancer}]}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": {"namespace": namespace, "name": name, **metadata},
+        "spec": spec,
+        "status": status,
+    }
+
+
+def gateway(
+    namespace: str,
+    name: str,
+    listeners: list[dict[str, Any]],
+    *,
+    gateway_class: str = "envoy",
+    address: str | None = None,
+    **metadata: Any,
+) -> dict[str, Any]:
+    """A ``gateway.networking.k8s.io/v1`` Gateway with ``listeners`` (see ``listener``) and,
+    with ``address``, the ``status.addresses`` and conditions its controller writes."""
+    status: dict[str, Any] = {}
+    if address is not None:
+        status = {
+            "addresses": [{"type": "IPAddress", "value": address}],
+            "conditions": [
+                {
+                    "type": "Programmed",
+                    "status": "True",
+                    "reason": "Programmed",
+                    "message": "",
+                    "observedGeneration": 1,
+                    "lastTransitionTime": "2026-01-01T00:00:00Z",
+                }
+            ],
+        }
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": {"namespace": namespace, "name": name, **metadata},
+        "spec": {"gatewayClassName": gateway_class, "listeners": listeners},
+        "status": status,
+    }
+
+
+def listener(
+    name: str,
+    port: int,
+    *,
+    hostname: str | None,
+    protocol: str = "HTTPS",
+    secrets: tuple[str | tuple[str, str], ...] = (),
+    mode: str = "Terminate",
+) -> dict[str, Any]:
+    """One Gateway listener; ``secrets`` are certificateRefs (a name, or (namespace, name))."""
+    entry: dict[str, Any] = {"name": name, "port": port, "protocol": protocol}
+    if hostname is not None:
+        entry["hostname"] = hostname
+    if protocol in ("HTTPS", "TLS"):
+        refs = []
+        for secret in secrets:
+            ref: dict[str, Any] = {"group": "", "kind": "Secret"}
+            if isinstance(secret, tuple):
+                ref.update(namespace=secret[0], name=secret[1])
+            else:
+                ref["name"] = secret
+            refs.append(ref)
+        entry["tls"] = {"mode": mode, **({"certificateRefs": refs} if refs else {})}
+    entry["allowedRoutes"] = {"namespaces": {"from": "Same"}}
+    return entry
+
+
+def service(
+    namespace: str,
+    name: str,
+    ports: list[tuple[str, int]],
+    *,
+    cluster_ip: str = "10.96.0.10",
+    **metadata: Any,
+) -> dict[str, Any]:
+    """A ``v1`` Service of type ClusterIP with ``ports`` (name, port)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"namespace": namespace, "name": name, **metadata},
+        "spec": {
+            "type": "ClusterIP",
+            "clusterIP": cluster_ip,
+            "clusterIPs": [cluster_ip],
+            "selector": {"app": name},
+            "ports": [
+                {"name": port_name, "port": port, "targetPort": port, "protocol": "TCP"} for port_name, port in ports
+            ],
+        },
+        "status": {"loadBalancer": {}},
+    }

@@ -1140,3 +1140,70 @@ def refused_port() -> int:
     _reserved_ports.append(sock)
     port: int = sock.getsockname()[1]
     return port
+
+
+# --------------------------------------------------------------------------- an ingress controller stand-in
+
+
+def nginx_sni_server(
+    default: tuple[Path, Path],
+    hosts: Mapping[str, tuple[Path, Path]],
+    *,
+    workdir: Path | None = None,
+) -> ServerProcess:
+    """nginx on one port routing by SNI, as an ingress controller does: one server block
+    per host in ``hosts`` (name -> (fullchain, key)), and a ``default_server`` with the
+    ``default`` certificate for every other name (ingress-nginx's "Kubernetes Ingress
+    Controller Fake Certificate").  Every server answers ``/`` with 200 and its name."""
+    directory, cleanup = _workdir("nginx-sni", workdir)
+    servers = "".join(
+        f"""
+    server {{
+        listen {HOST}:{{port}} ssl;
+        server_name {name};
+        ssl_certificate {fullchain};
+        ssl_certificate_key {key};
+        location / {{ return 200 "{name}\\n"; }}
+    }}"""
+        for name, (fullchain, key) in hosts.items()
+    )
+
+    def start(port: int) -> ServerProcess:
+        config = directory / "nginx.conf"
+        config.write_text(
+            f"""daemon off;
+master_process off;
+worker_processes 1;
+pid {directory}/nginx.pid;
+error_log {directory}/error.log info;
+events {{ worker_connections 64; }}
+http {{
+    access_log {directory}/access.log;
+    client_body_temp_path {directory}/client_body;
+    proxy_temp_path {directory}/proxy;
+    fastcgi_temp_path {directory}/fastcgi;
+    uwsgi_temp_path {directory}/uwsgi;
+    scgi_temp_path {directory}/scgi;
+    default_type text/plain;
+    server {{
+        listen {HOST}:{port} ssl default_server;
+        server_name _;
+        ssl_certificate {default[0]};
+        ssl_certificate_key {default[1]};
+        location / {{ return 404 "default backend\\n"; }}
+    }}{servers.replace("{port}", str(port))}
+}}
+"""
+        )
+        server = ServerProcess(
+            "nginx",
+            ["nginx", "-p", str(directory), "-c", str(config), "-e", str(directory / "error.log")],
+            workdir=directory,
+            port=port,
+            logs=[directory / "error.log"],
+            scheme="https",
+        )
+        server.wait_ready(lambda: server.accepting(), failed=re.compile(r"\[emerg\]"))
+        return server
+
+    return _launch(start, cleanup)

@@ -16,7 +16,11 @@ CRLs from ``openssl ca -gencrl`` over HTTP, ``cfssl serve``):
 * revocation: a TLS endpoint serving a revoked certificate, checked through OCSP and the
   CRL (probe ``tls-revoked``); the ``ocsp`` and ``crl`` probes on the same certificate; an
   OCSP responder whose answers are stale and one that answers HTTP 500; a stale CRL;
-* CAs: a cfssl with synthetic issuance, and a CA that is down.
+* CAs: a cfssl with synthetic issuance, and a CA that is down;
+* Kubernetes discovery (probe ``ingress``): the API server fixture holds an Ingress with two
+  hosts and their Secrets; a real nginx stands in for the ingress controller and serves the
+  certificate before the Secret's renewal for one host, and its default (fake) certificate
+  for the other.
 
 Two daemons run the same config, as two replicas or two DaemonSet pods would; the second
 probes its TLS targets with ``resolve: all`` (so its series carry ``address``).  A real
@@ -57,13 +61,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests import servers
+from tests import kube_objects, servers
 from tests.ca_servers import CfsslServer, cfssl_server
 from tests.helpers import DaemonProcess, wait_for
+from tests.kube_apiserver import FakeApiServer
 from tests.pki import DAY, NOW, Issued, Pki, issue
 from tests.revocation_servers import HTTP_PATHS, RevocationStack, error_reply, revocation_stack
 from tests.test_dashboards import DASHBOARDS, Query, queries, substitute, variable_queries
 from tests.test_e2e_prometheus import PrometheusServer, free_port, require_binary
+from tests.test_kubernetes import TOKEN, write_kubeconfig
 
 pytestmark = pytest.mark.e2e
 
@@ -113,6 +119,21 @@ def expected_alerts(estate: Estate) -> list[Expected]:
         ("CertscopeOCSPResponderDown", {"responder": estate.down_responder}),
         ("CertscopeCRLStale", {"probe": "crl-stale", "target": rev.http.url(HTTP_PATHS["crl_stale"])}),
         ("CertscopeCAUnavailable", {"probe": "ca-down"}),
+        # Discovered in Kubernetes: renewed in the Secret, the controller serves the old one;
+        # another host gets the controller's default certificate (which fails validation too:
+        # one alert says why, and the probe burns its budget).
+        (
+            "CertscopeRenewedCertificateNotServed",
+            {"probe": "ingress", "target": "ingress/shop/web/stale.shop.test", "secret_name": "stale-tls"},
+        ),
+        (
+            "CertscopeDefaultCertificateServed",
+            {"probe": "ingress", "target": "ingress/shop/web/default.shop.test", "state": "other", "team": "shop"},
+        ),
+        *(
+            (name, {"probe": "ingress"})
+            for name in ("CertscopeValidationBudgetFastBurn", "CertscopeValidationBudgetSlowBurn")
+        ),
     ]
 
 
@@ -121,9 +142,7 @@ def expected_alerts(estate: Estate) -> list[Expected]:
 # so the list stays true.
 EXPECTED_EMPTY: dict[tuple[str, str, str], str] = {
     ("oncall", "Sources and scopes down", "A"): "every source is readable (the daemons run as root)",
-    ("oncall", "Sources and scopes down", "B"): "no kubernetes probe: scopes are Kubernetes namespaces and resources",
-    ("debug", "Scopes (Kubernetes namespaces and resources)", "A"): "no kubernetes probe",
-    ("debug", "Kubernetes watch restarts by reason", "A"): "no kubernetes probe",
+    ("oncall", "Sources and scopes down", "B"): "every Kubernetes scope of the ingress probe is listed and watched",
     ("debug", "Source errors by reason", "A"): (
         "no file of the estate is unreadable or malformed (sources are per instance: one would fire"
         " CertscopeSourceErrors on each)"
@@ -318,6 +337,13 @@ def certscope_config(estate: Estate, *, resolve_all: bool) -> str:
                 "interval": "2s",
                 "labels": pki_team,
             },
+            {
+                **tls("ingress", [], "shop"),
+                "kubernetes": {
+                    "kubeconfig": str(estate.kubeconfig),
+                    "ingresses": {"address": estate.controller},
+                },
+            },
         ],
     }
     return yaml.safe_dump(config, sort_keys=False)
@@ -343,6 +369,8 @@ class Estate:
     reused_spki: str = ""
     down_responder: str = ""
     down_ca: str = ""
+    kubeconfig: Path = field(init=False)
+    controller: str = ""  # the ingress controller stand-in's host:port
     daemons: dict[str, DaemonProcess] = field(default_factory=dict)  # instance -> daemon
     prometheus: PrometheusServer = field(init=False)
     started: float = 0.0  # when Prometheus started: dashboards' range begins here
@@ -406,6 +434,42 @@ def launch_prometheus(directory: Path, targets: list[str]) -> PrometheusServer:
     pytest.fail(f"Prometheus exited with {server.process.returncode}:\n{server.log()}", pytrace=False)
 
 
+def start_cluster(tls_pki: servers.TlsPki, directory: Path, estate: Estate) -> None:
+    """The API server fixture with an Ingress and its Secrets, and nginx as its controller:
+    stale.shop.test is served the certificate before its Secret's renewal, default.shop.test
+    (no server block) the controller's default certificate."""
+    directory.mkdir(parents=True)
+    issuer = tls_pki.intermediate
+    old = issue(
+        "stale.shop.test", issuer, sans=("stale.shop.test",), not_before=NOW - 60 * DAY, not_after=NOW + 60 * DAY
+    )
+    renewed = issue("stale.shop.test", issuer, sans=("stale.shop.test",), not_before=NOW - DAY)
+    fake = issue("Kubernetes Ingress Controller Fake Certificate", sans=("ingress.local",))
+    stored = issue("default.shop.test", issuer, sans=("default.shop.test",))
+    for name, issued, chain in (("old", old, issuer.pem), ("fake", fake, b"")):
+        (directory / f"{name}.crt").write_bytes(issued.pem + chain)
+        (directory / f"{name}.key").write_bytes(issued.key_pem)
+    controller = servers.nginx_sni_server(
+        (directory / "fake.crt", directory / "fake.key"),
+        {"stale.shop.test": (directory / "old.crt", directory / "old.key")},
+        workdir=directory,
+    )
+    estate.stoppers.append(controller)
+    estate.controller = f"127.0.0.1:{controller.port}"
+    api = FakeApiServer().start()
+    estate.stoppers.append(api)
+    api.allow(token=TOKEN)
+    api.put("secrets", kube_objects.tls_secret("shop", "stale-tls", renewed, issuer))
+    api.put("secrets", kube_objects.tls_secret("shop", "default-tls", stored, issuer))
+    api.put(
+        "ingresses",
+        kube_objects.ingress(
+            "shop", "web", [(["stale.shop.test"], "stale-tls"), (["default.shop.test"], "default-tls")]
+        ),
+    )
+    estate.kubeconfig = write_kubeconfig(directory / "kubeconfig", api.url, {"token": TOKEN})
+
+
 def start_estate(pki: Pki, directory: Path, estate: Estate) -> None:
     tls_pki = servers.build_tls_pki(pki)
     estate.tls_files = tls = servers.write_tls_files(tls_pki, directory / "tls")
@@ -440,6 +504,7 @@ def start_estate(pki: Pki, directory: Path, estate: Estate) -> None:
     }
     estate.stoppers.extend(started.values())
     estate.endpoints = {name: f"localhost:{server.port}" for name, server in started.items()}
+    start_cluster(tls_pki, directory / "cluster", estate)
 
     for index, resolve_all in enumerate((False, True)):
         config = directory / f"certscope-{index}.yaml"
@@ -717,6 +782,7 @@ def test_every_dashboard_variable_lists_the_estate(estate: Estate, settled: floa
             "crl-stale",
             "ca",
             "ca-down",
+            "ingress",
         },
         "kind": {"files", "tls", "ocsp", "crl", "ca"},
     }

@@ -228,8 +228,26 @@ STATEFULSET = {
     "podMonitor": {"enabled": True},
     "networkPolicy": {"enabled": True},
 }
+# Endpoints discovered in the cluster: the chart's `discovery` (Ingresses, Gateways and
+# Services in two namespaces) beside a tls probe of `config` that discovers Ingresses everywhere.
+DISCOVERY = {
+    "config": {
+        "probes": [
+            {"name": "edge", "kind": "tls", "kubernetes": {"ingresses": {"address": "status"}, "secrets": False}},
+        ]
+    },
+    "discovery": {
+        "enabled": True,
+        "namespaces": ["shop", "edge"],
+        "ingresses": {"address": "ingress-nginx-controller.ingress-nginx.svc:443"},
+        "gateways": {"address": "status"},
+        "services": {"address": "cluster_ip"},
+        "labels": {"team": "platform"},
+    },
+}
 COMBINATIONS: dict[str, dict[str, Any]] = {
     "defaults": {},
+    "discovery": DISCOVERY,
     "daemonset": DAEMONSET,
     "namespaced-rbac": NAMESPACED,
     "no-kubernetes": NO_KUBERNETES,
@@ -546,6 +564,55 @@ def test_rbac_for_ca_bundles_and_csrs(chart: Chart) -> None:
     assert rules(one(docs, "ClusterRole")) == [("certificates.k8s.io", "certificatesigningrequests", "get,list,watch")]
     with pytest.raises(AssertionError, match='ca_bundles: unknown resource "pods"'):
         chart.render({"config": {"probes": [{"name": "x", "kind": "kubernetes", "ca_bundles": ["pods"]}]}})
+
+
+def test_rbac_and_config_for_discovered_endpoints(chart: Chart, tmp_path: Path) -> None:
+    docs = chart.render(DISCOVERY)
+    # The config's probe discovers Ingresses in every namespace (without Secrets): a ClusterRole.
+    assert rules(one(docs, "ClusterRole")) == [("networking.k8s.io", "ingresses", "get,list,watch")]
+    roles = {r["metadata"]["namespace"]: rules(r) for r in objects(docs, "Role")}
+    namespaced = [
+        ("", "secrets,services", "get,list,watch"),
+        ("gateway.networking.k8s.io", "gateways", "get,list,watch"),
+        ("networking.k8s.io", "ingresses", "get,list,watch"),
+    ]
+    assert roles == {"shop": namespaced, "edge": namespaced}
+    assert pod_spec(one(docs, "Deployment"))["automountServiceAccountToken"] is True
+    config = yaml.safe_load(rendered_config(docs))
+    [probe] = [p for p in config["probes"] if p["name"] == "cluster-endpoints"]
+    assert probe == {
+        "name": "cluster-endpoints",
+        "kind": "tls",
+        "interval": "5m",
+        "labels": {"team": "platform"},
+        "kubernetes": {
+            "kubeconfig": None,
+            "namespaces": ["shop", "edge"],
+            "label_selector": "",
+            "secrets": True,
+            "max_targets": 1000,
+            "ingresses": {"address": "ingress-nginx-controller.ingress-nginx.svc:443"},
+            "gateways": {"address": "status"},
+            "services": {"address": "cluster_ip"},
+        },
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(rendered_config(docs))
+    checked = check_config(path)
+    assert checked.returncode == 0, checked.stderr
+    assert "cluster-endpoints (tls)" in checked.stdout
+
+    # Turned on with its defaults beside the default kubernetes probe: Ingresses and Secrets everywhere.
+    docs = chart.render({"discovery": {"enabled": True}})
+    assert rules(one(docs, "ClusterRole")) == [
+        ("", "secrets", "get,list,watch"),
+        ("networking.k8s.io", "ingresses", "get,list,watch"),
+    ]
+    # Off (the default): no discovery probe, and no rule for it.
+    docs = chart.render()
+    assert "cluster-endpoints" not in rendered_config(docs)
+    with pytest.raises(AssertionError, match="discovery"):
+        chart.render({"discovery": {"enabled": True, "maxTargets": 0}})
 
 
 def test_no_kubernetes_probe_no_rbac_and_no_token(chart: Chart) -> None:

@@ -897,3 +897,134 @@ def test_cluster_scoped_paths_watches_and_rbac(api: FakeApiServer, client: Any, 
         ("ADDED", "late", "ValidatingWebhookConfiguration"),
         ("DELETED", "policy", "ValidatingWebhookConfiguration"),
     ]
+
+
+# --------------------------------------------------------------------------- endpoints: Services, Ingresses, Gateways
+
+
+def put_endpoint_objects(api: FakeApiServer) -> None:
+    api.put(
+        "ingresses",
+        kube_objects.ingress(
+            "shop",
+            "web",
+            [(["shop.example.com", "www.shop.example.com"], "shop-tls"), (["*.shop.example.com"], None)],
+            load_balancer="192.0.2.10",
+            annotations={"certscope.io/owner": "alice"},
+        ),
+    )
+    api.put(
+        "gateways",
+        kube_objects.gateway(
+            "edge",
+            "public",
+            [
+                kube_objects.listener(
+                    "https", 443, hostname="api.example.com", secrets=("api-tls", ("certs", "api-ecdsa"))
+                ),
+                kube_objects.listener(
+                    "passthrough", 8443, hostname="db.example.com", protocol="TLS", mode="Passthrough"
+                ),
+                kube_objects.listener("http", 80, hostname=None, protocol="HTTP"),
+            ],
+            address="192.0.2.20",
+        ),
+    )
+    api.put(
+        "services",
+        kube_objects.service(
+            "payments",
+            "ledger",
+            [("metrics", 9090), ("https", 8443)],
+            annotations={"certscope.io/probe": "true", "certscope.io/secret": "ledger-tls"},
+        ),
+    )
+
+
+def test_official_client_reads_services_ingresses_and_gateways(api: FakeApiServer, client: Any) -> None:
+    put_endpoint_objects(api)
+    networking = kubernetes.client.NetworkingV1Api(client)
+    [ingress] = networking.list_ingress_for_all_namespaces().items
+    assert ingress.kind is None and ingress.metadata.namespace == "shop"  # list items carry no kind
+    assert ingress.spec.ingress_class_name == "nginx"
+    assert [(t.hosts, t.secret_name) for t in ingress.spec.tls] == [
+        (["shop.example.com", "www.shop.example.com"], "shop-tls"),
+        (["*.shop.example.com"], None),
+    ]
+    assert ingress.spec.rules[0].http.paths[0].backend.service.port.number == 8080
+    assert ingress.status.load_balancer.ingress[0].ip == "192.0.2.10"
+    assert ingress.metadata.annotations == {"certscope.io/owner": "alice"}
+    read = networking.read_namespaced_ingress("web", "shop")
+    assert read.kind == "Ingress" and read.api_version == "networking.k8s.io/v1"
+    assert networking.list_namespaced_ingress("other").items == []
+
+    core = kubernetes.client.CoreV1Api(client)
+    [svc] = core.list_service_for_all_namespaces().items
+    assert svc.spec.cluster_ip == "10.96.0.10" and [(p.name, p.port) for p in svc.spec.ports] == [
+        ("metrics", 9090),
+        ("https", 8443),
+    ]
+    assert core.read_namespaced_service("ledger", "payments").kind == "Service"
+
+    # No model for Gateways in the official client (a CRD): read as a custom object, and
+    # checked against the fields the v1 CRD (gateway.networking.k8s.io_gateways.yaml) requires.
+    custom = kubernetes.client.CustomObjectsApi(client)
+    listed = custom.list_cluster_custom_object("gateway.networking.k8s.io", "v1", "gateways")
+    assert listed["kind"] == "GatewayList" and listed["apiVersion"] == "gateway.networking.k8s.io/v1"
+    [gateway] = listed["items"]
+    one = custom.get_namespaced_custom_object("gateway.networking.k8s.io", "v1", "edge", "gateways", "public")
+    assert one["kind"] == "Gateway" and one["spec"] == gateway["spec"]
+    assert set(gateway["spec"]) <= {"gatewayClassName", "listeners", "addresses", "infrastructure", "allowedListeners"}
+    assert {"gatewayClassName", "listeners"} <= set(gateway["spec"])
+    for entry in gateway["spec"]["listeners"]:
+        assert (
+            {"name", "port", "protocol"}
+            <= set(entry)
+            <= {"name", "hostname", "port", "protocol", "tls", "allowedRoutes"}
+        )
+        assert entry["protocol"] in ("HTTP", "HTTPS", "TLS", "TCP", "UDP")
+        for ref in (entry.get("tls") or {}).get("certificateRefs", []):
+            assert set(ref) <= {"group", "kind", "name", "namespace"} and "name" in ref
+        assert (entry.get("tls") or {}).get("mode", "Terminate") in ("Terminate", "Passthrough")
+    assert gateway["status"]["addresses"] == [{"type": "IPAddress", "value": "192.0.2.20"}]
+    listed_in = custom.list_namespaced_custom_object("gateway.networking.k8s.io", "v1", "edge", "gateways")
+    assert [g["metadata"]["name"] for g in listed_in["items"]] == ["public"]
+
+    groups = {g.name for g in kubernetes.client.ApisApi(client).get_api_versions().groups}
+    assert {"networking.k8s.io", "gateway.networking.k8s.io"} <= groups
+    resources = {r.name: r for r in networking.get_api_resources().resources}
+    assert resources["ingresses"].namespaced is True and resources["ingresses"].kind == "Ingress"
+
+
+def test_endpoint_objects_watch_by_namespace_and_rbac(api: FakeApiServer, client: Any) -> None:
+    put_endpoint_objects(api)
+    path = "/apis/networking.k8s.io/v1/namespaces/shop/ingresses"
+    assert names(get(api, path).json()) == ["shop/web"]
+    assert get(api, "/apis/gateway.networking.k8s.io/v1/namespaces/edge/gateways/public").status_code == 200
+    api.allow(token="shop-only", namespaces=["shop"], resources=["ingresses"])
+    headers = {"Authorization": "Bearer shop-only"}
+    assert requests.get(api.url + path, headers=headers, timeout=10).status_code == 200
+    denied = requests.get(api.url + "/apis/networking.k8s.io/v1/ingresses", headers=headers, timeout=10)
+    assert denied.status_code == 403
+    assert (
+        'cannot list resource "ingresses" in API group "networking.k8s.io" at the cluster scope'
+        in (denied.json()["message"])
+    )
+
+    networking = kubernetes.client.NetworkingV1Api(client)
+    version = networking.list_namespaced_ingress("shop").metadata.resource_version
+
+    def changes() -> None:
+        time.sleep(0.3)
+        api.put("ingresses", kube_objects.ingress("other", "elsewhere", [(["x.example.com"], "x")]))
+        api.put("ingresses", kube_objects.ingress("shop", "late", [(["late.example.com"], "late-tls")]))
+        api.delete("ingresses", "shop", "web")
+
+    threading.Thread(target=changes).start()
+    seen = []
+    watch = kubernetes.watch.Watch()
+    for event in watch.stream(networking.list_namespaced_ingress, "shop", resource_version=version, timeout_seconds=5):
+        seen.append((event["type"], event["object"].metadata.name, event["object"].kind))
+        if len(seen) == 2:
+            watch.stop()
+    assert seen == [("ADDED", "late", "Ingress"), ("DELETED", "web", "Ingress")]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -147,6 +148,93 @@ def test_results_discovery_vouches_for_are_published_without_a_run(
     assert kept.result.message == "kept" and kept.result.success
     assert ("kept" in VouchingProbe.runs) is traced
     assert VouchingProbe.runs.count("changed") >= 3
+
+
+class WakingProbe:
+    """Targets come and go (as a Kubernetes watch would say); offers the old ones as
+    carried and wakes the scheduler when the set changes.  Counts runs per target."""
+
+    kind: ClassVar[str] = "waking"
+    target_reasons: ClassVar[tuple[Reason, ...]] = ()
+    source_reasons: ClassVar[tuple[Reason, ...]] = ()
+    concurrent_targets: ClassVar[bool] = True
+    keeps_last_good: ClassVar[bool] = False
+    current: ClassVar[list[str]] = []
+    runs: ClassVar[dict[str, int]] = {}
+    wake: ClassVar[list[Callable[[], None]]] = []
+    slow: ClassVar[threading.Event] = threading.Event()
+
+    def __init__(self, settings: NoSettings, defaults: ProbeDefaults) -> None:
+        self._seen: set[str] = set()
+
+    def set_wake(self, wake: Callable[[], None]) -> None:
+        type(self).wake.append(wake)
+
+    def targets(self) -> Discovery:
+        targets = tuple(type(self).current)
+        carried = frozenset(t for t in targets if t in self._seen)
+        self._seen = set(targets)
+        return Discovery(targets, carried=carried)
+
+    def run(self, target: str, ctx: ProbeContext) -> ProbeResult:
+        cls = type(self)
+        cls.runs[target] = cls.runs.get(target, 0) + 1
+        if target == "slow":
+            cls.slow.wait(5)
+        return ProbeResult(True, Reason.OK, 0.0)
+
+
+def test_a_woken_round_runs_new_targets_and_carries_the_others_a_scheduled_one_runs_all(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(probes.KINDS, "waking", probes.ProbeKind("waking", NoSettings, WakingProbe))
+    monkeypatch.setattr(WakingProbe, "current", ["a", "b"])
+    monkeypatch.setattr(WakingProbe, "runs", {})
+    monkeypatch.setattr(WakingProbe, "wake", [])
+    store = ResultStore()
+    scheduler = Scheduler(store)
+    scheduler.apply(parse_config("probes: [{name: w, kind: waking, interval: 1h}]", "test"))
+    try:
+        wait_for(scheduler.ready, 5, "the first round")
+        assert WakingProbe.runs == {"a": 1, "b": 1}
+        (wake,) = WakingProbe.wake
+
+        # A new target: the woken round runs it alone; a and b keep their published state.
+        WakingProbe.current.append("c")
+        wake()
+        wait_for(lambda: "c" in store.snapshot().probes["w"].targets, 5, "the woken round")
+        assert WakingProbe.runs == {"a": 1, "b": 1, "c": 1}
+        assert store.snapshot().probes["w"].targets["a"].runs_total == 1
+        # A removed target is gone with the next woken round.
+        WakingProbe.current.remove("b")
+        wake()
+        wait_for(lambda: "b" not in store.snapshot().probes["w"].targets, 5, "b gone")
+        assert set(store.snapshot().probes["w"].targets) == {"a", "c"}
+
+        # A wake while a round is in flight: that round ends, then one more runs the newcomer.
+        WakingProbe.current.append("slow")
+        WakingProbe.slow.clear()
+        wake()
+        wait_for(lambda: WakingProbe.runs.get("slow") == 1, 5, "the slow round started")
+        WakingProbe.current.append("late")
+        wake()  # discovery of the round in flight did not see "late"
+        WakingProbe.slow.set()
+        wait_for(lambda: "late" in store.snapshot().probes["w"].targets, 5, "the round after the one in flight")
+        assert WakingProbe.runs["a"] == 1 and WakingProbe.runs["late"] == 1
+    finally:
+        scheduler.stop()
+
+    # A scheduled (not woken) round runs every target, whatever the probe offers to carry.
+    monkeypatch.setattr(WakingProbe, "runs", {})
+    monkeypatch.setattr(WakingProbe, "current", ["a", "b"])
+    store = ResultStore()
+    scheduler = Scheduler(store)
+    scheduler.apply(parse_config("probes: [{name: w, kind: waking, interval: 200ms}]", "test"))
+    try:
+        wait_for(lambda: WakingProbe.runs.get("a", 0) >= 3, 5, "three scheduled rounds")
+        assert store.snapshot().probes["w"].targets["b"].runs_total >= 2
+    finally:
+        scheduler.stop()
 
 
 def test_the_probes_of_a_scheduler_share_its_revocation_cache_across_reloads() -> None:

@@ -54,11 +54,12 @@ app.kubernetes.io/part-of: certscope
 {{- end -}}
 
 {{/*
-RBAC scopes the kubernetes probes of .Values.config need, as JSON:
+RBAC scopes the kubernetes probes of .Values.config need, and the tls probes that discover
+their endpoints in the cluster (a `kubernetes:` block, and `discovery`), as JSON:
 {"cluster": ["secrets", ...] (core resources in every namespace), "clusterGroups": {"api group": ["resource", ...]}
-(the cluster-scoped objects of ca_bundles and certificate_signing_requests), "namespaces": {"ns": ["secrets", ...]},
-"inCluster": bool}; a ClusterRole is made when cluster or clusterGroups is not empty.
-Probes with a kubeconfig talk to another cluster and need nothing here.
+(the cluster-scoped objects of ca_bundles and certificate_signing_requests, and ingresses and gateways in every
+namespace), "namespaces": {"ns": {"api group": ["resource", ...]}}, "inCluster": bool}; a ClusterRole is made when
+cluster or clusterGroups is not empty.  Probes with a kubeconfig talk to another cluster and need nothing here.
 */}}
 {{- define "certscope.rbacScopes" -}}
 {{- $cluster := list -}}
@@ -66,21 +67,17 @@ Probes with a kubeconfig talk to another cluster and need nothing here.
 {{- $namespaces := dict -}}
 {{- $inCluster := false -}}
 {{- $groupOf := dict "validatingwebhookconfigurations" "admissionregistration.k8s.io" "mutatingwebhookconfigurations" "admissionregistration.k8s.io" "apiservices" "apiregistration.k8s.io" "customresourcedefinitions" "apiextensions.k8s.io" -}}
-{{- range .Values.config.probes -}}
+{{- $probes := .Values.config.probes -}}
+{{- if .Values.discovery.enabled -}}{{- $probes = append $probes (include "certscope.discoveryProbe" . | fromJson) -}}{{- end -}}
+{{- range $probes -}}
+{{- /* (api group, resource) pairs this probe reads in its namespaces */ -}}
+{{- $reads := list -}}
+{{- $namespaced := list -}}
 {{- if and (eq (toString .kind) "kubernetes") (not .kubeconfig) -}}
 {{- $inCluster = true -}}
-{{- $resources := list -}}
-{{- if or (not (hasKey . "secrets")) .secrets -}}{{- $resources = append $resources "secrets" -}}{{- end -}}
-{{- if .configmaps -}}{{- $resources = append $resources "configmaps" -}}{{- end -}}
-{{- if $resources -}}
-{{- if .namespaces -}}
-{{- range .namespaces -}}
-{{- $_ := set $namespaces . (concat (get $namespaces .  | default list) $resources | uniq | sortAlpha) -}}
-{{- end -}}
-{{- else -}}
-{{- $cluster = concat $cluster $resources | uniq | sortAlpha -}}
-{{- end -}}
-{{- end -}}
+{{- if or (not (hasKey . "secrets")) .secrets -}}{{- $reads = append $reads (list "" "secrets") -}}{{- end -}}
+{{- if .configmaps -}}{{- $reads = append $reads (list "" "configmaps") -}}{{- end -}}
+{{- $namespaced = .namespaces -}}
 {{- $probe := .name -}}
 {{- range .ca_bundles -}}
 {{- if not (hasKey $groupOf .) -}}
@@ -92,9 +89,48 @@ Probes with a kubeconfig talk to another cluster and need nothing here.
 {{- if .certificate_signing_requests -}}
 {{- $_ := set $groups "certificates.k8s.io" (list "certificatesigningrequests") -}}
 {{- end -}}
+{{- else if and (eq (toString .kind) "tls") .kubernetes -}}
+{{- $discover := .kubernetes -}}
+{{- if not $discover.kubeconfig -}}
+{{- $inCluster = true -}}
+{{- if $discover.ingresses -}}{{- $reads = append $reads (list "networking.k8s.io" "ingresses") -}}{{- end -}}
+{{- if $discover.gateways -}}{{- $reads = append $reads (list "gateway.networking.k8s.io" "gateways") -}}{{- end -}}
+{{- if $discover.services -}}{{- $reads = append $reads (list "" "services") -}}{{- end -}}
+{{- if or (not (hasKey $discover "secrets")) $discover.secrets -}}{{- $reads = append $reads (list "" "secrets") -}}{{- end -}}
+{{- $namespaced = $discover.namespaces -}}
+{{- end -}}
+{{- end -}}
+{{- range $reads -}}
+{{- $group := index . 0 -}}
+{{- $resource := index . 1 -}}
+{{- if $namespaced -}}
+{{- range $namespaced -}}
+{{- $rules := get $namespaces . | default dict -}}
+{{- $_ := set $rules $group (append (get $rules $group | default list) $resource | uniq | sortAlpha) -}}
+{{- $_ := set $namespaces . $rules -}}
+{{- end -}}
+{{- else if eq $group "" -}}
+{{- $cluster = append $cluster $resource | uniq | sortAlpha -}}
+{{- else -}}
+{{- $_ := set $groups $group (append (get $groups $group | default list) $resource | uniq | sortAlpha) -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 {{- dict "cluster" $cluster "clusterGroups" $groups "namespaces" $namespaces "inCluster" $inCluster | toJson -}}
+{{- end -}}
+
+{{/* The tls probe of `discovery` (endpoints discovered in the cluster), as JSON. */}}
+{{- define "certscope.discoveryProbe" -}}
+{{- $d := .Values.discovery -}}
+{{- $kubernetes := dict "kubeconfig" nil "namespaces" $d.namespaces "label_selector" $d.labelSelector "secrets" $d.secrets "max_targets" $d.maxTargets -}}
+{{- with $d.ingresses }}{{- $_ := set $kubernetes "ingresses" . -}}{{- end -}}
+{{- with $d.gateways }}{{- $_ := set $kubernetes "gateways" . -}}{{- end -}}
+{{- with $d.services }}{{- $_ := set $kubernetes "services" . -}}{{- end -}}
+{{- $probe := dict "name" $d.name "kind" "tls" "interval" $d.interval "kubernetes" $kubernetes -}}
+{{- with $d.labels }}{{- $_ := set $probe "labels" . -}}{{- end -}}
+{{- with $d.trust }}{{- $_ := set $probe "trust" . -}}{{- end -}}
+{{- with $d.http }}{{- $_ := set $probe "http" . -}}{{- end -}}
+{{- $probe | toJson -}}
 {{- end -}}
 
 {{/* Whether a workload runs `config` (the Deployment, or the StatefulSet that shards it):
