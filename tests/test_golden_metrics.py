@@ -44,11 +44,14 @@ from probes.base import (
     Reason,
     RevocationFacts,
     SourceError,
+    StoredComparison,
     TlsFacts,
 )
 from probes.ca import ISSUED_ROLE, CaProbe
 from probes.crl import CrlProbe
 from probes.files import FilesProbe
+from probes.kubediscovery import LOCATION_LABELS
+from probes.kubediscovery import SECRET_LABELS as DISCOVERY_SECRET_LABELS
 from probes.kubernetes import SECRET_LABELS, KubernetesProbe
 from probes.ocsp import OcspProbe
 from probes.tls import TlsProbe
@@ -182,7 +185,8 @@ def build_store() -> ResultStore:
     crl = info("issuing-crl", CrlProbe)
     kube = info("cluster", KubernetesProbe, labels={"team": "platform"}, interval=30.0)
     ca = info("acme", CaProbe, warning_seconds=3 * DAY, critical_seconds=DAY)
-    store.configure([files, tls, tls_all, ocsp, crl, kube, ca], "golden.yaml")
+    ingresses = info("ingresses", TlsProbe)
+    store.configure([files, tls, tls_all, ocsp, crl, kube, ca, ingresses], "golden.yaml")
     store.record_reload(True, now=T0 - 10)
 
     for round_no in range(2):
@@ -355,6 +359,43 @@ def build_store() -> ResultStore:
             0.3,
         )
 
+        # tls discovering endpoints in Kubernetes: served vs the Secret's leaf, one
+        # endpoint left out over max_targets, the watch scopes.
+        def ingress(name: str) -> tuple[tuple[str, str], ...]:
+            return tuple(zip(LOCATION_LABELS, ("Ingress", "web", name), strict=True))
+
+        def secret_of(name: str) -> tuple[tuple[str, str], ...]:
+            return tuple(zip(DISCOVERY_SECRET_LABELS, ("web", name), strict=True))
+
+        discovered = {
+            "ingress/web/site/site.test": ok(
+                0.03,
+                *chain(SITE, INTERMEDIATE),
+                tls=tls_facts("10.0.0.7", "site.test"),
+                target_labels=ingress("site"),
+                info_labels=(("team", "web"),),
+                stored=StoredComparison("stale" if renewed else "match", secret_of("site-tls")),
+            ),
+            "ingress/web/other/other.test": ok(
+                0.03,
+                *chain(LONG_SANS, INTERMEDIATE),
+                tls=tls_facts("10.0.0.8", "other.test", hostname_match=False),
+                target_labels=ingress("other"),
+                stored=StoredComparison("secret_missing", secret_of("other-tls")),
+            ),
+        }
+        store.publish_round(
+            ingresses,
+            Discovery(
+                tuple(discovered),
+                scopes=(("ingresses/web", True), ("secrets/web", True)),
+                watch_restarts=(("timeout", 2),),
+                dropped=1 + round_no,
+            ),
+            {target: (result, now) for target, result in discovered.items()},
+            0.2,
+        )
+
         # ca: an ACME issuance with its phases; the second is rate limited.
         issuance = IssuanceFacts(
             success=not renewed,
@@ -420,5 +461,6 @@ def test_the_golden_files_cover_every_family_and_kind() -> None:
     assert empty == [], f"families without a sample in the golden input: {empty}"
     for kind in ("files", "tls", "ocsp", "crl", "kubernetes", "ca"):
         assert f'kind="{kind}"' in text
-    for needle in ('address="::1"', 'source_kind="files"', "certscope_key_reuse_subjects{", 'secret_name="site-tls"'):
+    needles = ('address="::1"', 'source_kind="files"', "certscope_key_reuse_subjects{", 'secret_name="site-tls"')
+    for needle in (*needles, 'state="stale"', 'object_kind="Ingress"'):
         assert needle in text
