@@ -3,7 +3,8 @@
 A deterministic set of probe results, one or more of every kind and every fact the
 renderer knows (TLS with OCSP, CRL and stapled revocation, per-address targets, the
 ocsp and crl kinds, a CA with an ACME issuance and its phases, Kubernetes Secrets
-with their labels and policy, key exposure, a served certificate renewed on disk, a
+with their labels and policy, endpoints discovered in Kubernetes against their
+Secrets, key exposure, a served certificate renewed on disk, a
 key shared by two subjects, rotations, last-good certificates, exemplars), published
 through the store round by round with fixed clocks, is rendered as ``/metrics`` would
 serve it (text and OpenMetrics) and compared with the checked-in files in
