@@ -450,22 +450,9 @@ def _identity_nginx(files: servers.TlsFiles, directory: Path) -> tuple[servers.S
         }}
     }}"""
 
-    config = directory / "nginx.conf"
-    config.write_text(
-        f"""daemon off;
-master_process off;
-worker_processes 1;
-pid {directory}/nginx.pid;
-error_log {directory}/error.log info;
-events {{ worker_connections 64; }}
-http {{
-    access_log {directory}/access.log;
-    client_body_temp_path {directory}/client_body;
-    proxy_temp_path {directory}/proxy;
-    fastcgi_temp_path {directory}/fastcgi;
-    uwsgi_temp_path {directory}/uwsgi;
-    scgi_temp_path {directory}/scgi;
-    default_type text/plain;
+    config = servers.write_nginx_conf(
+        directory,
+        f"""
     server {{
         listen 127.0.0.1:{backend};
         location / {{
@@ -474,18 +461,9 @@ http {{
         }}
     }}
     {front(passing, "$ssl_client_s_dn")}
-    {front(stripping, '""')}
-}}
-"""
+    {front(stripping, '""')}""",
     )
-    server = servers.ServerProcess(
-        "nginx",
-        ["nginx", "-p", str(directory), "-c", str(config), "-e", str(directory / "error.log")],
-        workdir=directory,
-        port=passing,
-        logs=[directory / "error.log"],
-        scheme="https",
-    )
+    server = servers.nginx_process(directory, config, passing)
     server.wait_ready(
         lambda: all(servers.listening(server.pid, p) for p in (backend, passing, stripping)),
         failed=re.compile(r"\[emerg\]"),
