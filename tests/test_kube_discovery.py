@@ -37,10 +37,10 @@ from probes.tls import TlsProbe, TlsSettings
 from tests import kube_objects
 from tests.helpers import find, parse_metrics, value, wait_for
 from tests.kube_apiserver import FakeApiServer
-from tests.kube_objects import tls_secret
+from tests.kube_objects import tls_secret, write_kubeconfig
 from tests.pki import DAY, NOW, Issued, Pki, issue
 from tests.servers import ServerProcess, nginx_sni_server
-from tests.test_kubernetes import TOKEN, write_kubeconfig
+from tests.test_kubernetes import TOKEN
 
 LOOPBACK = ("127.0.0.0/8",)
 
@@ -98,12 +98,8 @@ def controller(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[C
 
 @pytest.fixture
 def api() -> Iterator[FakeApiServer]:
-    server = FakeApiServer(bookmark_interval=0.5).start()
-    server.allow(token=TOKEN)
-    try:
+    with kube_objects.api_server(TOKEN) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from exporter.config import ConfigError, parse_config
 from probes.base import ProbeContext, ProbeResult
@@ -27,25 +26,12 @@ KUBELET_SIGNER = "kubernetes.io/kube-apiserver-client-kubelet"
 
 @pytest.fixture
 def api() -> Iterator[FakeApiServer]:
-    server = FakeApiServer(bookmark_interval=0.5).start()
-    server.allow(token=TOKEN)
-    try:
+    with kube_objects.api_server(TOKEN) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def write_kubeconfig(path: Path, server: str, token: str = TOKEN) -> Path:
-    document = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "current-context": "test",
-        "contexts": [{"name": "test", "context": {"cluster": "fixture", "user": "certscope"}}],
-        "clusters": [{"name": "fixture", "cluster": {"server": server}}],
-        "users": [{"name": "certscope", "user": {"token": token}}],
-    }
-    path.write_text(yaml.safe_dump(document))
-    return path
+    return kube_objects.write_kubeconfig(path, server, {"token": token})
 
 
 @pytest.fixture
