@@ -14,12 +14,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from probes.kubernetes import KubernetesProbe
 from tests.kube_apiserver import FakeApiServer
 from tests.pki import Issued
 
@@ -363,3 +365,34 @@ def write_kubeconfig(path: Path, server: str, user: dict[str, Any], cluster: dic
     }
     path.write_text(yaml.safe_dump(document))
     return path
+
+
+def api_fixtures(token: str) -> tuple[Any, Any]:
+    """A test module's ``api`` (the API server accepting bearer ``token``) and
+    ``kubeconfig`` (a kubeconfig for it with that token) fixtures:
+    ``api, kubeconfig = kube_objects.api_fixtures(TOKEN)``."""
+
+    @pytest.fixture
+    def api() -> Iterator[FakeApiServer]:
+        with api_server(token) as server:
+            yield server
+
+    @pytest.fixture
+    def kubeconfig(api: FakeApiServer, tmp_path: Path) -> Path:
+        return write_kubeconfig(tmp_path / "kubeconfig", api.url, {"token": token})
+
+    return api, kubeconfig
+
+
+def probes_fixture() -> Any:
+    """A test module's ``probes`` fixture: the list a test adds its KubernetesProbes to,
+    each closed after the test (their streams' threads end)."""
+
+    @pytest.fixture
+    def probes() -> Iterator[list[KubernetesProbe]]:
+        made: list[KubernetesProbe] = []
+        yield made
+        for probe in made:
+            probe.close()
+
+    return probes

@@ -35,11 +35,12 @@ from probes.tls import TlsProbe, TlsSettings
 from tests import kube_objects
 from tests.helpers import find, parse_metrics, value, wait_for
 from tests.kube_apiserver import FakeApiServer
-from tests.kube_objects import tls_secret, write_kubeconfig
+from tests.kube_objects import tls_secret
 from tests.pki import DAY, NOW, Issued, Pki, issue
 from tests.servers import CountingListener, ServerProcess, nginx_sni_server
 from tests.test_kubernetes import TOKEN
 
+api, kubeconfig = kube_objects.api_fixtures(TOKEN)
 LOOPBACK = ("127.0.0.0/8",)
 
 
@@ -92,17 +93,6 @@ def controller(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[C
         yield Controller(server, root, current, old, renewed, fake, elsewhere)
     finally:
         server.stop()
-
-
-@pytest.fixture
-def api() -> Iterator[FakeApiServer]:
-    with kube_objects.api_server(TOKEN) as server:
-        yield server
-
-
-@pytest.fixture
-def kubeconfig(api: FakeApiServer, tmp_path: Path) -> Path:
-    return write_kubeconfig(tmp_path / "kubeconfig", api.url, {"token": TOKEN})
 
 
 @pytest.fixture

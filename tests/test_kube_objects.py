@@ -5,7 +5,6 @@ fixture (tests/kube_apiserver.py) over real HTTP and watched as they change."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,29 +21,12 @@ from tests.pki import DAY, NOW, Issued, Pki, issue
 
 TOKEN = "objects-t0ken-" + "c4fe" * 5
 KUBELET_SIGNER = "kubernetes.io/kube-apiserver-client-kubelet"
-
-
-@pytest.fixture
-def api() -> Iterator[FakeApiServer]:
-    with kube_objects.api_server(TOKEN) as server:
-        yield server
+api, kubeconfig = kube_objects.api_fixtures(TOKEN)
+probes = kube_objects.probes_fixture()
 
 
 def write_kubeconfig(path: Path, server: str, token: str = TOKEN) -> Path:
     return kube_objects.write_kubeconfig(path, server, {"token": token})
-
-
-@pytest.fixture
-def kubeconfig(api: FakeApiServer, tmp_path: Path) -> Path:
-    return write_kubeconfig(tmp_path / "kubeconfig", api.url)
-
-
-@pytest.fixture
-def probes() -> Iterator[list[KubernetesProbe]]:
-    made: list[KubernetesProbe] = []
-    yield made
-    for probe in made:
-        probe.close()
 
 
 def round_results(probe: KubernetesProbe) -> dict[str, ProbeResult]:

@@ -12,7 +12,6 @@ import os
 import stat
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,22 +27,13 @@ from tests.pki import DAY, NOW, Issued, Pki, issue
 from tests.servers import build_tls_pki, openssl_s_server, write_tls_files
 
 TOKEN = "t0ken-" + "s3cret" * 4  # must never appear in a log, metric or message
+api, kubeconfig = kube_objects.api_fixtures(TOKEN)
+probes = kube_objects.probes_fixture()
 
 
 def tls_secret(namespace: str, name: str, leaf: Issued, *chain: Issued, **metadata: Any) -> dict[str, Any]:
     """A TLS Secret with an empty ``ca.crt``, as cert-manager writes one: the probe must skip the empty key."""
     return kube_objects.tls_secret(namespace, name, leaf, *chain, ca_crt="", **metadata)
-
-
-@pytest.fixture
-def api() -> Iterator[FakeApiServer]:
-    with kube_objects.api_server(TOKEN) as server:
-        yield server
-
-
-@pytest.fixture
-def kubeconfig(api: FakeApiServer, tmp_path: Path) -> Path:
-    return write_kubeconfig(tmp_path / "kubeconfig", api.url, {"token": TOKEN})
 
 
 def make_probe(kubeconfig: Path, **settings: Any) -> KubernetesProbe:
@@ -57,14 +47,6 @@ def inventory(probe: KubernetesProbe) -> dict[str, list[str]]:
     return {
         target: [o.cert.fingerprint_sha256 for o in probe.run(target, ctx).certificates] for target in discovery.targets
     }
-
-
-@pytest.fixture
-def probes() -> Iterator[list[KubernetesProbe]]:
-    made: list[KubernetesProbe] = []
-    yield made
-    for probe in made:
-        probe.close()
 
 
 # --------------------------------------------------------------------------- in process
