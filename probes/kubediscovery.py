@@ -66,7 +66,16 @@ from typing import Any
 from probes.base import CertFacts, Reason, Seconds, SourceError, path_field
 from probes.certparse import parse_container
 from probes.kubeclient import SERVICE_ACCOUNT_DIR, Cluster
-from probes.kubernetes import ANNOTATION_PREFIX, Scope, Stream, ignored, open_cluster, stream_problem, wait_first_lists
+from probes.kubernetes import (
+    ANNOTATION_PREFIX,
+    Scope,
+    Stream,
+    close_streams,
+    ignored,
+    open_cluster,
+    stream_problem,
+    wait_first_lists,
+)
 
 log = logging.getLogger(__name__)
 
@@ -315,10 +324,7 @@ class KubeEndpoints:
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            for stream in self._streams:
-                stream.stop()
-            if self._cluster is not None:
-                self._cluster.close()
+            close_streams(self._streams, self._cluster)
 
     # -- reading -----------------------------------------------------------------
 

@@ -508,6 +508,14 @@ def wait_first_lists(streams: Sequence[Stream[Any]], list_timeout: float) -> Non
         stream.synced.wait(max(0.0, deadline - time.monotonic()))
 
 
+def close_streams(streams: Sequence[Stream[Any]], cluster: Cluster | None) -> None:
+    """Stops ``streams`` (their threads end on their own) and closes ``cluster``'s connections."""
+    for stream in streams:
+        stream.stop()
+    if cluster is not None:
+        cluster.close()
+
+
 def stream_problem(stream: Stream[Any]) -> SourceError | None:
     """What keeps ``stream``'s scope from being complete this round: its error, or a first
     list still in progress (after :func:`wait_first_lists` gave up on it)."""
@@ -655,10 +663,7 @@ class KubernetesProbe:
         """Stop the streams (on reload or shutdown); their threads end on their own."""
         with self._lock:
             self._closed = True
-            for stream in self._streams:
-                stream.stop()
-            if self._cluster is not None:
-                self._cluster.close()
+            close_streams(self._streams, self._cluster)
 
     def count_restart(self, reason: str) -> None:
         with self._restarts_lock:
