@@ -204,6 +204,7 @@ _STREAM_MAGIC = b"\xac\xed\x00\x05"
 TC_NULL, TC_REFERENCE, TC_CLASSDESC, TC_OBJECT, TC_STRING, TC_ARRAY = 0x70, 0x71, 0x72, 0x73, 0x74, 0x75
 TC_ENDBLOCKDATA, TC_BLOCKDATA, TC_BLOCKDATALONG, TC_LONGSTRING = 0x78, 0x77, 0x7A, 0x7C
 SC_WRITE_METHOD, SC_SERIALIZABLE = 0x01, 0x02
+_DESCRIPTOR_CODES = (TC_NULL, TC_REFERENCE, TC_CLASSDESC)  # what may stand where a class descriptor does
 _BASE_HANDLE = 0x7E0000
 _PRIMITIVE_BYTES = {"B": 1, "Z": 1, "C": 2, "S": 2, "I": 4, "F": 4, "J": 8, "D": 8}
 _MAX_DEPTH = 32  # a SealedObject nests two deep; anything far deeper is not one
@@ -239,12 +240,8 @@ class _JavaStream:
             raise _Corrupt("serialised object nested too deeply")
         reader = self.reader
         code = reader.u8()
-        if code == TC_NULL:
-            return None
-        if code == TC_REFERENCE:
-            return self._reference()
-        if code == TC_CLASSDESC:
-            return self._class_desc_body(depth)
+        if code in _DESCRIPTOR_CODES:
+            return self._descriptor(code, depth)
         if code == TC_OBJECT:
             desc = self._class_desc(depth)
             self.handles.append(None)
@@ -285,13 +282,17 @@ class _JavaStream:
 
     def _class_desc(self, depth: int) -> _ClassDesc | None:
         code = self.reader.u8()
+        if code not in _DESCRIPTOR_CODES:
+            raise _Corrupt(f"unsupported class descriptor 0x{code:02x}")
+        return self._descriptor(code, depth)
+
+    def _descriptor(self, code: int, depth: int) -> _ClassDesc | None:
+        """The class descriptor that ``code`` (one of ``_DESCRIPTOR_CODES``) begins."""
         if code == TC_NULL:
             return None
         if code == TC_REFERENCE:
             return self._reference()
-        if code == TC_CLASSDESC:
-            return self._class_desc_body(depth)
-        raise _Corrupt(f"unsupported class descriptor 0x{code:02x}")
+        return self._class_desc_body(depth)
 
     def _class_desc_body(self, depth: int) -> _ClassDesc:
         reader = self.reader

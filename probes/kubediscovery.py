@@ -59,15 +59,23 @@ import binascii
 import logging
 import re
 import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from probes.base import CertFacts, Reason, Seconds, SourceError, path_field
 from probes.certparse import parse_container
-from probes.kubeclient import SERVICE_ACCOUNT_DIR, Cluster, KubeError, from_kubeconfig, in_cluster
-from probes.kubernetes import ANNOTATION_PREFIX, Scope, Stream, ignored
+from probes.kubeclient import SERVICE_ACCOUNT_DIR, Cluster
+from probes.kubernetes import (
+    ANNOTATION_PREFIX,
+    Scope,
+    Stream,
+    close_streams,
+    ignored,
+    open_cluster,
+    stream_problem,
+    wait_first_lists,
+)
 
 log = logging.getLogger(__name__)
 
@@ -282,14 +290,11 @@ class KubeEndpoints:
         """Start the streams (on the first round, so that building a probe never
         touches the network).  Called under ``_lock``."""
         settings = self.settings
-        try:
-            if settings.kubeconfig:
-                self._cluster = from_kubeconfig(settings.kubeconfig, settings.context)
-            else:
-                self._cluster = in_cluster(settings.service_account_dir)
-        except KubeError as exc:
-            self._setup_error = SourceError(exc.reason, settings.kubeconfig or "in-cluster", exc.message)
+        opened = open_cluster(settings.kubeconfig, settings.context, settings.service_account_dir)
+        if isinstance(opened, SourceError):
+            self._setup_error = opened
             return
+        self._cluster = opened
         namespaces: tuple[str | None, ...] = settings.namespaces or (None,)
         resources = [
             resource
@@ -319,10 +324,7 @@ class KubeEndpoints:
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            for stream in self._streams:
-                stream.stop()
-            if self._cluster is not None:
-                self._cluster.close()
+            close_streams(self._streams, self._cluster)
 
     # -- reading -----------------------------------------------------------------
 
@@ -334,9 +336,7 @@ class KubeEndpoints:
             if self._cluster is None and self._setup_error is None:
                 self._start()
             streams = list(self._streams)
-        deadline = time.monotonic() + self.settings.list_timeout + 1
-        for stream in streams:
-            stream.synced.wait(max(0.0, deadline - time.monotonic()))
+        wait_first_lists(streams, self.settings.list_timeout)
         with self._counters_lock:
             restarts = tuple(sorted(self._counters.restarts.items()))
         if self._setup_error is not None:
@@ -345,14 +345,10 @@ class KubeEndpoints:
             return Found({}, (error,), (), restarts, up=False)
         endpoints: dict[str, Endpoint] = {}
         errors: list[SourceError] = []
-        scopes: list[tuple[str, bool]] = []
+        scopes = [(stream.scope.name, stream.up) for stream in streams]
         for stream in streams:
-            scopes.append((stream.scope.name, stream.up))
-            if stream.error is not None:
-                errors.append(stream.error)
-            elif not stream.synced.is_set():
-                name = stream.scope.name
-                errors.append(SourceError(Reason.DEADLINE_EXCEEDED, name, f"{name}: first list still in progress"))
+            if (problem := stream_problem(stream)) is not None:
+                errors.append(problem)
             if stream.scope.resource == "secrets":
                 continue
             for kept in stream.view():

@@ -44,7 +44,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
@@ -485,6 +485,48 @@ class Stream(Generic[StoredT]):
         return self._owner.parse_object(self.scope.resource, obj, uid, version)
 
 
+# -- what the owners of streams share ------------------------------------------------
+
+
+def open_cluster(kubeconfig: str | None, context: str | None, service_account_dir: str) -> Cluster | SourceError:
+    """The cluster of ``kubeconfig`` (its ``context``) or, without one, of the in-cluster
+    service account; a failure is the error the owner's round reports (and retries)."""
+    try:
+        if kubeconfig:
+            return from_kubeconfig(kubeconfig, context)
+        return in_cluster(service_account_dir)
+    except KubeError as exc:
+        return SourceError(exc.reason, kubeconfig or "in-cluster", exc.message)
+
+
+def wait_first_lists(streams: Sequence[Stream[Any]], list_timeout: float) -> None:
+    """Waits for the first complete list of every stream (or its failure), so that the
+    first round reports a whole inventory; later rounds never wait.  A second more than
+    the streams' own deadline, so that they report it themselves."""
+    deadline = time.monotonic() + list_timeout + 1
+    for stream in streams:
+        stream.synced.wait(max(0.0, deadline - time.monotonic()))
+
+
+def close_streams(streams: Sequence[Stream[Any]], cluster: Cluster | None) -> None:
+    """Stops ``streams`` (their threads end on their own) and closes ``cluster``'s connections."""
+    for stream in streams:
+        stream.stop()
+    if cluster is not None:
+        cluster.close()
+
+
+def stream_problem(stream: Stream[Any]) -> SourceError | None:
+    """What keeps ``stream``'s scope from being complete this round: its error, or a first
+    list still in progress (after :func:`wait_first_lists` gave up on it)."""
+    if stream.error is not None:
+        return stream.error
+    if not stream.synced.is_set():
+        name = stream.scope.name
+        return SourceError(Reason.DEADLINE_EXCEEDED, name, f"{name}: first list still in progress")
+    return None
+
+
 def ignored(metadata: Mapping[str, Any]) -> bool:
     """``certscope.io/ignore: "true"`` on the object."""
     annotations = metadata.get("annotations") or {}
@@ -591,14 +633,11 @@ class KubernetesProbe:
         """Start the streams (on the first round, not at build time, so that
         building a probe never touches the network).  Called under ``_lock``."""
         settings = self.settings
-        try:
-            if settings.kubeconfig:
-                self._cluster = from_kubeconfig(settings.kubeconfig, settings.context)
-            else:
-                self._cluster = in_cluster(settings.service_account_dir)
-        except KubeError as exc:
-            self._setup_error = SourceError(exc.reason, settings.kubeconfig or "in-cluster", exc.message)
+        opened = open_cluster(settings.kubeconfig, settings.context, settings.service_account_dir)
+        if isinstance(opened, SourceError):
+            self._setup_error = opened
             return
+        self._cluster = opened
         # Explicit namespaces: watch only this replica's; all namespaces: one watch,
         # and objects of other replicas' namespaces are dropped unparsed.
         namespaces: tuple[str | None, ...] = tuple(n for n in settings.namespaces if self.shard.owns(n)) or (
@@ -624,10 +663,7 @@ class KubernetesProbe:
         """Stop the streams (on reload or shutdown); their threads end on their own."""
         with self._lock:
             self._closed = True
-            for stream in self._streams:
-                stream.stop()
-            if self._cluster is not None:
-                self._cluster.close()
+            close_streams(self._streams, self._cluster)
 
     def count_restart(self, reason: str) -> None:
         with self._restarts_lock:
@@ -642,12 +678,7 @@ class KubernetesProbe:
             if self._cluster is None and self._setup_error is None:
                 self._start()
             streams = list(self._streams)
-        # The first round waits for the first complete list of every scope (or its
-        # failure), so that it reports a whole inventory; later rounds never wait.
-        # A second more than the streams' own deadline, so that they report it themselves.
-        deadline = time.monotonic() + self.settings.list_timeout + 1
-        for stream in streams:
-            stream.synced.wait(max(0.0, deadline - time.monotonic()))
+        wait_first_lists(streams, self.settings.list_timeout)
         with self._restarts_lock:
             restarts = tuple(sorted(self._restarts.items()))
         if self._setup_error is not None:
@@ -656,14 +687,10 @@ class KubernetesProbe:
             return Discovery((), (error,), up=False)
         results: dict[str, ProbeResult] = {}
         errors: list[SourceError] = []
-        scopes: list[tuple[str, bool]] = []
+        scopes = [(stream.scope.name, stream.up) for stream in streams]
         for stream in streams:
-            scopes.append((stream.scope.name, stream.up))
-            if stream.error is not None:
-                errors.append(stream.error)
-            elif not stream.synced.is_set():
-                name = stream.scope.name
-                errors.append(SourceError(Reason.DEADLINE_EXCEEDED, name, f"{name}: first list still in progress"))
+            if (problem := stream_problem(stream)) is not None:
+                errors.append(problem)
             for stored in stream.view():
                 errors.extend(stored.errors)
                 results.update(stored.results)

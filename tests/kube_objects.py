@@ -9,13 +9,20 @@ base64 in JSON, as the API server encodes them.
 from __future__ import annotations
 
 import base64
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import pytest
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from probes.kubernetes import KubernetesProbe
+from tests.kube_apiserver import FakeApiServer
 from tests.pki import Issued
 
 
@@ -181,14 +188,20 @@ def csr(name: str, signer: str, username: str, issued: Issued | None, *, common_
 # --------------------------------------------------------------------------- endpoints
 
 
-def tls_secret(namespace: str, name: str, leaf: Issued, *chain: Issued, **metadata: Any) -> dict[str, Any]:
-    """A ``kubernetes.io/tls`` Secret holding ``leaf`` (then ``chain``) and its key."""
+def tls_secret(
+    namespace: str, name: str, leaf: Issued, *chain: Issued, ca_crt: str | None = None, **metadata: Any
+) -> dict[str, Any]:
+    """A ``kubernetes.io/tls`` Secret holding ``leaf`` (then ``chain``) and its key, and
+    ``ca.crt`` (already base64) when ``ca_crt`` is given."""
+    data = {"tls.crt": b64(leaf.pem + b"".join(c.pem for c in chain)), "tls.key": b64(leaf.key_pem)}
+    if ca_crt is not None:
+        data["ca.crt"] = ca_crt
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "type": "kubernetes.io/tls",
         "metadata": {"namespace": namespace, "name": name, **metadata},
-        "data": {"tls.crt": b64(leaf.pem + b"".join(c.pem for c in chain)), "tls.key": b64(leaf.key_pem)},
+        "data": data,
     }
 
 
@@ -322,3 +335,64 @@ def service(
         },
         "status": {"loadBalancer": {}},
     }
+
+
+# --------------------------------------------------------------------------- the API server and a kubeconfig for it
+
+
+@contextlib.contextmanager
+def api_server(token: str) -> Iterator[FakeApiServer]:
+    """The API server fixture, accepting bearer ``token`` and sending a BOOKMARK every
+    0.5 s (so watches show progress within a test's patience); stopped on exit."""
+    server = FakeApiServer(bookmark_interval=0.5).start()
+    server.allow(token=token)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def write_kubeconfig(path: Path, server: str, user: dict[str, Any], cluster: dict[str, Any] | None = None) -> Path:
+    """A kubeconfig at ``path`` whose one context points at ``server`` as ``user``
+    (e.g. ``{"token": ...}``); ``cluster`` adds cluster fields (CA, TLS server name)."""
+    document = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "test",
+        "contexts": [{"name": "test", "context": {"cluster": "fixture", "user": "certscope"}}],
+        "clusters": [{"name": "fixture", "cluster": {"server": server, **(cluster or {})}}],
+        "users": [{"name": "certscope", "user": user}],
+    }
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def api_fixtures(token: str) -> tuple[Any, Any]:
+    """A test module's ``api`` (the API server accepting bearer ``token``) and
+    ``kubeconfig`` (a kubeconfig for it with that token) fixtures:
+    ``api, kubeconfig = kube_objects.api_fixtures(TOKEN)``."""
+
+    @pytest.fixture
+    def api() -> Iterator[FakeApiServer]:
+        with api_server(token) as server:
+            yield server
+
+    @pytest.fixture
+    def kubeconfig(api: FakeApiServer, tmp_path: Path) -> Path:
+        return write_kubeconfig(tmp_path / "kubeconfig", api.url, {"token": token})
+
+    return api, kubeconfig
+
+
+def probes_fixture() -> Any:
+    """A test module's ``probes`` fixture: the list a test adds its KubernetesProbes to,
+    each closed after the test (their streams' threads end)."""
+
+    @pytest.fixture
+    def probes() -> Iterator[list[KubernetesProbe]]:
+        made: list[KubernetesProbe] = []
+        yield made
+        for probe in made:
+            probe.close()
+
+    return probes

@@ -614,6 +614,45 @@ def openssl_s_server(
 # --------------------------------------------------------------------------- nginx
 
 
+def write_nginx_conf(directory: Path, server_blocks: str) -> Path:
+    """Writes ``directory/nginx.conf`` for one foreground nginx (``daemon off; master_process
+    off``) whose pid, logs and temp paths all stay in ``directory`` (so it runs unprivileged
+    and leaves nothing behind), serving ``server_blocks`` inside its ``http`` block."""
+    config = directory / "nginx.conf"
+    config.write_text(
+        f"""daemon off;
+master_process off;
+worker_processes 1;
+pid {directory}/nginx.pid;
+error_log {directory}/error.log info;
+events {{ worker_connections 64; }}
+http {{
+    access_log {directory}/access.log;
+    client_body_temp_path {directory}/client_body;
+    proxy_temp_path {directory}/proxy;
+    fastcgi_temp_path {directory}/fastcgi;
+    uwsgi_temp_path {directory}/uwsgi;
+    scgi_temp_path {directory}/scgi;
+    default_type text/plain;{server_blocks}
+}}
+"""
+    )
+    return config
+
+
+def nginx_process(directory: Path, config: Path, port: int) -> ServerProcess:
+    """Starts nginx on ``config`` (from :func:`write_nginx_conf`); ``port`` is the one
+    the caller reports and waits on.  The caller waits for readiness."""
+    return ServerProcess(
+        "nginx",
+        ["nginx", "-p", str(directory), "-c", str(config), "-e", str(directory / "error.log")],
+        workdir=directory,
+        port=port,
+        logs=[directory / "error.log"],
+        scheme="https",
+    )
+
+
 def nginx_server(
     cert: Path,
     key: Path,
@@ -642,22 +681,9 @@ def nginx_server(
         verify = f"ssl_client_certificate {client_ca}; ssl_verify_client {mode}; ssl_verify_depth 4;"
 
     def start(port: int) -> ServerProcess:
-        config = directory / "nginx.conf"
-        config.write_text(
-            f"""daemon off;
-master_process off;
-worker_processes 1;
-pid {directory}/nginx.pid;
-error_log {directory}/error.log info;
-events {{ worker_connections 64; }}
-http {{
-    access_log {directory}/access.log;
-    client_body_temp_path {directory}/client_body;
-    proxy_temp_path {directory}/proxy;
-    fastcgi_temp_path {directory}/fastcgi;
-    uwsgi_temp_path {directory}/uwsgi;
-    scgi_temp_path {directory}/scgi;
-    default_type text/plain;
+        config = write_nginx_conf(
+            directory,
+            f"""
     server {{
         listen {HOST}:{port} ssl;
         server_name localhost;
@@ -670,18 +696,9 @@ http {{
         location = /forbidden {{ return 403 "forbidden\\n"; }}
         location = /secret {{ return 401 "unauthorized\\n"; }}
         location / {{ return 200 "ok\\n"; }}
-    }}
-}}
-"""
+    }}""",
         )
-        server = ServerProcess(
-            "nginx",
-            ["nginx", "-p", str(directory), "-c", str(config), "-e", str(directory / "error.log")],
-            workdir=directory,
-            port=port,
-            logs=[directory / "error.log"],
-            scheme="https",
-        )
+        server = nginx_process(directory, config, port)
         server.wait_ready(lambda: server.accepting(), failed=re.compile(r"\[emerg\]"))
         return server
 
@@ -1142,6 +1159,38 @@ def refused_port() -> int:
     return port
 
 
+class CountingListener:
+    """A TCP port on 127.0.0.1 that counts the connections it accepts (and closes them):
+    proof that something did, or did not, connect where it should not."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind((HOST, 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.accepted += 1
+            conn.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+
+
 # --------------------------------------------------------------------------- an ingress controller stand-in
 
 
@@ -1169,40 +1218,18 @@ def nginx_sni_server(
     )
 
     def start(port: int) -> ServerProcess:
-        config = directory / "nginx.conf"
-        config.write_text(
-            f"""daemon off;
-master_process off;
-worker_processes 1;
-pid {directory}/nginx.pid;
-error_log {directory}/error.log info;
-events {{ worker_connections 64; }}
-http {{
-    access_log {directory}/access.log;
-    client_body_temp_path {directory}/client_body;
-    proxy_temp_path {directory}/proxy;
-    fastcgi_temp_path {directory}/fastcgi;
-    uwsgi_temp_path {directory}/uwsgi;
-    scgi_temp_path {directory}/scgi;
-    default_type text/plain;
+        config = write_nginx_conf(
+            directory,
+            f"""
     server {{
         listen {HOST}:{port} ssl default_server;
         server_name _;
         ssl_certificate {default[0]};
         ssl_certificate_key {default[1]};
         location / {{ return 404 "default backend\\n"; }}
-    }}{servers.replace("{port}", str(port))}
-}}
-"""
+    }}{servers.replace("{port}", str(port))}""",
         )
-        server = ServerProcess(
-            "nginx",
-            ["nginx", "-p", str(directory), "-c", str(config), "-e", str(directory / "error.log")],
-            workdir=directory,
-            port=port,
-            logs=[directory / "error.log"],
-            scheme="https",
-        )
+        server = nginx_process(directory, config, port)
         server.wait_ready(lambda: server.accepting(), failed=re.compile(r"\[emerg\]"))
         return server
 

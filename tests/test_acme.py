@@ -44,7 +44,7 @@ from tests.acme_servers import PebbleServer, pebble_server
 from tests.ca_servers import StepCaServer, step_ca_server
 from tests.helpers import DaemonProcess, find
 from tests.pki import Pki, issue
-from tests.revocation_servers import Reply, http_file_server
+from tests.revocation_servers import HttpFileServer, Reply, http_file_server
 from tests.servers import free_port, refused_port
 
 LOOPBACK = ("127.0.0.0/8",)
@@ -88,6 +88,21 @@ def settings(
         flavor="acme",
         bundle_urls=(pebble.roots_url,),
         issuance=CaIssuance(enabled=True, sans=sans, acme=AcmeIssuance(**fields), **(issuance or {})),
+    )
+
+
+def stand_in_settings(server: HttpFileServer, key_file: Path, san: str) -> CaSettings:
+    """Issuance of ``san`` from a hand-written ACME server: its directory at ``/dir``, roots at
+    ``/roots.pem``; the run ends before http-01, so its listener (port 1) is never opened."""
+    return CaSettings(
+        url=server.url("/dir"),
+        flavor="acme",
+        bundle_urls=(server.url("/roots.pem"),),
+        issuance=CaIssuance(
+            enabled=True,
+            sans=(san,),
+            acme=AcmeIssuance(account_key_file=str(key_file), http01_listen_address="127.0.0.1:1"),
+        ),
     )
 
 
@@ -336,16 +351,7 @@ def test_down_during_the_run_is_the_network_reason(tmp_path: Path) -> None:
     }
     with http_file_server({"/dir": Reply(body=json.dumps(directory).encode())}) as server:
         server["/roots.pem"] = issue("stand-in root", ca=True).pem
-        ca = CaSettings(
-            url=server.url("/dir"),
-            flavor="acme",
-            bundle_urls=(server.url("/roots.pem"),),
-            issuance=CaIssuance(
-                enabled=True,
-                sans=("127.0.0.1",),
-                acme=AcmeIssuance(account_key_file=str(tmp_path / "k.pem"), http01_listen_address="127.0.0.1:1"),
-            ),
-        )
+        ca = stand_in_settings(server, tmp_path / "k.pem", "127.0.0.1")
         result = CaProbe(ca, ProbeDefaults(allow_networks=LOOPBACK)).run(
             ca.url, ProbeContext(deadline=time.monotonic() + 5)
         )
@@ -442,16 +448,7 @@ def test_rate_limited_waits_for_retry_after(tmp_path: Path, pki: Pki) -> None:
             headers={**nonce, "Retry-After": "3600"},
             content_type="application/problem+json",
         )
-        ca = CaSettings(
-            url=server.url("/dir"),
-            flavor="acme",
-            bundle_urls=(server.url("/roots.pem"),),
-            issuance=CaIssuance(
-                enabled=True,
-                sans=("canary.example.com",),
-                acme=AcmeIssuance(account_key_file=str(tmp_path / "k.pem"), http01_listen_address="127.0.0.1:1"),
-            ),
-        )
+        ca = stand_in_settings(server, tmp_path / "k.pem", "canary.example.com")
         probe = CaProbe(ca, ProbeDefaults(allow_networks=LOOPBACK))
         result = probe.run(ca.url, ProbeContext(deadline=time.monotonic() + 5))
         assert result.reason is Reason.RATE_LIMITED, result.message

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ from tests.dashboard_schema import DashboardSchema, SchemaUnavailable, load_dash
 from tests.helpers import DaemonProcess, wait_for
 from tests.otlp_receiver import OtlpReceiver
 from tests.pki import DAY, NOW, Pki, issue, write_formats
-from tests.test_e2e_prometheus import PrometheusServer, free_port, require_binary
+from tests.test_e2e_prometheus import PrometheusServer, launch_ready_prometheus, require_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS = {
@@ -415,34 +414,7 @@ def launch_prometheus(directory: Path, scrape_target: str) -> PrometheusServer:
         f"global: {{scrape_interval: {SCRAPE_INTERVAL}s, scrape_timeout: {SCRAPE_INTERVAL}s}}\n"
         f"scrape_configs:\n  - job_name: certscope\n    static_configs: [{{targets: ['{scrape_target}']}}]\n"
     )
-    for attempt in range(3):  # the port free_port() found can be taken before Prometheus binds it
-        log_path = directory / f"prometheus{attempt}.log"
-        port = free_port()
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(
-                [
-                    binary,
-                    f"--config.file={config}",
-                    f"--storage.tsdb.path={directory / f'data{attempt}'}",
-                    f"--web.listen-address=127.0.0.1:{port}",
-                    "--enable-feature=exemplar-storage",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        server = PrometheusServer(process, f"http://127.0.0.1:{port}", log_path)
-
-        def ready_or_exited(server: PrometheusServer = server) -> bool:
-            if server.process.poll() is not None:
-                return True
-            return requests.get(server.base_url + "/-/ready", timeout=2).status_code == 200
-
-        wait_for(ready_or_exited, 20, "Prometheus /-/ready")
-        if server.process.poll() is None:
-            return server
-        if "address already in use" not in server.log():
-            break
-    pytest.fail(f"Prometheus exited with {server.process.returncode}:\n{server.log()}", pytrace=False)
+    return launch_ready_prometheus(binary, directory, config, "--enable-feature=exemplar-storage")
 
 
 @dataclass
@@ -495,6 +467,14 @@ def substitute(text: str, variables: dict[str, str]) -> str:
         return variables[name]
 
     return VARIABLE.sub(replace, text)
+
+
+def variable_values(prometheus: PrometheusServer, query: str, variables: dict[str, str]) -> list[str]:
+    """What Grafana lists for a ``label_values(<selector>, <label>)`` variable query, asked
+    of Prometheus' label values API with ``variables`` substituted."""
+    match = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", substitute(query, variables))
+    assert match is not None, query
+    return list(prometheus.api(f"label/{match.group(2)}/values", **{"match[]": match.group(1)}))
 
 
 def write_atomically(path: Path, data: bytes) -> None:
@@ -651,9 +631,7 @@ def test_template_variables_list_values(stack: Stack, warmed: float) -> None:
     variables = stack.grafana_variables(warmed)
     for name in DASHBOARDS:
         for variable, query in variable_queries(name):
-            match = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", substitute(query, variables))
-            assert match is not None, query
-            values = stack.prometheus.api(f"label/{match.group(2)}/values", **{"match[]": match.group(1)})
+            values = variable_values(stack.prometheus, query, variables)
             assert values, f"{name} variable {variable}: {query}"
             if variable == "probe":
                 assert set(values) == {"pki", "web", "partner-mtls"}, values

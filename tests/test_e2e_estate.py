@@ -65,11 +65,12 @@ from tests import kube_objects, servers
 from tests.ca_servers import CfsslServer, cfssl_server
 from tests.helpers import DaemonProcess, wait_for
 from tests.kube_apiserver import FakeApiServer
+from tests.kube_objects import write_kubeconfig
 from tests.pki import DAY, NOW, Issued, Pki, issue
 from tests.revocation_servers import HTTP_PATHS, RevocationStack, error_reply, revocation_stack
-from tests.test_dashboards import DASHBOARDS, Query, queries, substitute, variable_queries
-from tests.test_e2e_prometheus import PrometheusServer, free_port, require_binary
-from tests.test_kubernetes import TOKEN, write_kubeconfig
+from tests.test_dashboards import DASHBOARDS, Query, queries, substitute, variable_queries, variable_values
+from tests.test_e2e_prometheus import PrometheusServer, launch_ready_prometheus, require_binary
+from tests.test_kubernetes import TOKEN
 
 pytestmark = pytest.mark.e2e
 
@@ -405,33 +406,7 @@ def launch_prometheus(directory: Path, targets: list[str]) -> PrometheusServer:
         ],
     }
     (directory / "prometheus.yml").write_text(yaml.safe_dump(config))
-    for attempt in range(3):  # the port free_port() found can be taken before Prometheus binds it
-        log_path = directory / f"prometheus{attempt}.log"
-        port = free_port()
-        with open(log_path, "wb") as log:
-            process = subprocess.Popen(
-                [
-                    binary,
-                    f"--config.file={directory / 'prometheus.yml'}",
-                    f"--storage.tsdb.path={directory / f'data{attempt}'}",
-                    f"--web.listen-address=127.0.0.1:{port}",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        server = PrometheusServer(process, f"http://127.0.0.1:{port}", log_path)
-
-        def ready_or_exited(server: PrometheusServer = server) -> bool:
-            if server.process.poll() is not None:
-                return True
-            return requests.get(server.base_url + "/-/ready", timeout=2).status_code == 200
-
-        wait_for(ready_or_exited, 20, "Prometheus /-/ready")
-        if server.process.poll() is None:
-            return server
-        if "address already in use" not in server.log():
-            break
-    pytest.fail(f"Prometheus exited with {server.process.returncode}:\n{server.log()}", pytrace=False)
+    return launch_ready_prometheus(binary, directory, directory / "prometheus.yml")
 
 
 def start_cluster(tls_pki: servers.TlsPki, directory: Path, estate: Estate) -> None:
@@ -789,9 +764,7 @@ def test_every_dashboard_variable_lists_the_estate(estate: Estate, settled: floa
     variables = {"job": ".*", "instance": ".*", "probe": ".*", "kind": ".*", "target": ".*"}
     for name in DASHBOARDS:
         for variable, query in variable_queries(name):
-            match = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", substitute(query, variables))
-            assert match is not None, query
-            values = estate.prometheus.api(f"label/{match.group(2)}/values", **{"match[]": match.group(1)})
+            values = variable_values(estate.prometheus, query, variables)
             assert values, f"{name} variable {variable}: {query}"
             if variable in wanted:
                 assert set(values) == wanted[variable], f"{name} variable {variable}: {values}"

@@ -82,33 +82,44 @@ class PrometheusServer:
                 self.process.wait()
 
 
-def _launch_prometheus(binary: str, directory: Path, scrape_target: str, attempt: int) -> PrometheusServer:
-    config = directory / "prometheus.yml"
-    config.write_text(
-        "global:\n"
-        "  scrape_interval: 1s\n"
-        "  scrape_timeout: 1s\n"
-        "  evaluation_interval: 1s\n"
-        "scrape_configs:\n"
-        f"  - job_name: {JOB}\n"
-        "    static_configs:\n"
-        f'      - targets: ["{scrape_target}"]\n'
-    )
-    port = free_port()
-    log_path = directory / f"prometheus{attempt}.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={directory / f'data{attempt}'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--log.level=info",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    return PrometheusServer(process, f"http://127.0.0.1:{port}", log_path)
+def launch_ready_prometheus(binary: str, directory: Path, config: Path, *flags: str) -> PrometheusServer:
+    """A Prometheus on ``config`` (its data and logs in ``directory``), once ``/-/ready``
+    answers.  The port free_port() found can be taken before Prometheus binds it, so a
+    start that ends in "address already in use" is retried on another port (3 tries);
+    any other exit fails the test with Prometheus' log.  A Prometheus that never gets
+    ready is stopped before the failure propagates."""
+    for attempt in range(3):
+        port = free_port()
+        log_path = directory / f"prometheus{attempt}.log"
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                [
+                    binary,
+                    f"--config.file={config}",
+                    f"--storage.tsdb.path={directory / f'data{attempt}'}",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                    *flags,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        server = PrometheusServer(process, f"http://127.0.0.1:{port}", log_path)
+
+        def ready_or_exited(server: PrometheusServer = server) -> bool:
+            if server.process.poll() is not None:
+                return True
+            return requests.get(server.base_url + "/-/ready", timeout=2).status_code == 200
+
+        try:
+            wait_for(ready_or_exited, 20, "Prometheus /-/ready")
+        except BaseException:
+            server.stop()
+            raise
+        if server.process.poll() is None:
+            return server
+        if "address already in use" not in server.log():
+            break
+    pytest.fail(f"Prometheus exited with {server.process.returncode}:\n{server.log()}", pytrace=False)
 
 
 @pytest.fixture
@@ -120,21 +131,20 @@ def start_prometheus(tmp_path: Path) -> Iterator[Callable[[str], PrometheusServe
         binary = require_binary("prometheus")  # here, not at setup: a missing binary is a test failure
         directory = tmp_path / "prometheus"
         directory.mkdir(exist_ok=True)
-        for attempt in range(3):  # the port chosen by free_port() can be taken before Prometheus binds it
-            server = _launch_prometheus(binary, directory, scrape_target, attempt)
-            started.append(server)
-
-            def ready_or_exited(server: PrometheusServer = server) -> bool:
-                if server.process.poll() is not None:
-                    return True
-                return requests.get(server.base_url + "/-/ready", timeout=2).status_code == 200
-
-            wait_for(ready_or_exited, 20, "Prometheus /-/ready")
-            if server.process.poll() is None:
-                return server
-            if "address already in use" not in server.log():
-                break
-        pytest.fail(f"Prometheus exited with {server.process.returncode}:\n{server.log()}", pytrace=False)
+        config = directory / "prometheus.yml"
+        config.write_text(
+            "global:\n"
+            "  scrape_interval: 1s\n"
+            "  scrape_timeout: 1s\n"
+            "  evaluation_interval: 1s\n"
+            "scrape_configs:\n"
+            f"  - job_name: {JOB}\n"
+            "    static_configs:\n"
+            f'      - targets: ["{scrape_target}"]\n'
+        )
+        server = launch_ready_prometheus(binary, directory, config, "--log.level=info")
+        started.append(server)
+        return server
 
     try:
         yield start

@@ -197,35 +197,8 @@ probes:
 # ------------------------------------------------------------ revocation egress policy
 
 
-class CountingListener:
-    """A TCP listener on 127.0.0.1 that counts connection attempts."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.accepted = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            with contextlib.suppress(OSError):
-                conn, _ = self.sock.accept()
-                self.accepted += 1
-                conn.close()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self.sock.close()
-
-
 def test_revocation_urls_from_a_certificate_obey_the_egress_policy(pki: Pki, tmp_path: Path) -> None:
-    listener = CountingListener()
+    listener = servers.CountingListener()
     local = f"http://127.0.0.1:{listener.port}"
     leaf = issue(
         "localhost",

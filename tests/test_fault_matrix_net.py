@@ -42,9 +42,8 @@ from probes.ocsp import OcspProbe, OcspSettings
 from tests import servers
 from tests.helpers import DaemonProcess, find, parse_metrics, value, wait_for
 from tests.pki import Pki
-from tests.servers import FaultServer, TlsFiles, build_tls_pki, write_tls_files
+from tests.servers import CountingListener, FaultServer, TlsFiles, build_tls_pki, write_tls_files
 from tests.test_collector import FACTS, info
-from tests.test_fault_matrix import CountingListener
 
 StartDaemon = Callable[..., DaemonProcess]
 ROOT = Path(__file__).resolve().parent.parent

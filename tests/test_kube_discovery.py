@@ -11,8 +11,6 @@ what is served with the Secret: ``match``, ``stale``, ``other``, ``secret_missin
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,9 +37,10 @@ from tests.helpers import find, parse_metrics, value, wait_for
 from tests.kube_apiserver import FakeApiServer
 from tests.kube_objects import tls_secret
 from tests.pki import DAY, NOW, Issued, Pki, issue
-from tests.servers import ServerProcess, nginx_sni_server
-from tests.test_kubernetes import TOKEN, write_kubeconfig
+from tests.servers import CountingListener, ServerProcess, nginx_sni_server
+from tests.test_kubernetes import TOKEN
 
+api, kubeconfig = kube_objects.api_fixtures(TOKEN)
 LOOPBACK = ("127.0.0.0/8",)
 
 
@@ -94,21 +93,6 @@ def controller(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[C
         yield Controller(server, root, current, old, renewed, fake, elsewhere)
     finally:
         server.stop()
-
-
-@pytest.fixture
-def api() -> Iterator[FakeApiServer]:
-    server = FakeApiServer(bookmark_interval=0.5).start()
-    server.allow(token=TOKEN)
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def kubeconfig(api: FakeApiServer, tmp_path: Path) -> Path:
-    return write_kubeconfig(tmp_path / "kubeconfig", api.url, {"token": TOKEN})
 
 
 @pytest.fixture
@@ -318,37 +302,6 @@ def test_gateway_listeners_and_annotated_services(
 
 
 # --------------------------------------------------------------------------- safety
-
-
-class CountingListener:
-    """A TCP port that counts the connections it accepts (and closes them)."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.accepted = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.accepted += 1
-            conn.close()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self.sock.close()
 
 
 def test_a_hostile_object_cannot_make_certscope_connect_where_the_policy_forbids(

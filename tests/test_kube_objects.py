@@ -5,12 +5,10 @@ fixture (tests/kube_apiserver.py) over real HTTP and watched as they change."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from exporter.config import ConfigError, parse_config
 from probes.base import ProbeContext, ProbeResult
@@ -23,42 +21,12 @@ from tests.pki import DAY, NOW, Issued, Pki, issue
 
 TOKEN = "objects-t0ken-" + "c4fe" * 5
 KUBELET_SIGNER = "kubernetes.io/kube-apiserver-client-kubelet"
-
-
-@pytest.fixture
-def api() -> Iterator[FakeApiServer]:
-    server = FakeApiServer(bookmark_interval=0.5).start()
-    server.allow(token=TOKEN)
-    try:
-        yield server
-    finally:
-        server.stop()
+api, kubeconfig = kube_objects.api_fixtures(TOKEN)
+probes = kube_objects.probes_fixture()
 
 
 def write_kubeconfig(path: Path, server: str, token: str = TOKEN) -> Path:
-    document = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "current-context": "test",
-        "contexts": [{"name": "test", "context": {"cluster": "fixture", "user": "certscope"}}],
-        "clusters": [{"name": "fixture", "cluster": {"server": server}}],
-        "users": [{"name": "certscope", "user": {"token": token}}],
-    }
-    path.write_text(yaml.safe_dump(document))
-    return path
-
-
-@pytest.fixture
-def kubeconfig(api: FakeApiServer, tmp_path: Path) -> Path:
-    return write_kubeconfig(tmp_path / "kubeconfig", api.url)
-
-
-@pytest.fixture
-def probes() -> Iterator[list[KubernetesProbe]]:
-    made: list[KubernetesProbe] = []
-    yield made
-    for probe in made:
-        probe.close()
+    return kube_objects.write_kubeconfig(path, server, {"token": token})
 
 
 def round_results(probe: KubernetesProbe) -> dict[str, ProbeResult]:

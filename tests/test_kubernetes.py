@@ -7,73 +7,33 @@ daemon's ``/metrics`` for what Prometheus sees."""
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
 import stat
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from probes.base import ProbeContext, Reason
 from probes.kubernetes import KubernetesProbe, KubernetesSettings
+from tests import kube_objects
 from tests.helpers import find, value, wait_for
 from tests.kube_apiserver import FakeApiServer, ServerTls
+from tests.kube_objects import b64, write_kubeconfig
 from tests.pki import DAY, NOW, Issued, Pki, issue
 from tests.servers import build_tls_pki, openssl_s_server, write_tls_files
 
 TOKEN = "t0ken-" + "s3cret" * 4  # must never appear in a log, metric or message
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
+api, kubeconfig = kube_objects.api_fixtures(TOKEN)
+probes = kube_objects.probes_fixture()
 
 
 def tls_secret(namespace: str, name: str, leaf: Issued, *chain: Issued, **metadata: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "kubernetes.io/tls",
-        "metadata": {"namespace": namespace, "name": name, **metadata},
-        "data": {
-            "tls.crt": b64(leaf.pem + b"".join(c.pem for c in chain)),
-            "tls.key": b64(leaf.key_pem),
-            "ca.crt": "",
-        },
-    }
-
-
-def write_kubeconfig(path: Path, server: str, user: dict[str, Any], cluster: dict[str, Any] | None = None) -> Path:
-    document = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "current-context": "test",
-        "contexts": [{"name": "test", "context": {"cluster": "fixture", "user": "certscope"}}],
-        "clusters": [{"name": "fixture", "cluster": {"server": server, **(cluster or {})}}],
-        "users": [{"name": "certscope", "user": user}],
-    }
-    path.write_text(yaml.safe_dump(document))
-    return path
-
-
-@pytest.fixture
-def api() -> Iterator[FakeApiServer]:
-    server = FakeApiServer(bookmark_interval=0.5).start()
-    server.allow(token=TOKEN)
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def kubeconfig(api: FakeApiServer, tmp_path: Path) -> Path:
-    return write_kubeconfig(tmp_path / "kubeconfig", api.url, {"token": TOKEN})
+    """A TLS Secret with an empty ``ca.crt``, as cert-manager writes one: the probe must skip the empty key."""
+    return kube_objects.tls_secret(namespace, name, leaf, *chain, ca_crt="", **metadata)
 
 
 def make_probe(kubeconfig: Path, **settings: Any) -> KubernetesProbe:
@@ -87,14 +47,6 @@ def inventory(probe: KubernetesProbe) -> dict[str, list[str]]:
     return {
         target: [o.cert.fingerprint_sha256 for o in probe.run(target, ctx).certificates] for target in discovery.targets
     }
-
-
-@pytest.fixture
-def probes() -> Iterator[list[KubernetesProbe]]:
-    made: list[KubernetesProbe] = []
-    yield made
-    for probe in made:
-        probe.close()
 
 
 # --------------------------------------------------------------------------- in process

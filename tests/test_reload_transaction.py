@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,13 +79,24 @@ def bad_configs(good: str, tmp_path: Path) -> dict[str, tuple[bytes, str]]:
     }
 
 
-def test_every_bad_file_is_one_bounded_config_error(tmp_path: Path, pki: Pki) -> None:
+def good_config(tmp_path: Path, pki: Pki) -> str:
+    """GOOD, its files probe reading a valid certificate written into ``tmp_path``."""
     certificate = tmp_path / "good.pem"
     certificate.write_bytes(pki.valid.pem)
-    good = GOOD.format(path=certificate)
+    return GOOD.format(path=certificate)
+
+
+def bad_config_files(good: str, tmp_path: Path) -> Iterator[tuple[str, Path, str]]:
+    """(name, written config file, expected error) of every bad config."""
     for name, (content, expected) in bad_configs(good, tmp_path).items():
         path = tmp_path / f"{name}.yaml"
         path.write_bytes(content)
+        yield name, path, expected
+
+
+def test_every_bad_file_is_one_bounded_config_error(tmp_path: Path, pki: Pki) -> None:
+    good = good_config(tmp_path, pki)
+    for name, path, expected in bad_config_files(good, tmp_path):
         started = time.monotonic()
         with pytest.raises(ConfigError) as caught:
             config = load_config(str(path))
@@ -112,12 +124,8 @@ def test_every_bad_file_is_one_bounded_config_error(tmp_path: Path, pki: Pki) ->
 
 
 def test_check_config_refuses_what_the_daemon_refuses(tmp_path: Path, pki: Pki) -> None:
-    certificate = tmp_path / "good.pem"
-    certificate.write_bytes(pki.valid.pem)
-    good = GOOD.format(path=certificate)
-    for name, (content, expected) in bad_configs(good, tmp_path).items():
-        path = tmp_path / f"{name}.yaml"
-        path.write_bytes(content)
+    good = good_config(tmp_path, pki)
+    for name, path, expected in bad_config_files(good, tmp_path):
         done = subprocess.run(
             [sys.executable, "-m", "exporter", "check-config", str(path)], capture_output=True, text=True, timeout=30
         )
@@ -131,9 +139,8 @@ def test_check_config_refuses_what_the_daemon_refuses(tmp_path: Path, pki: Pki) 
 
 
 def test_no_reload_stops_or_wedges_the_daemon(start_daemon: Any, tmp_path: Path, pki: Pki) -> None:
-    certificate = tmp_path / "good.pem"
-    certificate.write_bytes(pki.valid.pem)
-    good = GOOD.format(path=certificate)
+    good = good_config(tmp_path, pki)
+    certificate = tmp_path / "good.pem"  # written by good_config
     daemon: DaemonProcess = start_daemon(good, "--web.enable-lifecycle")  # POST /-/reload is one of the two ways
     config_path = Path(daemon.process.args[-1].split("=", 1)[1])  # type: ignore[index, union-attr]
     daemon.wait_ready()

@@ -34,8 +34,9 @@ from probes.certparse import _pem_blocks, parse_container
 from tests import pkcs12_forge as forge
 from tests.helpers import DaemonProcess, find, value, wait_for
 from tests.kube_apiserver import FakeApiServer
+from tests.kube_objects import b64, write_kubeconfig
 from tests.pki import Pki, issue
-from tests.test_kubernetes import TOKEN, b64, tls_secret, write_kubeconfig
+from tests.test_kubernetes import TOKEN, tls_secret
 
 P12_PASSWORD = "untrusted-input-p12-password-3c9a"
 

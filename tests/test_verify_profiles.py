@@ -37,27 +37,9 @@ from probes.profiles import RFC5280, WEBPKI
 from probes.tls import TlsProbe, TlsSettings
 from probes.verify import TrustStore, VerifySettings, verify_served_chain
 from tests import servers
+from tests.pki import DAY, NOW, Issued, PrivateKey
 
-NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
-DAY = dt.timedelta(days=1)
 NAME = "a.test"
-PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
-
-
-@dataclass(frozen=True)
-class Made:
-    cert: x509.Certificate
-    key: PrivateKey
-
-    @property
-    def pem(self) -> bytes:
-        return self.cert.public_bytes(serialization.Encoding.PEM)
-
-    @property
-    def key_pem(self) -> bytes:
-        return self.key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
 
 
 def _name(common_name: str) -> x509.Name:
@@ -74,7 +56,7 @@ LEAF_USAGE = _usage(signature=True)
 
 def make(
     common_name: str,
-    issuer: Made | None = None,
+    issuer: Issued | None = None,
     *,
     ca: bool = False,
     key: PrivateKey | None = None,
@@ -88,7 +70,7 @@ def make(
     subject: x509.Name | None = None,
     sha1: bool = False,
     aki_of: PrivateKey | None = None,
-) -> Made:
+) -> Issued:
     """A certificate as the rules need it; ``sha1=True`` has OpenSSL sign it with
     SHA-1 (cryptography will not)."""
     key = key or ec.generate_private_key(ec.SECP256R1())
@@ -129,14 +111,14 @@ def make(
     for extension, critical in extra:
         builder = builder.add_extension(extension, critical=critical)
     if not sha1 and serial != 0:
-        return Made(builder.sign(signer, hashes.SHA256()), key)
+        return Issued(builder.sign(signer, hashes.SHA256()), key)
     digest = "sha1" if sha1 else "sha256"
     serial = 4242 if serial is None else serial
-    return Made(_openssl_sign(builder.sign(key, hashes.SHA256()), key, issuer, digest, serial), key)
+    return Issued(_openssl_sign(builder.sign(key, hashes.SHA256()), key, issuer, digest, serial), key)
 
 
 def _openssl_sign(
-    self_signed: x509.Certificate, key: PrivateKey, issuer: Made | None, digest: str, serial: int
+    self_signed: x509.Certificate, key: PrivateKey, issuer: Issued | None, digest: str, serial: int
 ) -> x509.Certificate:
     """Re-sign a self-signed certificate by ``openssl x509`` (for what cryptography
     will not write: SHA-1 signatures, serial number 0): by its own key, or as
@@ -146,7 +128,7 @@ def _openssl_sign(
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory)
         (path / "in.pem").write_bytes(self_signed.public_bytes(serialization.Encoding.PEM))
-        (path / "key.pem").write_bytes(Made(self_signed, key).key_pem)
+        (path / "key.pem").write_bytes(Issued(self_signed, key).key_pem)
         args = ["openssl", "x509", "-in", str(path / "in.pem"), f"-{digest}", "-days", "30"]
         args += ["-set_serial", str(serial), "-out", str(path / "out.pem")]
         if issuer is None:
@@ -161,9 +143,9 @@ def _openssl_sign(
 
 @dataclass(frozen=True)
 class Chain:
-    leaf: Made
-    intermediates: tuple[Made, ...]
-    trusted: tuple[Made, ...]
+    leaf: Issued
+    intermediates: tuple[Issued, ...]
+    trusted: tuple[Issued, ...]
     name: str = NAME
 
 
@@ -171,7 +153,7 @@ def _rsa(bits: int) -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=bits)
 
 
-def _root(**kwargs: Any) -> Made:
+def _root(**kwargs: Any) -> Issued:
     return make("certscope profiles root", ca=True, **kwargs)
 
 
@@ -186,7 +168,7 @@ def _under_intermediate(**kwargs: Any) -> Chain:
     return Chain(make(NAME, intermediate), (intermediate,), (root,))
 
 
-def _leaf_under(root: Made) -> Chain:
+def _leaf_under(root: Issued) -> Chain:
     return Chain(make(NAME, root), (), (root,))
 
 
@@ -450,22 +432,9 @@ def _identity_nginx(files: servers.TlsFiles, directory: Path) -> tuple[servers.S
         }}
     }}"""
 
-    config = directory / "nginx.conf"
-    config.write_text(
-        f"""daemon off;
-master_process off;
-worker_processes 1;
-pid {directory}/nginx.pid;
-error_log {directory}/error.log info;
-events {{ worker_connections 64; }}
-http {{
-    access_log {directory}/access.log;
-    client_body_temp_path {directory}/client_body;
-    proxy_temp_path {directory}/proxy;
-    fastcgi_temp_path {directory}/fastcgi;
-    uwsgi_temp_path {directory}/uwsgi;
-    scgi_temp_path {directory}/scgi;
-    default_type text/plain;
+    config = servers.write_nginx_conf(
+        directory,
+        f"""
     server {{
         listen 127.0.0.1:{backend};
         location / {{
@@ -474,18 +443,9 @@ http {{
         }}
     }}
     {front(passing, "$ssl_client_s_dn")}
-    {front(stripping, '""')}
-}}
-"""
+    {front(stripping, '""')}""",
     )
-    server = servers.ServerProcess(
-        "nginx",
-        ["nginx", "-p", str(directory), "-c", str(config), "-e", str(directory / "error.log")],
-        workdir=directory,
-        port=passing,
-        logs=[directory / "error.log"],
-        scheme="https",
-    )
+    server = servers.nginx_process(directory, config, passing)
     server.wait_ready(
         lambda: all(servers.listening(server.pid, p) for p in (backend, passing, stripping)),
         failed=re.compile(r"\[emerg\]"),

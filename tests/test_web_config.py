@@ -32,7 +32,7 @@ from exporter.webconfig import WebConfigError, load_web_config
 from tests.helpers import DaemonProcess, wait_for
 from tests.pki import DAY, NOW, Issued, Pki, issue
 from tests.servers import TlsFiles, build_tls_pki, localhost_sans, write_tls_files
-from tests.test_e2e_prometheus import PrometheusServer, free_port, require_binary
+from tests.test_e2e_prometheus import PrometheusServer, launch_ready_prometheus, require_binary
 
 PASSWORD = "scrape-secret-7d1c"  # never to be seen in a log
 HASH = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=6)).decode()
@@ -334,34 +334,9 @@ def prometheus_with(tmp_path: Path) -> Iterator[Callable[[str], PrometheusServer
             "global: {scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}\nscrape_configs:\n"
             + scrape_config
         )
-        for attempt in range(3):
-            port = free_port()
-            log_path = tmp_path / f"prometheus{attempt}.log"
-            with open(log_path, "wb") as log:
-                process = subprocess.Popen(
-                    [
-                        binary,
-                        f"--config.file={config}",
-                        f"--storage.tsdb.path={tmp_path / f'data{attempt}'}",
-                        f"--web.listen-address=127.0.0.1:{port}",
-                    ],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            server = PrometheusServer(process, f"http://127.0.0.1:{port}", log_path)
-            started.append(server)
-
-            def ready(server: PrometheusServer = server) -> bool:
-                if server.process.poll() is not None:
-                    return True
-                return requests.get(server.base_url + "/-/ready", timeout=2).ok
-
-            wait_for(ready, 20, "Prometheus /-/ready")
-            if server.process.poll() is None:
-                return server
-            if "address already in use" not in server.log():
-                break
-        pytest.fail(f"Prometheus did not start:\n{started[-1].log()}", pytrace=False)
+        server = launch_ready_prometheus(binary, tmp_path, config)
+        started.append(server)
+        return server
 
     yield start
     for server in started:
