@@ -85,6 +85,20 @@ def test_every_alert_fires_and_stays_quiet_in_a_unit_test() -> None:
     assert names - quiet == set(), "alerts without a quiet case"
 
 
+def test_unit_test_series_carry_the_labels_a_real_prometheus_adds() -> None:
+    """A real Prometheus puts ``job`` and ``instance`` on every scraped series; a rule
+    whose join drops them passes a unit test whose input lacks them and then never
+    fires.  So every input series names both, and every file has two instances."""
+    for path in TESTS:
+        instances: set[str] = set()
+        for test in yaml.safe_load(path.read_text())["tests"]:
+            for entry in test.get("input_series", []):
+                series = entry["series"]
+                assert 'job="' in series and 'instance="' in series, f"{path.name}: {series}"
+                instances.add(series.split('instance="', 1)[1].split('"', 1)[0])
+        assert len(instances) >= 2, f"{path.name}: no case with two instances"
+
+
 def test_every_alert_follows_the_conventions() -> None:
     for rule in alert_rules():
         name = rule["alert"]
