@@ -24,13 +24,11 @@ hundred bytes); durations are finite, at most 100 years, and intervals at least
 from __future__ import annotations
 
 import dataclasses
-import errno
 import ipaddress
 import math
 import os
 import re
 import reprlib
-import stat
 import types
 import typing
 from collections.abc import Mapping
@@ -42,6 +40,7 @@ import yaml
 
 from probes import KINDS
 from probes.base import ByteSize, ProbeDefaults, Seconds, TrustSettings, parse_duration, path_field
+from probes.files import read_regular_file
 
 DEFAULT_LISTEN_ADDRESS = "127.0.0.1:9754"
 EMBEDDED_DEFAULT = "<embedded default>"
@@ -235,7 +234,7 @@ class _CommonProbeFields:
 
 def load_config(path: str) -> Config:
     try:
-        data = read_config_file(path, MAX_CONFIG_BYTES)
+        data = read_regular_file(path, MAX_CONFIG_BYTES)
     except OSError as exc:
         raise ConfigError(path, [f"cannot read config file: {exc.strerror or exc}"]) from None
     try:
@@ -246,33 +245,6 @@ def load_config(path: str) -> Config:
             path, [f"not UTF-8: byte 0x{data[exc.start]:02x} at offset {exc.start} (line {line})"]
         ) from None
     return parse_config(text, path)
-
-
-def read_config_file(path: str, limit: int) -> bytes:
-    """The bytes of a regular file of at most ``limit`` bytes.  Opened without
-    blocking (a FIFO with no writer would hold the caller, the daemon's main loop,
-    forever) and refused unless regular (``/dev/zero`` never ends)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file")
-        if info.st_size > limit:
-            raise OSError(errno.EFBIG, f"{info.st_size} bytes is over the {limit}-byte limit")
-        chunks = []
-        remaining = limit + 1
-        while remaining > 0:
-            chunk = os.read(fd, min(remaining, 1 << 20))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            remaining -= len(chunk)
-        data = b"".join(chunks)
-        if len(data) > limit:
-            raise OSError(errno.EFBIG, f"over the {limit}-byte limit")
-        return data
-    finally:
-        os.close(fd)
 
 
 def default_config() -> Config:

@@ -46,13 +46,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import hashlib
 import hmac
 import logging
 import os
 import re
 import ssl
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -63,6 +63,8 @@ import bcrypt
 import yaml
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from probes.files import read_regular_file
 
 log = logging.getLogger(__name__)
 
@@ -173,15 +175,11 @@ def load_web_config(path: str) -> WebConfig:
 
 def _read_capped(path: str) -> str:
     try:
-        # O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused below).
-        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as handle:
-            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-                raise WebConfigError(path, ["not a regular file"])
-            data = handle.read(MAX_WEB_CONFIG_BYTES + 1)
+        data = read_regular_file(path, MAX_WEB_CONFIG_BYTES)
     except OSError as exc:
+        if exc.errno == errno.EFBIG:
+            raise WebConfigError(path, [f"larger than {MAX_WEB_CONFIG_BYTES} bytes"]) from None
         raise WebConfigError(path, [f"cannot read web config file: {exc.strerror}"]) from None
-    if len(data) > MAX_WEB_CONFIG_BYTES:
-        raise WebConfigError(path, [f"larger than {MAX_WEB_CONFIG_BYTES} bytes"])
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

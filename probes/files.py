@@ -274,7 +274,7 @@ class FilesProbe:
             return cached[1]  # its duration is that of the parse it saved
         with ctx.phase("file.read") as phase:
             try:
-                data = _read_regular_file(target, self.settings.max_file_size)
+                data = read_regular_file(target, self.settings.max_file_size)
             except OSError as exc:
                 reason = _reason_for(exc, target)
                 phase.fail(reason, _describe(reason, target, exc))
@@ -357,12 +357,20 @@ def container_result(parsed: Parsed, target: str, started: float, expect: Expect
     )
 
 
-def _read_regular_file(path: str, limit: int) -> bytes:
-    # O_NONBLOCK: if the path was swapped for a FIFO after stat(), open() must not hang.
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+def read_regular_file(path: str, limit: int) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes, or ``OSError``.
+
+    Opened without blocking (a FIFO with no writer, or a path swapped for one after
+    stat(), would hold the caller forever) and refused unless regular (``/dev/zero``
+    never ends); read in chunks up to ``limit`` + 1, so a file that grows while read
+    is refused too.  Used for certificate files, the config file and the web config."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
             raise OSError(errno.EINVAL, "not a regular file")
+        if info.st_size > limit:
+            raise OSError(errno.EFBIG, f"{info.st_size} bytes is over the {limit}-byte limit")
         chunks = []
         remaining = limit + 1
         while remaining > 0:
@@ -373,7 +381,7 @@ def _read_regular_file(path: str, limit: int) -> bytes:
             remaining -= len(chunk)
         data = b"".join(chunks)
         if len(data) > limit:
-            raise OSError(errno.EFBIG, "file grew over max_file_size while reading")
+            raise OSError(errno.EFBIG, f"over the {limit}-byte limit")
         return data
     finally:
         os.close(fd)
