@@ -76,7 +76,6 @@ def serve(tmp_path: Path) -> Any:
 
 
 @pytest.mark.filterwarnings("ignore::cryptography.utils.CryptographyDeprecationWarning")
-@pytest.mark.skipif(not SERVABLE, reason=f"x509-limbo corpus not found at {limbo_corpus.CORPUS} (C2SP/x509-limbo)")
 @pytest.mark.parametrize("case", SERVABLE, ids=[c["id"] for c in SERVABLE])
 def test_probe_through_a_real_server_agrees_with_the_in_process_verdict(case: dict[str, Any], serve: Any) -> None:
     server = serve(case)
