@@ -91,17 +91,30 @@ class Problem:
     message: str
 
 
-def describe(cert: x509.Certificate, position: int, last: int) -> str:
-    """'the leaf (CN=...)', 'intermediate 2 (CN=...)' or 'the trust anchor (CN=...)'."""
-    try:
-        subject = cert.subject.rfc4514_string() or "empty subject"
-    except ValueError:
-        subject = "unreadable subject"
-    if position == 0:
-        return f"the leaf ({subject})"
-    if position == last:
-        return f"the trust anchor ({subject})"
-    return f"intermediate {position} ({subject})"
+@dataclass(frozen=True, slots=True)
+class Description:
+    """'the leaf (CN=...)', 'intermediate 2 (CN=...)' or 'the trust anchor (CN=...)',
+    spelled out only when a message is written: reading a subject as text costs
+    more than all the checks of a certificate that passes them."""
+
+    cert: x509.Certificate
+    position: int
+    last: int
+
+    def __str__(self) -> str:
+        try:
+            subject = self.cert.subject.rfc4514_string() or "empty subject"
+        except ValueError:
+            subject = "unreadable subject"
+        if self.position == 0:
+            return f"the leaf ({subject})"
+        if self.position == self.last:
+            return f"the trust anchor ({subject})"
+        return f"intermediate {self.position} ({subject})"
+
+
+def describe(cert: x509.Certificate, position: int, last: int) -> Description:
+    return Description(cert, position, last)
 
 
 # -- keys and signatures (both profiles) ---------------------------------------------
@@ -193,7 +206,7 @@ def _ilog_e(v: int) -> int:
     return (result * _SCALE) // _LOG_E
 
 
-def key_problem(cert: x509.Certificate, what: str, profile: str, is_leaf: bool) -> Problem | None:
+def key_problem(cert: x509.Certificate, what: Description, profile: str, is_leaf: bool) -> Problem | None:
     try:
         key = cert.public_key()
     except Exception:  # noqa: BLE001 - an unloadable key: the path validation says why
@@ -233,7 +246,7 @@ def weak_signature_hash(cert: x509.Certificate) -> str | None:
     return _WEAK_HASHES.get(algorithm.name) if algorithm is not None else None
 
 
-def signature_problem(cert: x509.Certificate, what: str) -> Problem | None:
+def signature_problem(cert: x509.Certificate, what: Description) -> Problem | None:
     weak = weak_signature_hash(cert)
     if weak is None:
         return None
@@ -274,7 +287,7 @@ def _ku_allows_cert_sign(cert: x509.Certificate) -> bool:
     return usage is None or usage.key_cert_sign
 
 
-def anchor_problem(anchor: x509.Certificate, what: str) -> Problem | None:
+def anchor_problem(anchor: x509.Certificate, what: Description) -> Problem | None:
     """A trust anchor must be self-signed, or, if it is a CA certificate issued by
     another (an intermediate or cross-signed root placed in the trust store), carry
     the authorityKeyIdentifier RFC 5280 4.2.1.1 requires of every certificate that is

@@ -167,14 +167,15 @@ def verify_served_chain(
         return Verdict(Reason.HANDSHAKE_FAILED, "the server sent no certificate", False, False, None)
     leaf, intermediates = served[0], list(served[1:])
     hostname_match = matches_hostname(leaf, name) if name else None
-    sans = ", ".join(_san_strings(leaf)) or "none"
-    mismatch = f"{name} is not covered by the certificate (SANs: {sans})"
+    mismatch = ""  # written below, only when the name does not match
     if hostname_match and name and profile == WEBPKI and (wildcard := profiles.public_suffix_wildcard(leaf, name)):
         hostname_match = False
         mismatch = (
             f"{name} is covered only by {wildcard}, a wildcard directly on a public suffix, which covers nothing "
             "(CA/B BR 3.2.2.6)"
         )
+    if hostname_match is False and not mismatch:
+        mismatch = f"{name} is not covered by the certificate (SANs: {', '.join(_san_strings(leaf)) or 'none'})"
     complete, structure_reason, structure_message = _walk(served, trust)
 
     path: tuple[x509.Certificate, ...] = ()
