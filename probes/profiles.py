@@ -582,23 +582,39 @@ def audit(path: Sequence[x509.Certificate], profile: str) -> Problem | None:
     the order a person fixes them: the trust anchor, signatures, keys, then the
     CA/B rules on the leaf."""
     last = len(path) - 1
-    anchor = path[last]
-    problem = anchor_problem(anchor, describe(anchor, last, last))
-    if problem is not None:
-        return problem
-    for position, cert in enumerate(path):
-        if position == last and is_self_signed(cert):
-            continue  # nobody checks a root's signature on itself
-        problem = signature_problem(cert, describe(cert, position, last))
-        if problem is not None:
-            return problem
-    for position, cert in enumerate(path):
-        problem = key_problem(cert, describe(cert, position, last), profile, position == 0)
-        if problem is not None:
-            return problem
+    checks = [
+        (_certificate_problems if position == 0 else _ca_problems)(cert, position, last, profile)
+        for position, cert in enumerate(path)
+    ]
+    anchor, _, _ = checks[last]
+    if anchor is not None:
+        return anchor
+    for _, signature, _ in checks:
+        if signature is not None:
+            return signature
+    for _, _, key in checks:
+        if key is not None:
+            return key
     if profile == WEBPKI:
         return webpki_leaf_problem(path[0])
     return None
+
+
+def _certificate_problems(
+    cert: x509.Certificate, position: int, last: int, profile: str
+) -> tuple[Problem | None, Problem | None, Problem | None]:
+    """(anchor, signature, key) problems of the certificate at ``position``."""
+    what = describe(cert, position, last)
+    anchor = anchor_problem(cert, what) if position == last else None
+    # Nobody checks a root's signature on itself.
+    signature = None if position == last and is_self_signed(cert) else signature_problem(cert, what)
+    return anchor, signature, key_problem(cert, what, profile, position == 0)
+
+
+# The CAs of a fleet's paths are few and each is judged the same way in every path
+# it ends at the same place in; only the leaf is new.  By value: certificates
+# compare and hash by their DER.
+_ca_problems = functools.lru_cache(maxsize=4096)(_certificate_problems)
 
 
 def path_length_problem(path: Sequence[x509.Certificate], max_chain_depth: int) -> Problem | None:

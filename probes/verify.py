@@ -521,25 +521,28 @@ def _walk(served: Sequence[x509.Certificate], trust: TrustStore) -> tuple[bool, 
     """Follow issuers from the leaf through the served certificates.  Returns
     (complete, structural reason or None, message)."""
     current = served[0]
-    remaining = list(served[1:])
+    # Reading a Name builds Python objects each time: each is read once here.
+    remaining = [(cert, cert.subject) for cert in served[1:]]
+    current_subject = current.subject
     for _ in range(len(served) + 1):
         if trust.contains(current):
             return True, None, ""
-        if current.issuer == current.subject:
+        current_issuer = current.issuer
+        if current_issuer == current_subject:
             if current is served[0]:
                 return True, Reason.SELF_SIGNED, f"the leaf ({_cn(current)}) is self-signed and not trusted"
             return True, Reason.UNTRUSTED_ROOT, f"the chain ends in {_cn(current)}, a root that is not trusted"
-        if trust.has_subject(current.issuer):
+        if trust.has_subject(current_issuer):
             return True, None, ""
-        issuer = next((c for c in remaining if c.subject == current.issuer), None)
-        if issuer is None:
+        found = next((entry for entry in remaining if entry[1] == current_issuer), None)
+        if found is None:
             return (
                 False,
                 Reason.INCOMPLETE_CHAIN,
-                f"the issuer of {_cn(current)} ({current.issuer.rfc4514_string()}) is neither served nor trusted",
+                f"the issuer of {_cn(current)} ({current_issuer.rfc4514_string()}) is neither served nor trusted",
             )
-        remaining.remove(issuer)
-        current = issuer
+        remaining.remove(found)
+        current, current_subject = found
     return False, Reason.CHAIN_INVALID, "the served chain loops"
 
 
