@@ -59,13 +59,14 @@ from probes.base import (
 )
 from probes.certparse import facts_from_certificate, role_in_bundle
 from probes.credentials import read_secret
-from probes.expect import EXPECT_REASONS, Expect, check
+from probes.expect import EXPECT_REASONS, Expect
 from probes.fetch import FetchError, getaddrinfo_by, is_ip, resolve_checked
 from probes.kubediscovery import Endpoint, KubeDiscoverySettings, KubeEndpoints, compare
 from probes.profiles import WEBPKI
 from probes.revocation import CRL_REASONS, OCSP_REASONS, RevocationChecker, evaluate_ocsp, revocation_facts
 from probes.stapling import fetch_stapled_response
 from probes.starttls import PROTOCOLS, StartTlsError, upgrade
+from probes.tls_outcome import Problem, TlsObservation, tls_outcome
 from probes.verify import TrustStore, Verdict, VerifySettings, choose_profile, verify_served_chain
 from probes.version import __version__
 
@@ -248,6 +249,10 @@ class _Failure(Exception):
         self.reason = reason
         self.tls = tls  # what is known of a handshake that failed part-way
 
+    @property
+    def problem(self) -> Problem:
+        return Problem(self.reason, str(self))
+
 
 class TlsProbe:
     kind: ClassVar[str] = "tls"
@@ -411,16 +416,7 @@ class TlsProbe:
         try:
             return self._run(host, port, server_name, pinned_address, ctx, started, observations, labels)
         except _Failure as failure:
-            return ProbeResult(
-                success=False,
-                reason=failure.reason,
-                duration_seconds=time.monotonic() - started,
-                certificates=tuple(observations),
-                phases=tuple(ctx.phases),
-                message=f"{name}: {failure}",
-                tls=failure.tls,
-                target_labels=labels,
-            )
+            return _failed_result(failure, name, started, observations, ctx, labels)
 
     def _run_discovered(self, endpoint: Endpoint, ctx: ProbeContext) -> ProbeResult:
         """An endpoint found in the cluster: its address checked against the egress
@@ -443,16 +439,7 @@ class TlsProbe:
                 endpoint.host, endpoint.port, endpoint.server_name, pinned, ctx, started, observations, labels
             )
         except _Failure as failure:
-            result = ProbeResult(
-                success=False,
-                reason=failure.reason,
-                duration_seconds=time.monotonic() - started,
-                certificates=tuple(observations),
-                phases=tuple(ctx.phases),
-                message=f"{endpoint.target} ({where}): {failure}",
-                tls=failure.tls,
-                target_labels=labels,
-            )
+            result = _failed_result(failure, f"{endpoint.target} ({where})", started, observations, ctx, labels)
         stored = None
         leaf = next((o.cert for o in result.certificates if o.role == "leaf" and o.index == 0), None)
         if leaf is not None and endpoint.secrets and self._source is not None:
@@ -522,7 +509,8 @@ class TlsProbe:
                 phase.set("tls.established", True)
 
             ders, served = _served_chain(tls, settings.max_chain_length)
-            observations.extend(self._memo.observe(ders, served))
+            served_observations = self._memo.observe(ders, served)
+            observations.extend(served_observations)
             version = tls.version() or ""
             cipher = (tls.cipher() or ("", "", 0))[0]
             alpn = tls.selected_alpn_protocol() or ""
@@ -564,39 +552,23 @@ class TlsProbe:
             http_status=http_status,
             verified_chain_not_after=verified_not_after,
         )
-        # Client-auth refusals come first: the cert verdict may be fine.
-        reason, message = Reason.OK, ""
-        if after_failure is not None and after_failure.reason in (
-            Reason.CLIENT_CERT_REQUIRED,
-            Reason.CLIENT_CERT_REJECTED,
-        ):
-            reason, message = after_failure.reason, str(after_failure)
-        elif revoked := [r for r in revocation if r.state == "revoked"]:
-            reason, message = (
-                Reason.REVOKED,
-                f"certificate {revoked[0].index} {revoked[0].message} ({revoked[0].source})",
+        outcome = tls_outcome(
+            TlsObservation(
+                verdict=verdict,
+                after_handshake=after_failure.problem if after_failure is not None else None,
+                revocation=revocation,
+                leaf=served_observations[0].cert if served_observations else None,
+                expect=settings.expect,
+                hard_fail=settings.revocation is not None and settings.revocation.hard_fail,
             )
-        elif verdict.reason is not Reason.OK:
-            reason, message = verdict.reason, verdict.message
-        elif after_failure is not None:
-            reason, message = after_failure.reason, str(after_failure)
-        elif (
-            settings.expect is not None
-            and served
-            and (unmet := check(facts_from_certificate(served[0]), settings.expect))
-        ):
-            reason, message = unmet
-        elif settings.revocation and settings.revocation.hard_fail:
-            unknown = [r for r in revocation if r.state == "unknown"]
-            if unknown:
-                reason, message = unknown[0].reason, f"{unknown[0].method}: {unknown[0].message}"
+        )
         return ProbeResult(
-            success=reason is Reason.OK,
-            reason=reason,
+            success=outcome.success,
+            reason=outcome.reason,
             duration_seconds=time.monotonic() - started,
             certificates=tuple(observations),
             phases=tuple(ctx.phases),
-            message=f"{host}:{port}: {message}" if message else "",
+            message=f"{host}:{port}: {outcome.message}" if outcome.message else "",
             tls=facts,
             revocation=tuple(revocation),
             target_labels=labels,
@@ -721,6 +693,28 @@ class TlsProbe:
         else:
             client_auth = "accepted" if sent else "not_sent"
         return client_auth, status, failure
+
+
+def _failed_result(
+    failure: _Failure,
+    where: str,
+    started: float,
+    observations: list[CertObservation],
+    ctx: ProbeContext,
+    labels: tuple[tuple[str, str], ...],
+) -> ProbeResult:
+    """The result of a run whose connection or handshake did not complete."""
+    outcome = tls_outcome(TlsObservation(handshake_failure=failure.problem))
+    return ProbeResult(
+        success=outcome.success,
+        reason=outcome.reason,
+        duration_seconds=time.monotonic() - started,
+        certificates=tuple(observations),
+        phases=tuple(ctx.phases),
+        message=f"{where}: {outcome.message}",
+        tls=failure.tls,
+        target_labels=labels,
+    )
 
 
 def _http_failure(response: HttpResponse, http: HttpCheck) -> _Failure | None:
