@@ -22,8 +22,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from probes.base import CertObservation, ProbeContext, SourceError
+from probes.certfiles import load_certificates
 from probes.files import FilesProbe, FilesSettings, Pkcs12Password
-from probes.revocation import RevocationChecker, load_certificates
+from probes.revocation import RevocationChecker
 
 EXIT_OK, EXIT_EXPIRING, EXIT_ERRORS = 0, 1, 2
 

@@ -26,9 +26,10 @@ from probes.base import (
     annotate_revocation,
     path_field,
 )
+from probes.certfiles import expand_paths, load_certificates
 from probes.certparse import facts_from_certificate
 from probes.fetch import ANY_NETWORK
-from probes.revocation import OCSP_REASONS, RevocationChecker, expand_paths, load_certificates
+from probes.revocation import OCSP_REASONS, RevocationChecker
 
 
 @dataclass(frozen=True)

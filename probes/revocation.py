@@ -22,7 +22,6 @@ CRL distribution point).  A stale good answer is ``unknown``: unknown is never g
 from __future__ import annotations
 
 import base64
-import glob
 import os
 import threading
 import time
@@ -536,27 +535,6 @@ def revocation_facts(
         duration_seconds=seconds,
         http_status=status,
     )
-
-
-def expand_paths(patterns: tuple[str, ...]) -> list[str]:
-    """Globs (``**`` included) expanded in order; a literal path is kept even when
-    missing, so that its absence is reported rather than silently skipped."""
-    found: dict[str, None] = {}
-    for pattern in patterns:
-        if glob.has_magic(pattern):
-            found.update(dict.fromkeys(sorted(glob.glob(pattern, recursive=True))))
-        else:
-            found[pattern] = None
-    return list(found)
-
-
-def load_certificates(path: str) -> list[x509.Certificate]:
-    """Certificates of a PEM or DER file (raises OSError or ValueError)."""
-    with open(path, "rb") as handle:
-        data = handle.read()
-    if b"-----BEGIN" in data:
-        return x509.load_pem_x509_certificates(data)
-    return [x509.load_der_x509_certificate(data)]
 
 
 def _issuer_id(issuer: x509.Certificate) -> str:

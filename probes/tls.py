@@ -28,7 +28,6 @@ import os
 import re
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -41,7 +40,6 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 
 from probes.base import (
     ByteSize,
-    CertFacts,
     CertObservation,
     Discovery,
     ProbeContext,
@@ -57,28 +55,26 @@ from probes.base import (
     annotate_revocation,
     path_field,
 )
-from probes.certparse import facts_from_certificate, role_in_bundle
+from probes.certparse import facts_from_certificate
 from probes.credentials import read_secret
 from probes.expect import EXPECT_REASONS, Expect
 from probes.fetch import FetchError, getaddrinfo_by, is_ip, resolve_checked
 from probes.kubediscovery import Endpoint, KubeDiscoverySettings, KubeEndpoints, compare
-from probes.profiles import WEBPKI
 from probes.revocation import CRL_REASONS, OCSP_REASONS, RevocationChecker, evaluate_ocsp, revocation_facts
 from probes.stapling import fetch_stapled_response
 from probes.starttls import PROTOCOLS, StartTlsError, upgrade
 from probes.tls_outcome import Problem, TlsObservation, tls_outcome
-from probes.verify import TrustStore, Verdict, VerifySettings, choose_profile, verify_served_chain
+from probes.verify import MEMO_MAX_AGE as MEMO_MAX_AGE  # re-exported, as _ChainMemo below
+from probes.verify import MEMO_SIZE, ChainMemo, TrustStore, Verdict, VerifySettings, choose_profile
 from probes.version import __version__
 
 MAX_HTTP_HEADER = 64 * 1024
 MAX_HTTP_BODY = 16 * 1024 * 1024
-MEMO_SIZE = 4096  # certificates and verdicts remembered per probe, at least
-MEMO_PER_TARGET = 4  # room per configured target: its chain's certificates and its verdict
-# Seconds a verdict is reused at most.  The trust store is fixed for the probe's
-# life and time boundaries are handled exactly, so this only bounds the unforeseen;
-# it must outlast the interval, or a verdict expires just before it is reused.
-MEMO_MAX_AGE = 6 * 3600.0
+MEMO_PER_TARGET = 4  # room per configured target in the chain memo: its chain's certificates and its verdict
 MAX_HTTP_PEEK = 2048
+# The chain memo lives beside the verifier (probes.verify); its names stay importable
+# from here, where tests/test_tls_probe.py sizes and drives it.
+_ChainMemo = ChainMemo
 
 
 @dataclass(frozen=True)
@@ -302,7 +298,7 @@ class TlsProbe:
         self.context = self._build_context()
         discovered = settings.kubernetes.max_targets if settings.kubernetes is not None else 0
         capacity = max(MEMO_SIZE, MEMO_PER_TARGET * (len(settings.targets) + discovered))
-        self._memo = _ChainMemo(self.trust, capacity, self.profile)
+        self._memo = ChainMemo(self.trust, capacity, self.profile)
         self._source = KubeEndpoints(settings.kubernetes) if settings.kubernetes is not None else None
         self._endpoints: dict[str, Endpoint] = {}  # the discovered targets of the latest round
 
@@ -858,59 +854,6 @@ def _failed_handshake_facts(address: str, server_name: str, seconds: float, verd
         hostname_match=verdict.hostname_match,
         client_auth="rejected",
     )
-
-
-class _ChainMemo:
-    """The same served chain gets the same facts and verdict, without the work.
-
-    Reading a certificate's fields and validating a path cost more CPU than the
-    handshake itself, and while they run they hold the GIL every other handshake
-    needs.  Facts are kept per certificate (by DER); a verdict per (chain, name)
-    until the next notBefore/notAfter of a certificate involved, or MEMO_MAX_AGE.
-    Both are bounded by ``capacity``, sized from the number of targets: rounds visit
-    the targets in the same order, so a memo smaller than their certificates would
-    be emptied before any entry is reused (measured: 0 % hits at 5,000 targets
-    with a fixed 4,096).  A full memo is simply cleared."""
-
-    def __init__(self, trust: TrustStore, capacity: int = MEMO_SIZE, profile: str = WEBPKI) -> None:
-        self.trust = trust
-        self.capacity = capacity
-        self.profile = profile
-        self._facts: dict[bytes, CertFacts] = {}
-        self._verdicts: dict[tuple[tuple[bytes, ...], str], tuple[float, Verdict]] = {}
-        self._lock = threading.Lock()
-
-    def observe(self, ders: list[bytes], served: list[x509.Certificate]) -> list[CertObservation]:
-        observations = []
-        for index, (der, cert) in enumerate(zip(ders, served, strict=True)):
-            facts = self._facts.get(der)
-            if facts is None:
-                facts = facts_from_certificate(cert)
-                with self._lock:
-                    if len(self._facts) >= self.capacity:
-                        self._facts.clear()
-                    self._facts[der] = facts
-            observations.append(CertObservation(index, "leaf" if index == 0 else role_in_bundle(facts), facts))
-        return observations
-
-    def verdict(self, ders: list[bytes], served: list[x509.Certificate], name: str) -> Verdict:
-        key = (tuple(ders), name)
-        now = time.time()
-        cached = self._verdicts.get(key)
-        if cached is not None and now < cached[0]:
-            return cached[1]
-        verdict = verify_served_chain(served, self.trust, name, datetime.now(UTC), profile=self.profile)
-        boundaries = [
-            moment.timestamp()
-            for cert in (*served, *verdict.verified_path)
-            for moment in (cert.not_valid_before_utc, cert.not_valid_after_utc)
-        ]
-        expires = min([now + MEMO_MAX_AGE, *(b for b in boundaries if b > now)])
-        with self._lock:
-            if len(self._verdicts) >= self.capacity:
-                self._verdicts.clear()
-            self._verdicts[key] = (expires, verdict)
-        return verdict
 
 
 def _served_chain(tls: ssl.SSLSocket, limit: int) -> tuple[list[bytes], list[x509.Certificate]]:
