@@ -78,7 +78,7 @@ class CrlProbe:
     def run(self, target: str, ctx: ProbeContext) -> ProbeResult:
         started = time.monotonic()
         with ctx.phase("crl") as phase:
-            info, seconds, status = self.revocation.fetch_crl(
+            info, seconds, status = self.revocation.crl.fetch(
                 target,
                 self.issuer,
                 deadline=ctx.deadline,

@@ -31,7 +31,6 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from cryptography import x509
@@ -46,13 +45,11 @@ from probes.base import (
     ProbeDefaults,
     ProbeResult,
     Reason,
-    RevocationFacts,
     Seconds,
     SourceError,
     StoredComparison,
     TlsFacts,
     TrustSettings,
-    annotate_revocation,
     path_field,
 )
 from probes.certparse import facts_from_certificate
@@ -60,8 +57,14 @@ from probes.credentials import read_secret
 from probes.expect import EXPECT_REASONS, Expect
 from probes.fetch import FetchError, getaddrinfo_by, is_ip, resolve_checked
 from probes.kubediscovery import Endpoint, KubeDiscoverySettings, KubeEndpoints, compare
-from probes.revocation import CRL_REASONS, OCSP_REASONS, RevocationChecker, evaluate_ocsp, revocation_facts
-from probes.stapling import fetch_stapled_response
+from probes.revocation import (
+    CRL_REASONS,
+    OCSP_REASONS,
+    RevocationChecker,
+    RevocationSettings,
+    ServedEndpoint,
+    served_chain_revocation,
+)
 from probes.starttls import PROTOCOLS, StartTlsError, upgrade
 from probes.tls_outcome import Problem, TlsObservation, tls_outcome
 from probes.verify import MEMO_MAX_AGE as MEMO_MAX_AGE  # re-exported, as _ChainMemo below
@@ -157,19 +160,6 @@ def _regexp_problems(field_name: str, pattern: str) -> list[tuple[str, str]]:
     except re.error as exc:
         return [(field_name, f"not a regular expression: {exc}")]
     return []
-
-
-@dataclass(frozen=True)
-class RevocationSettings:
-    ocsp: bool = False
-    crl: bool = False
-    # Ask the server to staple an OCSP response and judge it.  Python's ssl cannot
-    # ask (no status_request), so this is a second, pyOpenSSL handshake per run.
-    stapled: bool = False
-    nonce: bool = False  # send an OCSP nonce (forces POST; many responders ignore it)
-    # Fail the target when the state cannot be established, instead of only
-    # exporting check_success 0 (what browsers call hard-fail).
-    hard_fail: bool = False
 
 
 @dataclass(frozen=True)
@@ -528,7 +518,15 @@ class TlsProbe:
         finally:
             sock.close()
 
-        revocation = self._check_revocation(served, verdict, ctx, (address, port, server_name))
+        revocation = served_chain_revocation(
+            self.revocation,
+            settings.revocation or RevocationSettings(),
+            served,
+            verdict.verified_path,
+            ServedEndpoint(address, port, server_name),
+            ctx,
+            self.allow_networks,
+        )
         verified_not_after = (
             min(c.not_valid_after_utc for c in verdict.verified_path).timestamp()
             if verdict.chain_verified and verdict.verified_path
@@ -569,71 +567,6 @@ class TlsProbe:
             revocation=tuple(revocation),
             target_labels=labels,
         )
-
-    def _check_revocation(
-        self,
-        served: list[x509.Certificate],
-        verdict: Verdict,
-        ctx: ProbeContext,
-        endpoint: tuple[str, int, str],
-    ) -> list[RevocationFacts]:
-        """OCSP and/or CRL for every served certificate whose issuer is known: the
-        next certificate on the verified path, else the next one served."""
-        settings = self.settings.revocation
-        if settings is None or not (settings.ocsp or settings.crl or settings.stapled):
-            return []
-        path = list(verdict.verified_path) or served
-        results: list[RevocationFacts] = []
-        with ctx.phase("revocation"):
-            for index, cert in enumerate(served):
-                issuer = next(
-                    (path[i + 1] for i, c in enumerate(path[:-1]) if c == cert and path[i + 1].subject == cert.issuer),
-                    None,
-                )
-                if issuer is None or cert.issuer == cert.subject:
-                    continue
-                role = "leaf" if index == 0 else "intermediate"
-                if settings.ocsp:
-                    with ctx.phase("ocsp") as phase:
-                        found = self.revocation.check_ocsp(
-                            cert,
-                            issuer,
-                            None,
-                            deadline=ctx.deadline,
-                            allow_networks=self.allow_networks,
-                            use_nonce=settings.nonce,
-                        )
-                        annotate_revocation(phase, found, index, role)
-                    results.append(replace(found, index=index, role=role))
-                if settings.crl:
-                    with ctx.phase("crl") as phase:
-                        found = self.revocation.check_crl(
-                            cert, issuer, None, deadline=ctx.deadline, allow_networks=self.allow_networks
-                        )
-                        annotate_revocation(phase, found, index, role)
-                    results.append(replace(found, index=index, role=role))
-            if settings.stapled and served:
-                issuer = path[1] if len(path) > 1 and path[1].subject == served[0].issuer else None
-                with ctx.phase("stapled") as phase:
-                    found = self._check_stapled(served[0], issuer, ctx, endpoint)
-                    annotate_revocation(phase, found, 0, "leaf")
-                results.append(found)
-        return results
-
-    def _check_stapled(
-        self, leaf: x509.Certificate, issuer: x509.Certificate | None, ctx: ProbeContext, endpoint: tuple[str, int, str]
-    ) -> RevocationFacts:
-        address, port, server_name = endpoint
-        try:
-            staple = fetch_stapled_response(address, port, server_name, ctx.deadline)
-        except OSError as exc:
-            return RevocationFacts("stapled", "unknown", Reason.OCSP_UNAVAILABLE, "", f"stapling handshake: {exc}")
-        if staple is None:
-            return RevocationFacts("stapled", "not_applicable", Reason.OK, "", "the server staples no OCSP response")
-        if issuer is None:
-            return RevocationFacts("stapled", "unknown", Reason.OCSP_BAD_RESPONSE, "", "the leaf's issuer is unknown")
-        judgement = evaluate_ocsp(staple, leaf, issuer, datetime.now(UTC))
-        return revocation_facts("stapled", "stapled", judgement, 0.0, None)
 
     def _handshake_failure(self, tls: ssl.SSLSocket, exc: ssl.SSLError) -> _Failure:
         text = f"{exc.reason or ''} {exc}".upper()
