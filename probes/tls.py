@@ -29,7 +29,7 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
@@ -45,6 +45,7 @@ from probes.base import (
     ProbeDefaults,
     ProbeResult,
     Reason,
+    RevocationFacts,
     Seconds,
     SourceError,
     StoredComparison,
@@ -66,7 +67,7 @@ from probes.revocation import (
     served_chain_revocation,
 )
 from probes.starttls import PROTOCOLS, StartTlsError, upgrade
-from probes.tls_outcome import Problem, TlsObservation, tls_outcome
+from probes.tls_outcome import Outcome, Problem, TlsObservation, tls_outcome
 from probes.verify import MEMO_MAX_AGE as MEMO_MAX_AGE  # re-exported, as _ChainMemo below
 from probes.verify import MEMO_SIZE, ChainMemo, TrustStore, Verdict, VerifySettings, choose_profile
 from probes.version import __version__
@@ -402,7 +403,8 @@ class TlsProbe:
         try:
             return self._run(host, port, server_name, pinned_address, ctx, started, observations, labels)
         except _Failure as failure:
-            return _failed_result(failure, name, started, observations, ctx, labels)
+            outcome = tls_outcome(TlsObservation(handshake_failure=failure.problem))
+            return _result(outcome, name, started, observations, ctx, labels, failure.tls)
 
     def _run_discovered(self, endpoint: Endpoint, ctx: ProbeContext) -> ProbeResult:
         """An endpoint found in the cluster: its address checked against the egress
@@ -425,7 +427,8 @@ class TlsProbe:
                 endpoint.host, endpoint.port, endpoint.server_name, pinned, ctx, started, observations, labels
             )
         except _Failure as failure:
-            result = _failed_result(failure, f"{endpoint.target} ({where})", started, observations, ctx, labels)
+            outcome = tls_outcome(TlsObservation(handshake_failure=failure.problem))
+            result = _result(outcome, f"{endpoint.target} ({where})", started, observations, ctx, labels, failure.tls)
         stored = None
         leaf = next((o.cert for o in result.certificates if o.role == "leaf" and o.index == 0), None)
         if leaf is not None and endpoint.secrets and self._source is not None:
@@ -556,17 +559,7 @@ class TlsProbe:
                 hard_fail=settings.revocation is not None and settings.revocation.hard_fail,
             )
         )
-        return ProbeResult(
-            success=outcome.success,
-            reason=outcome.reason,
-            duration_seconds=time.monotonic() - started,
-            certificates=tuple(observations),
-            phases=tuple(ctx.phases),
-            message=f"{host}:{port}: {outcome.message}" if outcome.message else "",
-            tls=facts,
-            revocation=tuple(revocation),
-            target_labels=labels,
-        )
+        return _result(outcome, f"{host}:{port}", started, observations, ctx, labels, facts, revocation)
 
     def _handshake_failure(self, tls: ssl.SSLSocket, exc: ssl.SSLError) -> _Failure:
         text = f"{exc.reason or ''} {exc}".upper()
@@ -624,24 +617,27 @@ class TlsProbe:
         return client_auth, status, failure
 
 
-def _failed_result(
-    failure: _Failure,
+def _result(
+    outcome: Outcome,
     where: str,
     started: float,
     observations: list[CertObservation],
     ctx: ProbeContext,
     labels: tuple[tuple[str, str], ...],
+    tls: TlsFacts | None,
+    revocation: Sequence[RevocationFacts] = (),
 ) -> ProbeResult:
-    """The result of a run whose connection or handshake did not complete."""
-    outcome = tls_outcome(TlsObservation(handshake_failure=failure.problem))
+    """A run's result: its outcome (``probes.tls_outcome``), its message led by
+    ``where`` (the endpoint), and what it observed."""
     return ProbeResult(
         success=outcome.success,
         reason=outcome.reason,
         duration_seconds=time.monotonic() - started,
         certificates=tuple(observations),
         phases=tuple(ctx.phases),
-        message=f"{where}: {outcome.message}",
-        tls=failure.tls,
+        message=f"{where}: {outcome.message}" if outcome.message else "",
+        tls=tls,
+        revocation=tuple(revocation),
         target_labels=labels,
     )
 

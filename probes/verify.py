@@ -191,11 +191,12 @@ def verify_served_chain(
     if trust.store is None:
         verify_error = "no trust anchors configured"
     else:
-        path, verify_error = _validate(leaf, intermediates, trust.store, subject_name, now, max_chain_depth, profile)
+        policy = _Policy(subject_name, now, max_chain_depth, profile)
+        path, verify_error = _validate(leaf, intermediates, trust.store, policy)
         if not path:
-            path = _across_self_issued(served, trust, subject_name, now, max_chain_depth, profile)
+            path = _across_self_issued(served, trust, policy)
         if not path and "unsupported directoryName constraint" in verify_error:
-            path = _with_directory_name_constraints(served, trust, subject_name, now, max_chain_depth, profile)
+            path = _with_directory_name_constraints(served, trust, policy)
     if path:
         problem = profiles.audit(path, profile)
         if hostname_match is False:
@@ -232,25 +233,36 @@ def verify_served_chain(
     return Verdict(reason, message, False, complete, hostname_match)
 
 
+@dataclass(frozen=True, slots=True)
+class _Policy:
+    """How a path is validated: for which name (None: no name is claimed), at
+    which moment, how deep at most, under which verification profile."""
+
+    subject_name: str | None
+    now: datetime
+    max_chain_depth: int
+    profile: str
+
+    def builder(self, store: Store, *, leaf_rules: bool = True) -> PolicyBuilder:
+        """cryptography's builder over ``store``; without ``leaf_rules`` the
+        certificate validated is held to the CA rules (a stretch above the leaf)."""
+        ca_policy, ee_policy = profiles.extension_policies(self.profile)
+        return (
+            PolicyBuilder()
+            .store(store)
+            .time(self.now)
+            .max_chain_depth(self.max_chain_depth)
+            .extension_policies(ca_policy=ca_policy, ee_policy=ee_policy if leaf_rules else ca_policy)
+        )
+
+
 def _validate(
-    leaf: x509.Certificate,
-    intermediates: list[x509.Certificate],
-    store: Store,
-    subject_name: str | None,
-    now: datetime,
-    max_chain_depth: int,
-    profile: str,
+    leaf: x509.Certificate, intermediates: list[x509.Certificate], store: Store, policy: _Policy
 ) -> tuple[tuple[x509.Certificate, ...], str]:
     """cryptography's path validation under the profile's extension policies:
     (the path, '') or ((), why not)."""
-    ca_policy, ee_policy = profiles.extension_policies(profile)
-    builder = (
-        PolicyBuilder()
-        .store(store)
-        .time(now)
-        .max_chain_depth(max_chain_depth)
-        .extension_policies(ca_policy=ca_policy, ee_policy=ee_policy)
-    )
+    builder = policy.builder(store)
+    subject_name = policy.subject_name
     try:
         if subject_name is None:
             # No name to check and none claimed (a leaf whose only SAN is a
@@ -264,12 +276,7 @@ def _validate(
 
 
 def _across_self_issued(
-    served: Sequence[x509.Certificate],
-    trust: TrustStore,
-    subject_name: str | None,
-    now: datetime,
-    max_chain_depth: int,
-    profile: str,
+    served: Sequence[x509.Certificate], trust: TrustStore, policy: _Policy
 ) -> tuple[x509.Certificate, ...]:
     """A path through self-issued intermediates (a CA's key rollover: same name, new
     key), which cryptography counts against pathLenConstraint although RFC 5280
@@ -288,23 +295,16 @@ def _across_self_issued(
     splits = [i for i in range(1, last) if path[i].subject == path[i].issuer]
     if not splits or any(_has(cert, x509.NameConstraints) for cert in path[splits[0] :]):
         return ()
-    if profiles.path_length_problem(path, max_chain_depth) is not None:
+    if profiles.path_length_problem(path, policy.max_chain_depth) is not None:
         return ()
-    ca_policy, ee_policy = profiles.extension_policies(profile)
     bounds = [0, *splits, last]
     for lower, upper in itertools.pairwise(bounds):
         anchor_store = trust.store if upper == last else Store([path[upper]])
         assert anchor_store is not None
-        builder = (
-            PolicyBuilder()
-            .store(anchor_store)
-            .time(now)
-            .max_chain_depth(max_chain_depth)
-            .extension_policies(ca_policy=ca_policy, ee_policy=ee_policy if lower == 0 else ca_policy)
-        )
+        builder = policy.builder(anchor_store, leaf_rules=lower == 0)
         try:
-            if lower == 0 and subject_name is not None:
-                verifier = builder.build_server_verifier(_subject(subject_name))
+            if lower == 0 and policy.subject_name is not None:
+                verifier = builder.build_server_verifier(_subject(policy.subject_name))
                 verifier.verify(path[0], list(path[1:upper]))
             else:
                 builder.build_client_verifier().verify(path[lower], list(path[lower + 1 : upper]))
@@ -314,12 +314,7 @@ def _across_self_issued(
 
 
 def _with_directory_name_constraints(
-    served: Sequence[x509.Certificate],
-    trust: TrustStore,
-    subject_name: str | None,
-    now: datetime,
-    max_chain_depth: int,
-    profile: str,
+    served: Sequence[x509.Certificate], trust: TrustStore, policy: _Policy
 ) -> tuple[x509.Certificate, ...]:
     """A path under a trust anchor whose name constraints include directoryName
     subtrees, which cryptography does not evaluate (it refuses the chain).  The
@@ -357,7 +352,7 @@ def _with_directory_name_constraints(
     stand_in = _anchor_without_directory_name_constraints(anchor, constraints)
     if stand_in is None:
         return ()
-    found, _ = _validate(path[0], list(served[1:]), Store([stand_in]), subject_name, now, max_chain_depth, profile)
+    found, _ = _validate(path[0], list(served[1:]), Store([stand_in]), policy)
     return (*found[:-1], anchor) if found else ()
 
 
