@@ -13,7 +13,8 @@ import datetime as dt
 import pytest
 from cryptography import x509
 
-from probes.base import CertFacts, Reason, RevocationFacts
+from probes.base import Reason, RevocationFacts
+from probes.certparse import facts_from_certificate
 from probes.expect import Expect
 from probes.tls_outcome import Problem, TlsObservation, tls_outcome
 from probes.verify import TrustStore, Verdict, verify_served_chain
@@ -29,23 +30,7 @@ HTTP_403 = Problem(Reason.HTTP_FORBIDDEN, "HTTP 403 for /")
 REFUSED = Problem(Reason.CONNECT_REFUSED, "connection to 127.0.0.1:1 refused")
 HANDSHAKE = Problem(Reason.HANDSHAKE_FAILED, "handshake failed: bad record")
 
-LEAF = CertFacts(
-    fingerprint_sha256="ab" * 32,
-    not_before=0.0,
-    not_after=86400.0 * 90,
-    subject="CN=a.test",
-    subject_cn="a.test",
-    issuer="CN=Test Intermediate",
-    issuer_cn="Test Intermediate",
-    serial="01",
-    sans=("a.test",),
-    key_type="ec",
-    key_bits=256,
-    signature_algorithm="ecdsa-with-SHA256",
-    is_ca=False,
-    self_issued=False,
-    extended_key_usage=("serverAuth",),
-)
+LEAF = facts_from_certificate(issue("a.test", sans=("a.test",)).cert)  # an EC P-256 leaf for a.test
 WANTS_B = Expect(names=("b.test",))
 WANTS_RSA = Expect(key_type="rsa")
 
