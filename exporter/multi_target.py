@@ -99,11 +99,13 @@ def probe_target(
         source=SourceState(True, 1, MappingProxyType({}), frozenset(), result.duration_seconds),
     )
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(_Fixed(snapshot_of({probe_config.name: state}))))
+    registry.register(SnapshotCollector(_OneSnapshot(snapshot_of({probe_config.name: state}))))
     return generate_latest(registry)
 
 
-class _Fixed:
+class _OneSnapshot:
+    """The snapshot source of a one-off registry: always the same snapshot."""
+
     def __init__(self, snapshot: Snapshot) -> None:
         self._snapshot = snapshot
 

@@ -16,7 +16,8 @@ from typing import Any, TextIO
 
 from probes.base import ProbeContext, ProbeDefaults, ProbeResult, TrustSettings
 from probes.expect import Expect
-from probes.tls import ClientCert, HttpCheck, RevocationSettings, TlsProbe, TlsSettings
+from probes.revocation import RevocationSettings
+from probes.tls import ClientCert, HttpCheck, TlsProbe, TlsSettings
 from probes.verify import VerifySettings
 
 

@@ -29,16 +29,10 @@ from probes.base import (
     RevocationFacts,
     path_field,
 )
+from probes.certfiles import expand_paths, load_certificates
 from probes.certparse import facts_from_certificate
 from probes.fetch import ANY_NETWORK
-from probes.revocation import (
-    CRL_REASONS,
-    RevocationChecker,
-    crl_lookup,
-    expand_paths,
-    load_certificates,
-    revocation_facts,
-)
+from probes.revocation import CRL_REASONS, RevocationChecker, crl_lookup, revocation_facts
 
 
 @dataclass(frozen=True)
@@ -84,7 +78,7 @@ class CrlProbe:
     def run(self, target: str, ctx: ProbeContext) -> ProbeResult:
         started = time.monotonic()
         with ctx.phase("crl") as phase:
-            info, seconds, status = self.revocation.fetch_crl(
+            info, seconds, status = self.revocation.crl.fetch(
                 target,
                 self.issuer,
                 deadline=ctx.deadline,

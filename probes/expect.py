@@ -2,7 +2,7 @@
 
 A renewal that produced the wrong SANs, a different issuer, a smaller key or a
 server certificate without serverAuth is a classic outage that a valid chain does
-not catch.  ``check(facts, expect)`` returns the first unmet expectation as
+not catch.  ``unmet_expectation(facts, expect)`` returns the first unmet expectation as
 (reason, message), or None.
 """
 
@@ -40,7 +40,7 @@ class Expect:
         return problems
 
 
-def check(facts: CertFacts, expect: Expect) -> tuple[Reason, str] | None:
+def unmet_expectation(facts: CertFacts, expect: Expect) -> tuple[Reason, str] | None:
     for name in expect.names:
         if not covers(facts.sans, name):
             return Reason.SAN_MISMATCH, f"{name} is not among the SANs ({', '.join(facts.sans) or 'none'})"

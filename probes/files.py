@@ -43,7 +43,7 @@ from probes.base import (
 )
 from probes.certparse import Parsed, bundle_observations, parse_container
 from probes.credentials import read_secret
-from probes.expect import EXPECT_REASONS, Expect, check
+from probes.expect import EXPECT_REASONS, Expect, unmet_expectation
 from probes.located import located_result, parse_located
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
@@ -340,7 +340,7 @@ def container_result(parsed: Parsed, target: str, started: float, expect: Expect
     errors = parsed.errors + duplicates
     if expect is not None:
         for observation in observations:
-            unmet = check(observation.cert, expect) if observation.role == "leaf" else None
+            unmet = unmet_expectation(observation.cert, expect) if observation.role == "leaf" else None
             if unmet is not None:
                 item = f"{target}[{observation.index}]"
                 errors += (SourceError(unmet[0], item, f"{item}: {unmet[1]}"),)

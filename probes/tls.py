@@ -27,11 +27,9 @@ from __future__ import annotations
 
 import re
 import socket
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from typing import ClassVar
 
 from cryptography import x509
@@ -40,7 +38,6 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 
 from probes.base import (
     ByteSize,
-    CertFacts,
     CertObservation,
     Discovery,
     ProbeContext,
@@ -53,31 +50,35 @@ from probes.base import (
     StoredComparison,
     TlsFacts,
     TrustSettings,
-    annotate_revocation,
     path_field,
 )
-from probes.certparse import facts_from_certificate, role_in_bundle
+from probes.certparse import facts_from_certificate
 from probes.credentials import read_secret
-from probes.expect import EXPECT_REASONS, Expect, check
+from probes.expect import EXPECT_REASONS, Expect
 from probes.fetch import FetchError, getaddrinfo_by, is_ip, resolve_checked
 from probes.kubediscovery import Endpoint, KubeDiscoverySettings, KubeEndpoints, compare
-from probes.profiles import WEBPKI
-from probes.revocation import CRL_REASONS, OCSP_REASONS, RevocationChecker, evaluate_ocsp, revocation_facts
-from probes.stapling import fetch_stapled_response
+from probes.revocation import (
+    CRL_REASONS,
+    OCSP_REASONS,
+    RevocationChecker,
+    RevocationSettings,
+    ServedEndpoint,
+    served_chain_revocation,
+)
 from probes.starttls import PROTOCOLS, StartTlsError, upgrade
 from probes.tls_client import CLIENT_KEY_TYPES, ClientKey, HandshakeError, HandshakeFailed, TlsClient, TlsConnection
-from probes.verify import TrustStore, Verdict, VerifySettings, choose_profile, verify_served_chain
+from probes.tls_outcome import Outcome, Problem, TlsObservation, tls_outcome
+from probes.verify import MEMO_MAX_AGE as MEMO_MAX_AGE  # re-exported, as _ChainMemo below
+from probes.verify import MEMO_SIZE, ChainMemo, TrustStore, Verdict, VerifySettings, choose_profile
 from probes.version import __version__
 
 MAX_HTTP_HEADER = 64 * 1024
 MAX_HTTP_BODY = 16 * 1024 * 1024
-MEMO_SIZE = 4096  # certificates and verdicts remembered per probe, at least
-MEMO_PER_TARGET = 4  # room per configured target: its chain's certificates and its verdict
-# Seconds a verdict is reused at most.  The trust store is fixed for the probe's
-# life and time boundaries are handled exactly, so this only bounds the unforeseen;
-# it must outlast the interval, or a verdict expires just before it is reused.
-MEMO_MAX_AGE = 6 * 3600.0
+MEMO_PER_TARGET = 4  # room per configured target in the chain memo: its chain's certificates and its verdict
 MAX_HTTP_PEEK = 2048
+# The chain memo lives beside the verifier (probes.verify); its names stay importable
+# from here, where tests/test_tls_probe.py sizes and drives it.
+_ChainMemo = ChainMemo
 
 
 @dataclass(frozen=True)
@@ -163,19 +164,6 @@ def _regexp_problems(field_name: str, pattern: str) -> list[tuple[str, str]]:
 
 
 @dataclass(frozen=True)
-class RevocationSettings:
-    ocsp: bool = False
-    crl: bool = False
-    # Ask the server to staple an OCSP response and judge it.  Python's ssl cannot
-    # ask (no status_request), so this is a second, pyOpenSSL handshake per run.
-    stapled: bool = False
-    nonce: bool = False  # send an OCSP nonce (forces POST; many responders ignore it)
-    # Fail the target when the state cannot be established, instead of only
-    # exporting check_success 0 (what browsers call hard-fail).
-    hard_fail: bool = False
-
-
-@dataclass(frozen=True)
 class TlsSettings:
     targets: tuple[str, ...] = ()  # required unless kubernetes discovers them
     server_name: str | None = None  # SNI and the name verified; default: the target host
@@ -248,6 +236,10 @@ class _Failure(Exception):
         self.reason = reason
         self.tls = tls  # what is known of a handshake that failed part-way
 
+    @property
+    def problem(self) -> Problem:
+        return Problem(self.reason, str(self))
+
 
 class TlsProbe:
     kind: ClassVar[str] = "tls"
@@ -297,7 +289,7 @@ class TlsProbe:
         self.client = self._build_client()
         discovered = settings.kubernetes.max_targets if settings.kubernetes is not None else 0
         capacity = max(MEMO_SIZE, MEMO_PER_TARGET * (len(settings.targets) + discovered))
-        self._memo = _ChainMemo(self.trust, capacity, self.profile)
+        self._memo = ChainMemo(self.trust, capacity, self.profile)
         self._source = KubeEndpoints(settings.kubernetes) if settings.kubernetes is not None else None
         self._endpoints: dict[str, Endpoint] = {}  # the discovered targets of the latest round
 
@@ -409,16 +401,8 @@ class TlsProbe:
         try:
             return self._run(host, port, server_name, pinned_address, ctx, started, observations, labels)
         except _Failure as failure:
-            return ProbeResult(
-                success=False,
-                reason=failure.reason,
-                duration_seconds=time.monotonic() - started,
-                certificates=tuple(observations),
-                phases=tuple(ctx.phases),
-                message=f"{name}: {failure}",
-                tls=failure.tls,
-                target_labels=labels,
-            )
+            outcome = tls_outcome(TlsObservation(handshake_failure=failure.problem))
+            return _result(outcome, name, started, observations, ctx, labels, failure.tls)
 
     def _run_discovered(self, endpoint: Endpoint, ctx: ProbeContext) -> ProbeResult:
         """An endpoint found in the cluster: its address checked against the egress
@@ -441,16 +425,8 @@ class TlsProbe:
                 endpoint.host, endpoint.port, endpoint.server_name, pinned, ctx, started, observations, labels
             )
         except _Failure as failure:
-            result = ProbeResult(
-                success=False,
-                reason=failure.reason,
-                duration_seconds=time.monotonic() - started,
-                certificates=tuple(observations),
-                phases=tuple(ctx.phases),
-                message=f"{endpoint.target} ({where}): {failure}",
-                tls=failure.tls,
-                target_labels=labels,
-            )
+            outcome = tls_outcome(TlsObservation(handshake_failure=failure.problem))
+            result = _result(outcome, f"{endpoint.target} ({where})", started, observations, ctx, labels, failure.tls)
         stored = None
         leaf = next((o.cert for o in result.certificates if o.role == "leaf" and o.index == 0), None)
         if leaf is not None and endpoint.secrets and self._source is not None:
@@ -518,7 +494,8 @@ class TlsProbe:
                 phase.set("tls.established", True)
 
             ders, served = session.peer_chain(settings.max_chain_length)
-            observations.extend(self._memo.observe(ders, served))
+            served_observations = self._memo.observe(ders, served)
+            observations.extend(served_observations)
             version = session.version
             cipher = session.cipher
             alpn = session.alpn
@@ -542,7 +519,15 @@ class TlsProbe:
         finally:
             (session or sock).close()  # a session owns its socket
 
-        revocation = self._check_revocation(served, verdict, ctx, (address, port, server_name))
+        revocation = served_chain_revocation(
+            self.revocation,
+            settings.revocation or RevocationSettings(),
+            served,
+            verdict.verified_path,
+            ServedEndpoint(address, port, server_name),
+            ctx,
+            self.allow_networks,
+        )
         verified_not_after = (
             min(c.not_valid_after_utc for c in verdict.verified_path).timestamp()
             if verdict.chain_verified and verdict.verified_path
@@ -562,108 +547,17 @@ class TlsProbe:
             http_status=http_status,
             verified_chain_not_after=verified_not_after,
         )
-        # Client-auth refusals come first: the cert verdict may be fine.
-        reason, message = Reason.OK, ""
-        if after_failure is not None and after_failure.reason in (
-            Reason.CLIENT_CERT_REQUIRED,
-            Reason.CLIENT_CERT_REJECTED,
-        ):
-            reason, message = after_failure.reason, str(after_failure)
-        elif revoked := [r for r in revocation if r.state == "revoked"]:
-            reason, message = (
-                Reason.REVOKED,
-                f"certificate {revoked[0].index} {revoked[0].message} ({revoked[0].source})",
+        outcome = tls_outcome(
+            TlsObservation(
+                verdict=verdict,
+                after_handshake=after_failure.problem if after_failure is not None else None,
+                revocation=revocation,
+                leaf=served_observations[0].cert if served_observations else None,
+                expect=settings.expect,
+                hard_fail=settings.revocation is not None and settings.revocation.hard_fail,
             )
-        elif verdict.reason is not Reason.OK:
-            reason, message = verdict.reason, verdict.message
-        elif after_failure is not None:
-            reason, message = after_failure.reason, str(after_failure)
-        elif (
-            settings.expect is not None
-            and served
-            and (unmet := check(facts_from_certificate(served[0]), settings.expect))
-        ):
-            reason, message = unmet
-        elif settings.revocation and settings.revocation.hard_fail:
-            unknown = [r for r in revocation if r.state == "unknown"]
-            if unknown:
-                reason, message = unknown[0].reason, f"{unknown[0].method}: {unknown[0].message}"
-        return ProbeResult(
-            success=reason is Reason.OK,
-            reason=reason,
-            duration_seconds=time.monotonic() - started,
-            certificates=tuple(observations),
-            phases=tuple(ctx.phases),
-            message=f"{host}:{port}: {message}" if message else "",
-            tls=facts,
-            revocation=tuple(revocation),
-            target_labels=labels,
         )
-
-    def _check_revocation(
-        self,
-        served: list[x509.Certificate],
-        verdict: Verdict,
-        ctx: ProbeContext,
-        endpoint: tuple[str, int, str],
-    ) -> list[RevocationFacts]:
-        """OCSP and/or CRL for every served certificate whose issuer is known: the
-        next certificate on the verified path, else the next one served."""
-        settings = self.settings.revocation
-        if settings is None or not (settings.ocsp or settings.crl or settings.stapled):
-            return []
-        path = list(verdict.verified_path) or served
-        results: list[RevocationFacts] = []
-        with ctx.phase("revocation"):
-            for index, cert in enumerate(served):
-                issuer = next(
-                    (path[i + 1] for i, c in enumerate(path[:-1]) if c == cert and path[i + 1].subject == cert.issuer),
-                    None,
-                )
-                if issuer is None or cert.issuer == cert.subject:
-                    continue
-                role = "leaf" if index == 0 else "intermediate"
-                if settings.ocsp:
-                    with ctx.phase("ocsp") as phase:
-                        found = self.revocation.check_ocsp(
-                            cert,
-                            issuer,
-                            None,
-                            deadline=ctx.deadline,
-                            allow_networks=self.allow_networks,
-                            use_nonce=settings.nonce,
-                        )
-                        annotate_revocation(phase, found, index, role)
-                    results.append(replace(found, index=index, role=role))
-                if settings.crl:
-                    with ctx.phase("crl") as phase:
-                        found = self.revocation.check_crl(
-                            cert, issuer, None, deadline=ctx.deadline, allow_networks=self.allow_networks
-                        )
-                        annotate_revocation(phase, found, index, role)
-                    results.append(replace(found, index=index, role=role))
-            if settings.stapled and served:
-                issuer = path[1] if len(path) > 1 and path[1].subject == served[0].issuer else None
-                with ctx.phase("stapled") as phase:
-                    found = self._check_stapled(served[0], issuer, ctx, endpoint)
-                    annotate_revocation(phase, found, 0, "leaf")
-                results.append(found)
-        return results
-
-    def _check_stapled(
-        self, leaf: x509.Certificate, issuer: x509.Certificate | None, ctx: ProbeContext, endpoint: tuple[str, int, str]
-    ) -> RevocationFacts:
-        address, port, server_name = endpoint
-        try:
-            staple = fetch_stapled_response(address, port, server_name, ctx.deadline)
-        except OSError as exc:
-            return RevocationFacts("stapled", "unknown", Reason.OCSP_UNAVAILABLE, "", f"stapling handshake: {exc}")
-        if staple is None:
-            return RevocationFacts("stapled", "not_applicable", Reason.OK, "", "the server staples no OCSP response")
-        if issuer is None:
-            return RevocationFacts("stapled", "unknown", Reason.OCSP_BAD_RESPONSE, "", "the leaf's issuer is unknown")
-        judgement = evaluate_ocsp(staple, leaf, issuer, datetime.now(UTC))
-        return revocation_facts("stapled", "stapled", judgement, 0.0, None)
+        return _result(outcome, f"{host}:{port}", started, observations, ctx, labels, facts, revocation)
 
     def _handshake_failure(self, session: TlsConnection, exc: HandshakeError) -> _Failure:
         text = f"{exc.code} {exc}".upper()
@@ -718,6 +612,31 @@ class TlsProbe:
         else:
             client_auth = "accepted" if sent else "not_sent"
         return client_auth, status, failure
+
+
+def _result(
+    outcome: Outcome,
+    where: str,
+    started: float,
+    observations: list[CertObservation],
+    ctx: ProbeContext,
+    labels: tuple[tuple[str, str], ...],
+    tls: TlsFacts | None,
+    revocation: Sequence[RevocationFacts] = (),
+) -> ProbeResult:
+    """A run's result: its outcome (``probes.tls_outcome``), its message led by
+    ``where`` (the endpoint), and what it observed."""
+    return ProbeResult(
+        success=outcome.success,
+        reason=outcome.reason,
+        duration_seconds=time.monotonic() - started,
+        certificates=tuple(observations),
+        phases=tuple(ctx.phases),
+        message=f"{where}: {outcome.message}" if outcome.message else "",
+        tls=tls,
+        revocation=tuple(revocation),
+        target_labels=labels,
+    )
 
 
 def _http_failure(response: HttpResponse, http: HttpCheck) -> _Failure | None:
@@ -849,59 +768,6 @@ def _failed_handshake_facts(address: str, server_name: str, seconds: float, verd
         hostname_match=verdict.hostname_match,
         client_auth="rejected",
     )
-
-
-class _ChainMemo:
-    """The same served chain gets the same facts and verdict, without the work.
-
-    Reading a certificate's fields and validating a path cost more CPU than the
-    handshake itself, and while they run they hold the GIL every other handshake
-    needs.  Facts are kept per certificate (by DER); a verdict per (chain, name)
-    until the next notBefore/notAfter of a certificate involved, or MEMO_MAX_AGE.
-    Both are bounded by ``capacity``, sized from the number of targets: rounds visit
-    the targets in the same order, so a memo smaller than their certificates would
-    be emptied before any entry is reused (measured: 0 % hits at 5,000 targets
-    with a fixed 4,096).  A full memo is simply cleared."""
-
-    def __init__(self, trust: TrustStore, capacity: int = MEMO_SIZE, profile: str = WEBPKI) -> None:
-        self.trust = trust
-        self.capacity = capacity
-        self.profile = profile
-        self._facts: dict[bytes, CertFacts] = {}
-        self._verdicts: dict[tuple[tuple[bytes, ...], str], tuple[float, Verdict]] = {}
-        self._lock = threading.Lock()
-
-    def observe(self, ders: list[bytes], served: list[x509.Certificate]) -> list[CertObservation]:
-        observations = []
-        for index, (der, cert) in enumerate(zip(ders, served, strict=True)):
-            facts = self._facts.get(der)
-            if facts is None:
-                facts = facts_from_certificate(cert)
-                with self._lock:
-                    if len(self._facts) >= self.capacity:
-                        self._facts.clear()
-                    self._facts[der] = facts
-            observations.append(CertObservation(index, "leaf" if index == 0 else role_in_bundle(facts), facts))
-        return observations
-
-    def verdict(self, ders: list[bytes], served: list[x509.Certificate], name: str) -> Verdict:
-        key = (tuple(ders), name)
-        now = time.time()
-        cached = self._verdicts.get(key)
-        if cached is not None and now < cached[0]:
-            return cached[1]
-        verdict = verify_served_chain(served, self.trust, name, datetime.now(UTC), profile=self.profile)
-        boundaries = [
-            moment.timestamp()
-            for cert in (*served, *verdict.verified_path)
-            for moment in (cert.not_valid_before_utc, cert.not_valid_after_utc)
-        ]
-        expires = min([now + MEMO_MAX_AGE, *(b for b in boundaries if b > now)])
-        with self._lock:
-            if len(self._verdicts) >= self.capacity:
-                self._verdicts.clear()
-            self._verdicts[key] = (expires, verdict)
-        return verdict
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 from exporter.config import ConfigError, parse_config
 from probes.base import ProbeContext, ProbeDefaults, ProbeResult, Reason, Seconds, TrustSettings
 from probes.ca import CaFailure, CaIssuance, CaProbe, CaSettings
-from probes.ca_issue import check
+from probes.ca_issue import verify_issued
 from probes.jose import BadPassword, JoseError, b64url_decode, decrypt_jwk
 from tests.ca_servers import CfsslServer, StepCaServer, cfssl_server, step_binaries, step_ca_server
 from tests.helpers import DaemonProcess, find
@@ -234,15 +234,15 @@ def test_issued_certificate_checks(pki: Pki) -> None:
     """The checks on what a CA sends back, on certificates no real CA here would issue."""
     chain = [pki.valid.cert, pki.intermediate.cert]
     names = CaIssuance(sans=("valid.test",), validity=lifetime(pki))
-    check(chain, [pki.root.cert], names)  # passes
+    verify_issued(chain, [pki.root.cert], names)  # passes
     with pytest.raises(CaFailure) as caught:
-        check(chain, [pki.root.cert], CaIssuance(sans=("valid.test", "other.test"), validity=names.validity))
+        verify_issued(chain, [pki.root.cert], CaIssuance(sans=("valid.test", "other.test"), validity=names.validity))
     assert caught.value.reason is Reason.SAN_MISMATCH and "other.test" in str(caught.value)
     with pytest.raises(CaFailure) as caught:
-        check(chain, [issue("unrelated root", ca=True).cert], names)
+        verify_issued(chain, [issue("unrelated root", ca=True).cert], names)
     assert caught.value.reason is Reason.ISSUED_CERT_INVALID
     with pytest.raises(CaFailure) as caught:
-        check(chain, [], names)
+        verify_issued(chain, [], names)
     assert caught.value.reason is Reason.ISSUED_CERT_INVALID
 
 

@@ -1,5 +1,5 @@
 """Stapled OCSP: ask the server for the OCSP response it staples, in a handshake of
-its own.
+its own, and judge it (``stapled_status``) as any OCSP answer.
 
 Python's ``ssl`` cannot send the ``status_request`` extension, so this one handshake
 uses pyOpenSSL, which can (``request_ocsp`` and an OCSP client callback).  It verifies
@@ -12,8 +12,29 @@ from __future__ import annotations
 import select
 import socket
 import time
+from datetime import UTC, datetime
 
+from cryptography import x509
 from OpenSSL import SSL
+
+from probes.base import Reason, RevocationFacts
+from probes.revocation.judges import NOT_APPLICABLE, UNKNOWN, evaluate_ocsp, revocation_facts
+
+
+def stapled_status(
+    leaf: x509.Certificate, issuer: x509.Certificate | None, address: str, port: int, server_name: str, deadline: float
+) -> RevocationFacts:
+    """The leaf's state in the OCSP response the server at ``address`` staples."""
+    try:
+        staple = fetch_stapled_response(address, port, server_name, deadline)
+    except OSError as exc:
+        return RevocationFacts("stapled", UNKNOWN, Reason.OCSP_UNAVAILABLE, "", f"stapling handshake: {exc}")
+    if staple is None:
+        return RevocationFacts("stapled", NOT_APPLICABLE, Reason.OK, "", "the server staples no OCSP response")
+    if issuer is None:
+        return RevocationFacts("stapled", UNKNOWN, Reason.OCSP_BAD_RESPONSE, "", "the leaf's issuer is unknown")
+    judged = evaluate_ocsp(staple, leaf, issuer, datetime.now(UTC))
+    return revocation_facts("stapled", "stapled", judged, 0.0, None)
 
 
 def fetch_stapled_response(address: str, port: int, server_name: str, deadline: float) -> bytes | None:
