@@ -306,7 +306,8 @@ class TlsProbe:
     # -- configuration -----------------------------------------------------------
 
     def _build_client(self) -> TlsClient:
-        client = TlsClient(self.settings.alpn)
+        revocation = self.settings.revocation
+        client = TlsClient(self.settings.alpn, request_staple=revocation is not None and revocation.stapled)
         if self.settings.client_cert is not None:
             chain, key = self._load_client_cert(self.settings.client_cert)
             try:
@@ -524,7 +525,7 @@ class TlsProbe:
             settings.revocation or RevocationSettings(),
             served,
             verdict.verified_path,
-            ServedEndpoint(address, port, server_name),
+            ServedEndpoint(address, port, server_name, session.staple if session is not None else None),
             ctx,
             self.allow_networks,
         )

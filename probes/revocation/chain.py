@@ -24,8 +24,8 @@ from probes.revocation.stapling import stapled_status
 class RevocationSettings:
     ocsp: bool = False
     crl: bool = False
-    # Ask the server to staple an OCSP response and judge it.  Python's ssl cannot
-    # ask (no status_request), so this is a second, pyOpenSSL handshake per run.
+    # Ask the server to staple an OCSP response (status_request, in the probe's
+    # handshake) and judge it.
     stapled: bool = False
     nonce: bool = False  # send an OCSP nonce (forces POST; many responders ignore it)
     # Fail the target when the state cannot be established, instead of only
@@ -39,11 +39,13 @@ class RevocationSettings:
 
 @dataclass(frozen=True)
 class ServedEndpoint:
-    """Where the chain was served: the address connected to, and the name sent."""
+    """Where the chain was served: the address connected to, the name sent, and
+    the OCSP response stapled to the handshake (None: none was)."""
 
     address: str
     port: int
     server_name: str
+    staple: bytes | None = None
 
 
 def served_chain_revocation(
@@ -84,9 +86,7 @@ def served_chain_revocation(
         if settings.stapled and served:
             issuer = path[1] if len(path) > 1 and path[1].subject == served[0].issuer else None
             with ctx.phase("stapled") as phase:
-                found = stapled_status(
-                    served[0], issuer, endpoint.address, endpoint.port, endpoint.server_name, ctx.deadline
-                )
+                found = stapled_status(served[0], issuer, endpoint.staple)
                 annotate_revocation(phase, found, 0, "leaf")
             results.append(found)
     return results
