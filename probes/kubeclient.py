@@ -1,5 +1,5 @@
 """A thin Kubernetes REST client on ``requests``: where the API server is, who we are,
-and typed errors.  Listing and watching live in ``probes/kubernetes.py``.
+and typed errors.  Listing and watching live in ``probes/kubewatch.py``.
 
 Two ways to find the cluster:
 
