@@ -21,8 +21,9 @@ from typing import Any, TextIO
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from probes.base import CertObservation, ProbeContext, SourceError
+from probes.context import ProbeContext
 from probes.files import FilesProbe, FilesSettings, Pkcs12Password
+from probes.result import CertObservation, SourceError
 from probes.revocation import RevocationChecker, load_certificates
 
 EXIT_OK, EXIT_EXPIRING, EXIT_ERRORS = 0, 1, 2

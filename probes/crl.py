@@ -17,20 +17,12 @@ from typing import ClassVar
 
 from cryptography import x509
 
-from probes.base import (
-    ByteSize,
-    CertObservation,
-    CrlFacts,
-    Discovery,
-    ProbeContext,
-    ProbeDefaults,
-    ProbeResult,
-    Reason,
-    RevocationFacts,
-    path_field,
-)
 from probes.certparse import facts_from_certificate
+from probes.context import ProbeContext
+from probes.crl_facts import CrlFacts
 from probes.fetch import ANY_NETWORK
+from probes.reasons import Reason
+from probes.result import CertObservation, Discovery, ProbeResult
 from probes.revocation import (
     CRL_REASONS,
     RevocationChecker,
@@ -39,6 +31,8 @@ from probes.revocation import (
     load_certificates,
     revocation_facts,
 )
+from probes.revocation_facts import RevocationFacts
+from probes.settings import ByteSize, ProbeDefaults, path_field
 
 
 @dataclass(frozen=True)
@@ -133,7 +127,7 @@ class CrlProbe:
             certificates=tuple(observations),
             message=f"{target}: {message}" if message else "",
             revocation=tuple(revocation),
-            crl=facts,
+            facts=facts,
         )
 
 

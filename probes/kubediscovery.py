@@ -63,7 +63,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from probes.base import CertFacts, Reason, Seconds, SourceError, path_field
 from probes.certparse import parse_container
 from probes.kubeclient import SERVICE_ACCOUNT_DIR, Cluster
 from probes.kubernetes import (
@@ -76,6 +75,9 @@ from probes.kubernetes import (
     stream_problem,
     wait_first_lists,
 )
+from probes.reasons import Reason
+from probes.result import CertFacts, SourceError
+from probes.settings import Seconds, path_field
 
 log = logging.getLogger(__name__)
 

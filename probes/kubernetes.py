@@ -50,26 +50,17 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import requests
 
-from probes.base import (
-    NO_SHARD,
-    Discovery,
-    ProbeContext,
-    ProbeDefaults,
-    ProbeResult,
-    Reason,
-    Seconds,
-    SourceError,
-    failed,
-    parse_duration,
-    path_field,
-)
 from probes.certparse import parse_container
+from probes.context import ProbeContext
 from probes.expect import EXPECT_REASONS, Expect
 from probes.files import container_result
 from probes.kubeclient import SERVICE_ACCOUNT_DIR, Cluster, KubeError, from_kubeconfig, in_cluster
 from probes.kubeobjects import CA_BUNDLE_RESOURCES, CSR_RESOURCE, RESOURCES, stored_certificates
 from probes.kubeobjects import INFO_LABELS as OBJECT_INFO_LABELS
 from probes.kubeobjects import LOCATION_LABELS as OBJECT_LABELS
+from probes.reasons import Reason
+from probes.result import Discovery, ProbeResult, SourceError, failed
+from probes.settings import NO_SHARD, ProbeDefaults, Seconds, parse_duration, path_field
 
 log = logging.getLogger(__name__)
 

@@ -39,33 +39,21 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
-from probes.base import (
-    ByteSize,
-    CertFacts,
-    CertObservation,
-    Discovery,
-    ProbeContext,
-    ProbeDefaults,
-    ProbeResult,
-    Reason,
-    RevocationFacts,
-    Seconds,
-    SourceError,
-    StoredComparison,
-    TlsFacts,
-    TrustSettings,
-    annotate_revocation,
-    path_field,
-)
 from probes.certparse import facts_from_certificate, role_in_bundle
+from probes.context import ProbeContext
 from probes.credentials import read_secret
 from probes.expect import EXPECT_REASONS, Expect, check
 from probes.fetch import FetchError, getaddrinfo_by, is_ip, resolve_checked
 from probes.kubediscovery import Endpoint, KubeDiscoverySettings, KubeEndpoints, compare
 from probes.profiles import WEBPKI
+from probes.reasons import Reason
+from probes.result import CertFacts, CertObservation, Discovery, ProbeResult, SourceError, StoredComparison
 from probes.revocation import CRL_REASONS, OCSP_REASONS, RevocationChecker, evaluate_ocsp, revocation_facts
+from probes.revocation_facts import RevocationFacts, annotate_revocation
+from probes.settings import ByteSize, ProbeDefaults, Seconds, TrustSettings, path_field
 from probes.stapling import fetch_stapled_response
 from probes.starttls import PROTOCOLS, StartTlsError, upgrade
+from probes.tls_facts import TlsFacts
 from probes.verify import TrustStore, Verdict, VerifySettings, choose_profile, verify_served_chain
 from probes.version import __version__
 
@@ -418,7 +406,7 @@ class TlsProbe:
                 certificates=tuple(observations),
                 phases=tuple(ctx.phases),
                 message=f"{name}: {failure}",
-                tls=failure.tls,
+                facts=failure.tls,
                 target_labels=labels,
             )
 
@@ -450,7 +438,7 @@ class TlsProbe:
                 certificates=tuple(observations),
                 phases=tuple(ctx.phases),
                 message=f"{endpoint.target} ({where}): {failure}",
-                tls=failure.tls,
+                facts=failure.tls,
                 target_labels=labels,
             )
         stored = None
@@ -597,7 +585,7 @@ class TlsProbe:
             certificates=tuple(observations),
             phases=tuple(ctx.phases),
             message=f"{host}:{port}: {message}" if message else "",
-            tls=facts,
+            facts=facts,
             revocation=tuple(revocation),
             target_labels=labels,
         )

@@ -53,9 +53,10 @@ from cryptography.x509.oid import ExtensionOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from probes import profiles
-from probes.base import Reason, TrustSettings
 from probes.expect import covers
 from probes.profiles import PROFILES, RFC5280, WEBPKI
+from probes.reasons import Reason
+from probes.settings import TrustSettings
 
 log = logging.getLogger(__name__)
 

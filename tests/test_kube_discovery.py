@@ -24,13 +24,16 @@ from exporter.collector import SnapshotCollector, render
 from exporter.config import ConfigError, parse_config
 from exporter.scheduler import Scheduler, probe_info
 from exporter.store import ResultStore
-from probes.base import ProbeContext, ProbeDefaults, ProbeResult, Reason, TrustSettings
+from probes.context import ProbeContext
 from probes.kubediscovery import (
     GatewayDiscovery,
     IngressDiscovery,
     KubeDiscoverySettings,
     ServiceDiscovery,
 )
+from probes.reasons import Reason
+from probes.result import ProbeResult
+from probes.settings import ProbeDefaults, TrustSettings
 from probes.tls import TlsProbe, TlsSettings
 from tests import kube_objects
 from tests.helpers import find, parse_metrics, value, wait_for
@@ -357,7 +360,7 @@ def test_a_hostile_object_cannot_make_certscope_connect_where_the_policy_forbids
         for target, result in results.items():
             assert result.reason is Reason.CONNECT_FAILED, (target, result)
             assert "egress policy" in result.message, result.message
-            assert result.tls is None and result.certificates == ()
+            assert result.facts is None and result.certificates == ()
         assert listener.accepted == 0
 
         # The same objects with the network allowed: connected (and refused, not TLS).
