@@ -593,7 +593,8 @@ def test_step_ca_acme_provisioner(tmp_path: Path) -> None:
         issued = result.certificates[-1]
         assert issued.role == "issued" and issued.cert.sans == (address,)
         assert issued.cert.issuer_cn == "certscope step intermediate"
-        print(f"step-ca ACME: {result.facts.issuance.seconds * 1000:.0f} ms at the CA, {dict(result.facts.issuance.phases)}")
+        issuance = result.facts.issuance
+        print(f"step-ca ACME: {issuance.seconds * 1000:.0f} ms at the CA, {dict(issuance.phases)}")
         # step-ca 0.19 revokes but refuses to deactivate authorizations: said, not failed.
         assert "cleanup: deactivate authorization: malformed" in result.facts.issuance.message
     finally:
