@@ -8,7 +8,10 @@ this scrape, never the scrape; the count of such failures is itself exported.  E
 set it has already emitted, so no input can make a duplicate series (the classic
 cause of a 500 on ``/metrics`` in peer exporters).
 
-The metric names and labels are the contract in ``docs/metrics.md``.
+The families every kind shares are built here; a kind's own families, and how its
+facts render into them, come from its registry entry (``probes.KINDS``, the hooks of
+probes/metrics.py): this module names no kind.  The metric names and labels are the
+contract in ``docs/metrics.md``.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from prometheus_client.utils import floatToGoString
 from exporter import __version__
 from exporter.exposition import RowFamily
 from exporter.store import Histogram, ProbeInfo, ProbeState, Snapshot, TargetState
-from probes import KIND_FAMILIES, KIND_HISTOGRAMS, hooks_of
+from probes import hooks_of, kind_families, kind_histograms
 from probes.metrics import CERT_LABELS, TARGET_LABELS, Family, TargetView
 from probes.reasons import Reason
 from probes.result import ISSUED_ROLE, CertObservation
@@ -158,7 +161,7 @@ class _Families:
         )
         # The kinds' own families (probes/metrics.py), written through ``add``.
         self.kind_rows = {
-            family.name: RowFamily(family.name, family.help, family.type, family.labels) for family in KIND_FAMILIES
+            family.name: RowFamily(family.name, family.help, family.type, family.labels) for family in kind_families()
         }
         self.build_info = _gauge(p + "build_info", "certscope build; always 1.", ("version", "python_version"))
         self.reload_ok = _gauge(p + "config_last_reload_successful", "1 if the last config (re)load succeeded.", ())
@@ -171,7 +174,7 @@ class _Families:
 
         self.kind_histograms = {
             histogram.name: HistogramMetricFamily(histogram.name, histogram.help, labels=["probe", "kind"])
-            for histogram in KIND_HISTOGRAMS
+            for histogram in kind_histograms()
         }
         self.probe_histogram = HistogramMetricFamily(
             p + "probe_seconds", "Durations of every run of the probe, all targets.", labels=["probe", "kind"]

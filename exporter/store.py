@@ -6,7 +6,9 @@ good certificates) and swaps the snapshot reference under a lock.  Readers (the
 collector, the status page) take ``snapshot()`` without locking and never see a
 half-written round.  Facts joining several probes (served vs stored certificates,
 shared keys) are computed here, each time the probes' states change, and kept on
-the snapshot (``Snapshot.cross``): rendering a snapshot reads nothing else.
+the snapshot (``Snapshot.cross``): rendering a snapshot reads nothing else.  What a
+kind carries across runs (its tallies and histograms, declared by its hooks in
+probes/metrics.py) is folded here too, without naming the kind.
 
 A target missing from a round is gone: its series disappear with it.  A target the
 round carries over (``Discovery.carried``: not run, still there) keeps its state as it

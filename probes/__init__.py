@@ -70,7 +70,15 @@ def _merged_histograms(groups: Iterable[Iterable[HistogramFamily]]) -> tuple[His
     return tuple(merged.values())
 
 
-# Every family and histogram the kinds declare, each once, in registry order: every
-# scrape shows them all (empty when no probe of the kind is configured).
-KIND_FAMILIES = _merged(kind.hooks.families for kind in KINDS.values())
-KIND_HISTOGRAMS = _merged_histograms(kind.hooks.histograms for kind in KINDS.values())
+def kind_families() -> tuple[Family, ...]:
+    """Every family the kinds declare, each once, in registry order: every scrape
+    shows them all (empty when no probe of the kind is configured)."""
+    return _merged(kind.hooks.families for kind in KINDS.values())
+
+
+def kind_histograms() -> tuple[HistogramFamily, ...]:
+    """Every histogram the kinds declare, each once, in registry order."""
+    return _merged_histograms(kind.hooks.histograms for kind in KINDS.values())
+
+
+kind_families()  # two kinds declaring one family differently fail at import, not on a scrape
