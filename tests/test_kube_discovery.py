@@ -178,7 +178,7 @@ def test_ingress_hosts_probed_through_the_controller_with_their_secrets(
     missing = results["ingress/shop/web/missing.shop.test"]
 
     # Served as a client sees it: SNI = the host, through the controller's address.
-    assert current.success and current.tls is not None and current.tls.server_name == "current.shop.test"
+    assert current.success and current.facts is not None and current.facts.server_name == "current.shop.test"
     assert current.certificates[0].cert.fingerprint_sha256 == controller.current.fingerprint
     assert state(current) == "match"
     assert dict(current.stored.labels) == {"secret_namespace": "shop", "secret_name": "current-tls"}  # type: ignore[union-attr]
@@ -299,7 +299,7 @@ def test_gateway_listeners_and_annotated_services(
         f"service/shop/checkout:{port}": "stale",
     }
     gateway = results["gateway/edge/public/https"]
-    assert gateway.success and gateway.tls is not None and gateway.tls.address == "127.0.0.1"
+    assert gateway.success and gateway.facts is not None and gateway.facts.address == "127.0.0.1"
     assert dict(gateway.target_labels)["object_kind"] == "Gateway"
     assert results["gateway/edge/public/pass"].certificates[0].cert.fingerprint_sha256 == controller.fake.fingerprint
 
