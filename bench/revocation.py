@@ -97,8 +97,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 
 from bench import common
-from probes.base import Reason
 from probes.fetch import fetch, resolve_checked
+from probes.reasons import Reason
 from probes.revocation import (
     GOOD,
     MAX_OCSP_BYTES,

@@ -293,7 +293,7 @@ def child_main(config_path: str, expected_targets: int, hold: bool) -> None:
     from exporter.scheduler import Scheduler
     from exporter.store import ResultStore
     from exporter.web import WebApp
-    from probes.base import Discovery, ProbeResult, SourceError
+    from probes.result import Discovery, ProbeResult, SourceError
 
     class RoundStore(ResultStore):
         """The daemon's store, noting each published round: the scheduler's own round

@@ -27,7 +27,7 @@ from exporter.config import Config, ProbeConfig
 from exporter.scheduler import probe_info
 from exporter.store import ProbeState, Snapshot, SourceState, TargetState, snapshot_of
 from exporter.tracing import TRACING_OFF, Tracing
-from probes.base import Probe, ProbeContext
+from probes.context import Probe, ProbeContext
 from probes.fetch import FetchError, resolve_checked
 from probes.tls import TlsProbe, split_target
 

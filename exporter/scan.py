@@ -21,9 +21,10 @@ from typing import Any, TextIO
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from probes.base import CertObservation, ProbeContext, SourceError
 from probes.certfiles import load_certificates
+from probes.context import ProbeContext
 from probes.files import FilesProbe, FilesSettings, Pkcs12Password
+from probes.result import CertObservation, SourceError
 from probes.revocation import RevocationChecker, RevocationQuery
 
 EXIT_OK, EXIT_EXPIRING, EXIT_ERRORS = 0, 1, 2

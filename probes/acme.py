@@ -85,12 +85,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from probes.base import CertFacts, IssuanceFacts, Phase, ProbeContext, Reason
 from probes.ca import CaClient, CaFailure, CaIssuance, CaSettings, fetch_reason, listen_address, status_reason
+from probes.ca_facts import IssuanceFacts
 from probes.ca_issue import general_name, require_secret, scrub, verify_issued
 from probes.certparse import facts_from_certificate
+from probes.context import Phase, ProbeContext
 from probes.fetch import FetchError, Response, fetch
 from probes.jose import JoseError, PrivateKey, b64url, b64url_decode, hmac_jws, jwk_thumbprint, public_jwk, sign_jws
+from probes.reasons import Reason
+from probes.result import CertFacts
 
 ERROR_PREFIX = "urn:ietf:params:acme:error:"
 BAD_NONCE_RETRIES = 5

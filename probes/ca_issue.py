@@ -48,10 +48,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from cryptography.x509.verification import ExtensionPolicy, PolicyBuilder, Store, VerificationError
 
-from probes.base import IssuanceFacts, ProbeContext, Reason
 from probes.ca import CaClient, CaFailure, CaIssuance, CaSettings
+from probes.ca_facts import IssuanceFacts
+from probes.context import ProbeContext
 from probes.credentials import CredentialUnavailable, read_secret
 from probes.jose import BadPassword, JoseError, decrypt_jwk, sign_jwt
+from probes.reasons import Reason
 
 TOKEN_LIFETIME = 300  # seconds; the token is used at once, this only bounds clock skew
 MAX_PROVISIONER_PAGES = 20

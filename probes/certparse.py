@@ -52,9 +52,10 @@ from cryptography.hazmat.primitives.serialization import pkcs12 as pkcs12_librar
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 
 from probes import pkcs12
-from probes.base import CertFacts, CertObservation, Reason, SourceError
 from probes.credentials import CredentialUnavailable
 from probes.der import DerError, read_element
+from probes.reasons import Reason
+from probes.result import CertFacts, CertObservation, SourceError
 
 _BEGIN = b"-----BEGIN "
 _DASHES = b"-----"

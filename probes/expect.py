@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from probes.base import CertFacts, Reason, Seconds
+from probes.reasons import Reason
+from probes.result import CertFacts
+from probes.settings import Seconds
 
 KEY_TYPES = ("rsa", "ec", "ed25519", "ed448", "dsa")
 EXPECT_REASONS = (

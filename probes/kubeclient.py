@@ -33,7 +33,7 @@ from typing import Any
 import requests
 import yaml
 
-from probes.base import Reason
+from probes.reasons import Reason
 
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 EXEC_TIMEOUT = 30.0  # seconds an exec credential plugin may take

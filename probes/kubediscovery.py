@@ -62,9 +62,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from probes.base import CertFacts, Reason, SourceError
 from probes.certparse import parse_container
 from probes.kubewatch import ANNOTATION_PREFIX, Informers, KubeWatchSettings, Scope, ignored
+from probes.reasons import Reason
+from probes.result import CertFacts, SourceError
 
 log = logging.getLogger(__name__)
 

@@ -37,24 +37,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
-from probes.base import (
-    NO_SHARD,
-    Discovery,
-    ProbeContext,
-    ProbeDefaults,
-    ProbeResult,
-    Reason,
-    SourceError,
-    failed,
-    parse_duration,
-)
 from probes.certparse import parse_container
+from probes.context import ProbeContext
 from probes.expect import EXPECT_REASONS, Expect
 from probes.files import container_result
 from probes.kubeobjects import CA_BUNDLE_RESOURCES, CSR_RESOURCE, RESOURCES, stored_certificates
 from probes.kubeobjects import INFO_LABELS as OBJECT_INFO_LABELS
 from probes.kubeobjects import LOCATION_LABELS as OBJECT_LABELS
 from probes.kubewatch import ANNOTATION_PREFIX, Informers, KubeWatchSettings, Scope, ignored
+from probes.reasons import Reason
+from probes.result import Discovery, ProbeResult, SourceError, failed
+from probes.settings import NO_SHARD, ProbeDefaults, parse_duration
 
 # cert-manager annotations on the Secrets it writes -> info label names.
 CERT_MANAGER_LABELS = {

@@ -44,9 +44,11 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import requests
 
-from probes.base import Reason, Seconds, SourceError, path_field
 from probes.kubeclient import SERVICE_ACCOUNT_DIR, Cluster, KubeError, from_kubeconfig, in_cluster
 from probes.kubeobjects import RESOURCES
+from probes.reasons import Reason
+from probes.result import SourceError
+from probes.settings import Seconds, path_field
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from probes.base import CertFacts, CertObservation, ProbeResult, Reason, SourceError
 from probes.certparse import role_in_bundle
 from probes.expect import Expect, unmet_expectation
+from probes.reasons import Reason
+from probes.result import CertFacts, CertObservation, ProbeResult, SourceError
 
 Labels = tuple[tuple[str, str], ...]
 PasswordSource = Callable[[], bytes | None]

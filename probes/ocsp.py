@@ -17,20 +17,15 @@ import time
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
-from probes.base import (
-    CertObservation,
-    Discovery,
-    ProbeContext,
-    ProbeDefaults,
-    ProbeResult,
-    Reason,
-    annotate_revocation,
-    path_field,
-)
 from probes.certfiles import expand_paths, load_certificates
 from probes.certparse import facts_from_certificate
+from probes.context import ProbeContext
 from probes.fetch import ANY_NETWORK
+from probes.reasons import Reason
+from probes.result import CertObservation, Discovery, ProbeResult
 from probes.revocation import OCSP_REASONS, RevocationChecker, RevocationQuery
+from probes.revocation_facts import annotate_revocation
+from probes.settings import ProbeDefaults, path_field
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import Criticality, ExtensionPolicy
 
 from probes import der
-from probes.base import Reason
+from probes.reasons import Reason
 
 WEBPKI = "webpki"
 RFC5280 = "rfc5280"

@@ -36,27 +36,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
-from probes.base import (
-    ByteSize,
-    CertObservation,
-    Discovery,
-    ProbeContext,
-    ProbeDefaults,
-    ProbeResult,
-    Reason,
-    RevocationFacts,
-    Seconds,
-    SourceError,
-    StoredComparison,
-    TlsFacts,
-    TrustSettings,
-    path_field,
-)
 from probes.certparse import facts_from_certificate
+from probes.context import ProbeContext
 from probes.credentials import read_secret
 from probes.expect import EXPECT_REASONS, Expect
 from probes.fetch import FetchError, getaddrinfo_by, is_ip, resolve_checked
 from probes.kubediscovery import Endpoint, KubeDiscoverySettings, KubeEndpoints, compare
+from probes.reasons import Reason
+from probes.result import CertObservation, Discovery, ProbeResult, SourceError, StoredComparison
 from probes.revocation import (
     CRL_REASONS,
     OCSP_REASONS,
@@ -65,8 +52,11 @@ from probes.revocation import (
     ServedEndpoint,
     served_chain_revocation,
 )
+from probes.revocation_facts import RevocationFacts
+from probes.settings import ByteSize, ProbeDefaults, Seconds, TrustSettings, path_field
 from probes.starttls import PROTOCOLS, StartTlsError, upgrade
 from probes.tls_client import CLIENT_KEY_TYPES, ClientKey, HandshakeError, HandshakeFailed, TlsClient, TlsConnection
+from probes.tls_facts import TlsFacts
 from probes.tls_outcome import Outcome, Problem, TlsObservation, tls_outcome
 from probes.verify import MEMO_MAX_AGE as MEMO_MAX_AGE  # re-exported, as _ChainMemo below
 from probes.verify import MEMO_SIZE, ChainMemo, TrustStore, Verdict, VerifySettings, choose_profile
@@ -634,7 +624,7 @@ def _result(
         certificates=tuple(observations),
         phases=tuple(ctx.phases),
         message=f"{where}: {outcome.message}" if outcome.message else "",
-        tls=tls,
+        facts=tls,
         revocation=tuple(revocation),
         target_labels=labels,
     )

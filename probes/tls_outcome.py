@@ -30,8 +30,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from probes.base import CertFacts, Reason, RevocationFacts
 from probes.expect import Expect, unmet_expectation
+from probes.reasons import Reason
+from probes.result import CertFacts
+from probes.revocation_facts import RevocationFacts
 from probes.verify import Verdict
 
 CLIENT_CERT_REFUSALS = (Reason.CLIENT_CERT_REQUIRED, Reason.CLIENT_CERT_REJECTED)

@@ -56,11 +56,13 @@ from cryptography.x509.oid import ExtensionOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from probes import profiles
-from probes.base import CertFacts, CertObservation, Reason, TrustSettings
 from probes.certfiles import load_certificates
 from probes.certparse import facts_from_certificate, role_in_bundle
 from probes.expect import covers
 from probes.profiles import PROFILES, RFC5280, WEBPKI
+from probes.reasons import Reason
+from probes.result import CertFacts, CertObservation
+from probes.settings import TrustSettings
 
 log = logging.getLogger(__name__)
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from probes.base import TrustSettings
 from probes.certfiles import expand_paths, load_certificates
 from probes.crl import CrlProbe, CrlSettings
 from probes.ocsp import OcspProbe, OcspSettings
+from probes.settings import TrustSettings
 from probes.verify import TrustStore
 from tests.pki import Pki
 

@@ -15,9 +15,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
 
 from probes import certparse
-from probes.base import CertFacts, ProbeContext, Reason, SourceError
 from probes.certparse import CONTAINER_FORMATS, ContainerFormat, Parsed, ParseOptions, parse_container
+from probes.context import ProbeContext
 from probes.files import FilesProbe, FilesSettings
+from probes.reasons import Reason
+from probes.result import CertFacts, SourceError
 from tests.pki import Pki
 
 PASSWORD = b"correct horse"

@@ -29,9 +29,9 @@ from cryptography.x509 import ocsp
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from probes.base import Reason
 from probes.certparse import Parsed, _pem_blocks, parse_container
 from probes.kubewatch import read_events
+from probes.reasons import Reason
 from probes.revocation import GOOD, REVOKED, UNKNOWN, crl_lookup, evaluate_crl, evaluate_ocsp
 from tests import pkcs12_forge
 from tests.pki import build_pki

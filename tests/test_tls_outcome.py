@@ -13,9 +13,10 @@ import datetime as dt
 import pytest
 from cryptography import x509
 
-from probes.base import Reason, RevocationFacts
 from probes.certparse import facts_from_certificate
 from probes.expect import Expect
+from probes.reasons import Reason
+from probes.revocation_facts import RevocationFacts
 from probes.tls_outcome import Problem, TlsObservation, tls_outcome
 from probes.verify import TrustStore, Verdict, verify_served_chain
 from tests.pki import build_pki, issue

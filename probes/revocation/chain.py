@@ -14,10 +14,11 @@ from dataclasses import dataclass, replace
 
 from cryptography import x509
 
-from probes.base import ProbeContext, RevocationFacts, annotate_revocation
+from probes.context import ProbeContext
 from probes.revocation.checker import RevocationChecker
 from probes.revocation.judges import RevocationQuery
 from probes.revocation.stapling import stapled_status
+from probes.revocation_facts import RevocationFacts, annotate_revocation
 
 
 @dataclass(frozen=True)

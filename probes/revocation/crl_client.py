@@ -17,8 +17,8 @@ from datetime import datetime
 
 from cryptography import x509
 
-from probes.base import Reason, RevocationFacts
 from probes.fetch import FetchError, fetch
+from probes.reasons import Reason
 from probes.revocation.judges import (
     CrlInfo,
     RevocationQuery,
@@ -28,6 +28,7 @@ from probes.revocation.judges import (
     not_applicable,
     revocation_facts,
 )
+from probes.revocation_facts import RevocationFacts
 
 
 @dataclass

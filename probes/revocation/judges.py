@@ -28,8 +28,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, paddin
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, ExtensionOID
 
-from probes.base import Reason, RevocationFacts
 from probes.der import elements, read_element
+from probes.reasons import Reason
+from probes.revocation_facts import RevocationFacts
 
 GOOD, REVOKED, UNKNOWN, NOT_APPLICABLE = "good", "revoked", "unknown", "not_applicable"
 OCSP_REASONS = (

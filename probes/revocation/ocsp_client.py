@@ -25,8 +25,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
-from probes.base import Reason, RevocationFacts
 from probes.fetch import FetchError, fetch
+from probes.reasons import Reason
 from probes.revocation.judges import (
     DEFAULT_SKEW,
     UNKNOWN,
@@ -37,6 +37,7 @@ from probes.revocation.judges import (
     ocsp_urls,
     revocation_facts,
 )
+from probes.revocation_facts import RevocationFacts
 
 MAX_OCSP_BYTES = 64 * 1024
 MAX_OCSP_CACHE = 10_000

@@ -12,8 +12,9 @@ from datetime import UTC, datetime
 
 from cryptography import x509
 
-from probes.base import Reason, RevocationFacts
+from probes.reasons import Reason
 from probes.revocation.judges import NOT_APPLICABLE, UNKNOWN, evaluate_ocsp, revocation_facts
+from probes.revocation_facts import RevocationFacts
 
 
 def stapled_status(leaf: x509.Certificate, issuer: x509.Certificate | None, staple: bytes | None) -> RevocationFacts:
