@@ -58,7 +58,6 @@ from probes.starttls import PROTOCOLS, StartTlsError, upgrade
 from probes.tls_client import CLIENT_KEY_TYPES, ClientKey, HandshakeError, HandshakeFailed, TlsClient, TlsConnection
 from probes.tls_facts import TlsFacts
 from probes.tls_outcome import Outcome, Problem, TlsObservation, tls_outcome
-from probes.verify import MEMO_MAX_AGE as MEMO_MAX_AGE  # re-exported, as _ChainMemo below
 from probes.verify import MEMO_SIZE, ChainMemo, TrustStore, Verdict, VerifySettings, choose_profile
 from probes.version import __version__
 
@@ -68,7 +67,6 @@ MEMO_PER_TARGET = 4  # room per configured target in the chain memo: its chain's
 MAX_HTTP_PEEK = 2048
 # The chain memo lives beside the verifier (probes.verify); its names stay importable
 # from here, where tests/test_tls_probe.py sizes and drives it.
-_ChainMemo = ChainMemo
 
 
 @dataclass(frozen=True)

@@ -244,8 +244,8 @@ def test_chain_memo_is_sized_to_the_targets_and_survives_rounds() -> None:
     from cryptography import x509
 
     from probes.settings import TrustSettings
-    from probes.tls import MEMO_MAX_AGE, MEMO_SIZE, TlsSettings, _ChainMemo
-    from probes.verify import TrustStore
+    from probes.tls import TlsSettings
+    from probes.verify import MEMO_MAX_AGE, MEMO_SIZE, ChainMemo, TrustStore
     from tests.pki import build_pki, issue
 
     no_system = TrustSettings(system=False)
@@ -259,7 +259,7 @@ def test_chain_memo_is_sized_to_the_targets_and_survives_rounds() -> None:
     leaves = [issue(f"s{n}.test", pki.intermediate, sans=(f"s{n}.test",)) for n in range(6)]
     chains = [[leaf.der, pki.intermediate.der] for leaf in leaves]
 
-    def one_round(memo: _ChainMemo) -> list[object]:
+    def one_round(memo: ChainMemo) -> list[object]:
         """The facts and verdicts a round got (the same objects when they were memo hits)."""
         got: list[object] = []
         for n, ders in enumerate(chains):
@@ -272,9 +272,9 @@ def test_chain_memo_is_sized_to_the_targets_and_survives_rounds() -> None:
         return sum(a is b for a, b in zip(first, second, strict=True))
 
     trust = TrustStore([pki.root.cert])
-    roomy = _ChainMemo(trust, capacity=16)  # 7 certificates, 6 verdicts
+    roomy = ChainMemo(trust, capacity=16)  # 7 certificates, 6 verdicts
     first = one_round(roomy)
     assert hits(first, one_round(roomy)) == len(first) == 18  # the second round: all memo hits
-    cramped = _ChainMemo(trust, capacity=4)
+    cramped = ChainMemo(trust, capacity=4)
     first = one_round(cramped)
     assert hits(first, one_round(cramped)) < len(first) // 2  # cleared before most reuse
