@@ -1,5 +1,5 @@
 """What the benchmarks share: the command line, child processes, nginx and
-blackbox_exporter, the scratch PKI (built with the tests' ``tests.pki.issue``), CPU and
+blackbox_exporter, the scratch PKI (built with the tests' ``tests.fixtures.pki.issue``), CPU and
 memory accounting, timing, py-spy, and the result file with its machine, code and noise
 figures.
 
@@ -51,8 +51,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from tests.pki import DAY, NOW, PrivateKey, issue
-from tests.servers import localhost_sans
+from tests.fixtures.pki import DAY, NOW, PrivateKey, issue
+from tests.fixtures.servers import localhost_sans
 
 HOST = "127.0.0.1"
 REPO_ROOT = Path(__file__).resolve().parents[1]

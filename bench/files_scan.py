@@ -2,7 +2,7 @@
 
 For corpora of N distinct one-certificate PEM files (leaves alternating RSA-2048 and
 ECDSA P-256 keys, signed by an EC P-256 CA, two DNS SANs each, issued with the tests'
-``tests.pki.issue``), this measures in one
+``tests.fixtures.pki.issue``), this measures in one
 run, each case repeated and interleaved (A B C D E A B C D E ...), reporting medians:
 
 ``bare_parse``
@@ -78,7 +78,7 @@ from probes.context import ProbeContext
 from probes.files import FilesProbe, FilesSettings
 from probes.reasons import Reason
 from probes.result import ProbeResult
-from tests.pki import DAY, NOW, Issued, PrivateKey, issue
+from tests.fixtures.pki import DAY, NOW, Issued, PrivateKey, issue
 
 DEFAULT_SIZES = (10_000, 100_000)
 QUICK_SIZES = (200,)

@@ -1,4 +1,4 @@
-"""Coverage-guided fuzzing (atheris / libFuzzer) of the parsers tests/test_fuzz.py
+"""Coverage-guided fuzzing (atheris / libFuzzer) of the parsers tests/unit/test_fuzz.py
 drives with hypothesis, with the same contract: no exception escapes but the
 documented ones.  Not in CI; ``pip install atheris`` first (a binary wheel for
 CPython 3.11 on x86-64 Linux; it does not need a compiler).
@@ -24,8 +24,8 @@ with atheris.instrument_imports():
     from probes.kubewatch import read_events
     from probes.revocation import crl_lookup, evaluate_crl, evaluate_ocsp
 
-from tests.test_fuzz import CRL_DER, OCSP_GOOD, P12, P12_PASSWORD, PKI
-from tests.test_fuzz import NOW as FUZZ_NOW
+from tests.unit.test_fuzz import CRL_DER, OCSP_GOOD, P12, P12_PASSWORD, PKI
+from tests.unit.test_fuzz import NOW as FUZZ_NOW
 
 
 class _Response:

@@ -1,8 +1,8 @@
 """Benchmark: the ``kubernetes`` probe's first complete inventory, and its peak memory.
 
-The API server fixture (``tests/kube_apiserver.py``, real HTTP on 127.0.0.1) holds N
+The API server fixture (``tests/fixtures/kube_apiserver.py``, real HTTP on 127.0.0.1) holds N
 ``kubernetes.io/tls`` Secrets — ``tls.crt`` = a distinct leaf plus the shared
-intermediate, ``ca.crt`` = the root (all issued with the tests' ``tests.pki.issue``),
+intermediate, ``ca.crt`` = the root (all issued with the tests' ``tests.fixtures.pki.issue``),
 ``tls.key`` = a key (never decoded) — and H Helm
 release Secrets of 1 MB each (type ``helm.sh/release.v1``).  The fixture runs in this
 process; each measured case runs in a fresh child process, so its peak RSS is its
@@ -46,7 +46,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from bench import common
-from tests.pki import DAY, NOW, issue
+from tests.fixtures.pki import DAY, NOW, issue
 
 TOKEN = "bench-token"
 PAGE = 500
@@ -209,7 +209,7 @@ def main() -> None:
         print(json.dumps(child_certscope(args.url, str(out))))
         return
 
-    from tests.kube_apiserver import FakeApiServer
+    from tests.fixtures.kube_apiserver import FakeApiServer
 
     results = common.Results("kubernetes", out)
     sizes = (100, 200) if args.quick else args.sizes

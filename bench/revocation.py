@@ -1,6 +1,6 @@
 """Benchmark: OCSP round trips and CRL parsing by ``probes.revocation``, against the bare limits.
 
-One run starts the test fixture ``tests.revocation_servers.revocation_stack()``: an
+One run starts the test fixture ``tests.fixtures.revocation_servers.revocation_stack()``: an
 ``openssl ca`` PKI (EC P-256), a real ``openssl ocsp -multi 2`` responder (delegated
 signer with the OCSPSigning EKU, nextUpdate a day ahead) and an HTTP server with the
 CRLs, among them one of 100,000 entries made by ``openssl ca -gencrl`` (about 4.5 MB
@@ -109,7 +109,7 @@ from probes.revocation import (
     evaluate_crl,
     evaluate_ocsp,
 )
-from tests.revocation_servers import (
+from tests.fixtures.revocation_servers import (
     BIG_SERIAL_BASE,
     HTTP_PATHS,
     RevocationStack,

@@ -40,8 +40,8 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench import common
-from tests.pki import build_pki
-from tests.servers import can_connect
+from tests.fixtures.pki import build_pki
+from tests.fixtures.servers import can_connect
 
 
 def start_nginx_listeners(workdir: Path, pki: Path, ports: list[int]) -> common.Managed:

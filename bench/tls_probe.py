@@ -2,7 +2,7 @@
 
 One run builds a throw-away PKI (``bench.common.write_tls_pki``: RSA-2048 and ECDSA
 P-256, a CA, a server leaf with SANs DNS:localhost and IP:127.0.0.1, and a clientAuth
-leaf each, issued with the tests' ``tests.pki.issue``), starts one nginx
+leaf each, issued with the tests' ``tests.fixtures.pki.issue``), starts one nginx
 (foreground, 2 workers, ``access_log off``, no session cache and no tickets, so every
 probe is a full handshake; TLS 1.2 and 1.3) with four listeners on 127.0.0.1 (RSA,
 EC, and the same two with ``ssl_verify_client on``; each serves leaf + CA) and
@@ -88,7 +88,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import common
-from tests.servers import can_connect
+from tests.fixtures.servers import can_connect
 
 THIS_MODULE = "bench.tls_probe"
 

@@ -6,7 +6,7 @@ Setup, once per run:
 PKI
     An ECDSA P-256 CA and one ECDSA P-256 leaf per endpoint, each with its own key
     (SANs ``DNS:t<i>.tls-scale.test`` and ``IP:127.0.0.1``), issued with the tests'
-    ``tests.pki.issue``; every endpoint serves leaf + CA.
+    ``tests.fixtures.pki.issue``; every endpoint serves leaf + CA.
     A fleet of N endpoints is N distinct certificates, so certscope's per-chain caches
     (``probes.verify.ChainMemo``: facts by DER, verdicts by (chain, name)) start empty for
     every target of a first round.  ``--shared-cert`` serves one certificate from every
@@ -97,7 +97,7 @@ from typing import Any
 from cryptography import x509
 
 from bench import common
-from tests.pki import DAY, NOW, issue
+from tests.fixtures.pki import DAY, NOW, issue
 
 THIS_MODULE = "bench.tls_scale"
 

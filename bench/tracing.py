@@ -5,7 +5,7 @@ Cells, each a sequential loop on one thread, interleaved and repeated (medians o
 ``time.thread_time()`` of the looping thread (what a probe thread pays), and
 ``process_cpu_us`` is ``time.process_time()`` of the whole process, which adds the
 span processor's export thread (encoding, sending).  The OTLP receiver
-(tests/otlp_receiver.py) runs in a child process, so its CPU is in neither:
+(tests/fixtures/otlp_receiver.py) runs in a child process, so its CPU is in neither:
 
 ``phase_untraced`` / ``record_phase``
     ``with ctx.phase("x"): pass`` on a context without a tracer, against the code it
@@ -47,8 +47,8 @@ from probes import KINDS
 from probes.context import ProbeContext
 from probes.reasons import Reason
 from probes.result import Discovery, ProbeResult
-from tests import servers
-from tests.pki import build_pki
+from tests.fixtures import servers
+from tests.fixtures.pki import build_pki
 
 PHASES = ("dns", "connect", "tls.handshake", "http", "verify")
 
@@ -115,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ctx.phases.clear()
 
     receiver = subprocess.Popen(
-        common.module_command("tests.otlp_receiver"),
+        common.module_command("tests.fixtures.otlp_receiver"),
         cwd=common.REPO_ROOT,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,

@@ -14,7 +14,7 @@ values, and its lines come from one format template per family, with the labels
 already in the exposition's sorted order; no ``Sample`` is built unless someone
 other than this encoder reads ``samples``.
 
-``tests/test_exposition_cache.py`` checks the output is identical to the client's.
+``tests/exporter/test_exposition_cache.py`` checks the output is identical to the client's.
 """
 
 from __future__ import annotations

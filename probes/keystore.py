@@ -26,7 +26,7 @@ the container image cannot build (it has no compiler, and the build stage takes
 binary wheels only); pyjks itself has had no release since 2020; and of what it
 does, certscope needs only the part above: the two container layouts, the digest,
 and skipping one kind of serialised object.  The layouts are tested on stores
-made by the JDK's own ``keytool`` (tests/test_keystore.py) and fuzzed.
+made by the JDK's own ``keytool`` (tests/probes/test_keystore.py) and fuzzed.
 """
 
 from __future__ import annotations

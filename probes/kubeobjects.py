@@ -27,7 +27,7 @@ A webhook that points at an in-cluster Service has it as the info label
 ``caBundle`` (the API server then uses its own trust roots), a CRD without a
 conversion webhook and a CSR not yet issued hold nothing to read and make no
 target.  The shapes are those of the ``v1`` APIs, checked against the official
-client's models in tests/test_kube_apiserver.py.
+client's models in tests/probes/test_kube_apiserver.py.
 """
 
 from __future__ import annotations

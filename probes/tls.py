@@ -66,7 +66,7 @@ MAX_HTTP_BODY = 16 * 1024 * 1024
 MEMO_PER_TARGET = 4  # room per configured target in the chain memo: its chain's certificates and its verdict
 MAX_HTTP_PEEK = 2048
 # The chain memo lives beside the verifier (probes.verify); its names stay importable
-# from here, where tests/test_tls_probe.py sizes and drives it.
+# from here, where tests/probes/test_tls_probe.py sizes and drives it.
 
 
 @dataclass(frozen=True)

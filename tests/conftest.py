@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import DaemonProcess
-from tests.pki import Pki, build_pki
+from tests.fixtures.helpers import DaemonProcess
+from tests.fixtures.pki import Pki, build_pki
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,280 @@
+"""The tls probe against a catalogue of real endpoints on 127.0.0.1.
+
+Each case is judged three ways, which must agree: the probe called directly,
+``certscope probe --output json`` as a subprocess, and the running daemon's
+``/metrics``.  Whenever the server sent a certificate, its expiry is exported, the
+failure notwithstanding.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from exporter.config import parse_config
+from probes.context import ProbeContext
+from probes.result import ProbeResult
+from probes.tls import TlsProbe
+from tests.fixtures import servers
+from tests.fixtures.helpers import DaemonProcess, find
+from tests.fixtures.pki import Pki
+
+P12_ENV = "CERTSCOPE_TEST_CLIENT_P12"
+
+
+@dataclass(frozen=True)
+class Case:
+    target: str
+    settings: dict[str, Any]  # the probe's YAML keys besides name/kind/targets
+    reason: str
+    has_certificate: bool = True
+    client_auth: str | None = None
+    http_status: int | None = None
+
+
+@dataclass
+class Catalogue:
+    files: servers.TlsFiles
+    cases: dict[str, Case] = field(default_factory=dict)
+
+
+@pytest.fixture(scope="module")
+def catalogue(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Catalogue]:
+    directory = tmp_path_factory.mktemp("tls")
+    tls_pki = servers.build_tls_pki(pki)
+    files = servers.write_tls_files(tls_pki, directory)
+    untrusted_chain = directory / "untrusted-chain-with-root.pem"
+    untrusted_chain.write_bytes(tls_pki.untrusted_intermediate.pem + tls_pki.untrusted_root.pem)
+    trust = {"trust": {"system": False, "ca_files": [str(files.root_ca)]}}
+    client = {"client_cert": {"cert_file": str(files.client.cert), "key_file": str(files.client.key)}}
+    wrong_client = {
+        "client_cert": {"cert_file": str(files.wrong_ca_client.cert), "key_file": str(files.wrong_ca_client.key)}
+    }
+    p12_client = {"client_cert": {"pkcs12_file": str(files.client_p12), "password_env": P12_ENV}}
+    fast = {"timeout": "1500ms"}
+
+    with ExitStack() as stack:
+
+        def start(server: Any) -> str:
+            stack.callback(server.stop)
+            return f"localhost:{server.port}"
+
+        def s_server(leaf: servers.LeafFiles, chain: Path | None = None, **kwargs: Any) -> str:
+            chain = leaf.chain if chain is None else chain
+            return start(servers.openssl_s_server(leaf.cert, leaf.key, chain, **kwargs))
+
+        mtls = {"verify_client": "require", "client_ca": files.client_ca}
+        mtls12 = s_server(files.localhost, tls_versions=("TLSv1.2",), **mtls)
+        mtls13 = s_server(files.localhost, tls_versions=("TLSv1.3",), **mtls)
+        valid = s_server(files.localhost)
+        leaf = files.localhost
+        nginx = start(servers.nginx_server(leaf.cert, leaf.key, leaf.chain, client_ca=files.client_ca))
+        haproxy = start(servers.haproxy_server(leaf.cert, leaf.key, leaf.chain, client_ca=files.client_ca))
+        cases = {
+            "valid": Case(valid, {**trust, "http": {"path": "/"}}, "ok", http_status=200),
+            "expired": Case(s_server(files.expired), trust, "cert_expired"),
+            "not_yet_valid": Case(s_server(files.not_yet_valid), trust, "cert_not_yet_valid"),
+            "wrong_host": Case(s_server(files.wrong_host), trust, "hostname_mismatch"),
+            "self_signed": Case(s_server(files.self_signed), trust, "self_signed"),
+            "untrusted_root": Case(s_server(files.untrusted, untrusted_chain), trust, "untrusted_root"),
+            "incomplete_chain": Case(
+                start(servers.openssl_s_server(leaf.cert, leaf.key, None)), trust, "incomplete_chain"
+            ),
+            "san_expectation": Case(valid, {**trust, "expect": {"names": ["api.example"]}}, "san_mismatch"),
+            "mtls12_no_cert": Case(mtls12, trust, "client_cert_required", client_auth="rejected"),
+            "mtls13_no_cert": Case(mtls13, trust, "client_cert_required", client_auth="rejected"),
+            "mtls13_with_cert": Case(mtls13, {**trust, **client}, "ok", client_auth="accepted"),
+            "mtls12_wrong_ca": Case(mtls12, {**trust, **wrong_client}, "client_cert_rejected", client_auth="rejected"),
+            "mtls13_wrong_ca": Case(mtls13, {**trust, **wrong_client}, "client_cert_rejected", client_auth="rejected"),
+            "nginx_mtls_ok": Case(nginx, {**trust, **client, "http": {"path": "/"}}, "ok", http_status=200),
+            "nginx_mtls_forbidden": Case(
+                nginx, {**trust, **client, "http": {"path": "/forbidden"}}, "http_forbidden", http_status=403
+            ),
+            "nginx_no_cert": Case(nginx, {**trust, "http": {"path": "/"}}, "client_cert_required"),
+            "haproxy_p12_cert": Case(haproxy, {**trust, **p12_client, "http": {"path": "/"}}, "ok", http_status=200),
+            "haproxy_no_cert": Case(haproxy, {**trust, "http": {"path": "/"}}, "client_cert_required"),
+            "tls10_only": Case(
+                s_server(files.localhost, tls_versions=("TLSv1",)), trust, "protocol_error", has_certificate=False
+            ),
+            "tarpit": Case(start(servers.tarpit()), {**trust, **fast}, "handshake_timeout", has_certificate=False),
+            "dribbler": Case(start(servers.dribbler()), {**trust, **fast}, "handshake_timeout", has_certificate=False),
+            "reset": Case(start(servers.reset_server()), trust, "handshake_failed", has_certificate=False),
+            "refused": Case(f"localhost:{servers.refused_port()}", trust, "connect_refused", has_certificate=False),
+            "unresolvable": Case("does-not-exist.invalid:443", trust, "dns_error", has_certificate=False),
+            "postgres": Case(
+                start(servers.postgres_server(leaf.cert, leaf.key, leaf.chain)), {**trust, "starttls": "postgres"}, "ok"
+            ),
+            "imap": Case(
+                start(servers.dovecot_imap_server(leaf.cert, leaf.key, leaf.chain)), {**trust, "starttls": "imap"}, "ok"
+            ),
+            "smtp": Case(
+                start(servers.smtp_starttls_server(leaf.cert, leaf.key, leaf.chain)),
+                {**trust, "starttls": "smtp"},
+                "ok",
+            ),
+        }
+        yield Catalogue(files, cases)
+
+
+def _entry(name: str, case: Case) -> dict[str, Any]:
+    return {"name": name, "kind": "tls", "targets": [case.target], "interval": "1h", "timeout": "3s", **case.settings}
+
+
+def _probe_directly(name: str, case: Case) -> ProbeResult:
+    config = parse_config(yaml.safe_dump({"probes": [_entry(name, case)]}), name)
+    probe_config = config.probes[0]
+    probe = TlsProbe(probe_config.settings, probe_config.defaults)
+    return probe.run(case.target, ProbeContext(deadline=time.monotonic() + probe_config.timeout))
+
+
+def _cli_args(case: Case) -> list[str]:
+    settings = case.settings
+    args = [case.target, "--output", "json", "--timeout", str(settings.get("timeout", "3s"))]
+    for ca_file in settings.get("trust", {}).get("ca_files", []):
+        args += ["--ca-file", ca_file]
+    if "starttls" in settings:
+        args += ["--starttls", settings["starttls"]]
+    client = settings.get("client_cert", {})
+    if "cert_file" in client:
+        args += ["--client-cert", client["cert_file"], "--client-key", client["key_file"]]
+    if "pkcs12_file" in client:
+        args += ["--client-pkcs12", client["pkcs12_file"], "--client-password-env", client["password_env"]]
+    for name in settings.get("expect", {}).get("names", []):
+        args += ["--expect-name", name]
+    if "http" in settings:
+        args += ["--http-path", settings["http"]["path"]]
+    return args
+
+
+CASE_NAMES = [
+    "valid", "expired", "not_yet_valid", "wrong_host", "self_signed", "untrusted_root", "incomplete_chain",
+    "san_expectation", "mtls12_no_cert", "mtls13_no_cert", "mtls13_with_cert", "mtls12_wrong_ca",
+    "mtls13_wrong_ca", "nginx_mtls_ok", "nginx_mtls_forbidden", "nginx_no_cert", "haproxy_p12_cert",
+    "haproxy_no_cert", "tls10_only", "tarpit", "dribbler", "reset", "refused", "unresolvable",
+    "postgres", "imap", "smtp",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_probe_and_cli_classify_the_endpoint(name: str, catalogue: Catalogue, monkeypatch: pytest.MonkeyPatch) -> None:
+    case = catalogue.cases[name]
+    monkeypatch.setenv(P12_ENV, catalogue.files.client_p12_password.decode())
+    started = time.monotonic()
+    result = _probe_directly(name, case)
+    assert time.monotonic() - started < 3.5, "the run overran its deadline"
+    assert result.reason.value == case.reason, f"{name}: {result.reason.value}: {result.message}"
+    assert result.success == (case.reason == "ok")
+    served = [o for o in result.certificates if o.role != "client"]
+    assert bool(served) == case.has_certificate, result.certificates
+    if case.has_certificate:
+        assert served[0].index == 0 and served[0].role == "leaf"
+    if case.client_auth is not None:
+        assert result.facts is not None and result.facts.client_auth == case.client_auth
+    if case.http_status is not None:
+        assert result.facts is not None and result.facts.http_status == case.http_status
+    if "client_cert" in case.settings:
+        client = [o for o in result.certificates if o.role == "client"]
+        assert client and client[0].cert.subject_cn, "the probe's own client certificate is exported"
+
+    cli = subprocess.run(
+        [sys.executable, "-m", "exporter", "probe", *_cli_args(case)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    document = json.loads(cli.stdout)
+    assert document["reason"] == case.reason, cli.stdout
+    assert cli.returncode == (0 if case.reason == "ok" else 1), cli.stderr
+    assert bool([c for c in document["certificates"] if c["role"] != "client"]) == case.has_certificate
+
+
+def test_daemon_exports_every_verdict_and_every_certificate(
+    catalogue: Catalogue, start_daemon: Any, tmp_path: Path
+) -> None:
+    config = {"global": {"interval": "1h"}, "probes": [_entry(n, catalogue.cases[n]) for n in CASE_NAMES]}
+    daemon: DaemonProcess = start_daemon(
+        yaml.safe_dump(config), env={P12_ENV: catalogue.files.client_p12_password.decode()}
+    )
+    daemon.wait_ready(timeout=60)
+    metrics = daemon.metrics()
+    for name in CASE_NAMES:
+        case = catalogue.cases[name]
+        status = find(metrics, "certscope_probe_status", probe=name)
+        assert [labels["reason"] for labels, _ in status] == [case.reason], (name, status)
+        served = [
+            labels
+            for labels, _ in find(metrics, "certscope_cert_not_after_timestamp_seconds", probe=name)
+            if labels["role"] != "client"
+        ]
+        assert bool(served) == case.has_certificate, (name, served)
+        failures = find(metrics, "certscope_probe_failures_total", probe=name)
+        assert len(failures) >= 20, "every tls reason starts at 0"
+        if case.client_auth is not None:
+            assert find(metrics, "certscope_tls_client_auth", probe=name, result=case.client_auth), name
+        if case.http_status is not None:
+            assert find(metrics, "certscope_http_status_code", probe=name)[0][1] == case.http_status
+    valid = {"probe": "valid"}
+    assert find(metrics, "certscope_tls_chain_verified", **valid)[0][1] == 1
+    assert find(metrics, "certscope_tls_verified_chain_expiry_timestamp_seconds", **valid)
+    assert find(metrics, "certscope_tls_version_info", **valid)[0][0]["version"].startswith("TLSv1.")
+    assert find(metrics, "certscope_tls_handshake_seconds_count", **valid)[0][1] >= 1
+    assert find(metrics, "certscope_tls_chain_complete", probe="incomplete_chain")[0][1] == 0
+    # A TLS 1.2 server that refused the handshake over the client certificate had
+    # sent a good chain first: that verdict stands on its own.
+    assert find(metrics, "certscope_tls_chain_verified", probe="mtls12_no_cert")[0][1] == 1
+    assert find(metrics, "certscope_tls_hostname_match", probe="wrong_host")[0][1] == 0
+    client_expiry = find(metrics, "certscope_cert_not_after_timestamp_seconds", probe="mtls13_with_cert", role="client")
+    assert client_expiry, "the probe's own client certificate expiry is exported"
+
+
+def test_chain_memo_is_sized_to_the_targets_and_survives_rounds() -> None:
+    """Rounds visit targets in the same order: a memo smaller than their certificates
+    is emptied before any entry is reused, so its capacity follows the target count,
+    and a verdict outlives the default 5-minute interval."""
+    from cryptography import x509
+
+    from probes.settings import TrustSettings
+    from probes.tls import TlsSettings
+    from probes.verify import MEMO_MAX_AGE, MEMO_SIZE, ChainMemo, TrustStore
+    from tests.fixtures.pki import build_pki, issue
+
+    no_system = TrustSettings(system=False)
+    many = TlsProbe(TlsSettings(targets=tuple(f"h{n}.test:443" for n in range(5000)), trust=no_system))
+    assert many._memo.capacity >= 4 * 5000
+    few = TlsProbe(TlsSettings(targets=("a.test:443",), trust=no_system))
+    assert few._memo.capacity == MEMO_SIZE
+    assert MEMO_MAX_AGE > 300
+
+    pki = build_pki()
+    leaves = [issue(f"s{n}.test", pki.intermediate, sans=(f"s{n}.test",)) for n in range(6)]
+    chains = [[leaf.der, pki.intermediate.der] for leaf in leaves]
+
+    def one_round(memo: ChainMemo) -> list[object]:
+        """The facts and verdicts a round got (the same objects when they were memo hits)."""
+        got: list[object] = []
+        for n, ders in enumerate(chains):
+            served = [x509.load_der_x509_certificate(der) for der in ders]
+            got += [o.cert for o in memo.observe(ders, served)]
+            got.append(memo.verdict(ders, served, f"s{n}.test"))
+        return got
+
+    def hits(first: list[object], second: list[object]) -> int:
+        return sum(a is b for a, b in zip(first, second, strict=True))
+
+    trust = TrustStore([pki.root.cert])
+    roomy = ChainMemo(trust, capacity=16)  # 7 certificates, 6 verdicts
+    first = one_round(roomy)
+    assert hits(first, one_round(roomy)) == len(first) == 18  # the second round: all memo hits
+    cramped = ChainMemo(trust, capacity=4)
+    first = one_round(cramped)
+    assert hits(first, one_round(cramped)) < len(first) // 2  # cleared before most reuse
