@@ -21,12 +21,14 @@ server that asks, instead of once per TLS message as Python's message callback d
 
 from __future__ import annotations
 
+import functools
 import os
 import select
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.bindings.openssl.binding import Binding
@@ -57,6 +59,7 @@ CLIENT_KEY_TYPES = (
 )
 
 _ffi = Binding.ffi
+T = TypeVar("T")
 _lib = Binding.lib
 
 
@@ -150,31 +153,26 @@ class TlsConnection:
     def sendall(self, data: bytes, deadline: float) -> None:
         view = memoryview(data)
         while view:
-            try:
-                sent = self._connection.send(view)
-            except SSL.WantWriteError:
-                _wait(self._sock, deadline, write=True)
-            except SSL.WantReadError:
-                _wait(self._sock, deadline, write=False)
-            except SSL.Error as exc:
-                raise _handshake_error(exc) from None
-            else:
-                view = view[sent:]
+            sent = self._retrying(functools.partial(self._connection.send, view), deadline)
+            view = view[sent:]
 
     def recv(self, size: int, deadline: float) -> bytes:
         """Up to ``size`` bytes; b'' when the server closed the session.  Raises
         TimeoutError at the deadline, HandshakeError for a TLS alert."""
-        while True:
-            try:
-                return self._connection.recv(size)
-            except SSL.ZeroReturnError:
-                return b""
-            except SSL.WantReadError:
-                _wait(self._sock, deadline, write=False)
-            except SSL.WantWriteError:
-                _wait(self._sock, deadline, write=True)
-            except SSL.Error as exc:
-                raise _handshake_error(exc) from None
+        try:
+            return self._retrying(lambda: self._connection.recv(size), deadline)
+        except SSL.ZeroReturnError:
+            return b""
+
+    def _retrying(self, operation: Callable[[], T], deadline: float) -> T:
+        """``operation()`` on the non-blocking socket, waiting for it whenever
+        OpenSSL wants to read or write, until the deadline."""
+        try:
+            return _retrying(operation, self._sock, deadline)
+        except SSL.ZeroReturnError:
+            raise
+        except SSL.Error as exc:
+            raise _handshake_error(exc) from None
 
     def close(self) -> None:
         self._client._requests.take(self._connection)  # forget it, whatever happened
@@ -225,20 +223,14 @@ class TlsClient:
         connection.set_connect_state()
         session = TlsConnection(self, connection, sock)
         try:
-            while True:
-                try:
-                    connection.do_handshake()
-                    break
-                except SSL.WantReadError:
-                    _wait(sock, deadline, write=False)
-                except SSL.WantWriteError:
-                    _wait(sock, deadline, write=True)
-                except SSL.Error as exc:
-                    session.certificate_requested = self._requests.take(connection)
-                    error = _handshake_error(exc)
-                    if isinstance(error, HandshakeError):
-                        raise HandshakeFailed(error, session) from None
-                    raise error from None
+            try:
+                _retrying(connection.do_handshake, sock, deadline)
+            except SSL.Error as exc:
+                session.certificate_requested = self._requests.take(connection)
+                error = _handshake_error(exc)
+                if isinstance(error, HandshakeError):
+                    raise HandshakeFailed(error, session) from None
+                raise error from None
         except BaseException:
             session.certificate_requested = session.certificate_requested or self._requests.take(connection)
             session.staple = _staple_of(connection)
@@ -268,6 +260,18 @@ def _note_staple(connection: SSL.Connection, response: bytes, data: object) -> b
 def _staple_of(connection: SSL.Connection) -> bytes | None:
     found = connection.get_app_data()
     return found[0] if isinstance(found, list) and found else None
+
+
+def _retrying(operation: Callable[[], T], sock: socket.socket, deadline: float) -> T:
+    """``operation()``, again each time OpenSSL wants the socket readable or
+    writable first, until the deadline (TimeoutError)."""
+    while True:
+        try:
+            return operation()
+        except SSL.WantReadError:
+            _wait(sock, deadline, write=False)
+        except SSL.WantWriteError:
+            _wait(sock, deadline, write=True)
 
 
 def _wait(sock: socket.socket, deadline: float, write: bool) -> None:
