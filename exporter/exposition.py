@@ -38,6 +38,8 @@ from prometheus_client.utils import floatToGoString as _untyped_go_float
 
 _go_float = cast(Callable[[Any], str], _untyped_go_float)  # 1.0 -> "1.0", inf -> "+Inf"
 
+_Prefixes = list[tuple[str, str]]  # (label, 'label="') in output order
+
 _LEGACY_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _TEXT_TYPES = {"info": "gauge", "stateset": "gauge", "gaugehistogram": "histogram", "unknown": "untyped"}
 _OPENMETRICS_ONLY_SUFFIXES = ("_created", "_gsum", "_gcount")
@@ -204,20 +206,14 @@ def _write_rows(family: RowFamily, append: Callable[[str], object], seen: dict[f
         if not _LEGACY_NAME.match(label) or ":" in label:
             raise _Unsupported(label)
     template = family.template().format
-    prefixes: dict[tuple[str, ...], list[tuple[str, str]]] = {}
+    prefixes: dict[tuple[str, ...], _Prefixes] = {}
     for labels, value, merged, escape in family.rows:
         if merged is None:
             if escape:
                 labels = tuple(_value(label) for label in labels)
             append(template(*labels, _value_text(value, seen)))
             continue
-        names = tuple(merged)
-        ordered = prefixes.get(names)
-        if ordered is None:
-            for label in names:
-                if not _LEGACY_NAME.match(label) or ":" in label:
-                    raise _Unsupported(label)
-            ordered = prefixes[names] = [(label, f'{label}="') for label in sorted(names)]
+        ordered = _label_prefixes(tuple(merged), prefixes)
         label_text = '",'.join(prefix + _value(merged[label]) for label, prefix in ordered)
         append(f'{family.sample_name}{{{label_text}"}} {_value_text(value, seen)}\n')
 
@@ -284,19 +280,13 @@ def _encode(metrics: list[Metric], *, openmetrics: bool, eof: bool = True, compr
             continue
         # Samples of one family mostly share their label names: sort and check them
         # once per distinct set, with each name's 'name="' prefix made once.
-        prefixes: dict[tuple[str, ...], list[tuple[str, str]]] = {}
+        prefixes: dict[tuple[str, ...], _Prefixes] = {}
         for sample in metric.samples:
             if sample.native_histogram is not None or sample.name.endswith(_OPENMETRICS_ONLY_SUFFIXES):
                 raise _Unsupported(sample.name)
             labels = sample.labels
             if labels:
-                names = tuple(labels)
-                ordered = prefixes.get(names)
-                if ordered is None:
-                    for label in names:
-                        if not _LEGACY_NAME.match(label) or ":" in label:
-                            raise _Unsupported(label)
-                    ordered = prefixes[names] = [(label, f'{label}="') for label in sorted(names)]
+                ordered = _label_prefixes(tuple(labels), prefixes)
                 label_text = "{" + '",'.join(prefix + _value(labels[label]) for label, prefix in ordered) + '"}'
             else:
                 label_text = ""
@@ -315,3 +305,15 @@ def _exemplar(exemplar: Exemplar) -> str:
     label_text = ",".join(f'{k}="{_value(v)}"' for k, v in sorted(exemplar.labels.items()))
     text = f" # {{{label_text}}} {_go_float(exemplar.value)}"
     return text + (f" {exemplar.timestamp}" if exemplar.timestamp is not None else "")
+
+
+def _label_prefixes(names: tuple[str, ...], known: dict[tuple[str, ...], _Prefixes]) -> _Prefixes:
+    """(label, 'label="') in sorted order for a label set, worked out once per set;
+    a name the text format cannot carry raises _Unsupported."""
+    ordered = known.get(names)
+    if ordered is None:
+        for label in names:
+            if not _LEGACY_NAME.match(label) or ":" in label:
+                raise _Unsupported(label)
+        ordered = known[names] = [(label, f'{label}="') for label in sorted(names)]
+    return ordered
