@@ -856,7 +856,7 @@ def round_summary(
                 "blackbox_http": False,  # blackbox's tcp module sends no HTTP request
                 "certscope_http": VARIANTS[name].http,
                 "ratio": ratio,
-                "ratio_range_paired": [min(paired), max(paired)] if paired else None,
+                "ratio_range_paired": [min(paired), max(paired)] if len(paired) > 1 else None,
                 "goal_ratio": GOAL_ROUND_RATIO,
                 "goal_met": bool(ratio <= GOAL_ROUND_RATIO) if ratio is not None else None,
                 # Reported only: 1,000 probes at blackbox's concurrency-64 rate on one target.
@@ -896,11 +896,11 @@ def goals(rows: list[dict[str, Any]], cells: list[Cell]) -> list[dict[str, Any]]
             {
                 "variant": row["variant"],
                 "cpu_ratio": row["cpu_ratio"],
-                "cpu_ratio_range_paired": [min(paired_cpu), max(paired_cpu)] if paired_cpu else None,
+                "cpu_ratio_range_paired": [min(paired_cpu), max(paired_cpu)] if len(paired_cpu) > 1 else None,
                 "cpu_goal": GOAL_CPU_RATIO,
                 "cpu_goal_met": bool(row["cpu_ratio"] <= GOAL_CPU_RATIO),
                 "throughput_ratio": row["throughput_ratio"],
-                "throughput_ratio_range_paired": [min(paired_rate), max(paired_rate)] if paired_rate else None,
+                "throughput_ratio_range_paired": [min(paired_rate), max(paired_rate)] if len(paired_rate) > 1 else None,
                 "throughput_goal": GOAL_THROUGHPUT_RATIO,
                 "throughput_goal_met": bool(row["throughput_ratio"] >= GOAL_THROUGHPUT_RATIO),
             }

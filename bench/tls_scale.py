@@ -952,7 +952,7 @@ def summarize(runs: list[dict[str, Any]], sizes: Sequence[int]) -> dict[str, Any
                     paired[f"cpu_round{number}_over_blackbox"].append(
                         run[f"round{number}"]["cpu_seconds"] / other["cpu_seconds"]
                     )
-        ratio_ranges = {key: [min(v), max(v)] for key, v in paired.items() if v}
+        ratio_ranges = {key: [min(v), max(v)] for key, v in paired.items() if len(v) > 1}
         out[str(size)] = {"certscope": certscope, "blackbox": blackbox, "ratios": ratios, "ratio_ranges": ratio_ranges}
     # Linearity: cost per target at each size over the cost per target at the smallest.
     smallest = out[str(min(sizes))]
