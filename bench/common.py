@@ -358,6 +358,111 @@ end
 """
 
 
+# Lua for wrk running one round through blackbox_exporter: every path of the file given
+# after ``--`` (one ``/probe?...`` per line) requested once, over the connections wrk keeps
+# open (its ``-c``), as a scheduler round fans out over its pool.  delay() holds back every
+# request beyond the list, request() hands out the next path, response() counts; the last
+# answer prints ``DONE ok= bad= first= last=`` (CLOCK_MONOTONIC through LuaJIT's FFI: the
+# first request sent and the last answer received) and stops the thread (wrk itself would
+# wait for its whole -d).
+WRK_ROUND_SCRIPT = (
+    WRK_COUNT_PROBE
+    + r"""
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_nsec; } certscope_timespec;
+int clock_gettime(int clock_id, certscope_timespec *tp);
+]]
+local CLOCK_MONOTONIC = 1
+local spec = ffi.new("certscope_timespec")
+local function now()
+  ffi.C.clock_gettime(CLOCK_MONOTONIC, spec)
+  return tonumber(spec.tv_sec) + tonumber(spec.tv_nsec) * 1e-9
+end
+
+local paths = {}
+local issued, sent, first = 0, 0, 0
+
+function init(args)
+  for line in io.lines(args[1]) do paths[#paths + 1] = line end
+end
+
+function delay()
+  if issued >= #paths then return 86400000 end
+  issued = issued + 1
+  return 0
+end
+
+function request()
+  -- wrk asks once for a template before the first delay(): that one is never sent.
+  if sent >= issued then return wrk.format("GET", "/-/healthy") end
+  sent = sent + 1
+  if sent == 1 then first = now() end
+  return wrk.format("GET", paths[sent])
+end
+
+function response(status, headers, body)
+  count_probe(status, body)
+  if ok + bad == #paths then
+    io.write(string.format("DONE ok=%d bad=%d first=%.6f last=%.6f\n", ok, bad, first, now()))
+    if sample ~= "" then io.write("SAMPLE " .. (string.gsub(sample, "\n", " | ")) .. "\n") end
+    io.flush()
+    wrk.thread:stop()
+  end
+end
+"""
+)
+
+
+@dataclass(frozen=True)
+class BlackboxRound:
+    """One round of probes through blackbox_exporter, driven by :data:`WRK_ROUND_SCRIPT`."""
+
+    seconds: float  # first request sent to last answer received (the Lua hook's clock)
+    seconds_incl_wrk_start: float  # as seen from here, wrk's start included
+    blackbox_cpu_seconds: float  # the exporter's own, all threads
+    nginx_cpu_seconds: float
+    probes: int
+
+
+def blackbox_round(
+    script: Path, paths_file: Path, count: int, concurrency: int, blackbox: Managed, port: int, nginx: Managed
+) -> BlackboxRound:
+    """Request each of the ``count`` paths of ``paths_file`` once from blackbox on
+    ``port`` with ``wrk -t1 -c<concurrency>`` and ``script`` (:data:`WRK_ROUND_SCRIPT`);
+    raises unless every probe answered 200 with ``probe_success 1``."""
+    bound = int(60 + count / 20)  # wrk's -d: an upper bound only, the Lua hook ends the run
+    command = ["wrk", "-t1", f"-c{min(concurrency, count)}", f"-d{bound}s", "--timeout", "30s"]
+    command += ["-s", str(script), f"http://{HOST}:{port}/", "--", str(paths_file)]
+    nginx_before = tree_cpu_seconds(nginx.pid)
+    blackbox_before = tree_cpu_seconds(blackbox.pid)
+    started = time.monotonic()
+    wrk = Managed("wrk", command, pipes=True)
+    output: list[str] = []
+    done: dict[str, float] = {}
+    try:
+        assert wrk.process.stdout is not None
+        for line in wrk.process.stdout:
+            output.append(line)
+            if line.startswith("DONE "):
+                done = {k: float(v) for k, v in (item.split("=") for item in line.split()[1:])}
+                break
+        blackbox_cpu = tree_cpu_seconds(blackbox.pid) - blackbox_before
+        nginx_cpu = tree_cpu_seconds(nginx.pid) - nginx_before
+        outside = time.monotonic() - started
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(wrk.pid, signal.SIGINT)  # wrk sleeps out its -d otherwise
+        output += wrk.process.stdout.readlines()
+    finally:
+        wrk.stop()
+    if not done:
+        raise RuntimeError(f"wrk ended without probing every target:\n{''.join(output)[-2000:]}")
+    sample = next((line[7:].strip() for line in output if line.startswith("SAMPLE ")), "")
+    if int(done["bad"]) or int(done["ok"]) != count:
+        raise RuntimeError(f"blackbox: {int(done['ok'])} of {count} probes succeeded; first failure: {sample}")
+    return BlackboxRound(done["last"] - done["first"], outside, blackbox_cpu, nginx_cpu, int(done["ok"]))
+
+
 def start_blackbox(workdir: Path, modules: Iterable[str], port: int) -> Managed:
     """Debian's prometheus-blackbox-exporter on 127.0.0.1:``port`` with ``modules``
     (:func:`blackbox_module`); returns once it answers ``/-/healthy``."""

@@ -12,9 +12,12 @@ whether it is met, and the script's own ratio.  It writes ``<out>/summary.json``
 Usage::
 
     python -m bench.run [--only files,tls,tls_scale,revocation,kubernetes,scrape] [--quick] [--out bench/out]
-                        [--write-docs]
+                        [--write-docs] [--reuse]
 
 ``--quick`` runs every scenario on its smoke-test size (the test suite does this).
+``--reuse`` runs nothing: it reads the JSON each scenario left in ``--out`` (say, from
+``python -m bench.tls_scale`` run on its own) and builds the table and the plot from it;
+the table's header then names the first line of each result's command.
 """
 
 from __future__ import annotations
@@ -70,87 +73,113 @@ def _files(result: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def _span(values: list[float] | None, digits: int = 2) -> str:
+    """`` [low-high]`` (the range over repetitions), or nothing."""
+    return f" [{values[0]:.{digits}f}-{values[1]:.{digits}f}]" if values else ""
+
+
 def _tls(result: dict[str, Any]) -> list[Row]:
     rows = []
     for goal in result.get("goals_at_64", []):
         variant = goal["variant"]
         rows.append(
-            Row("tls", f"{variant}: CPU per probe <= 1.0x blackbox", f"{goal['cpu_ratio']:.2f}x", goal["cpu_goal_met"])
+            Row(
+                "tls",
+                f"{variant}: CPU per probe at c=64 <= {goal.get('cpu_goal', 1.0)}x blackbox",
+                f"{goal['cpu_ratio']:.2f}x{_span(goal.get('cpu_ratio_range_paired'))}",
+                goal["cpu_goal_met"],
+            )
         )
         rows.append(
             Row(
                 "tls",
-                f"{variant}: throughput at c=64 >= 0.9x blackbox",
-                f"{goal['throughput_ratio']:.2f}x",
+                f"{variant}: throughput at c=64 >= {goal.get('throughput_goal', 1.0)}x blackbox",
+                f"{goal['throughput_ratio']:.2f}x{_span(goal.get('throughput_ratio_range_paired'))}",
                 goal["throughput_goal_met"],
             )
         )
     for round_ in result.get("endpoint_round", []):
+        if round_.get("ratio") is None:
+            continue
+        http = "; certscope sends GET /, blackbox no HTTP" if round_.get("certscope_http") else ""
         rows.append(
             Row(
                 "tls",
-                f"1,000 endpoints ({round_['variant']}) <= {round_['goal_s']} s",
-                f"{round_['median_s']:.2f} s",
+                f"1,000 endpoints ({round_['variant']}): round no slower than blackbox's over the same 1,000 (c=64)",
+                f"{round_['ratio']:.2f}x{_span(round_.get('ratio_range_paired'))} "
+                f"({round_['median_s']:.2f} s vs {round_['blackbox_s']:.2f} s{http})",
                 round_["goal_met"],
             )
         )
     return rows
 
 
+ROUND_NAMES = {1: "first round, caches cold", 2: "second round, caches warm"}
+
+
 def _tls_scale(result: dict[str, Any]) -> list[Row]:
     rows = []
-    endpoints = result["goals"].get("endpoints_1000")
-    if endpoints:
-        goal = endpoints["goal_seconds"]
+    for variant, figures in result["variants"].items():
+        goals = figures["goals"]
+        for cpu in goals["cpu"]:
+            rows.append(
+                Row(
+                    "tls_scale",
+                    f"{variant}, {cpu['size']:,} targets: CPU per probe <= {cpu['goal_ratio']}x blackbox "
+                    f"({ROUND_NAMES[cpu['round']]})",
+                    f"{cpu['ratio']:.2f}x{_span(cpu.get('ratio_range'))} "
+                    f"({cpu['certscope_ms']:.2f} vs {cpu['blackbox_ms']:.2f} ms)",
+                    cpu["met"],
+                )
+            )
+        endpoints = goals.get("endpoints_1000")
+        if endpoints:
+            for number in (1, 2):
+                rows.append(
+                    Row(
+                        "tls_scale",
+                        f"{variant}, 1,000 endpoints: round no slower than blackbox's ({ROUND_NAMES[number]})",
+                        f"{endpoints[f'round{number}_ratio']:.2f}x{_span(endpoints.get(f'round{number}_ratio_range'))} "
+                        f"({endpoints[f'round{number}_seconds']:.2f} s vs {endpoints['blackbox_seconds']:.2f} s)",
+                        endpoints[f"round{number}_met"],
+                    )
+                )
+        linear = goals.get("linearity")
+        if linear:
+            rows.append(
+                Row(
+                    "tls_scale",
+                    f"{variant}: per-target cost {linear['largest']:,} vs {linear['smallest']:,} within "
+                    f"{linear['goal_ratio']}x (linear or better)",
+                    f"wall {linear['wall_round1_ratio']:.2f}x, CPU {linear['cpu_round1_ratio']:.2f}x (first round); "
+                    f"wall {linear['wall_round2_ratio']:.2f}x, CPU {linear['cpu_round2_ratio']:.2f}x (second round)",
+                    linear["met"],
+                )
+            )
+        memory = goals["memory"]
         rows.append(
             Row(
                 "tls_scale",
-                f"1,000 endpoints in <= {goal} s (first round)",
-                f"{endpoints['round1_seconds']:.2f} s (blackbox {endpoints['blackbox_seconds']:.2f} s)",
-                endpoints["round1_met"],
+                f"{variant}: memory per TLS target held at {memory['measured_size']:,} "
+                f"<= {memory['before_kib_per_target']} KiB (before)",
+                f"{memory['retained_kib_per_target']:.1f} KiB (peak with a /metrics render "
+                f"{memory['peak_kib_per_target']:.1f} KiB)",
+                memory["measured_met"],
             )
         )
-        rows.append(
-            Row(
-                "tls_scale",
-                f"1,000 endpoints in <= {goal} s (second round, caches warm)",
-                f"{endpoints['round2_seconds']:.2f} s",
-                endpoints["round2_met"],
+        if "derived_size" in memory:
+            fit = memory["fit"]["retained"]
+            rows.append(
+                Row(
+                    "tls_scale",
+                    f"{variant}: memory per TLS target held at {memory['derived_size']:,} (derived) "
+                    f"<= {memory['before_kib_per_target']} KiB (before)",
+                    f"{memory['derived_retained_kib_per_target']:.1f} KiB, derived: "
+                    f"{fit['fixed_kib'] / 1024:.1f} MiB + {fit['kib_per_target']:.1f} KiB x N, a line through "
+                    f"{', '.join(f'{n:,}' for n in fit['sizes'])} targets (worst miss {fit['worst_miss_share']:.0%})",
+                    memory["derived_met"],
+                )
             )
-        )
-    linear = result["goals"].get("linearity")
-    if linear:
-        rows.append(
-            Row(
-                "tls_scale",
-                f"per-target cost {linear['largest']:,} vs {linear['smallest']:,} within {linear['goal_ratio']}x "
-                "(linear or better)",
-                f"wall {linear['wall_round1_ratio']:.2f}x, CPU {linear['cpu_round1_ratio']:.2f}x (first round); "
-                f"wall {linear['wall_round2_ratio']:.2f}x, CPU {linear['cpu_round2_ratio']:.2f}x (second round)",
-                linear["met"],
-            )
-        )
-    for size, figures in result["sizes"].items():
-        cs, bb, ratios = figures["certscope"], figures["blackbox"], figures["ratios"]
-        rows.append(
-            Row(
-                "tls_scale",
-                f"{int(size):,} targets: round wall vs blackbox (first / second round)",
-                f"{ratios['wall_round1_over_blackbox']:.2f}x / {ratios['wall_round2_over_blackbox']:.2f}x "
-                f"({cs['round1_seconds']:.2f} / {cs['round2_seconds']:.2f} s vs {bb['seconds']:.2f} s)",
-                None,
-            )
-        )
-        rows.append(
-            Row(
-                "tls_scale",
-                f"{int(size):,} targets: CPU per target vs blackbox (first / second round)",
-                f"{ratios['cpu_round1_over_blackbox']:.2f}x / {ratios['cpu_round2_over_blackbox']:.2f}x "
-                f"({cs['cpu_ms_per_target_round1']:.2f} / {cs['cpu_ms_per_target_round2']:.2f} ms vs "
-                f"{bb['cpu_ms_per_probe']:.2f} ms)",
-                None,
-            )
-        )
     return rows
 
 
@@ -247,7 +276,16 @@ SCENARIOS = {
 }
 
 
-def run_scenario(name: str, scenario: Scenario, out: Path, quick: bool) -> tuple[list[Row], dict[str, Any]]:
+def run_scenario(
+    name: str, scenario: Scenario, out: Path, quick: bool, reuse: bool = False
+) -> tuple[list[Row], dict[str, Any]]:
+    if reuse:
+        path = out / scenario.output
+        if not path.exists():
+            raise SystemExit(f"--reuse: {path} is missing (run: python -m {scenario.module} --out {out})")
+        result = json.loads(path.read_text())
+        print(f"== {name}: {path} ({result.get('generated', '?')}: {result.get('command', '?')})", flush=True)
+        return scenario.extract(result), result
     args = common.module_command(scenario.module, "--out", str(out), *(["--quick"] if quick else scenario.full_args))
     print(f"== {name}: {' '.join(args[1:])}", flush=True)
     started = time.monotonic()
@@ -260,11 +298,23 @@ def run_scenario(name: str, scenario: Scenario, out: Path, quick: bool) -> tuple
     return scenario.extract(result), result
 
 
-def markdown(rows: list[Row], quick: bool) -> str:
+def markdown(rows: list[Row], quick: bool, reused: dict[str, dict[str, Any]] | None = None) -> str:
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    if reused:
+        head = [
+            f"Assembled by `python -m bench.run --reuse` on {platform.node() or 'this machine'}"
+            f" ({os.cpu_count()} CPUs, Python {platform.python_version()}), {when}, from:",
+            "",
+        ]
+        for name, result in reused.items():
+            head.append(f"- {name}: `{result.get('command', '?')}`, {result.get('generated', '?')}")
+    else:
+        head = [
+            f"Measured by `python -m bench.run{' --quick' if quick else ''}` on {platform.node() or 'this machine'}"
+            f" ({os.cpu_count()} CPUs, Python {platform.python_version()}), {when}."
+        ]
     lines = [
-        f"Measured by `python -m bench.run{' --quick' if quick else ''}` on {platform.node() or 'this machine'}"
-        f" ({os.cpu_count()} CPUs, Python {platform.python_version()}), {when}.",
+        *head,
         "",
         "| scenario | goal | measured | met |",
         "|---|---|---|---|",
@@ -281,7 +331,11 @@ class Curve:
     title: str
     unit: str  # the x axis
     series: tuple[tuple[str, list[float], list[float]], ...]  # (label, xs, ys); the first is certscope's
-    log: bool = False  # log-log axes, for sizes spanning decades
+    log: bool = False  # log x axis, for sizes spanning decades (log y too for totals)
+    value: str = "seconds"  # the y axis
+    # The reference drawn through certscope's first point: "linear" (a total growing in
+    # proportion to the size) or "flat" (a cost per item that does not grow).
+    reference: str = "linear"
 
 
 def curves(results: dict[str, dict[str, Any]]) -> list[Curve]:
@@ -302,20 +356,24 @@ def curves(results: dict[str, dict[str, Any]]) -> list[Curve]:
                     (("certscope", xs, [r["certscope"]["seconds"] for r in runs]),),
                 )
             )
-    if "tls_scale" in results and len(results["tls_scale"]["sizes"]) > 1:
-        sizes = sorted(results["tls_scale"]["sizes"], key=int)
-        figures = [results["tls_scale"]["sizes"][s] for s in sizes]
+    for variant, scale in results.get("tls_scale", {}).get("variants", {}).items():
+        if len(scale["sizes"]) < 2:
+            continue
+        sizes = sorted(scale["sizes"], key=int)
+        figures = [scale["sizes"][s] for s in sizes]
         xs = [float(s) for s in sizes]
         found.append(
             Curve(
-                "tls_scale: one probe round",
-                "TLS targets",
+                f"tls_scale {variant}: CPU per probe in a round",
+                "TLS targets (distinct certificates)",
                 (
-                    ("certscope, first round", xs, [f["certscope"]["round1_seconds"] for f in figures]),
-                    ("certscope, second round", xs, [f["certscope"]["round2_seconds"] for f in figures]),
-                    ("blackbox_exporter", xs, [f["blackbox"]["seconds"] for f in figures]),
+                    ("certscope, first round", xs, [f["certscope"]["cpu_ms_per_target_round1"] for f in figures]),
+                    ("certscope, second round", xs, [f["certscope"]["cpu_ms_per_target_round2"] for f in figures]),
+                    ("blackbox_exporter", xs, [f["blackbox"]["cpu_ms_per_probe"] for f in figures]),
                 ),
                 log=True,
+                value="CPU ms per probe",
+                reference="flat",
             )
         )
     return found
@@ -331,20 +389,32 @@ def plot(results: dict[str, dict[str, Any]], path: Path) -> bool:
     panels = curves(results)
     if not panels:
         return False
-    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
-    for axis, curve in zip(axes[0], panels, strict=True):
+    columns = min(3, len(panels))
+    rows = -(-len(panels) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.8 * rows), squeeze=False)
+    for axis, curve in zip(axes.flat, panels, strict=False):
         for label, xs, ys in curve.series:
             axis.plot(xs, ys, marker="o", label=label)
-        # Linear reference through certscope's smallest point: a knee shows as a departure.
+        # Reference through certscope's smallest point: a knee shows as a departure.
         _, xs, ys = curve.series[0]
-        axis.plot(xs, [ys[0] * x / xs[0] for x in xs], linestyle="--", color="grey", label="linear")
+        if curve.reference == "flat":
+            axis.plot(xs, [ys[0] for _ in xs], linestyle="--", color="grey", label="linear (flat per probe)")
+            axis.set_ylim(bottom=0)
+        else:
+            axis.plot(xs, [ys[0] * x / xs[0] for x in xs], linestyle="--", color="grey", label="linear")
         if curve.log:
             axis.set_xscale("log")
-            axis.set_yscale("log")
-        axis.set_title(curve.title)
+            if curve.reference != "flat":
+                axis.set_yscale("log")
+            # The sizes measured, written out, rather than powers of ten.
+            axis.set_xticks(xs, [f"{x:,.0f}" for x in xs])
+            axis.minorticks_off()
+        axis.set_title(curve.title, fontsize="medium")
         axis.set_xlabel(curve.unit)
-        axis.set_ylabel("seconds")
+        axis.set_ylabel(curve.value)
         axis.legend(fontsize="small")
+    for axis in list(axes.flat)[len(panels) :]:
+        axis.set_visible(False)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
@@ -373,6 +443,11 @@ def main() -> None:
     parser = common.argument_parser(__doc__, "every scenario on its smoke-test size")
     parser.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")
     parser.add_argument("--write-docs", action="store_true", help="put the table and the plot into docs/")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="read each scenario's <out>/<name>.json as a run left it instead of running it",
+    )
     args = parser.parse_args()
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in names if n not in SCENARIOS]
@@ -382,9 +457,9 @@ def main() -> None:
     rows: list[Row] = []
     results: dict[str, dict[str, Any]] = {}
     for name in names:
-        scenario_rows, results[name] = run_scenario(name, SCENARIOS[name], args.out, args.quick)
+        scenario_rows, results[name] = run_scenario(name, SCENARIOS[name], args.out, args.quick, args.reuse)
         rows += scenario_rows
-    table = markdown(rows, args.quick)
+    table = markdown(rows, args.quick, results if args.reuse else None)
     print(table)
     (args.out / "summary.md").write_text(table)
     (args.out / "summary.json").write_text(json.dumps([asdict(r) for r in rows], indent=2))

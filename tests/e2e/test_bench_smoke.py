@@ -59,35 +59,51 @@ def test_tls_probe_benchmark_quick(tmp_path: Path) -> None:
 def test_tls_scale_benchmark_quick(tmp_path: Path) -> None:
     run = run_quick("tls_scale", tmp_path, 180)
     result = json.loads((tmp_path / "tls_scale.json").read_text())
-    assert list(result["sizes"]) == ["20", "60"]
-    for size_text, figures in result["sizes"].items():
-        size = int(size_text)
-        cs, bb, ratios = figures["certscope"], figures["blackbox"], figures["ratios"]
-        assert cs["targets"] == bb["targets"] == size
-        for number in (1, 2):
-            assert cs[f"round{number}_seconds"] > 0
-            assert cs[f"cpu_ms_per_target_round{number}"] > 0
-            assert cs[f"render_text_seconds_round{number}"] > 0
-        assert bb["seconds"] > 0 and bb["cpu_ms_per_probe"] >= 0
-        # Every target exports its own series: at least one per target.
-        assert cs["series"] > size
-        # A few dozen distinct chains fit the probe's memo: round 2 reuses every one.
-        assert cs["facts_reused_share_round2"] == 1.0
-        assert ratios["wall_round1_over_blackbox"] == pytest.approx(cs["round1_seconds"] / bb["seconds"])
-        assert ratios["round2_over_round1"] == pytest.approx(cs["round2_seconds"] / cs["round1_seconds"])
-    assert result["sizes"]["20"]["linearity"]["certscope_wall_round1"] == pytest.approx(1.0)
-    ratio = result["sizes"]["60"]["linearity"]["certscope_cpu_round1"]
-    assert result["goals"]["linearity"]["cpu_round1_ratio"] == pytest.approx(ratio)
+    assert list(result["variants"]) == ["rsa", "ec", "mtls-ec"]
+    for name, variant in result["variants"].items():
+        assert list(variant["sizes"]) == ["20", "60"]
+        for size_text, figures in variant["sizes"].items():
+            size = int(size_text)
+            cs, bb, ratios = figures["certscope"], figures["blackbox"], figures["ratios"]
+            assert cs["targets"] == bb["targets"] == size
+            for number in (1, 2):
+                assert cs[f"round{number}_seconds"] > 0
+                assert cs[f"cpu_ms_per_target_round{number}"] > 0
+                assert cs[f"render_text_seconds_round{number}"] > 0
+            assert bb["seconds"] > 0 and bb["cpu_ms_per_probe"] >= 0
+            # Every target exports its own series: at least one per target.
+            assert cs["series"] > size
+            # A few dozen distinct chains fit the probe's memo: round 2 reuses every one.
+            assert cs["facts_reused_share_round2"] == 1.0
+            assert ratios["wall_round1_over_blackbox"] == pytest.approx(cs["round1_seconds"] / bb["seconds"])
+            assert ratios["round2_over_round1"] == pytest.approx(cs["round2_seconds"] / cs["round1_seconds"])
+        assert variant["sizes"]["20"]["linearity"]["certscope_wall_round1"] == pytest.approx(1.0)
+        goals = variant["goals"]
+        ratio = variant["sizes"]["60"]["linearity"]["certscope_cpu_round1"]
+        assert goals["linearity"]["cpu_round1_ratio"] == pytest.approx(ratio)
+        # One CPU goal per size and round; memory measured at the largest size and derived.
+        assert [(g["size"], g["round"]) for g in goals["cpu"]] == [(20, 1), (20, 2), (60, 1), (60, 2)]
+        memory = goals["memory"]
+        assert memory["measured_size"] == 60 and memory["derived_size"] == 50_000
+        assert memory["retained_kib_per_target"] > 0 and memory["fit"]["retained"]["kib_per_target"] > 0
+        assert f"{name}, per-target cost 60 vs 20" in run.stdout
     runs = result["runs"]
-    assert sorted((r["side"], r["size"]) for r in runs) == [
-        ("blackbox", 20),
-        ("blackbox", 60),
-        ("certscope", 20),
-        ("certscope", 60),
-    ]
-    assert all(r["round1"]["distinct_leaves"] == r["size"] for r in runs if r["side"] == "certscope")
+    assert sorted((r["variant"], r["side"], r["size"]) for r in runs) == sorted(
+        (variant, side, size)
+        for variant in ("rsa", "ec", "mtls-ec")
+        for side in ("blackbox", "certscope")
+        for size in (20, 60)
+    )
+    certscope_runs = [r for r in runs if r["side"] == "certscope"]
+    assert all(r[f"round{n}"]["distinct_leaves"] == r["size"] for r in certscope_runs for n in (1, 2))
+    # mTLS: nginx accepted the client certificate of every probe (its 200 to the http check).
+    assert all(
+        r[f"round{n}"]["client_auth_accepted"] == r[f"round{n}"]["http_200"] == r["size"]
+        for r in certscope_runs
+        if r["variant"] == "mtls-ec"
+        for n in (1, 2)
+    )
     assert result["machine"]["nproc"] and result["machine"]["nginx"] and result["machine"]["blackbox_exporter"]
-    assert "per-target cost 60 vs 20" in run.stdout
 
 
 def test_revocation_benchmark_quick(tmp_path: Path) -> None:
@@ -133,8 +149,11 @@ def test_harness_runs_scenarios_and_plots(tmp_path: Path) -> None:
     rows = json.loads((tmp_path / "summary.json").read_text())
     assert {row["scenario"] for row in rows} == {"kubernetes", "scrape", "tls_scale"}
     goals = {row["goal"] for row in rows if row["scenario"] == "tls_scale"}
-    assert "per-target cost 60 vs 20 within 1.2x (linear or better)" in goals
-    assert "60 targets: round wall vs blackbox (first / second round)" in goals
+    for variant in ("rsa", "ec", "mtls-ec"):
+        assert f"{variant}: per-target cost 60 vs 20 within 1.2x (linear or better)" in goals
+        assert f"{variant}, 60 targets: CPU per probe <= 1.0x blackbox (first round, caches cold)" in goals
+        assert f"{variant}, 60 targets: CPU per probe <= 1.0x blackbox (second round, caches warm)" in goals
+        assert f"{variant}: memory per TLS target held at 50,000 (derived) <= 45.6 KiB (before)" in goals
     assert "| scenario | goal | measured | met |" in (tmp_path / "summary.md").read_text()
     assert (tmp_path / "scale.png").read_bytes().startswith(b"\x89PNG")
 
