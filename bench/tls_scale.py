@@ -464,6 +464,7 @@ def child_main(config_path: str, expected_targets: int, hold: bool) -> None:
     from exporter.store import ResultStore
     from exporter.web import WebApp
     from probes.result import Discovery, ProbeResult, SourceError
+    from probes.tls_facts import TlsFacts
 
     class RoundStore(ResultStore):
         """The daemon's store, noting each published round: the scheduler's own round
@@ -549,7 +550,7 @@ def child_main(config_path: str, expected_targets: int, hold: bool) -> None:
         served = [[c for c in ts.certificates if c.role != "client"] for ts in results]
         chains = [len(chain) for chain in served]
         leaves = {chain[0].cert.fingerprint_sha256 for chain in served if chain}
-        facts = [ts.result.tls for ts in results]
+        facts = [ts.result.facts if isinstance(ts.result.facts, TlsFacts) else None for ts in results]
         peak_kib = common.status_value("VmHWM")
         rss_kib = common.status_value("VmRSS")
         round_figures: dict[str, Any] = {
