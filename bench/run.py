@@ -421,10 +421,28 @@ def plot(results: dict[str, dict[str, Any]], path: Path) -> bool:
     return True
 
 
-def write_docs(table: str, plot_path: Path | None) -> None:
+def write_docs(table: str, plot_path: Path | None, ran: list[str]) -> None:
+    """The table (and plot) between the markers of docs/performance.md.  The rows of
+    scenarios this run did not include are kept from the block already there, under
+    a line that says they come from an earlier run."""
     docs = common.REPO_ROOT / "docs" / "performance.md"
     text = docs.read_text()
     block = f"{MARK_START}\n{table}"
+    if MARK_START in text and MARK_END in text:
+        previous = text.split(MARK_START, 1)[1].split(MARK_END, 1)[0]
+        kept = [
+            line
+            for line in previous.splitlines()
+            if line.startswith("| ")
+            and not line.startswith("| scenario ")
+            and line.split("|")[1].strip() not in ran
+            and line.split("|")[1].strip() in SCENARIOS
+        ]
+        if kept:
+            stamps = (line for line in previous.splitlines() if line.startswith(("Measured by", "Assembled by")))
+            stamp = next(stamps, "")
+            block += f"\nFrom an earlier run, not repeated here ({stamp.rstrip('.:') or 'date unknown'}):\n\n"
+            block += "| scenario | goal | measured | met |\n|---|---|---|---|\n" + "\n".join(kept) + "\n"
     if plot_path is not None:
         target = common.REPO_ROOT / "docs" / "performance-scale.png"
         target.write_bytes(plot_path.read_bytes())
@@ -466,7 +484,7 @@ def main() -> None:
     plot_path = args.out / "scale.png"
     plotted = plot(results, plot_path)
     if args.write_docs:
-        write_docs(table, plot_path if plotted else None)
+        write_docs(table, plot_path if plotted else None, names)
 
 
 if __name__ == "__main__":
