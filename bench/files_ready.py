@@ -44,7 +44,6 @@ Results are printed and written to ``<out>/files_ready.json``.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import http.client
 import json
