@@ -64,6 +64,7 @@ QUICK_SIZE = 200
 DEFAULT_RUNS = 5
 DEFAULT_POLL_MS = 5.0
 READY_TIMEOUT_SECONDS = 600.0
+SETTLE_SECONDS = 0.3  # after ready, before SIGTERM
 GOAL_READY_OVER_BARE = 1.5  # in every run, not the median
 
 # The daemon's own readiness line (exporter.scheduler), the cross-check of the poll.
@@ -238,6 +239,9 @@ def run_daemon(directory: Path, workdir: Path, run: int, poll_ms: float) -> dict
             time.sleep(poll_ms / 1000)
         if ready_at is None:
             raise RuntimeError(f"daemon run {run} never answered /-/ready 200:\n{log.read_text()[-3000:]}")
+        # The round's last lines (logging its outcome) run after readiness flips: let
+        # them finish so that the child's timeline is complete.
+        time.sleep(SETTLE_SECONDS)
     finally:
         daemon.stop()
     child = json.loads(report_path.read_text())
