@@ -74,8 +74,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from bench import common
-from probes.base import ProbeContext, ProbeResult, Reason
+from probes.context import ProbeContext
 from probes.files import FilesProbe, FilesSettings
+from probes.reasons import Reason
+from probes.result import ProbeResult
 from tests.pki import DAY, NOW, Issued, PrivateKey, issue
 
 DEFAULT_SIZES = (10_000, 100_000)

@@ -21,7 +21,7 @@ import atheris
 
 with atheris.instrument_imports():
     from probes.certparse import parse_container
-    from probes.kubernetes import _events
+    from probes.kubewatch import read_events
     from probes.revocation import crl_lookup, evaluate_crl, evaluate_ocsp
 
 from tests.test_fuzz import CRL_DER, OCSP_GOOD, P12, P12_PASSWORD, PKI
@@ -58,7 +58,7 @@ def watch(data: bytes) -> None:
     provider = atheris.FuzzedDataProvider(data)
     chunks = [provider.ConsumeBytes(provider.ConsumeIntInRange(1, 64)) for _ in range(provider.ConsumeIntInRange(1, 8))]
     try:
-        for event in _events(_Response(chunks)):  # type: ignore[arg-type]
+        for event in read_events(_Response(chunks)):  # type: ignore[arg-type]
             assert isinstance(event, dict)
     except ValueError:
         pass

@@ -137,8 +137,9 @@ def child_bare_parse(url: str) -> dict[str, Any]:
 
 
 def child_certscope(url: str, workdir: str) -> dict[str, Any]:
-    from probes.base import ProbeContext, Seconds
+    from probes.context import ProbeContext
     from probes.kubernetes import KubernetesProbe, KubernetesSettings
+    from probes.settings import Seconds
 
     kubeconfig = Path(workdir) / "kubeconfig"
     kubeconfig.write_text(

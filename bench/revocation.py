@@ -11,8 +11,8 @@ OCSP cells, each a sequential loop on 1 thread for ``--seconds`` (default 2), al
 interleaved (the order is rotated per repetition), medians of ``--repeats`` (3):
 
 ``certscope_uncached``
-    ``RevocationChecker().check_ocsp(cert, issuer, url, deadline=...,
-    allow_networks=("127.0.0.0/8",))`` with a fresh checker per call, so every check
+    ``RevocationChecker().ocsp.status(RevocationQuery(cert, issuer, url, deadline,
+    ("127.0.0.0/8",)))`` with a fresh checker per call, so every check
     goes to the network: build the request, ``probes.fetch`` (a GET ``/<base64>``:
     the request is short and carries no nonce), judge the answer (``evaluate_ocsp``:
     the single response, the delegated signer and its signature by the CA, the
@@ -57,7 +57,7 @@ CRL ``--crl-parses`` times (default 3):
     the loaded CRL, and the alternative: one set of the CRL's serials, then 1,000
     membership tests.
 ``crl_fetch_200`` / ``crl_revalidate_304``
-    ``RevocationChecker.fetch_crl`` of the big CRL over HTTP with a fresh checker
+    ``RevocationChecker().crl.fetch`` of the big CRL over HTTP with a fresh checker
     (200), then again with ``revalidate=True`` (a conditional GET answered 304).
 
 ``--quick`` (a smoke test, under 20 s): 0.3 s per OCSP cell, 1 repetition, a
@@ -97,12 +97,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 
 from bench import common
-from probes.base import Reason
 from probes.fetch import fetch, resolve_checked
+from probes.reasons import Reason
 from probes.revocation import (
     GOOD,
     MAX_OCSP_BYTES,
     RevocationChecker,
+    RevocationQuery,
     build_ocsp_request,
     crl_lookup,
     evaluate_crl,
@@ -243,29 +244,26 @@ class OcspBench:
         self.host, self.port = stack.ocsp.address
         self.request = ocsp_request(self.cert, self.issuer)
         encoded = base64.b64encode(build_ocsp_request(self.cert, self.issuer, None)).decode()
-        self.get_url = self.url.rstrip("/") + "/" + quote(encoded, safe="")  # what check_ocsp sends
+        self.get_url = self.url.rstrip("/") + "/" + quote(encoded, safe="")  # what OcspClient.status sends
         self.uncached_requests = 0
-        first = CHECKER.check_ocsp(
-            self.cert, self.issuer, self.url, deadline=time.monotonic() + DEADLINE_SECONDS, allow_networks=ALLOW
-        )
+        first = CHECKER.ocsp.status(self.query())
         if first.state != GOOD or first.reason is not Reason.OK:
             raise SystemExit(f"certscope's first OCSP check is not good: {first}")
         self.cached_requests_before = CHECKER.requests
         self.cached_checks = 0
 
+    def query(self) -> RevocationQuery:
+        return RevocationQuery(self.cert, self.issuer, self.url, time.monotonic() + DEADLINE_SECONDS, ALLOW)
+
     def certscope_uncached(self) -> None:
         checker = RevocationChecker()
-        facts = checker.check_ocsp(
-            self.cert, self.issuer, self.url, deadline=time.monotonic() + DEADLINE_SECONDS, allow_networks=ALLOW
-        )
+        facts = checker.ocsp.status(self.query())
         if facts.state != GOOD or facts.from_cache or checker.requests != 1:
             raise SystemExit(f"uncached check: {facts} after {checker.requests} request(s)")
         self.uncached_requests += checker.requests
 
     def certscope_cached(self) -> None:
-        facts = CHECKER.check_ocsp(
-            self.cert, self.issuer, self.url, deadline=time.monotonic() + DEADLINE_SECONDS, allow_networks=ALLOW
-        )
+        facts = CHECKER.ocsp.status(self.query())
         if facts.state != GOOD or not facts.from_cache:
             raise SystemExit(f"cached check: {facts}")
         self.cached_checks += 1
@@ -482,13 +480,13 @@ class CrlBench:
         return lookup, build, probe
 
     def over_http(self) -> tuple[Run, Run]:
-        """fetch_crl with a fresh checker (200), then revalidated (304)."""
+        """CrlClient.fetch with a fresh checker (200), then revalidated (304)."""
         checker = RevocationChecker()
         results: list[tuple[Any, Any, Any]] = []
 
         def get(revalidate: bool) -> None:
             results.append(
-                checker.fetch_crl(
+                checker.crl.fetch(
                     self.url,
                     self.issuer,
                     deadline=time.monotonic() + 60,
@@ -501,7 +499,7 @@ class CrlBench:
         again = timed_times(lambda: get(True), 1)
         (info, _, status), (info304, _, status304) = results
         if status != 200 or status304 != 304 or info.reason is not Reason.OK or info304.reason is not Reason.OK:
-            raise SystemExit(f"fetch_crl: {status} {info.reason} then {status304} {info304.reason}")
+            raise SystemExit(f"crl.fetch: {status} {info.reason} then {status304} {info304.reason}")
         return first, again
 
 

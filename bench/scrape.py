@@ -54,8 +54,9 @@ from exporter.store import (
     snapshot_of,
 )
 from exporter.web import WebApp, WebServer
-from probes.base import CertFacts, CertObservation, ProbeResult, Reason
 from probes.files import FilesProbe
+from probes.reasons import Reason
+from probes.result import CertFacts, CertObservation, ProbeResult
 
 SERIES_PER_FILE = 13
 

@@ -260,7 +260,7 @@ class ClientWorker:
         from exporter.config import ProbeConfig, Thresholds
         from exporter.scheduler import run_target
         from probes import KINDS
-        from probes.base import ProbeDefaults, Seconds, TrustSettings
+        from probes.settings import ProbeDefaults, Seconds, TrustSettings
         from probes.tls import ClientCert, HttpCheck, TlsSettings
 
         client = None
@@ -292,7 +292,7 @@ class ClientWorker:
         def task() -> tuple[bool, str]:
             result, _ = run_target(probe, target, config)
             served = sum(1 for c in result.certificates if c.role != "client")
-            tls = result.tls
+            tls = result.facts
             ok = result.success and served == 2 and tls is not None
             if ok and variant.mtls:
                 ok = tls is not None and tls.client_auth == "accepted"

@@ -8,7 +8,7 @@ PKI
     (SANs ``DNS:t<i>.tls-scale.test`` and ``IP:127.0.0.1``), issued with the tests'
     ``tests.pki.issue``; every endpoint serves leaf + CA.
     A fleet of N endpoints is N distinct certificates, so certscope's per-chain caches
-    (``probes.tls._ChainMemo``: facts by DER, verdicts by (chain, name)) start empty for
+    (``probes.verify.ChainMemo``: facts by DER, verdicts by (chain, name)) start empty for
     every target of a first round.  ``--shared-cert`` serves one certificate from every
     endpoint instead, which isolates the handshake from the certificate work.
 nginx
@@ -293,7 +293,7 @@ def child_main(config_path: str, expected_targets: int, hold: bool) -> None:
     from exporter.scheduler import Scheduler
     from exporter.store import ResultStore
     from exporter.web import WebApp
-    from probes.base import Discovery, ProbeResult, SourceError
+    from probes.result import Discovery, ProbeResult, SourceError
 
     class RoundStore(ResultStore):
         """The daemon's store, noting each published round: the scheduler's own round

@@ -44,7 +44,9 @@ from exporter.config import ProbeConfig, TracingSettings, parse_config
 from exporter.scheduler import run_target
 from exporter.tracing import TRACING_OFF, Tracing, setup_tracing
 from probes import KINDS
-from probes.base import Discovery, ProbeContext, ProbeResult, Reason
+from probes.context import ProbeContext
+from probes.reasons import Reason
+from probes.result import Discovery, ProbeResult
 from tests import servers
 from tests.pki import build_pki
 

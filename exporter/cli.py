@@ -18,7 +18,7 @@ from cryptography.utils import CryptographyDeprecationWarning
 from exporter import __version__
 from exporter.config import ConfigError, default_config, load_config
 from exporter.logs import setup_logging
-from probes.base import Shard, parse_duration
+from probes.settings import Shard, parse_duration
 
 ALLOW_HELP = "let revocation URLs reach this network (loopback and link-local are refused otherwise)"
 

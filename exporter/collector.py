@@ -8,7 +8,10 @@ this scrape, never the scrape; the count of such failures is itself exported.  E
 set it has already emitted, so no input can make a duplicate series (the classic
 cause of a 500 on ``/metrics`` in peer exporters).
 
-The metric names and labels are the contract in ``docs/metrics.md``.
+The families every kind shares are built here; a kind's own families, and how its
+facts render into them, come from its registry entry (``probes.KINDS``, the hooks of
+probes/metrics.py): this module names no kind.  The metric names and labels are the
+contract in ``docs/metrics.md``.
 """
 
 from __future__ import annotations
@@ -25,13 +28,13 @@ from prometheus_client.utils import floatToGoString
 from exporter import __version__
 from exporter.exposition import RowFamily
 from exporter.store import Histogram, ProbeInfo, ProbeState, Snapshot, TargetState
-from probes.base import CaFacts, CertObservation, CrlFacts, Reason, RevocationFacts, TlsFacts
-from probes.ca import ISSUED_ROLE
+from probes import hooks_of, kind_families, kind_histograms
+from probes.metrics import CERT_LABELS, TARGET_LABELS, Family, TargetView
+from probes.reasons import Reason
+from probes.result import ISSUED_ROLE, CertObservation
 
 log = logging.getLogger(__name__)
 
-TARGET_LABELS = ("probe", "kind", "target")
-CERT_LABELS = (*TARGET_LABELS, "index", "role")
 IDENTITY_LABELS = (
     "subject_cn",
     "issuer_cn",
@@ -156,142 +159,10 @@ class _Families:
             "Distinct certificate subjects sharing this public key, when more than one.",
             ("spki_sha256", "key_type"),
         )
-        self.tls_handshake = _gauge(
-            p + "tls_handshake_duration_seconds", "Duration of the last TLS handshake.", TARGET_LABELS
-        )
-        self.tls_version = _gauge(
-            p + "tls_version_info", "TLS version of the last handshake; always 1.", (*TARGET_LABELS, "version")
-        )
-        self.tls_cipher = _gauge(
-            p + "tls_cipher_info", "Cipher of the last handshake; always 1.", (*TARGET_LABELS, "cipher")
-        )
-        self.tls_connection = _gauge(
-            p + "tls_connection_info",
-            "Where the last handshake went; always 1.",
-            (*TARGET_LABELS, "address", "server_name", "alpn"),
-        )
-        self.tls_chain_verified = _gauge(
-            p + "tls_chain_verified", "1 if the served chain verified against the trust store.", TARGET_LABELS
-        )
-        self.tls_chain_complete = _gauge(
-            p + "tls_chain_complete",
-            "1 if the served chain reaches a trust anchor or a self-signed root.",
-            TARGET_LABELS,
-        )
-        self.tls_hostname_match = _gauge(
-            p + "tls_hostname_match", "1 if the leaf covers the name verified (absent when none was).", TARGET_LABELS
-        )
-        self.tls_client_auth = _gauge(
-            p + "tls_client_auth",
-            "Client authentication outcome; always 1 (accepted, rejected, not_requested, not_sent).",
-            (*TARGET_LABELS, "result"),
-        )
-        self.http_status = _gauge(
-            p + "http_status_code", "HTTP status of the check after the handshake.", TARGET_LABELS
-        )
-        self.tls_verified_expiry = _gauge(
-            p + "tls_verified_chain_expiry_timestamp_seconds",
-            "Earliest notAfter on the verified path, trust anchor included (absent unless verified).",
-            TARGET_LABELS,
-        )
-        revocation_labels = (*CERT_LABELS, "method")
-        self.revoked = _gauge(
-            p + "cert_revoked",
-            "1 if the certificate is revoked; 0 if good or unknown (see check_success).",
-            revocation_labels,
-        )
-        self.revocation_ok = _gauge(
-            p + "cert_revocation_check_success",
-            "1 if the revocation state was established from a valid, fresh answer.",
-            revocation_labels,
-        )
-        self.revocation_status = _gauge(
-            p + "cert_revocation_status",
-            "Revocation state; always 1 (good, revoked, unknown, not_applicable).",
-            (*revocation_labels, "state", "source"),
-        )
-        self.revocation_stale = _gauge(
-            p + "cert_revocation_stale", "1 if the revocation answer is past its nextUpdate.", revocation_labels
-        )
-        self.revocation_time = _gauge(
-            p + "cert_revocation_timestamp_seconds", "When the CA says the certificate was revoked.", revocation_labels
-        )
-        self.revocation_first_seen = _gauge(
-            p + "cert_revocation_first_seen_timestamp_seconds",
-            "When certscope first saw the certificate revoked.",
-            revocation_labels,
-        )
-        self.revocation_this_update = _gauge(
-            p + "cert_revocation_this_update_timestamp_seconds",
-            "thisUpdate of the OCSP answer or CRL.",
-            revocation_labels,
-        )
-        self.revocation_next_update = _gauge(
-            p + "cert_revocation_next_update_timestamp_seconds",
-            "nextUpdate of the OCSP answer or CRL.",
-            revocation_labels,
-        )
-        self.revocation_produced_at = _gauge(
-            p + "cert_revocation_produced_at_timestamp_seconds", "producedAt of the OCSP response.", revocation_labels
-        )
-        responder_labels = (*TARGET_LABELS, "responder")
-        self.ocsp_up = _gauge(
-            p + "ocsp_responder_up",
-            "1 if the OCSP responder gave a valid, authorised answer to the last request sent to it"
-            " (kept while that answer is cached).",
-            responder_labels,
-        )
-        self.ocsp_duration = _gauge(
-            p + "ocsp_request_duration_seconds",
-            "Duration of the last request sent to the OCSP responder (kept while its answer is cached).",
-            responder_labels,
-        )
-        self.ocsp_last_request = _gauge(
-            p + "ocsp_last_request_timestamp_seconds",
-            "When the request that responder_up and request_duration_seconds describe was sent.",
-            responder_labels,
-        )
-        self.crl_this_update = _gauge(p + "crl_this_update_timestamp_seconds", "thisUpdate of the CRL.", TARGET_LABELS)
-        self.crl_next_update = _gauge(p + "crl_next_update_timestamp_seconds", "nextUpdate of the CRL.", TARGET_LABELS)
-        self.crl_number = _gauge(p + "crl_number", "The CRL number extension.", TARGET_LABELS)
-        self.crl_entries = _gauge(p + "crl_entries", "Revoked certificates listed in the CRL.", TARGET_LABELS)
-        self.crl_size = _gauge(p + "crl_size_bytes", "Size of the CRL as fetched.", TARGET_LABELS)
-        self.crl_fetch = _gauge(
-            p + "crl_fetch_duration_seconds", "Duration of the last CRL download (304s included).", TARGET_LABELS
-        )
-        self.crl_signature = _gauge(
-            p + "crl_signature_valid", "1 if the CRL is signed by the configured issuer.", TARGET_LABELS
-        )
-        self.crl_status = _gauge(p + "crl_http_status_code", "HTTP status of the last CRL request.", TARGET_LABELS)
-        self.ca_up = _gauge(
-            p + "ca_up", "1 if the CA's API gave a well-formed answer to the availability request.", TARGET_LABELS
-        )
-        self.ca_response = _gauge(
-            p + "ca_response_duration_seconds", "Round trip of the CA's availability request.", TARGET_LABELS
-        )
-        self.ca_issuance_success = _gauge(
-            p + "ca_issuance_success",
-            "1 if the last synthetic issuance gave a certificate that checked out (absent when issuance is off).",
-            TARGET_LABELS,
-        )
-        self.ca_issuance_duration = _gauge(
-            p + "ca_issuance_duration_seconds",
-            "How long the CA took to answer the last synthetic issuance request.",
-            TARGET_LABELS,
-        )
-        self.ca_issuance_total = _counter(
-            p + "ca_issuance", "Synthetic issuances by result (success, failure).", (*TARGET_LABELS, "result")
-        )
-        self.ca_issuance_phase = _gauge(
-            p + "ca_issuance_phase_duration_seconds",
-            "Seconds each step of the last ACME issuance took (directory, nonce, account, order, challenge, ...).",
-            (*TARGET_LABELS, "phase"),
-        )
-        self.ca_issuance_retry_after = _gauge(
-            p + "ca_issuance_retry_after_timestamp_seconds",
-            "When the CA allows the next ACME issuance attempt (Retry-After of a rateLimited answer).",
-            TARGET_LABELS,
-        )
+        # The kinds' own families (probes/metrics.py), written through ``add``.
+        self.kind_rows = {
+            family.name: RowFamily(family.name, family.help, family.type, family.labels) for family in kind_families()
+        }
         self.build_info = _gauge(p + "build_info", "certscope build; always 1.", ("version", "python_version"))
         self.reload_ok = _gauge(p + "config_last_reload_successful", "1 if the last config (re)load succeeded.", ())
         self.reload_time = _gauge(
@@ -301,18 +172,25 @@ class _Families:
             p + "render_errors", "Probes whose series could not be rendered in this scrape (a bug; see the log).", ()
         )
 
-        self.handshake_histogram = HistogramMetricFamily(
-            p + "tls_handshake_seconds", "TLS handshake durations of every run of the probe.", labels=["probe", "kind"]
-        )
+        self.kind_histograms = {
+            histogram.name: HistogramMetricFamily(histogram.name, histogram.help, labels=["probe", "kind"])
+            for histogram in kind_histograms()
+        }
         self.probe_histogram = HistogramMetricFamily(
             p + "probe_seconds", "Durations of every run of the probe, all targets.", labels=["probe", "kind"]
         )
+
+    def add(self, family: Family, labels: tuple[str, ...], value: float, extra: Extra = ()) -> None:
+        """A row of a kind's family (``probes.metrics.Rows``)."""
+        self.kind_rows[family.name].add(labels, value, extra)
 
     def all(self) -> Iterator[Metric]:
         for value in vars(self).values():
             if isinstance(value, RowFamily):
                 yield value
-        yield self.handshake_histogram
+            elif value is self.kind_rows:  # between the shared families and the build's own
+                yield from self.kind_rows.values()
+        yield from self.kind_histograms.values()
         yield self.probe_histogram
 
 
@@ -341,6 +219,8 @@ def render(snapshot: Snapshot) -> list[Metric]:
 
 def _render_probe(state: ProbeState, f: _Families) -> None:
     info = state.info
+    hooks = hooks_of(info.kind)
+    render_facts = hooks.render
     source_key = (info.name, info.kind)
     owner_values = [info.labels.get(label, "") for label in f.owner_labels]
     f.probe_info.add((*source_key, *owner_values), 1)
@@ -350,7 +230,7 @@ def _render_probe(state: ProbeState, f: _Families) -> None:
         f.source_round.add(source_key, state.source.round_duration_seconds)
         for scope, up in state.source.scopes:
             f.source_scope_up.add((*source_key, scope), 1 if up else 0)
-        if info.kind == "tls" and state.source.scopes:  # a tls probe discovering its targets
+        if hooks.reports_dropped_targets and state.source.scopes:  # a probe discovering its targets
             f.targets_dropped.add(source_key, state.source.targets_dropped)
         for reason_value, count in state.source.watch_restarts:
             f.watch_restarts.add((info.name, reason_value), count)
@@ -358,8 +238,9 @@ def _render_probe(state: ProbeState, f: _Families) -> None:
             f.source_errors.add((*source_key, reason.value), state.source.errors_total.get(reason.value, 0))
         for reason_value, count in state.source.errors_total.items():
             f.source_errors.add((*source_key, reason_value), count)
-    if state.handshakes.count:
-        f.handshake_histogram.add_metric([info.name, info.kind], _buckets(state.handshakes), state.handshakes.total)
+    for name, histogram in state.histograms.items():
+        if histogram.count:
+            f.kind_histograms[name].add_metric([info.name, info.kind], _buckets(histogram), histogram.total)
     if state.durations.count:
         f.probe_histogram.add_metric([info.name, info.kind], _buckets(state.durations), state.durations.total)
     for target, ts in state.targets.items():
@@ -380,26 +261,8 @@ def _render_probe(state: ProbeState, f: _Families) -> None:
             f.key_exposed.add((*key, cause), 1, extra)
         if ts.result.stored is not None:
             f.endpoint_secret.add((*key, ts.result.stored.state), 1, extra + ts.result.stored.labels)
-        if ts.result.tls is not None:
-            _render_tls(ts.result.tls, key, extra, f)
-        for check in ts.result.revocation:
-            _render_revocation(check, ts, (*key, str(check.index), check.role, check.method), extra, f)
-            if check.method == "ocsp" and check.source:
-                # A cached answer is the responder's last answer: it stays visible, with
-                # when it was asked, until the cache asks again (at the answer's nextUpdate).
-                up = check.reason not in (
-                    Reason.OCSP_UNAVAILABLE,
-                    Reason.OCSP_BAD_RESPONSE,
-                    Reason.OCSP_UNAUTHORIZED_SIGNER,
-                )
-                f.ocsp_up.add((*key, check.source), 1 if up else 0, extra)
-                f.ocsp_duration.add((*key, check.source), check.duration_seconds, extra)
-                if check.requested_at is not None:
-                    f.ocsp_last_request.add((*key, check.source), check.requested_at, extra)
-        if ts.result.crl is not None:
-            _render_crl(ts.result.crl, key, extra, f)
-        if ts.result.ca is not None:
-            _render_ca(ts.result.ca, ts, key, extra, f)
+        if render_facts is not None:
+            render_facts(TargetView(key, extra, ts.result, ts.tallies), f)
         for observation in ts.certificates:
             _render_certificate(
                 observation, ts, (*key, str(observation.index), observation.role), extra, info, owner_values, f
@@ -434,77 +297,6 @@ def _buckets(histogram: Histogram) -> list[_Bucket]:
             traced = PromExemplar({"trace_id": exemplar.trace_id}, exemplar.value, exemplar.timestamp)
             buckets.append((le, cumulative, traced))
     return buckets
-
-
-def _render_tls(tls: TlsFacts, key: tuple[str, ...], extra: Extra, f: _Families) -> None:
-    f.tls_handshake.add(key, tls.handshake_seconds, extra)
-    if tls.version:  # empty when the handshake broke off
-        f.tls_version.add((*key, tls.version), 1, extra)
-        f.tls_cipher.add((*key, tls.cipher), 1, extra)
-    f.tls_connection.add((*key, tls.address, tls.server_name, tls.alpn), 1, extra)
-    f.tls_chain_verified.add(key, 1 if tls.chain_verified else 0, extra)
-    f.tls_chain_complete.add(key, 1 if tls.chain_complete else 0, extra)
-    if tls.hostname_match is not None:
-        f.tls_hostname_match.add(key, 1 if tls.hostname_match else 0, extra)
-    f.tls_client_auth.add((*key, tls.client_auth), 1, extra)
-    if tls.http_status is not None:
-        f.http_status.add(key, tls.http_status, extra)
-    if tls.verified_chain_not_after is not None:
-        f.tls_verified_expiry.add(key, tls.verified_chain_not_after, extra)
-
-
-def _render_revocation(
-    check: RevocationFacts, ts: TargetState, key: tuple[str, ...], extra: Extra, f: _Families
-) -> None:
-    f.revocation_status.add((*key, check.state, check.source), 1, extra)
-    if check.state == "not_applicable":
-        return
-    f.revoked.add(key, 1 if check.state == "revoked" else 0, extra)
-    f.revocation_ok.add(key, 1 if check.state in ("good", "revoked") and not check.stale else 0, extra)
-    f.revocation_stale.add(key, 1 if check.stale else 0, extra)
-    for family, value in (
-        (f.revocation_time, check.revocation_time),
-        (f.revocation_this_update, check.this_update),
-        (f.revocation_next_update, check.next_update),
-        (f.revocation_produced_at, check.produced_at),
-        (f.revocation_first_seen, ts.revoked_since.get((check.index, check.role, check.method))),
-    ):
-        if value is not None:
-            family.add(key, value, extra)
-
-
-def _render_crl(crl: CrlFacts, key: tuple[str, ...], extra: Extra, f: _Families) -> None:
-    f.crl_signature.add(key, 1 if crl.signature_valid else 0, extra)
-    for family, value in (
-        (f.crl_this_update, crl.this_update),
-        (f.crl_next_update, crl.next_update),
-        (f.crl_number, crl.number),
-        (f.crl_fetch, crl.fetch_seconds),
-        (f.crl_status, crl.http_status),
-    ):
-        if value is not None:
-            family.add(key, value, extra)
-    if crl.size_bytes:
-        f.crl_entries.add(key, crl.entries, extra)
-        f.crl_size.add(key, crl.size_bytes, extra)
-
-
-def _render_ca(ca: CaFacts, ts: TargetState, key: tuple[str, ...], extra: Extra, f: _Families) -> None:
-    f.ca_up.add(key, 1 if ca.up else 0, extra)
-    if ca.response_seconds is not None:
-        f.ca_response.add(key, ca.response_seconds, extra)
-    if ca.issuance is not None:
-        f.ca_issuance_success.add(key, 1 if ca.issuance.success else 0, extra)
-        if ca.issuance.seconds is not None:
-            f.ca_issuance_duration.add(key, ca.issuance.seconds, extra)
-        for phase, seconds in ca.issuance.phases:
-            f.ca_issuance_phase.add((*key, phase), seconds, extra)
-        if ca.issuance.retry_after is not None:
-            f.ca_issuance_retry_after.add(key, ca.issuance.retry_after, extra)
-    if ca.issuance is not None or ts.issuance_total:
-        # Both results from the first issuance on, so rate() of either is never absent.
-        for result in ("success", "failure"):
-            f.ca_issuance_total.add((*key, result), ts.issuance_total.get(result, 0), extra)
 
 
 def _render_certificate(

@@ -39,8 +39,8 @@ from typing import Any
 import yaml
 
 from probes import KINDS
-from probes.base import ByteSize, ProbeDefaults, Seconds, TrustSettings, parse_duration, path_field
 from probes.files import read_regular_file
+from probes.settings import ByteSize, ProbeDefaults, Seconds, TrustSettings, parse_duration, path_field
 
 DEFAULT_LISTEN_ADDRESS = "127.0.0.1:9754"
 EMBEDDED_DEFAULT = "<embedded default>"

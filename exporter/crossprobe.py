@@ -2,8 +2,9 @@
 
 Two series compare what one probe saw with what others saw:
 
-* ``certscope_cert_served_mismatch``: the leaf a TLS endpoint serves against the
-  leaves stored at rest (files, Kubernetes Secrets): 0 per location holding the same
+* ``certscope_cert_served_mismatch``: the leaf an endpoint serves (a kind whose
+  hooks say ``CrossProbeRole.SERVED``: tls) against the leaves stored at rest (kinds
+  saying ``STORED``: files, Kubernetes Secrets): 0 per location holding the same
   certificate, 1 per location holding a newer one for the same names (renewed, not
   served yet).
 * ``certscope_key_reuse_subjects``: public keys found in certificates of more than
@@ -29,13 +30,14 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
+from probes import hooks_of
+from probes.metrics import CrossProbeRole
+
 if TYPE_CHECKING:
     from exporter.store import ProbeState, TargetState
 
 log = logging.getLogger(__name__)
 
-STORED_KINDS = ("files", "kubernetes")  # certificates at rest, compared with what is served
-SERVED_KINDS = ("tls",)  # certificates a server hands out
 MAX_MISMATCH_LOCATIONS = 10  # stored locations reported per served certificate
 
 Labels = tuple[tuple[str, str], ...]
@@ -152,12 +154,12 @@ def _identity_key(sans: Sequence[str], subject: str) -> tuple[str, ...]:
 def _served_mismatch(
     states: Sequence[ProbeState], previous: StoredLeaves | None
 ) -> tuple[tuple[ServedMismatch, ...], StoredLeaves | None]:
-    """For each leaf a TLS probe was served: 0 per stored location (file, Secret)
+    """For each leaf a probe of a serving kind was served: 0 per stored location (file, Secret)
     holding the same certificate, or 1 per stored location holding a newer
     certificate for the same names — renewed on disk or in the Secret, not yet
     served.  Nothing when the served certificate is stored nowhere we look."""
-    served = [s for s in states if s.info.kind in SERVED_KINDS and s.targets]
-    stored_states = tuple(s for s in states if s.info.kind in STORED_KINDS)
+    served = [s for s in states if hooks_of(s.info.kind).cross_probe is CrossProbeRole.SERVED and s.targets]
+    stored_states = tuple(s for s in states if hooks_of(s.info.kind).cross_probe is CrossProbeRole.STORED)
     if not served or not stored_states:
         return (), previous
     stored = _stored_leaves(stored_states, previous)

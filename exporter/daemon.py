@@ -36,7 +36,7 @@ from exporter.store import ResultStore
 from exporter.tracing import TracingCollector, setup_tracing
 from exporter.web import WebApp, WebServer
 from exporter.webconfig import WebConfigError, WebConfigSource
-from probes.base import NO_SHARD, Shard
+from probes.settings import NO_SHARD, Shard
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from exporter.config import Config, ProbeConfig
 from exporter.scheduler import probe_info
 from exporter.store import ProbeState, Snapshot, SourceState, TargetState, snapshot_of
 from exporter.tracing import TRACING_OFF, Tracing
-from probes.base import Probe, ProbeContext
+from probes.context import Probe, ProbeContext
 from probes.fetch import FetchError, resolve_checked
 from probes.tls import TlsProbe, split_target
 
@@ -99,11 +99,13 @@ def probe_target(
         source=SourceState(True, 1, MappingProxyType({}), frozenset(), result.duration_seconds),
     )
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(_Fixed(snapshot_of({probe_config.name: state}))))
+    registry.register(SnapshotCollector(_OneSnapshot(snapshot_of({probe_config.name: state}))))
     return generate_latest(registry)
 
 
-class _Fixed:
+class _OneSnapshot:
+    """The snapshot source of a one-off registry: always the same snapshot."""
+
     def __init__(self, snapshot: Snapshot) -> None:
         self._snapshot = snapshot
 

@@ -14,9 +14,13 @@ import time
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from probes.base import ProbeContext, ProbeDefaults, ProbeResult, TrustSettings
+from probes.context import ProbeContext
 from probes.expect import Expect
-from probes.tls import ClientCert, HttpCheck, RevocationSettings, TlsProbe, TlsSettings
+from probes.result import ProbeResult
+from probes.revocation import RevocationSettings
+from probes.settings import ProbeDefaults, TrustSettings
+from probes.tls import ClientCert, HttpCheck, TlsProbe, TlsSettings
+from probes.tls_facts import TlsFacts
 from probes.verify import VerifySettings
 
 
@@ -108,7 +112,7 @@ def report(target: str, result: ProbeResult, output: str, stream: TextIO = sys.s
 
 def _document(target: str, result: ProbeResult) -> dict[str, Any]:
     now = time.time()
-    tls = result.tls
+    tls = result.facts if isinstance(result.facts, TlsFacts) else None
     return {
         "target": target,
         "success": result.success,

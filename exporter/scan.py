@@ -21,9 +21,11 @@ from typing import Any, TextIO
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from probes.base import CertObservation, ProbeContext, SourceError
+from probes.certfiles import load_certificates
+from probes.context import ProbeContext
 from probes.files import FilesProbe, FilesSettings, Pkcs12Password
-from probes.revocation import RevocationChecker, load_certificates
+from probes.result import CertObservation, SourceError
+from probes.revocation import RevocationChecker, RevocationQuery
 
 EXIT_OK, EXIT_EXPIRING, EXIT_ERRORS = 0, 1, 2
 
@@ -96,16 +98,12 @@ def _add_revocation(
         if subject is None or issuer is None or subject.issuer == subject.subject:
             continue
         for method in methods:
-            deadline = time.monotonic() + 10
-            check = (
-                checker.check_ocsp(subject, issuer, None, deadline=deadline, allow_networks=allow_networks)
-                if method == "ocsp"
-                else checker.check_crl(subject, issuer, None, deadline=deadline, allow_networks=allow_networks)
-            )
+            query = RevocationQuery(subject, issuer, None, time.monotonic() + 10, allow_networks)
+            answer = checker.ocsp.status(query) if method == "ocsp" else checker.crl.status(query)
             record["revocation"].append(
-                {"method": method, "state": check.state, "source": check.source, "message": check.message}
+                {"method": method, "state": answer.state, "source": answer.source, "message": answer.message}
             )
-            if check.state == "revoked":
+            if answer.state == "revoked":
                 record["problems"].insert(0, f"revoked ({method})")
                 record["expiring"] = True  # revoked counts as failing the scan
 

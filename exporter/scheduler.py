@@ -58,8 +58,11 @@ from exporter.config import Config, ConfigError, ProbeConfig
 from exporter.store import ProbeInfo, ResultStore, Transition
 from exporter.tracing import TRACING_OFF, Tracing
 from probes import KINDS
-from probes.base import NO_SHARD, Discovery, Probe, ProbeContext, ProbeResult, Reason, Shard, SourceError
+from probes.context import Probe, ProbeContext
+from probes.reasons import Reason
+from probes.result import Discovery, ProbeResult, SourceError
 from probes.revocation import RevocationChecker
+from probes.settings import NO_SHARD, Shard
 
 log = logging.getLogger(__name__)
 

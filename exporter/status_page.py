@@ -22,8 +22,7 @@ from datetime import UTC, datetime
 
 from exporter import __version__
 from exporter.store import ProbeState, Snapshot, TargetState
-from probes.base import CertObservation
-from probes.ca import ISSUED_ROLE
+from probes.result import ISSUED_ROLE, CertObservation
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}

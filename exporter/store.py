@@ -6,7 +6,9 @@ good certificates) and swaps the snapshot reference under a lock.  Readers (the
 collector, the status page) take ``snapshot()`` without locking and never see a
 half-written round.  Facts joining several probes (served vs stored certificates,
 shared keys) are computed here, each time the probes' states change, and kept on
-the snapshot (``Snapshot.cross``): rendering a snapshot reads nothing else.
+the snapshot (``Snapshot.cross``): rendering a snapshot reads nothing else.  What a
+kind carries across runs (its tallies and histograms, declared by its hooks in
+probes/metrics.py) is folded here too, without naming the kind.
 
 A target missing from a round is gone: its series disappear with it.  A target the
 round carries over (``Discovery.carried``: not run, still there) keeps its state as it
@@ -21,12 +23,16 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
+from typing import Any
 
 from exporter.crossprobe import EMPTY_INDEX, CrossProbeIndex, cross_probe_index
-from probes.base import CertObservation, Discovery, ProbeResult, Reason, SourceError
+from probes import hooks_of
+from probes.metrics import HistogramFamily, Tally
+from probes.reasons import Reason
+from probes.result import CertObservation, Discovery, ProbeResult, SourceError
 
 _EMPTY: Mapping[str, int] = MappingProxyType({})
-_NONE_REVOKED: Mapping[tuple[int, str, str], float] = MappingProxyType({})
+_NO_TALLIES: Mapping[str, Any] = MappingProxyType({})
 _NO_ROTATIONS: Mapping[tuple[int, str], Rotation] = MappingProxyType({})
 
 
@@ -48,11 +54,8 @@ class TargetState:
     certificates: tuple[CertObservation, ...]
     certificates_from_last_good: bool
     rotations: Mapping[tuple[int, str], Rotation]  # by certificate (index, role)
-    # (index, role, method) -> when certscope first saw the certificate revoked, so
-    # revocation propagation (revoked at the CA -> visible to clients) is measurable.
-    revoked_since: Mapping[tuple[int, str, str], float] = field(default_factory=dict)
-    # Synthetic issuances of a ca target by result (success | failure), cumulative.
-    issuance_total: Mapping[str, int] = field(default_factory=dict)
+    # The kind's values carried from run to run (probes.metrics.Tally), by name.
+    tallies: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +85,6 @@ class ProbeInfo:
     keeps_last_good: bool
 
 
-HANDSHAKE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Whole runs: a handshake plus revocation checks and an HTTP request, up to the timeout.
 PROBE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -134,8 +136,9 @@ class ProbeState:
     targets: Mapping[str, TargetState]
     source: SourceState | None  # None until the first round finished
     rounds: int = 0
-    handshakes: Histogram = Histogram.empty(HANDSHAKE_BUCKETS)  # TLS handshake seconds, all targets
     durations: Histogram = Histogram.empty(PROBE_BUCKETS)  # run seconds, all targets
+    # The kind's own histograms (probes.metrics.HistogramFamily), by family name.
+    histograms: Mapping[str, Histogram] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,11 +230,14 @@ class ResultStore:
             old_state = self._snapshot.probes.get(info.name)
             if old_state is None or old_state.info is not info:
                 return [], []  # the config changed while this round ran
+            hooks = hooks_of(info.kind)
             transitions: list[Transition] = []
             targets: dict[str, TargetState] = {}
             for target, (result, finished) in results.items():
                 previous = old_state.targets.get(target)
-                targets[target] = _next_target_state(info, previous, result, finished, self._single_failures)
+                targets[target] = _next_target_state(
+                    info, hooks.tallies, previous, result, finished, self._single_failures
+                )
                 previous_reason = previous.result.reason if previous else None
                 if previous_reason != result.reason:
                     transitions.append(Transition(target, previous_reason, result.reason, result.message))
@@ -245,11 +251,7 @@ class ResultStore:
             source = _next_source_state(old_state.source, discovery, errors, round_duration)
             previous_errors = old_state.source.last_errors if old_state.source else frozenset()
             new_errors = [e for e in errors if (e.item, e.reason.value) not in previous_errors]
-            tls_runs = [(r, finished) for r, finished in results.values() if r.tls is not None]
-            handshakes = old_state.handshakes.observe_all(
-                [r.tls.handshake_seconds for r, _ in tls_runs if r.tls is not None],
-                [(r.trace_id, finished) for r, finished in tls_runs],
-            )
+            histograms = _observe(hooks.histograms, old_state.histograms, results)
             durations = old_state.durations.observe_all(
                 [r.duration_seconds for r, _ in results.values()],
                 [(r.trace_id, finished) for r, finished in results.values()],
@@ -259,8 +261,8 @@ class ResultStore:
                 targets=targets,
                 source=source,
                 rounds=old_state.rounds + 1,
-                handshakes=handshakes,
                 durations=durations,
+                histograms=histograms,
             )
             probes = dict(self._snapshot.probes)
             probes[info.name] = state
@@ -268,8 +270,31 @@ class ResultStore:
             return transitions, new_errors
 
 
+def _observe(
+    specs: Sequence[HistogramFamily],
+    histograms: Mapping[str, Histogram],
+    results: Mapping[str, tuple[ProbeResult, float]],
+) -> Mapping[str, Histogram]:
+    """The kind's histograms with the values of this round's runs added."""
+    if not specs:
+        return histograms
+    observed: dict[str, Histogram] = {}
+    for spec in specs:
+        values: list[float] = []
+        traces: list[tuple[str, float]] = []
+        for result, finished in results.values():
+            value = spec.observe(result)
+            if value is not None:
+                values.append(value)
+                traces.append((result.trace_id, finished))
+        old = histograms.get(spec.name) or Histogram.empty(spec.bounds)
+        observed[spec.name] = old.observe_all(values, traces)
+    return MappingProxyType(observed)
+
+
 def _next_target_state(
     info: ProbeInfo,
+    tallies: Sequence[Tally],
     previous: TargetState | None,
     result: ProbeResult,
     finished: float,
@@ -307,22 +332,19 @@ def _next_target_state(
         else:
             rotations[location] = old
 
-    old_revoked = previous.revoked_since if previous else {}
-    revoked_since = {
-        (r.index, r.role, r.method): old_revoked.get((r.index, r.role, r.method), finished)
-        for r in result.revocation
-        if r.state == "revoked"
-    }
-    issuance_total = dict(previous.issuance_total) if previous else {}
-    issuance = result.ca.issuance if result.ca is not None else None
-    if issuance is not None:
-        outcome = "success" if issuance.success else "failure"
-        issuance_total[outcome] = issuance_total.get(outcome, 0) + 1
+    carried = _NO_TALLIES
+    if tallies:
+        old_tallies = previous.tallies if previous else _NO_TALLIES
+        folded = {}
+        for tally in tallies:
+            value = tally.update(old_tallies.get(tally.name), result, finished)
+            if value is not None:
+                folded[tally.name] = value
+        carried = MappingProxyType(folded) if folded else _NO_TALLIES
     # Empty mappings are shared: a tree of 50,000 files that are no certificates has
-    # no rotations and no revocations, and a dict and its proxy each cost 100 bytes.
+    # no rotations and no tallies, and a dict and its proxy each cost 100 bytes.
     return TargetState(
-        revoked_since=MappingProxyType(revoked_since) if revoked_since else _NONE_REVOKED,
-        issuance_total=MappingProxyType(issuance_total) if issuance_total else _EMPTY,
+        tallies=carried,
         result=result,
         last_run=finished,
         last_success=last_success,

@@ -36,7 +36,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -52,7 +51,11 @@ from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter.config import TracingSettings
-from probes.base import AttributeValue, CertFacts, PhaseSpan, ProbeResult, Reason
+from probes import hooks_of
+from probes.context import AttributeValue, PhaseSpan
+from probes.metrics import SpanAttributes
+from probes.reasons import Reason
+from probes.result import ProbeResult
 
 log = logging.getLogger(__name__)
 
@@ -298,12 +301,13 @@ class _PhaseSpan:
 
 
 class RunTrace:
-    """The spans of one probe run (a ``probes.base.RunTracer``)."""
+    """The spans of one probe run (a ``probes.context.RunTracer``)."""
 
-    __slots__ = ("_mono", "_tracer", "_wall", "root")
+    __slots__ = ("_kind_attributes", "_mono", "_tracer", "_wall", "root")
 
     def __init__(self, tracer: trace.Tracer, name: str, kind: str, target: str) -> None:
         self._tracer = tracer
+        self._kind_attributes = hooks_of(kind).span_attributes
         self._wall = time.time_ns()
         self._mono = time.monotonic_ns()
         self.root = tracer.start_span(
@@ -341,7 +345,7 @@ class RunTrace:
         Never raises: a tracing bug must cost the trace, not the probe's result."""
         root = self.root
         try:
-            _describe_result(root, result)
+            _describe_result(root, result, self._kind_attributes)
         except Exception:
             log.exception("cannot describe probe run %s on its span", result.reason.value)
         finally:
@@ -349,39 +353,15 @@ class RunTrace:
         return replace(result, trace_id=format_trace_id(root.get_span_context().trace_id))
 
 
-def _describe_result(root: Span, result: ProbeResult) -> None:
+def _describe_result(root: Span, result: ProbeResult, kind_attributes: SpanAttributes | None) -> None:
     # One set_attributes call: each set_attribute takes the span's lock and checks
     # the value, which adds up over twenty attributes a run.
     attributes: dict[str, AttributeValue] = {
         "certscope.probe.success": result.success,
         "certscope.certificates": len(result.certificates),
     }
-    tls = result.tls
-    if tls is not None:
-        if tls.address:
-            attributes["network.peer.address"] = tls.address
-        attributes["tls.established"] = bool(tls.version)
-        if tls.version:
-            name, _, number = tls.version.partition("v")  # TLSv1.3 -> tls, 1.3
-            attributes["tls.protocol.name"] = name.lower()
-            attributes["tls.protocol.version"] = number
-            attributes["tls.cipher"] = tls.cipher
-        if tls.alpn:
-            attributes["tls.next_protocol"] = tls.alpn
-        attributes["certscope.tls.chain_verified"] = tls.chain_verified
-        if tls.hostname_match is not None:
-            attributes["certscope.tls.hostname_match"] = tls.hostname_match
-        attributes["certscope.tls.client_auth"] = tls.client_auth
-        if tls.http_status is not None:
-            attributes["http.response.status_code"] = tls.http_status
-        for observation in result.certificates:
-            if observation.role == "leaf" and observation.index == 0:
-                _certificate_attributes(attributes, "tls.server", observation.cert)
-                break
-        for observation in result.certificates:
-            if observation.role == "client" and observation.index == 0:
-                _certificate_attributes(attributes, "tls.client", observation.cert)
-                break
+    if kind_attributes is not None:  # what the kind saw (tls: server.*, tls.*)
+        kind_attributes(result, attributes)
     if not result.success:
         attributes["error.type"] = result.reason.value
     root.set_attributes(attributes)
@@ -391,19 +371,6 @@ def _describe_result(root: Span, result: ProbeResult) -> None:
         )
     if not result.success:
         root.set_status(Status(StatusCode.ERROR, result.message or result.reason.value))
-
-
-def _certificate_attributes(attributes: dict[str, AttributeValue], prefix: str, cert: CertFacts) -> None:
-    attributes[f"{prefix}.subject"] = cert.subject
-    attributes[f"{prefix}.issuer"] = cert.issuer
-    attributes[f"{prefix}.not_before"] = _iso(cert.not_before)
-    attributes[f"{prefix}.not_after"] = _iso(cert.not_after)
-    attributes[f"{prefix}.hash.sha256"] = cert.fingerprint_sha256.upper()
-
-
-def _iso(timestamp: float) -> str:
-    """Semantic-convention date: 2021-01-01T00:00:00.000Z."""
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # -- the switch -------------------------------------------------------------------------

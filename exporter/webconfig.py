@@ -464,7 +464,7 @@ class BasicAuth:
         self._ok: dict[bytes, None] = {}
         self._lock = threading.Lock()
 
-    def check(self, users: Mapping[str, bytes], header: str | None) -> bool:
+    def accepts(self, users: Mapping[str, bytes], header: str | None) -> bool:
         if not header or not header[:6].lower() == "basic ":
             return False
         try:
@@ -513,7 +513,7 @@ class AuthMiddleware:
 
         path = environ.get("PATH_INFO", "/")
         if config.users and path not in UNAUTHENTICATED_PATHS:
-            if not self._auth.check(config.users, environ.get("HTTP_AUTHORIZATION")):
+            if not self._auth.accepts(config.users, environ.get("HTTP_AUTHORIZATION")):
                 body = b"Unauthorized\n"
                 respond(
                     "401 Unauthorized",

@@ -29,7 +29,7 @@ cert-manager, lego) would get a certificate, one timed phase (and span) per step
 ``acme.download``
     the certificate chain (``application/pem-certificate-chain``).
 ``issuance.verify``
-    ``probes.ca_issue.check``: the chain verifies against the roots the CA publishes
+    ``probes.ca_issue.verify_issued``: the chain verifies against the roots the CA publishes
     (``bundle_urls``), carries every requested name, and has ``issuance.validity``
     when one is set.
 ``acme.cleanup``
@@ -85,12 +85,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from probes.base import CertFacts, IssuanceFacts, Phase, ProbeContext, Reason
 from probes.ca import CaClient, CaFailure, CaIssuance, CaSettings, fetch_reason, listen_address, status_reason
-from probes.ca_issue import check, general_name, require_secret, scrub
+from probes.ca_facts import IssuanceFacts
+from probes.ca_issue import general_name, require_secret, scrub, verify_issued
 from probes.certparse import facts_from_certificate
+from probes.context import Phase, ProbeContext
 from probes.fetch import FetchError, Response, fetch
 from probes.jose import JoseError, PrivateKey, b64url, b64url_decode, hmac_jws, jwk_thumbprint, public_jwk, sign_jws
+from probes.reasons import Reason
+from probes.result import CertFacts
 
 ERROR_PREFIX = "urn:ietf:params:acme:error:"
 BAD_NONCE_RETRIES = 5
@@ -173,7 +176,7 @@ class AcmeCanary:
             chain = self._issue(session, anchors, ctx, run, secrets_seen)
             seconds = _ca_seconds(run)
             with ctx.phase("issuance.verify"):
-                check(chain, anchors, self.settings.issuance, "acme")
+                verify_issued(chain, anchors, self.settings.issuance, "acme")
             self.last_issued = facts_from_certificate(chain[0])
             facts = IssuanceFacts(True, Reason.OK, seconds)
         except CaFailure as exc:

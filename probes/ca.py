@@ -41,32 +41,18 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import pkcs7
 
-from probes.base import (
-    ByteSize,
-    CaFacts,
-    CertFacts,
-    CertObservation,
-    Discovery,
-    IssuanceFacts,
-    ProbeContext,
-    ProbeDefaults,
-    ProbeResult,
-    Reason,
-    Seconds,
-    SourceError,
-    TrustSettings,
-    path_field,
-)
+from probes.ca_facts import CaFacts, IssuanceFacts
 from probes.certparse import parse_container, role_in_bundle
+from probes.context import ProbeContext
 from probes.fetch import ANY_NETWORK, FetchError, Response, fetch
+from probes.reasons import Reason
+from probes.result import ISSUED_ROLE, CertFacts, CertObservation, Discovery, ProbeResult, SourceError
+from probes.settings import ByteSize, ProbeDefaults, Seconds, TrustSettings, path_field
 
 if TYPE_CHECKING:
     from probes.acme import AcmeCanary
 
 FLAVORS = ("step", "cfssl", "acme", "bundle")
-# The role of the certificate an ACME canary got, in the inventory: no expiry
-# thresholds apply to it (nothing serves it), see exporter.collector.
-ISSUED_ROLE = "issued"
 ISSUING_FLAVORS = ("step", "cfssl", "acme")
 ACME_CHALLENGES = ("http-01",)
 DEFAULT_VALIDITY = Seconds(600)  # step and cfssl, when issuance.validity is not set
@@ -463,7 +449,7 @@ class CaProbe:
             errors=tuple(published.errors),
             phases=tuple(ctx.phases),
             message=message,
-            ca=CaFacts(flavor=flavor, up=up, response_seconds=response_seconds, issuance=issuance),
+            facts=CaFacts(flavor=flavor, up=up, response_seconds=response_seconds, issuance=issuance),
         )
 
     # -- availability and published certificates -------------------------------

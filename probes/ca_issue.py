@@ -24,7 +24,7 @@ One issuance:
    for the certificate to be valid when it arrives).
 
 ACME issuance (order, challenge, finalize, download) is ``probes.acme``; it ends with
-the same ``check``.
+the same ``verify_issued``.
 
 Failures are ``IssuanceFacts`` with a reason, never exceptions.  Every message is
 scrubbed of the credentials and the token before it leaves this module.
@@ -48,10 +48,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from cryptography.x509.verification import ExtensionPolicy, PolicyBuilder, Store, VerificationError
 
-from probes.base import IssuanceFacts, ProbeContext, Reason
 from probes.ca import CaClient, CaFailure, CaIssuance, CaSettings
+from probes.ca_facts import IssuanceFacts
+from probes.context import ProbeContext
 from probes.credentials import CredentialUnavailable, read_secret
 from probes.jose import BadPassword, JoseError, decrypt_jwk, sign_jwt
+from probes.reasons import Reason
 
 TOKEN_LIFETIME = 300  # seconds; the token is used at once, this only bounds clock skew
 MAX_PROVISIONER_PAGES = 20
@@ -72,7 +74,7 @@ def issue(settings: CaSettings, client: CaClient, anchors: list[x509.Certificate
         del key  # the certificate is checked and dropped; nothing uses the key
         phase = time.monotonic()
         try:
-            check(chain, anchors, settings.issuance, settings.flavor)
+            verify_issued(chain, anchors, settings.issuance, settings.flavor)
         finally:
             ctx.record_phase("issuance.verify", time.monotonic() - phase)
         return IssuanceFacts(True, Reason.OK, seconds)
@@ -260,7 +262,7 @@ def _load_chain(pems: Any, url: str, seconds: float) -> list[x509.Certificate]:
         raise CaFailure(Reason.CA_BAD_RESPONSE, f"{url}: the certificate in the answer is not PEM", seconds) from None
 
 
-def check(
+def verify_issued(
     chain: list[x509.Certificate], anchors: list[x509.Certificate], issuance: CaIssuance, flavor: str = "step"
 ) -> None:
     leaf, intermediates = chain[0], [c for c in chain[1:] if c not in anchors]

@@ -1,9 +1,20 @@
 """Certificate containers -> ``CertFacts``, one bad block never hiding the others.
 
-``parse_container(data, name)`` understands PEM (bundles, several blocks, text
-around them, ``TRUSTED CERTIFICATE`` and ``PKCS7`` blocks), DER certificates, DER
-PKCS#7 and PKCS#12.  It returns every certificate it could read plus one
-``SourceError`` per problem, each naming the item (``file.pem[2]``).
+``parse_container(data, name)`` understands the container formats of
+``CONTAINER_FORMATS``, the one registry of them: PEM (bundles, several blocks, text
+around them), DER certificates, PKCS#7 and PKCS#12.  It returns every certificate it
+could read plus one ``SourceError`` per problem, each naming the item
+(``file.pem[2]``).
+
+A format is one ``ContainerFormat`` entry: its name, how it is recognised, how it is
+decoded, and the PEM block types that carry it.  Formats recognised from their bytes
+(PEM: a ``-----BEGIN`` line; PKCS#12: a PFX's ``version 3``) are tried first, in the
+registry's order; then those recognised only by decoding (a DER certificate, a DER
+PKCS#7), whose ``decode`` says None for "not this format".  Inside PEM, a block is
+read by the format that names its type (``CERTIFICATE``, ``TRUSTED CERTIFICATE``,
+``PKCS7``...); any other block (keys, CSRs, CRLs) is skipped by its type.  Java
+keystores and kubeconfig files are told apart before this parser, in
+``probes/located.py``, because their certificates carry names.
 
 Private keys: PEM blocks whose type names a key are skipped by their header alone,
 so their base64 body is never decoded.  PKCS#12 forces ``cryptography`` to decrypt
@@ -41,16 +52,15 @@ from cryptography.hazmat.primitives.serialization import pkcs12 as pkcs12_librar
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 
 from probes import pkcs12
-from probes.base import CertFacts, CertObservation, Reason, SourceError
 from probes.credentials import CredentialUnavailable
 from probes.der import DerError, read_element
+from probes.reasons import Reason
+from probes.result import CertFacts, CertObservation, SourceError
 
 _BEGIN = b"-----BEGIN "
 _DASHES = b"-----"
 _MAX_BLOCK_TYPE = 64
 _BLOCK_TYPE = re.compile(rb"[A-Z0-9 #]{1,%d}" % _MAX_BLOCK_TYPE)
-_CERT_BLOCKS = {b"CERTIFICATE", b"X509 CERTIFICATE", b"TRUSTED CERTIFICATE"}
-_PKCS7_BLOCKS = {b"PKCS7", b"PKCS #7 SIGNED DATA", b"CMS"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +78,90 @@ def _no_password() -> bytes | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class ParseOptions:
+    """What a format may need besides the bytes."""
+
+    # Called only when the data is PKCS#12 (a password read is not free, nor always possible).
+    pkcs12_password: PasswordSource = _no_password
+    # time.monotonic() bound on opening a PKCS#12 (never more than pkcs12.DEADLINE_SECONDS).
+    deadline: float | None = None
+
+
+# Reads one PEM block's DER (its type, its DER, the item to name in problems) into the
+# certificates found, or a problem.
+BlockReader = Callable[[bytes, bytes, str, "list[CertFacts]", "Problems"], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerFormat:
+    """One container format: how it is recognised and how it is decoded."""
+
+    name: str  # as messages say it: "PEM", "PKCS#12"
+    # The whole container decoded; None: on a closer look, not this format (try the next).
+    decode: Callable[[bytes, str, ParseOptions], Parsed | None]
+    # Recognised from its bytes alone (tried before the formats without one, and
+    # decoded only when it says yes); None: recognised only by ``decode`` succeeding.
+    sniff: Callable[[bytes], bool] | None = None
+    # PEM block types that carry this format's DER, and how such a block is read.
+    pem_types: frozenset[bytes] = frozenset()
+    read_block: BlockReader | None = None
+
+
+class FormatRegistry:
+    """The container formats, in order; what ``parse_container`` is driven by."""
+
+    def __init__(self, formats: tuple[ContainerFormat, ...]) -> None:
+        self.restore(formats)
+
+    @property
+    def formats(self) -> tuple[ContainerFormat, ...]:
+        return self._formats
+
+    def register(self, fmt: ContainerFormat, *, before: str | None = None) -> None:
+        """Add a format (last, or before the one named ``before``)."""
+        if any(known.name == fmt.name for known in self._formats):
+            raise ValueError(f"container format {fmt.name!r} is already registered")
+        clash = fmt.pem_types & frozenset(self._block_readers)
+        if clash:
+            raise ValueError(f"PEM block type(s) {sorted(clash)} already belong to another format")
+        formats = list(self._formats)
+        names = [known.name for known in formats]
+        if before is not None and before not in names:
+            raise ValueError(f"no container format {before!r} to register {fmt.name!r} before")
+        position = len(formats) if before is None else names.index(before)
+        formats.insert(position, fmt)
+        self.restore(tuple(formats))
+
+    def restore(self, formats: tuple[ContainerFormat, ...]) -> None:
+        """Make ``formats`` the registry (what ``formats`` returned earlier, in tests)."""
+        self._formats = formats
+        # Derived once per change, not per container parsed.
+        self._detection = tuple(f for f in formats if f.sniff is not None) + tuple(
+            f for f in formats if f.sniff is None
+        )
+        self._block_readers = {
+            block_type: fmt.read_block for fmt in formats if fmt.read_block is not None for block_type in fmt.pem_types
+        }
+        names = [fmt.name for fmt in formats]
+        if len(names) > 1:
+            self._none_of = f"neither {', '.join(names[:-1])} nor {names[-1]}"
+        else:
+            self._none_of = f"not {names[0]}" if names else "no container format is registered"
+
+    def parse(self, data: bytes, name: str, options: ParseOptions) -> Parsed:
+        for fmt in self._detection:
+            if fmt.sniff is not None and not fmt.sniff(data):
+                continue
+            parsed = fmt.decode(data, name, options)
+            if parsed is not None:
+                return parsed
+        return Parsed((), (SourceError(Reason.PARSE_ERROR, name, f"{name}: {self._none_of}"),))
+
+    def block_reader(self, block_type: bytes) -> BlockReader | None:
+        return self._block_readers.get(block_type)
+
+
 def parse_container(
     data: bytes, name: str, *, pkcs12_password: PasswordSource = _no_password, deadline: float | None = None
 ) -> Parsed:
@@ -77,9 +171,7 @@ def parse_container(
     more than ``pkcs12.DEADLINE_SECONDS`` either way."""
     if not data.strip():
         return Parsed((), (SourceError(Reason.EMPTY_FILE, name, f"{name}: file is empty"),))
-    if b"-----BEGIN " in data:
-        return _parse_pem(data, name)
-    return _parse_binary(data, name, pkcs12_password, deadline)
+    return CONTAINER_FORMATS.parse(data, name, ParseOptions(pkcs12_password, deadline))
 
 
 # A container lists at most this many problems in full; beyond, one line per reason
@@ -88,7 +180,7 @@ def parse_container(
 MAX_LISTED_PROBLEMS = 20
 
 
-class _Problems:
+class Problems:
     """The problems of one container: the first ``MAX_LISTED_PROBLEMS`` as they
     are, then a count per reason, listed as one summary problem per reason."""
 
@@ -116,15 +208,16 @@ class _Problems:
         return (*self._listed, *summaries)
 
 
-def _parse_pem(data: bytes, name: str) -> Parsed:
+def _decode_pem(data: bytes, name: str, options: ParseOptions) -> Parsed:
     certs: list[CertFacts] = []
-    errors = _Problems(name)
+    errors = Problems(name)
     # Distinct types, in order: a file of 300,000 key blocks needs one "PRIVATE KEY".
     other: dict[str, None] = {}
     blocks, truncated = _pem_blocks(data)
     for block_number, (block_type, body) in enumerate(blocks):
         item = f"{name}[{block_number}]"
-        if block_type not in _CERT_BLOCKS and block_type not in _PKCS7_BLOCKS:
+        read_block = CONTAINER_FORMATS.block_reader(block_type)
+        if read_block is None:
             # Keys, CSRs, CRLs, parameters: skipped by type, body never decoded.
             other[block_type.decode("ascii")] = None
             continue
@@ -133,15 +226,7 @@ def _parse_pem(data: bytes, name: str) -> Parsed:
         except binascii.Error:
             errors.append(SourceError(Reason.PARSE_ERROR, item, f"{item}: bad base64 in PEM block"))
             continue
-        if block_type in _PKCS7_BLOCKS:
-            _load_pkcs7(der, item, certs, errors)
-            continue
-        if block_type == b"TRUSTED CERTIFICATE":
-            der = _first_der_element(der)
-        try:
-            certs.append(facts_from_der(der))
-        except Exception as exc:  # noqa: BLE001 - any loader failure is a parse error
-            errors.append(SourceError(Reason.PARSE_ERROR, item, f"{item}: not a valid certificate ({_short(exc)})"))
+        read_block(block_type, der, item, certs, errors)
     if truncated:
         errors.append(
             SourceError(Reason.PARSE_ERROR, name, f"{name}: {truncated} PEM block(s) truncated (BEGIN without END)")
@@ -150,6 +235,10 @@ def _parse_pem(data: bytes, name: str) -> Parsed:
         kinds = ", ".join(sorted(other)) or "nothing"
         errors.append(SourceError(Reason.NO_CERTIFICATE, name, f"{name}: no certificate (found {kinds})"))
     return Parsed(tuple(certs), errors.result(), tuple(other))
+
+
+def _looks_like_pem(data: bytes) -> bool:
+    return _BEGIN in data
 
 
 def _pem_blocks(data: bytes) -> tuple[list[tuple[bytes, bytes]], int]:
@@ -186,25 +275,35 @@ def _pem_blocks(data: bytes) -> tuple[list[tuple[bytes, bytes]], int]:
     return blocks, truncated
 
 
-def _parse_binary(data: bytes, name: str, pkcs12_password: PasswordSource, deadline: float | None) -> Parsed:
-    if _looks_like_pkcs12(data):
-        try:
-            password = pkcs12_password()
-        except CredentialUnavailable as exc:  # names the variable or file, never the value
-            return Parsed((), (SourceError(Reason.BAD_PASSWORD, name, f"{name}: cannot open PKCS#12 ({exc})"),))
-        return _load_pkcs12(data, name, password, deadline)
+def _decode_der_certificate(data: bytes, name: str, options: ParseOptions) -> Parsed | None:
     try:
         return Parsed((facts_from_der(data),), ())
     except Exception:  # noqa: BLE001 - not a DER certificate; try the next format
-        pass
+        return None
+
+
+def _read_certificate_block(block_type: bytes, der: bytes, item: str, certs: list[CertFacts], errors: Problems) -> None:
+    if block_type == b"TRUSTED CERTIFICATE":
+        der = _first_der_element(der)
+    try:
+        certs.append(facts_from_der(der))
+    except Exception as exc:  # noqa: BLE001 - any loader failure is a parse error
+        errors.append(SourceError(Reason.PARSE_ERROR, item, f"{item}: not a valid certificate ({_short(exc)})"))
+
+
+def _decode_pkcs7(data: bytes, name: str, options: ParseOptions) -> Parsed | None:
     certs: list[CertFacts] = []
-    errors = _Problems(name)
+    errors = Problems(name)
     if _load_pkcs7(data, name, certs, errors, quiet=True):
         return Parsed(tuple(certs), errors.result())
-    return Parsed((), (SourceError(Reason.PARSE_ERROR, name, f"{name}: neither PEM, DER, PKCS#7 nor PKCS#12"),))
+    return None
 
 
-def _load_pkcs7(der: bytes, item: str, certs: list[CertFacts], errors: _Problems, *, quiet: bool = False) -> bool:
+def _read_pkcs7_block(block_type: bytes, der: bytes, item: str, certs: list[CertFacts], errors: Problems) -> None:
+    _load_pkcs7(der, item, certs, errors)
+
+
+def _load_pkcs7(der: bytes, item: str, certs: list[CertFacts], errors: Problems, *, quiet: bool = False) -> bool:
     try:
         loaded = pkcs7.load_der_pkcs7_certificates(der)
     except Exception as exc:  # noqa: BLE001
@@ -215,6 +314,14 @@ def _load_pkcs7(der: bytes, item: str, certs: list[CertFacts], errors: _Problems
     if not loaded:
         errors.append(SourceError(Reason.NO_CERTIFICATE, item, f"{item}: PKCS#7 bundle holds no certificate"))
     return True
+
+
+def _decode_pkcs12(data: bytes, name: str, options: ParseOptions) -> Parsed:
+    try:
+        password = options.pkcs12_password()
+    except CredentialUnavailable as exc:  # names the variable or file, never the value
+        return Parsed((), (SourceError(Reason.BAD_PASSWORD, name, f"{name}: cannot open PKCS#12 ({exc})"),))
+    return _load_pkcs12(data, name, password, options.deadline)
 
 
 def _load_pkcs12(data: bytes, name: str, password: bytes | None, deadline: float | None) -> Parsed:
@@ -247,7 +354,7 @@ def _load_pkcs12(data: bytes, name: str, password: bytes | None, deadline: float
     if not ders:
         return Parsed((), (SourceError(Reason.NO_CERTIFICATE, name, f"{name}: PKCS#12 holds no certificate"),))
     certs: list[CertFacts] = []
-    errors = _Problems(name)
+    errors = Problems(name)
     for index, der in enumerate(ders):
         try:
             certs.append(facts_from_der(der))
@@ -291,6 +398,28 @@ def _first_der_element(der: bytes) -> bytes:
     count = length_octet & 0x7F
     length = int.from_bytes(der[2 : 2 + count], "big")
     return der[: 2 + count + length]
+
+
+# The formats, in the order messages name them.  Tried as FormatRegistry says: PEM and
+# PKCS#12 (recognised from their bytes) first, then a DER certificate, then a DER PKCS#7.
+CONTAINER_FORMATS = FormatRegistry(
+    (
+        ContainerFormat("PEM", _decode_pem, sniff=_looks_like_pem),
+        ContainerFormat(
+            "DER",
+            _decode_der_certificate,
+            pem_types=frozenset({b"CERTIFICATE", b"X509 CERTIFICATE", b"TRUSTED CERTIFICATE"}),
+            read_block=_read_certificate_block,
+        ),
+        ContainerFormat(
+            "PKCS#7",
+            _decode_pkcs7,
+            pem_types=frozenset({b"PKCS7", b"PKCS #7 SIGNED DATA", b"CMS"}),
+            read_block=_read_pkcs7_block,
+        ),
+        ContainerFormat("PKCS#12", _decode_pkcs12, sniff=_looks_like_pkcs12),
+    )
+)
 
 
 # Facts of every certificate in use, by SHA-256 of its DER: the intermediate and root
@@ -652,7 +781,7 @@ def bundle_observations(
         return (CertObservation(0, role_in_bundle(certificates[0]), certificates[0]),), ()
     seen: set[str] = set()
     observations: list[CertObservation] = []
-    errors = _Problems(name)
+    errors = Problems(name)
     for index, facts in enumerate(certificates):
         if facts.fingerprint_sha256 in seen:
             item = f"{name}[{index}]"

@@ -17,28 +17,16 @@ from typing import ClassVar
 
 from cryptography import x509
 
-from probes.base import (
-    ByteSize,
-    CertObservation,
-    CrlFacts,
-    Discovery,
-    ProbeContext,
-    ProbeDefaults,
-    ProbeResult,
-    Reason,
-    RevocationFacts,
-    path_field,
-)
+from probes.certfiles import expand_paths, load_certificates
 from probes.certparse import facts_from_certificate
+from probes.context import ProbeContext
+from probes.crl_facts import CrlFacts
 from probes.fetch import ANY_NETWORK
-from probes.revocation import (
-    CRL_REASONS,
-    RevocationChecker,
-    crl_lookup,
-    expand_paths,
-    load_certificates,
-    revocation_facts,
-)
+from probes.reasons import Reason
+from probes.result import CertObservation, Discovery, ProbeResult
+from probes.revocation import CRL_REASONS, RevocationChecker, crl_lookup, revocation_facts
+from probes.revocation_facts import RevocationFacts
+from probes.settings import ByteSize, ProbeDefaults, path_field
 
 
 @dataclass(frozen=True)
@@ -84,7 +72,7 @@ class CrlProbe:
     def run(self, target: str, ctx: ProbeContext) -> ProbeResult:
         started = time.monotonic()
         with ctx.phase("crl") as phase:
-            info, seconds, status = self.revocation.fetch_crl(
+            info, seconds, status = self.revocation.crl.fetch(
                 target,
                 self.issuer,
                 deadline=ctx.deadline,
@@ -133,7 +121,7 @@ class CrlProbe:
             certificates=tuple(observations),
             message=f"{target}: {message}" if message else "",
             revocation=tuple(revocation),
-            crl=facts,
+            facts=facts,
         )
 
 

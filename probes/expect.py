@@ -2,7 +2,7 @@
 
 A renewal that produced the wrong SANs, a different issuer, a smaller key or a
 server certificate without serverAuth is a classic outage that a valid chain does
-not catch.  ``check(facts, expect)`` returns the first unmet expectation as
+not catch.  ``unmet_expectation(facts, expect)`` returns the first unmet expectation as
 (reason, message), or None.
 """
 
@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from probes.base import CertFacts, Reason, Seconds
+from probes.reasons import Reason
+from probes.result import CertFacts
+from probes.settings import Seconds
 
 KEY_TYPES = ("rsa", "ec", "ed25519", "ed448", "dsa")
 EXPECT_REASONS = (
@@ -40,7 +42,7 @@ class Expect:
         return problems
 
 
-def check(facts: CertFacts, expect: Expect) -> tuple[Reason, str] | None:
+def unmet_expectation(facts: CertFacts, expect: Expect) -> tuple[Reason, str] | None:
     for name in expect.names:
         if not covers(facts.sans, name):
             return Reason.SAN_MISMATCH, f"{name} is not among the SANs ({', '.join(facts.sans) or 'none'})"

@@ -30,21 +30,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
-from probes.base import (
-    ByteSize,
-    Discovery,
-    ProbeContext,
-    ProbeDefaults,
-    ProbeResult,
-    Reason,
-    SourceError,
-    failed,
-    path_field,
-)
 from probes.certparse import Parsed, bundle_observations, parse_container
+from probes.context import ProbeContext
 from probes.credentials import read_secret
-from probes.expect import EXPECT_REASONS, Expect, check
+from probes.expect import EXPECT_REASONS, Expect, unmet_expectation
 from probes.located import located_result, parse_located
+from probes.reasons import Reason
+from probes.result import Discovery, ProbeResult, SourceError, failed
+from probes.settings import ByteSize, ProbeDefaults, path_field
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
@@ -340,7 +333,7 @@ def container_result(parsed: Parsed, target: str, started: float, expect: Expect
     errors = parsed.errors + duplicates
     if expect is not None:
         for observation in observations:
-            unmet = check(observation.cert, expect) if observation.role == "leaf" else None
+            unmet = unmet_expectation(observation.cert, expect) if observation.role == "leaf" else None
             if unmet is not None:
                 item = f"{target}[{observation.index}]"
                 errors += (SourceError(unmet[0], item, f"{item}: {unmet[1]}"),)

@@ -34,10 +34,11 @@ from __future__ import annotations
 import hashlib
 import struct
 
-from probes.base import Reason, SourceError
 from probes.certparse import facts_from_der
 from probes.credentials import CredentialUnavailable
 from probes.located import Labels, Located, PasswordSource
+from probes.reasons import Reason
+from probes.result import SourceError
 
 JKS_MAGIC = b"\xfe\xed\xfe\xed"
 JCEKS_MAGIC = b"\xce\xce\xce\xce"

@@ -1,5 +1,5 @@
 """A thin Kubernetes REST client on ``requests``: where the API server is, who we are,
-and typed errors.  Listing and watching live in ``probes/kubernetes.py``.
+and typed errors.  Listing and watching live in ``probes/kubewatch.py``.
 
 Two ways to find the cluster:
 
@@ -33,7 +33,7 @@ from typing import Any
 import requests
 import yaml
 
-from probes.base import Reason
+from probes.reasons import Reason
 
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 EXEC_TIMEOUT = 30.0  # seconds an exec credential plugin may take

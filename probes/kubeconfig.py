@@ -35,9 +35,10 @@ from typing import Any
 
 import yaml
 
-from probes.base import CertFacts, Reason, SourceError
 from probes.certparse import parse_container
 from probes.located import Labels, Located
+from probes.reasons import Reason
+from probes.result import CertFacts, SourceError
 
 CLUSTER_LABEL = "kubeconfig_cluster"
 USER_LABEL = "kubeconfig_user"

@@ -2,7 +2,7 @@
 
 A ``tls`` probe with a ``kubernetes:`` block probes what the cluster says is served,
 kept current by the same list+watch streams as the ``kubernetes`` kind
-(``probes.kubernetes.Stream``):
+(``probes/kubewatch.py``):
 
 ========================== ======================================= ==========================
 object                     one endpoint per                        target
@@ -58,24 +58,14 @@ import base64
 import binascii
 import logging
 import re
-import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from probes.base import CertFacts, Reason, Seconds, SourceError, path_field
 from probes.certparse import parse_container
-from probes.kubeclient import SERVICE_ACCOUNT_DIR, Cluster
-from probes.kubernetes import (
-    ANNOTATION_PREFIX,
-    Scope,
-    Stream,
-    close_streams,
-    ignored,
-    open_cluster,
-    stream_problem,
-    wait_first_lists,
-)
+from probes.kubewatch import ANNOTATION_PREFIX, Informers, KubeWatchSettings, Scope, ignored
+from probes.reasons import Reason
+from probes.result import CertFacts, SourceError
 
 log = logging.getLogger(__name__)
 
@@ -150,11 +140,9 @@ class ServiceDiscovery:
 
 
 @dataclass(frozen=True)
-class KubeDiscoverySettings:
-    # null: in-cluster service account; else a kubeconfig (and context), as for kind kubernetes.
-    kubeconfig: str | None = path_field()
-    context: str | None = None
-    namespaces: tuple[str, ...] = ()  # empty: all namespaces
+class KubeDiscoverySettings(KubeWatchSettings):
+    # Where the cluster is (null kubeconfig: the in-cluster service account), which
+    # namespaces (empty: all) and the list+watch knobs: KubeWatchSettings, as for kind kubernetes.
     label_selector: str = ""  # on the Ingresses, Gateways and Services (not on Secrets)
     ingresses: IngressDiscovery | None = None
     gateways: GatewayDiscovery | None = None
@@ -162,11 +150,6 @@ class KubeDiscoverySettings:
     secrets: bool = True  # read the backing Secrets, to compare served with stored
     module: str = ""  # objects annotated certscope.io/module take only the probe whose module it is
     max_targets: int = 1000
-    page_size: int = 500
-    list_timeout: Seconds = Seconds(120)
-    watch_timeout: Seconds = Seconds(300)
-    resync_interval: Seconds = Seconds(3600)
-    service_account_dir: str = SERVICE_ACCOUNT_DIR
 
     def validate(self) -> list[tuple[str, str]]:
         problems = []
@@ -174,13 +157,7 @@ class KubeDiscoverySettings:
             problems.append(("ingresses", "nothing to discover: set ingresses, gateways or services"))
         if not 1 <= self.max_targets <= 100_000:
             problems.append(("max_targets", "must be between 1 and 100000"))
-        if not 1 <= self.page_size <= 10_000:
-            problems.append(("page_size", "must be between 1 and 10000"))
-        if self.watch_timeout < 1:
-            problems.append(("watch_timeout", "must be at least 1s"))
-        if self.context and not self.kubeconfig:
-            problems.append(("context", "needs kubeconfig"))
-        return problems
+        return problems + super().validate()
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,35 +197,45 @@ class Found:
     up: bool = True
 
 
-@dataclass
-class _Counters:
-    restarts: dict[str, int] = field(default_factory=lambda: {"expired": 0, "dropped": 0, "error": 0, "timeout": 0})
-
-
 class KubeEndpoints:
     """The discovery source: streams over the endpoint objects and the Secrets."""
 
     def __init__(self, settings: KubeDiscoverySettings) -> None:
         self.settings = settings
         self.on_change: Callable[[], None] | None = None
-        self._lock = threading.Lock()
-        self._counters_lock = threading.Lock()
-        self._counters = _Counters()
-        self._streams: list[Stream[_Kept]] = []
-        self._secret_streams: dict[str | None, Stream[_Kept]] = {}  # by namespace (None: all)
-        self._cluster: Cluster | None = None
-        self._setup_error: SourceError | None = None
-        self._closed = False
+        self._informers: Informers[_Kept] = Informers(settings, self._scopes(), self, self._changed)
 
-    # -- StreamOwner -------------------------------------------------------------
+    def _scopes(self) -> list[Scope]:
+        """The endpoint objects asked for, then (to compare) the TLS Secrets, by namespace."""
+        settings = self.settings
+        namespaces: tuple[str | None, ...] = settings.namespaces or (None,)
+        resources = [
+            resource
+            for resource, wanted in zip(
+                ENDPOINT_RESOURCES, (settings.ingresses, settings.gateways, settings.services), strict=True
+            )
+            if wanted is not None
+        ]
+        scopes = [
+            Scope(resource, namespace, None, settings.label_selector)
+            for resource in resources
+            for namespace in namespaces
+        ]
+        if settings.secrets:
+            scopes += [Scope("secrets", namespace, TLS_SECRET_TYPE, "") for namespace in namespaces]
+        return scopes
 
-    @property
-    def watch_settings(self) -> KubeDiscoverySettings:
-        return self.settings
+    def _changed(self, scope: Scope) -> None:
+        """A watch event changed the cache: a changed endpoint wakes the probe's round
+        (a changed Secret is read when the endpoint is next probed)."""
+        callback = self.on_change
+        if callback is not None and scope.resource != "secrets":
+            callback()
 
-    def count_restart(self, reason: str) -> None:
-        with self._counters_lock:
-            self._counters.restarts[reason] = self._counters.restarts.get(reason, 0) + 1
+    def close(self) -> None:
+        self._informers.close()
+
+    # -- ObjectParser ------------------------------------------------------------
 
     def malformed(self, error: SourceError) -> _Kept:
         return _Kept("", "", errors=(error,))
@@ -284,70 +271,19 @@ class KubeEndpoints:
             ]
         return _Kept(uid, version, endpoints=tuple(endpoints), errors=tuple(errors))
 
-    # -- lifecycle ---------------------------------------------------------------
-
-    def _start(self) -> None:
-        """Start the streams (on the first round, so that building a probe never
-        touches the network).  Called under ``_lock``."""
-        settings = self.settings
-        opened = open_cluster(settings.kubeconfig, settings.context, settings.service_account_dir)
-        if isinstance(opened, SourceError):
-            self._setup_error = opened
-            return
-        self._cluster = opened
-        namespaces: tuple[str | None, ...] = settings.namespaces or (None,)
-        resources = [
-            resource
-            for resource, wanted in zip(
-                ENDPOINT_RESOURCES, (settings.ingresses, settings.gateways, settings.services), strict=True
-            )
-            if wanted is not None
-        ]
-        for resource in resources:
-            for namespace in namespaces:
-                stream = Stream(Scope(resource, namespace, None, settings.label_selector), self._cluster, self)
-                stream.on_change = self._changed
-                self._streams.append(stream)
-        if settings.secrets:
-            for namespace in namespaces:
-                stream = Stream(Scope("secrets", namespace, TLS_SECRET_TYPE, ""), self._cluster, self)
-                self._secret_streams[namespace] = stream
-                self._streams.append(stream)
-        for stream in self._streams:
-            stream.start()
-
-    def _changed(self) -> None:
-        callback = self.on_change
-        if callback is not None:
-            callback()
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            close_streams(self._streams, self._cluster)
-
     # -- reading -----------------------------------------------------------------
 
     def look(self) -> Found:
         """The endpoints now (the first call waits for the first list of every scope)."""
-        with self._lock:
-            if self._closed:
-                return Found({}, (), (), (), up=False)
-            if self._cluster is None and self._setup_error is None:
-                self._start()
-            streams = list(self._streams)
-        wait_first_lists(streams, self.settings.list_timeout)
-        with self._counters_lock:
-            restarts = tuple(sorted(self._counters.restarts.items()))
-        if self._setup_error is not None:
-            error = self._setup_error
-            self._setup_error = None  # retried on the next round
-            return Found({}, (error,), (), restarts, up=False)
+        look = self._informers.look()
+        if look.closed:
+            return Found({}, (), (), (), up=False)
+        if look.setup_error is not None:
+            return Found({}, (look.setup_error,), (), look.restarts, up=False)
         endpoints: dict[str, Endpoint] = {}
         errors: list[SourceError] = []
-        scopes = [(stream.scope.name, stream.up) for stream in streams]
-        for stream in streams:
-            if (problem := stream_problem(stream)) is not None:
+        for stream in look.streams:
+            if (problem := stream.problem()) is not None:
                 errors.append(problem)
             if stream.scope.resource == "secrets":
                 continue
@@ -370,14 +306,14 @@ class KubeEndpoints:
             )
         else:
             endpoints = dict(sorted(endpoints.items()))
-        return Found(endpoints, tuple(errors), tuple(scopes), restarts, dropped, all(up for _, up in scopes))
+        return Found(endpoints, tuple(errors), look.scopes, look.restarts, dropped, look.up)
 
     def stored_leaves(self, secrets: tuple[tuple[str, str], ...]) -> list[CertFacts | None] | None:
         """The leaf of each Secret (None: absent or no certificate); None when one of
         them cannot be known (its namespace is not watched, or its watch is down)."""
         leaves: list[CertFacts | None] = []
         for namespace, name in secrets:
-            stream = self._secret_streams.get(namespace) or self._secret_streams.get(None)
+            stream = self._informers.stream("secrets", namespace)
             if stream is None or not stream.up:
                 return None
             kept = stream.get((namespace, name))
@@ -463,14 +399,25 @@ def _status_address(status: Mapping[str, Any] | None) -> str | None:
     return None
 
 
-def _connect(address: str, host: str, port: int, status_address: str | None) -> tuple[str, int, bool] | None:
-    """(where to connect, port, trusted) for an address mode; None: not known yet."""
+def _endpoint(
+    target: str,
+    address: str,
+    server_name: str,
+    port: int,
+    status_address: str | None,
+    secrets: tuple[tuple[str, str], ...],
+    labels: tuple[tuple[str, str], ...],
+) -> Endpoint | None:
+    """The endpoint at ``server_name``:``port`` reached as the address mode says (a
+    fixed address, the status's, or the name itself); None: no address known yet."""
     fixed = _fixed_address(address)
     if fixed is not None:
-        return fixed[0], fixed[1], True
+        return Endpoint(target, fixed[0], fixed[1], server_name, True, secrets, labels)
     if address == "status":
-        return (status_address, port, False) if status_address else None
-    return host, port, False
+        if not status_address:
+            return None
+        return Endpoint(target, status_address, port, server_name, False, secrets, labels)
+    return Endpoint(target, server_name, port, server_name, False, secrets, labels)
 
 
 def _ingress_endpoints(
@@ -498,11 +445,9 @@ def _ingress_endpoints(
                 _bad_host(item, host, errors)
                 continue
             host = host.lower()
-            connect = _connect(source.address, host, port, status_address)
-            if connect is None:
-                continue  # no load balancer address yet
-            where, where_port, trusted = connect
-            endpoints.append(Endpoint(f"{item}/{host}", where, where_port, host, trusted, secrets, labels))
+            endpoint = _endpoint(f"{item}/{host}", source.address, host, port, status_address, secrets, labels)
+            if endpoint is not None:  # None: no load balancer address yet
+                endpoints.append(endpoint)
     return endpoints
 
 
@@ -539,12 +484,10 @@ def _gateway_endpoints(
                 if (ref.get("kind") or "Secret") == "Secret" and not ref.get("group") and ref.get("name")
             )
         port = int(listener["port"])
-        connect = _connect(source.address, hostname, port, status_address)
-        if connect is None:
-            continue
-        listener_name = str(listener.get("name") or hostname)
-        where, where_port, trusted = connect
-        endpoints.append(Endpoint(f"{item}/{listener_name}", where, where_port, hostname, trusted, secrets, labels))
+        target = f"{item}/{listener.get('name') or hostname}"
+        endpoint = _endpoint(target, source.address, hostname, port, status_address, secrets, labels)
+        if endpoint is not None:
+            endpoints.append(endpoint)
     return endpoints
 
 

@@ -2,18 +2,11 @@
 cluster-scoped objects of ``probes/kubeobjects.py`` (webhook, APIService and CRD
 ``caBundle``s, issued CertificateSigningRequests), kept current by list+watch.
 
-One *stream* per scope — (resource, namespace or all namespaces, Secret type) — runs
-in its own thread, as an informer does:
-
-1. LIST in pages (``limit``/``continue``), with the Secret type pushed to the server
-   as a field selector (``type=kubernetes.io/tls``) so that Helm release Secrets
-   (up to 1 MB each) never cross the wire; each page is dropped once read.  A total
-   deadline bounds the whole list.
-2. WATCH from the list's ``resourceVersion`` with bookmarks.  ``410 Gone`` (as an HTTP
-   status or as a watch ``ERROR`` event) means the version is too old: relist.  A
-   dropped stream reconnects from the last version seen, after a jittered backoff.
-3. Every ``resync_interval`` relist, replacing the cache wholesale: objects deleted
-   while the watch was away disappear.
+The watching is ``probes/kubewatch.py``'s: one stream per scope — (resource,
+namespace or all namespaces, Secret type) — with the Secret type pushed to the server
+as a field selector (``type=kubernetes.io/tls``) so that Helm release Secrets never
+cross the wire.  This module says what to watch (:meth:`KubernetesProbe._scopes`) and
+what to keep of each object (:meth:`KubernetesProbe.parse_object`).
 
 Only certificate bytes are read: values of keys matching ``keys`` are base64-decoded
 and parsed once per change of the object (same uid and resourceVersion: nothing to
@@ -37,43 +30,25 @@ from __future__ import annotations
 import base64
 import binascii
 import fnmatch
-import json
-import logging
-import random
 import re
 import sys
-import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from typing import Any, ClassVar
 
-import requests
-
-from probes.base import (
-    NO_SHARD,
-    Discovery,
-    ProbeContext,
-    ProbeDefaults,
-    ProbeResult,
-    Reason,
-    Seconds,
-    SourceError,
-    failed,
-    parse_duration,
-    path_field,
-)
 from probes.certparse import parse_container
+from probes.context import ProbeContext
 from probes.expect import EXPECT_REASONS, Expect
 from probes.files import container_result
-from probes.kubeclient import SERVICE_ACCOUNT_DIR, Cluster, KubeError, from_kubeconfig, in_cluster
 from probes.kubeobjects import CA_BUNDLE_RESOURCES, CSR_RESOURCE, RESOURCES, stored_certificates
 from probes.kubeobjects import INFO_LABELS as OBJECT_INFO_LABELS
 from probes.kubeobjects import LOCATION_LABELS as OBJECT_LABELS
+from probes.kubewatch import ANNOTATION_PREFIX, Informers, KubeWatchSettings, Scope, ignored
+from probes.reasons import Reason
+from probes.result import Discovery, ProbeResult, SourceError, failed
+from probes.settings import NO_SHARD, ProbeDefaults, parse_duration
 
-log = logging.getLogger(__name__)
-
-ANNOTATION_PREFIX = "certscope.io/"
 # cert-manager annotations on the Secrets it writes -> info label names.
 CERT_MANAGER_LABELS = {
     "cert-manager.io/issuer-name": "cert_manager_issuer",
@@ -92,19 +67,12 @@ RESERVED_INFO_LABELS = frozenset(
 SECRET_LABELS = ("secret_namespace", "secret_name", "secret_key")
 CONFIGMAP_LABELS = ("configmap_namespace", "configmap_name", "configmap_key")
 PRIVATE_KEY_KEYS = ("tls.key", "*.key", "ssh-privatekey", "*-key.pem", "*.key.pem")
-CONNECT_TIMEOUT = 10.0
-READ_MARGIN = 30.0  # seconds a watch may stay silent beyond its timeoutSeconds
-BACKOFF_FIRST = 0.5
-BACKOFF_MAX = 30.0
 
 
 @dataclass(frozen=True)
-class KubernetesSettings:
-    # null: in-cluster service account (KUBERNETES_SERVICE_HOST, token, ca.crt)
-    kubeconfig: str | None = path_field()
-    context: str | None = None  # kubeconfig context; default: current-context
+class KubernetesSettings(KubeWatchSettings):
+    # Where the cluster is, which namespaces, and the list+watch knobs: KubeWatchSettings.
     secrets: bool = True  # false: only the other sources below
-    namespaces: tuple[str, ...] = ()  # empty: all namespaces (needs cluster-wide list)
     label_selector: str = ""
     secret_types: tuple[str, ...] = ("kubernetes.io/tls",)  # empty: every type (not advised)
     keys: tuple[str, ...] = ("tls.crt", "ca.crt")  # glob patterns of Secret keys to read
@@ -116,21 +84,10 @@ class KubernetesSettings:
     ca_bundles: tuple[str, ...] = ()
     certificate_signing_requests: bool = False
     annotation_labels: dict[str, str] = field(default_factory=dict)  # info label -> annotation
-    page_size: int = 500
-    list_timeout: Seconds = Seconds(120)
-    watch_timeout: Seconds = Seconds(300)  # server-side timeoutSeconds (randomised up to 2x)
-    resync_interval: Seconds = Seconds(3600)
-    service_account_dir: str = SERVICE_ACCOUNT_DIR
     expect: Expect | None = None
 
     def validate(self) -> list[tuple[str, str]]:
-        problems = []
-        if not 1 <= self.page_size <= 10_000:
-            problems.append(("page_size", "must be between 1 and 10000"))
-        if self.watch_timeout < 1:
-            problems.append(("watch_timeout", "must be at least 1s"))
-        if self.context and not self.kubeconfig:
-            problems.append(("context", "needs kubeconfig"))
+        problems = super().validate()
         for label in self.annotation_labels:
             if not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", label) or label in RESERVED_INFO_LABELS:
                 problems.append((f"annotation_labels.{label}", "not a usable label name"))
@@ -157,420 +114,6 @@ class _Stored:
     resource_version: str
     results: tuple[tuple[str, ProbeResult], ...]  # (target, result)
     errors: tuple[SourceError, ...] = ()  # object-level problems (bad annotations)
-
-
-# Namespaced resources outside the core group, by API path prefix (the discovery
-# sources of probes/kubediscovery.py); core ones (secrets, configmaps, services) are
-# under /api/v1.
-NAMESPACED_GROUPS: dict[str, str] = {
-    "ingresses": "/apis/networking.k8s.io/v1",
-    "gateways": "/apis/gateway.networking.k8s.io/v1",
-}
-
-
-@dataclass(frozen=True)
-class Scope:
-    resource: str  # secrets | configmaps | services | ingresses | gateways | one of kubeobjects.RESOURCES
-    namespace: str | None  # None: all namespaces (and always for cluster-scoped resources)
-    secret_type: str | None
-    label_selector: str
-
-    @property
-    def name(self) -> str:
-        if self.resource in RESOURCES:
-            return self.resource
-        parts = [self.resource, self.namespace or "*"]
-        if self.secret_type:
-            parts.append(self.secret_type)
-        return "/".join(parts)
-
-    @property
-    def path(self) -> str:
-        if self.resource in RESOURCES:
-            return f"{RESOURCES[self.resource][0]}/{self.resource}"
-        prefix = NAMESPACED_GROUPS.get(self.resource, "/api/v1")
-        if self.namespace is None:
-            return f"{prefix}/{self.resource}"
-        return f"{prefix}/namespaces/{self.namespace}/{self.resource}"
-
-    def params(self) -> dict[str, str]:
-        params = {}
-        if self.secret_type:
-            params["fieldSelector"] = f"type={self.secret_type}"
-        if self.label_selector:
-            params["labelSelector"] = self.label_selector
-        return params
-
-
-class _Backoff:
-    """Exponential backoff with full jitter, so many streams do not retry in step."""
-
-    def __init__(self) -> None:
-        self._attempt = 0
-
-    def next(self) -> float:
-        ceiling = min(BACKOFF_MAX, BACKOFF_FIRST * 2**self._attempt)
-        self._attempt += 1
-        return random.uniform(ceiling / 2, ceiling)
-
-    def reset(self) -> None:
-        self._attempt = 0
-
-
-class _Expired(Exception):
-    """The resourceVersion watched from is too old (410): relist."""
-
-
-class Versioned(Protocol):
-    """What a stream keeps of one object: enough to tell an unchanged object."""
-
-    @property
-    def uid(self) -> str: ...
-
-    @property
-    def resource_version(self) -> str: ...
-
-
-StoredT = TypeVar("StoredT", bound=Versioned)
-StoredT_co = TypeVar("StoredT_co", bound=Versioned, covariant=True)
-
-
-class WatchSettings(Protocol):
-    """The list+watch knobs a stream reads from its owner's settings."""
-
-    @property
-    def page_size(self) -> int: ...
-
-    @property
-    def list_timeout(self) -> float: ...
-
-    @property
-    def watch_timeout(self) -> float: ...
-
-    @property
-    def resync_interval(self) -> float: ...
-
-
-class StreamOwner(Protocol[StoredT_co]):
-    """Who a stream works for: the ``kubernetes`` probe (certificates in objects) or a
-    discovery source (probes/kubediscovery.py: endpoints in objects)."""
-
-    @property
-    def watch_settings(self) -> WatchSettings: ...
-
-    def count_restart(self, reason: str) -> None: ...
-
-    def parse_object(self, resource: str, obj: Mapping[str, Any], uid: str, version: str) -> StoredT_co | None:
-        """What to keep of one object; None: nothing (ignored, another replica's)."""
-        ...
-
-    def malformed(self, error: SourceError) -> StoredT_co:
-        """What to keep of an object of the wrong shape: its error only."""
-        ...
-
-
-class Stream(Generic[StoredT]):
-    """List+watch of one scope in a daemon thread; ``items`` is its cache.
-
-    ``on_change`` (optional) is called from the stream's thread after a watch event
-    changed the cache, so that an owner can react within one event (a discovery
-    source wakes its probe's round)."""
-
-    def __init__(self, scope: Scope, cluster: Cluster, owner: StreamOwner[StoredT]) -> None:
-        self.scope = scope
-        self._cluster = cluster
-        self._owner = owner
-        self._settings = owner.watch_settings
-        self._lock = threading.Lock()
-        self.items: dict[tuple[str, str], StoredT] = {}
-        self.on_change: Any = None  # Callable[[], None] | None
-        self.up = False
-        self.synced = threading.Event()  # set after the first list, or its first failure
-        self.error: SourceError | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"kube {scope.name}", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self.synced.set()  # nobody waits for a stream that is going away
-
-    def view(self) -> list[StoredT]:
-        with self._lock:
-            return list(self.items.values())
-
-    def get(self, key: tuple[str, str]) -> StoredT | None:
-        """The object at (namespace, name), as kept."""
-        with self._lock:
-            return self.items.get(key)
-
-    # -- the informer loop -----------------------------------------------------
-
-    def _run(self) -> None:
-        backoff = _Backoff()
-        session = self._cluster.session()
-        while not self._stop.is_set():
-            try:
-                version = self._list(session)
-                self._set_up()
-                backoff.reset()
-                self._watch(session, version, backoff)
-            except KubeError as exc:
-                self._set_down(exc.reason, exc.message)
-                self._stop.wait(backoff.next())
-            except Exception as exc:  # a bug must not end the stream for good
-                log.exception("kubernetes scope %s failed", self.scope.name)
-                self._set_down(Reason.INTERNAL_ERROR, f"internal error: {type(exc).__name__}")
-                self._stop.wait(backoff.next())
-        session.close()
-
-    def _set_up(self) -> None:
-        if not self.up:
-            log.info("kubernetes scope %s: listed %d objects", self.scope.name, len(self.items))
-        self.up, self.error = True, None
-        self.synced.set()
-
-    def _set_down(self, reason: Reason, message: str) -> None:
-        if self.up or self.error is None or self.error.message != message:
-            log.warning("kubernetes scope %s down reason=%s %s", self.scope.name, reason.value, message)
-        self.up = False
-        self.error = SourceError(reason, self.scope.name, f"{self.scope.name}: {message}")
-        self.synced.set()
-
-    def _list(self, session: requests.Session) -> str:
-        """Read the whole scope page by page; returns the list's resourceVersion."""
-        deadline = time.monotonic() + self._settings.list_timeout
-        fresh: dict[tuple[str, str], StoredT] = {}
-        params = {**self.scope.params(), "limit": str(self._settings.page_size)}
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise self._list_deadline()
-            try:
-                response = self._cluster.get(
-                    session, self.scope.path, params, timeout=(min(CONNECT_TIMEOUT, remaining), remaining)
-                )
-                page = response.json()
-            except KubeError as exc:
-                if time.monotonic() >= deadline:  # the request was cut by the list's deadline
-                    raise self._list_deadline() from None
-                if exc.status == 410 and "continue" in params:
-                    # The continue token expired mid-list (compaction): start over.
-                    self._owner.count_restart("expired")
-                    params.pop("continue")
-                    fresh.clear()
-                    continue
-                raise
-            except ValueError:
-                raise KubeError(Reason.API_ERROR, f"{self.scope.path}: list answer is not JSON") from None
-            for item in page.get("items") or ():
-                key = _object_key(item)
-                stored = self._build(item, fresh.get(key) or self.items.get(key))
-                if stored is not None:
-                    fresh[key] = stored
-            metadata = page.get("metadata") or {}
-            token = metadata.get("continue")
-            del page, response  # the page's bytes go now, not after the next one arrives
-            if not token:
-                with self._lock:
-                    self.items = fresh
-                return str(metadata.get("resourceVersion") or "")
-            params["continue"] = str(token)
-
-    def _list_deadline(self) -> KubeError:
-        timeout = self._settings.list_timeout
-        return KubeError(Reason.DEADLINE_EXCEEDED, f"list not complete after list_timeout={timeout:g}s")
-
-    def _watch(self, session: requests.Session, version: str, backoff: _Backoff) -> None:
-        """Apply watch events until a relist is due (410, resync) or stop."""
-        resync_at = time.monotonic() + self._settings.resync_interval
-        while not self._stop.is_set():
-            remaining = resync_at - time.monotonic()
-            if remaining <= 1:
-                return
-            timeout_seconds = int(min(self._settings.watch_timeout * (1 + random.random()), remaining))
-            params = {
-                **self.scope.params(),
-                "watch": "1",
-                "allowWatchBookmarks": "true",
-                "timeoutSeconds": str(max(1, timeout_seconds)),
-            }
-            if version:
-                params["resourceVersion"] = version
-            try:
-                response = self._cluster.get(
-                    session,
-                    self.scope.path,
-                    params,
-                    timeout=(CONNECT_TIMEOUT, timeout_seconds + READ_MARGIN),
-                    stream=True,
-                )
-            except KubeError as exc:
-                if exc.status == 410:
-                    self._owner.count_restart("expired")
-                    return
-                if exc.reason in (Reason.API_UNAUTHORIZED, Reason.API_FORBIDDEN):
-                    raise
-                self._owner.count_restart("error")
-                self._set_down(exc.reason, exc.message)
-                self._stop.wait(backoff.next())
-                continue
-            self._set_up()  # connected again after a transient failure
-            try:
-                for event in _events(response):
-                    version = self._apply(event, version)
-                    if self._stop.is_set():
-                        return
-                self._owner.count_restart("timeout")  # the server ended the watch: normal
-                backoff.reset()
-            except _Expired:
-                self._owner.count_restart("expired")
-                return
-            except (requests.exceptions.RequestException, OSError, ValueError) as exc:
-                self._owner.count_restart("dropped")
-                log.info("kubernetes scope %s: watch dropped (%s); reconnecting", self.scope.name, type(exc).__name__)
-                self._stop.wait(backoff.next())
-            finally:
-                response.close()
-
-    def _apply(self, event: Mapping[str, Any], version: str) -> str:
-        kind = event.get("type")
-        obj = event.get("object") or {}
-        if kind == "ERROR":
-            if obj.get("code") == 410:
-                raise _Expired()
-            raise KubeError(Reason.API_ERROR, f"watch error: {str(obj.get('message', ''))[:300]}", obj.get("code"))
-        new_version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
-        if kind == "BOOKMARK":
-            return new_version
-        key = _object_key(obj)
-        changed = False
-        if kind in ("ADDED", "MODIFIED"):
-            with self._lock:
-                previous = self.items.get(key)
-            stored = self._build(obj, previous)
-            with self._lock:
-                if stored is None:
-                    changed = self.items.pop(key, None) is not None
-                else:
-                    changed = stored is not previous
-                    self.items[key] = stored
-        elif kind == "DELETED":
-            with self._lock:
-                changed = self.items.pop(key, None) is not None
-        if changed and self.on_change is not None:
-            self.on_change()
-        return new_version
-
-    def _build(self, obj: Mapping[str, Any], previous: StoredT | None) -> StoredT | None:
-        """Parse an object, or reuse ``previous`` if unchanged.  None: nothing to keep
-        (ignored by annotation, another replica's).  An object of the wrong shape (a
-        non-conforming API server or proxy) is one error of its own, never the scope's."""
-        try:
-            return self._build_checked(obj, previous)
-        except (AttributeError, TypeError, ValueError) as exc:
-            namespace, name = _object_key(obj) if isinstance(obj.get("metadata"), dict) else ("?", "?")
-            item = f"{namespace}/{name}" if namespace else f"{self.scope.resource}/{name}"
-            error = SourceError(Reason.PARSE_ERROR, item, f"{item}: malformed {self.scope.resource} object ({exc})")
-            return self._owner.malformed(error)
-
-    def _build_checked(self, obj: Mapping[str, Any], previous: StoredT | None) -> StoredT | None:
-        metadata = obj.get("metadata") or {}
-        uid = str(metadata.get("uid") or "")
-        version = str(metadata.get("resourceVersion") or "")
-        if previous is not None and previous.uid == uid and previous.resource_version == version and version:
-            return previous
-        return self._owner.parse_object(self.scope.resource, obj, uid, version)
-
-
-# -- what the owners of streams share ------------------------------------------------
-
-
-def open_cluster(kubeconfig: str | None, context: str | None, service_account_dir: str) -> Cluster | SourceError:
-    """The cluster of ``kubeconfig`` (its ``context``) or, without one, of the in-cluster
-    service account; a failure is the error the owner's round reports (and retries)."""
-    try:
-        if kubeconfig:
-            return from_kubeconfig(kubeconfig, context)
-        return in_cluster(service_account_dir)
-    except KubeError as exc:
-        return SourceError(exc.reason, kubeconfig or "in-cluster", exc.message)
-
-
-def wait_first_lists(streams: Sequence[Stream[Any]], list_timeout: float) -> None:
-    """Waits for the first complete list of every stream (or its failure), so that the
-    first round reports a whole inventory; later rounds never wait.  A second more than
-    the streams' own deadline, so that they report it themselves."""
-    deadline = time.monotonic() + list_timeout + 1
-    for stream in streams:
-        stream.synced.wait(max(0.0, deadline - time.monotonic()))
-
-
-def close_streams(streams: Sequence[Stream[Any]], cluster: Cluster | None) -> None:
-    """Stops ``streams`` (their threads end on their own) and closes ``cluster``'s connections."""
-    for stream in streams:
-        stream.stop()
-    if cluster is not None:
-        cluster.close()
-
-
-def stream_problem(stream: Stream[Any]) -> SourceError | None:
-    """What keeps ``stream``'s scope from being complete this round: its error, or a first
-    list still in progress (after :func:`wait_first_lists` gave up on it)."""
-    if stream.error is not None:
-        return stream.error
-    if not stream.synced.is_set():
-        name = stream.scope.name
-        return SourceError(Reason.DEADLINE_EXCEEDED, name, f"{name}: first list still in progress")
-    return None
-
-
-def ignored(metadata: Mapping[str, Any]) -> bool:
-    """``certscope.io/ignore: "true"`` on the object."""
-    annotations = metadata.get("annotations") or {}
-    return str(annotations.get(ANNOTATION_PREFIX + "ignore", "")).lower() in ("true", "1", "yes")
-
-
-# Larger than any object etcd stores (1.5 MiB by default): a line this long without
-# an end is not a watch event, and buffering it further would grow without bound.
-MAX_EVENT_BYTES = 16 * 1024 * 1024
-
-
-def _events(response: requests.Response) -> Iterator[Mapping[str, Any]]:
-    """Watch events as they arrive (one JSON object per line).  ``iter_content(None)``
-    yields each chunk as soon as it is read, so an event is never held back waiting
-    for more bytes.  Anything that is not a JSON object per line raises ValueError."""
-    pending = b""
-    for chunk in response.iter_content(chunk_size=None):
-        pending += chunk
-        while (newline := pending.find(b"\n")) >= 0:
-            line, pending = pending[:newline], pending[newline + 1 :]
-            if line.strip():
-                yield _event(line)
-        if len(pending) > MAX_EVENT_BYTES:
-            raise ValueError(f"watch event longer than {MAX_EVENT_BYTES} bytes")
-    if pending.strip():
-        yield _event(pending)
-
-
-def _event(line: bytes) -> Mapping[str, Any]:
-    try:
-        event: object = json.loads(line)
-    except RecursionError:  # nesting deeper than the interpreter's stack
-        raise ValueError("watch event nested too deeply") from None
-    if not isinstance(event, dict):
-        raise ValueError("watch event is not a JSON object")
-    obj = event.get("object") or {}
-    if not isinstance(obj, dict) or not isinstance(obj.get("metadata") or {}, dict):
-        raise ValueError("watch event holds no object with metadata")
-    return event
-
-
-def _object_key(obj: Mapping[str, Any]) -> tuple[str, str]:
-    metadata = obj.get("metadata") or {}
-    return str(metadata.get("namespace") or ""), str(metadata.get("name") or "")
 
 
 def _globs(patterns: tuple[str, ...]) -> re.Pattern[str]:
@@ -616,28 +159,15 @@ class KubernetesProbe:
     def __init__(self, settings: KubernetesSettings, defaults: ProbeDefaults | None = None) -> None:
         self.settings = settings
         self.shard = defaults.shard if defaults is not None else NO_SHARD
-        self._lock = threading.Lock()
-        self._streams: list[Stream[_Stored]] = []
-        self._cluster: Cluster | None = None
-        self._setup_error: SourceError | None = None
-        self._restarts_lock = threading.Lock()  # streams count while _start waits under _lock
-        self._restarts: dict[str, int] = {"expired": 0, "dropped": 0, "error": 0, "timeout": 0}
+        self._informers: Informers[_Stored] = Informers(settings, self._scopes(), self)
         self._round: dict[str, ProbeResult] = {}
-        self._closed = False
         self._secret_keys = _globs(settings.keys)
         self._configmap_keys = _globs(settings.configmap_keys)
 
-    # -- lifecycle ---------------------------------------------------------------
-
-    def _start(self) -> None:
-        """Start the streams (on the first round, not at build time, so that
-        building a probe never touches the network).  Called under ``_lock``."""
+    def _scopes(self) -> list[Scope]:
+        """What to watch: Secrets by namespace and type, ConfigMaps by namespace, and
+        the cluster-scoped resources asked for."""
         settings = self.settings
-        opened = open_cluster(settings.kubeconfig, settings.context, settings.service_account_dir)
-        if isinstance(opened, SourceError):
-            self._setup_error = opened
-            return
-        self._cluster = opened
         # Explicit namespaces: watch only this replica's; all namespaces: one watch,
         # and objects of other replicas' namespaces are dropped unparsed.
         namespaces: tuple[str | None, ...] = tuple(n for n in settings.namespaces if self.shard.owns(n)) or (
@@ -655,53 +185,30 @@ class KubernetesProbe:
         cluster_resources = [*settings.ca_bundles, *((CSR_RESOURCE,) if settings.certificate_signing_requests else ())]
         if self.shard.owns(""):  # cluster-scoped objects are the shard of namespace "" alone
             scopes += [Scope(resource, None, None, "") for resource in cluster_resources]
-        self._streams = [Stream(scope, self._cluster, self) for scope in scopes]
-        for stream in self._streams:
-            stream.start()
+        return scopes
 
     def close(self) -> None:
         """Stop the streams (on reload or shutdown); their threads end on their own."""
-        with self._lock:
-            self._closed = True
-            close_streams(self._streams, self._cluster)
-
-    def count_restart(self, reason: str) -> None:
-        with self._restarts_lock:
-            self._restarts[reason] = self._restarts.get(reason, 0) + 1
+        self._informers.close()
 
     # -- a round -----------------------------------------------------------------
 
     def targets(self) -> Discovery:
-        with self._lock:
-            if self._closed:
-                return Discovery((), up=False)
-            if self._cluster is None and self._setup_error is None:
-                self._start()
-            streams = list(self._streams)
-        wait_first_lists(streams, self.settings.list_timeout)
-        with self._restarts_lock:
-            restarts = tuple(sorted(self._restarts.items()))
-        if self._setup_error is not None:
-            error = self._setup_error
-            self._setup_error = None  # retried on the next round
-            return Discovery((), (error,), up=False)
+        look = self._informers.look()
+        if look.closed:
+            return Discovery((), up=False)
+        if look.setup_error is not None:
+            return Discovery((), (look.setup_error,), up=False)
         results: dict[str, ProbeResult] = {}
         errors: list[SourceError] = []
-        scopes = [(stream.scope.name, stream.up) for stream in streams]
-        for stream in streams:
-            if (problem := stream_problem(stream)) is not None:
+        for stream in look.streams:
+            if (problem := stream.problem()) is not None:
                 errors.append(problem)
             for stored in stream.view():
                 errors.extend(stored.errors)
                 results.update(stored.results)
         self._round = results
-        return Discovery(
-            tuple(results),
-            tuple(errors),
-            up=all(up for _, up in scopes),
-            scopes=tuple(scopes),
-            watch_restarts=restarts,
-        )
+        return Discovery(tuple(results), tuple(errors), up=look.up, scopes=look.scopes, watch_restarts=look.restarts)
 
     def run(self, target: str, ctx: ProbeContext) -> ProbeResult:
         result = self._round.get(target)
@@ -710,10 +217,6 @@ class KubernetesProbe:
         return result
 
     # -- parsing -----------------------------------------------------------------
-
-    @property
-    def watch_settings(self) -> KubernetesSettings:
-        return self.settings
 
     def malformed(self, error: SourceError) -> _Stored:
         return _Stored("", "", (), (error,))

@@ -19,9 +19,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from probes.base import CertFacts, CertObservation, ProbeResult, Reason, SourceError
 from probes.certparse import role_in_bundle
-from probes.expect import Expect, check
+from probes.expect import Expect, unmet_expectation
+from probes.reasons import Reason
+from probes.result import CertFacts, CertObservation, ProbeResult, SourceError
 
 Labels = tuple[tuple[str, str], ...]
 PasswordSource = Callable[[], bytes | None]
@@ -67,7 +68,9 @@ def located_result(located: Located, target: str, started: float, expect: Expect
         if observation.cert.problems:
             problems = "; ".join(observation.cert.problems)
             errors.append(SourceError(Reason.MALFORMED_CERTIFICATE, item, f"{item}: unreadable fields: {problems}"))
-        unmet = check(observation.cert, expect) if expect is not None and observation.role == "leaf" else None
+        unmet = (
+            unmet_expectation(observation.cert, expect) if expect is not None and observation.role == "leaf" else None
+        )
         if unmet is not None:
             errors.append(SourceError(unmet[0], item, f"{item}: {unmet[1]}"))
     if not observations and not errors:

@@ -3,7 +3,8 @@ responder's health.
 
 Targets are certificate files (``certificates``, PEM or DER; the first certificate of
 each file is checked).  Each round asks the responder from the certificate's AIA, or
-``url`` when set, through the shared cache: an answer is reused until its
+``url`` when set, through the OCSP client the process shares
+(``probes.revocation.ocsp_client``) and its cache: an answer is reused until its
 nextUpdate, so a responder is not asked more often than its answers expire.
 
 The AIA URL comes from a certificate and obeys ``global.egress``; ``url`` is the
@@ -16,19 +17,15 @@ import time
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
-from probes.base import (
-    CertObservation,
-    Discovery,
-    ProbeContext,
-    ProbeDefaults,
-    ProbeResult,
-    Reason,
-    annotate_revocation,
-    path_field,
-)
+from probes.certfiles import expand_paths, load_certificates
 from probes.certparse import facts_from_certificate
+from probes.context import ProbeContext
 from probes.fetch import ANY_NETWORK
-from probes.revocation import OCSP_REASONS, RevocationChecker, expand_paths, load_certificates
+from probes.reasons import Reason
+from probes.result import CertObservation, Discovery, ProbeResult
+from probes.revocation import OCSP_REASONS, RevocationChecker, RevocationQuery
+from probes.revocation_facts import annotate_revocation
+from probes.settings import ProbeDefaults, path_field
 
 
 @dataclass(frozen=True)
@@ -79,21 +76,15 @@ class OcspProbe:
         except (OSError, ValueError, IndexError) as exc:
             return ProbeResult(False, Reason.READ_ERROR, time.monotonic() - started, message=f"{target}: {exc}")
         with ctx.phase("ocsp") as phase:
-            check = self.revocation.check_ocsp(
-                cert,
-                self.issuer,
-                self.settings.url,
-                deadline=ctx.deadline,
-                allow_networks=self.allow_networks,
-                use_nonce=self.settings.nonce,
-            )
-            annotate_revocation(phase, check, 0, "leaf")
-        reason = check.reason
+            query = RevocationQuery(cert, self.issuer, self.settings.url, ctx.deadline, self.allow_networks)
+            answer = self.revocation.ocsp.status(query, use_nonce=self.settings.nonce)
+            annotate_revocation(phase, answer, 0, "leaf")
+        reason = answer.reason
         return ProbeResult(
-            success=check.state == "good" or (check.state == "not_applicable"),
+            success=answer.state == "good" or (answer.state == "not_applicable"),
             reason=reason,
             duration_seconds=time.monotonic() - started,
             certificates=(CertObservation(0, "leaf", facts_from_certificate(cert)),),
-            message=f"{target}: {check.message}" if check.message else "",
-            revocation=(replace(check, index=0, role="leaf"),),
+            message=f"{target}: {answer.message}" if answer.message else "",
+            revocation=(replace(answer, index=0, role="leaf"),),
         )

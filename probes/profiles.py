@@ -52,7 +52,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import Criticality, ExtensionPolicy
 
 from probes import der
-from probes.base import Reason
+from probes.reasons import Reason
 
 WEBPKI = "webpki"
 RFC5280 = "rfc5280"
@@ -91,17 +91,30 @@ class Problem:
     message: str
 
 
-def describe(cert: x509.Certificate, position: int, last: int) -> str:
-    """'the leaf (CN=...)', 'intermediate 2 (CN=...)' or 'the trust anchor (CN=...)'."""
-    try:
-        subject = cert.subject.rfc4514_string() or "empty subject"
-    except ValueError:
-        subject = "unreadable subject"
-    if position == 0:
-        return f"the leaf ({subject})"
-    if position == last:
-        return f"the trust anchor ({subject})"
-    return f"intermediate {position} ({subject})"
+@dataclass(frozen=True, slots=True)
+class Description:
+    """'the leaf (CN=...)', 'intermediate 2 (CN=...)' or 'the trust anchor (CN=...)',
+    spelled out only when a message is written: reading a subject as text costs
+    more than all the checks of a certificate that passes them."""
+
+    cert: x509.Certificate
+    position: int
+    last: int
+
+    def __str__(self) -> str:
+        try:
+            subject = self.cert.subject.rfc4514_string() or "empty subject"
+        except ValueError:
+            subject = "unreadable subject"
+        if self.position == 0:
+            return f"the leaf ({subject})"
+        if self.position == self.last:
+            return f"the trust anchor ({subject})"
+        return f"intermediate {self.position} ({subject})"
+
+
+def describe(cert: x509.Certificate, position: int, last: int) -> Description:
+    return Description(cert, position, last)
 
 
 # -- keys and signatures (both profiles) ---------------------------------------------
@@ -193,7 +206,7 @@ def _ilog_e(v: int) -> int:
     return (result * _SCALE) // _LOG_E
 
 
-def key_problem(cert: x509.Certificate, what: str, profile: str, is_leaf: bool) -> Problem | None:
+def key_problem(cert: x509.Certificate, what: Description, profile: str, is_leaf: bool) -> Problem | None:
     try:
         key = cert.public_key()
     except Exception:  # noqa: BLE001 - an unloadable key: the path validation says why
@@ -233,7 +246,7 @@ def weak_signature_hash(cert: x509.Certificate) -> str | None:
     return _WEAK_HASHES.get(algorithm.name) if algorithm is not None else None
 
 
-def signature_problem(cert: x509.Certificate, what: str) -> Problem | None:
+def signature_problem(cert: x509.Certificate, what: Description) -> Problem | None:
     weak = weak_signature_hash(cert)
     if weak is None:
         return None
@@ -274,7 +287,7 @@ def _ku_allows_cert_sign(cert: x509.Certificate) -> bool:
     return usage is None or usage.key_cert_sign
 
 
-def anchor_problem(anchor: x509.Certificate, what: str) -> Problem | None:
+def anchor_problem(anchor: x509.Certificate, what: Description) -> Problem | None:
     """A trust anchor must be self-signed, or, if it is a CA certificate issued by
     another (an intermediate or cross-signed root placed in the trust store), carry
     the authorityKeyIdentifier RFC 5280 4.2.1.1 requires of every certificate that is
@@ -569,23 +582,39 @@ def audit(path: Sequence[x509.Certificate], profile: str) -> Problem | None:
     the order a person fixes them: the trust anchor, signatures, keys, then the
     CA/B rules on the leaf."""
     last = len(path) - 1
-    anchor = path[last]
-    problem = anchor_problem(anchor, describe(anchor, last, last))
-    if problem is not None:
-        return problem
-    for position, cert in enumerate(path):
-        if position == last and is_self_signed(cert):
-            continue  # nobody checks a root's signature on itself
-        problem = signature_problem(cert, describe(cert, position, last))
-        if problem is not None:
-            return problem
-    for position, cert in enumerate(path):
-        problem = key_problem(cert, describe(cert, position, last), profile, position == 0)
-        if problem is not None:
-            return problem
+    checks = [
+        (_certificate_problems if position == 0 else _ca_problems)(cert, position, last, profile)
+        for position, cert in enumerate(path)
+    ]
+    anchor, _, _ = checks[last]
+    if anchor is not None:
+        return anchor
+    for _, signature, _ in checks:
+        if signature is not None:
+            return signature
+    for _, _, key in checks:
+        if key is not None:
+            return key
     if profile == WEBPKI:
         return webpki_leaf_problem(path[0])
     return None
+
+
+def _certificate_problems(
+    cert: x509.Certificate, position: int, last: int, profile: str
+) -> tuple[Problem | None, Problem | None, Problem | None]:
+    """(anchor, signature, key) problems of the certificate at ``position``."""
+    what = describe(cert, position, last)
+    anchor = anchor_problem(cert, what) if position == last else None
+    # Nobody checks a root's signature on itself.
+    signature = None if position == last and is_self_signed(cert) else signature_problem(cert, what)
+    return anchor, signature, key_problem(cert, what, profile, position == 0)
+
+
+# The CAs of a fleet's paths are few and each is judged the same way in every path
+# it ends at the same place in; only the leaf is new.  By value: certificates
+# compare and hash by their DER.
+_ca_problems = functools.lru_cache(maxsize=4096)(_certificate_problems)
 
 
 def path_length_problem(path: Sequence[x509.Certificate], max_chain_depth: int) -> Problem | None:

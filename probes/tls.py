@@ -11,8 +11,9 @@ Record first, judge second: the handshake does not verify, so every certificate 
 server sends is captured (up to ``max_chain_length``) and exported whatever the
 verdict; ``probes.verify`` then judges trust and hostname in-process.
 
-One ``SSLContext`` is built per probe configuration and shared by all its runs
-(building one costs as much as twenty handshakes).
+The handshake is made by ``probes.tls_client`` (pyOpenSSL over the OpenSSL that
+``cryptography`` ships), whose context is built once per probe configuration and
+shared by all its runs.
 
 With a ``kubernetes:`` block the probe also takes its targets from the cluster
 (``probes.kubediscovery``: Ingresses, Gateway listeners, annotated Services), each
@@ -24,60 +25,48 @@ endpoints wakes the probe's round (``set_wake``).
 
 from __future__ import annotations
 
-import os
 import re
 import socket
-import ssl
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
-from probes.base import (
-    ByteSize,
-    CertFacts,
-    CertObservation,
-    Discovery,
-    ProbeContext,
-    ProbeDefaults,
-    ProbeResult,
-    Reason,
-    RevocationFacts,
-    Seconds,
-    SourceError,
-    StoredComparison,
-    TlsFacts,
-    TrustSettings,
-    annotate_revocation,
-    path_field,
-)
-from probes.certparse import facts_from_certificate, role_in_bundle
+from probes.certparse import facts_from_certificate
+from probes.context import ProbeContext
 from probes.credentials import read_secret
-from probes.expect import EXPECT_REASONS, Expect, check
+from probes.expect import EXPECT_REASONS, Expect
 from probes.fetch import FetchError, getaddrinfo_by, is_ip, resolve_checked
 from probes.kubediscovery import Endpoint, KubeDiscoverySettings, KubeEndpoints, compare
-from probes.profiles import WEBPKI
-from probes.revocation import CRL_REASONS, OCSP_REASONS, RevocationChecker, evaluate_ocsp, revocation_facts
-from probes.stapling import fetch_stapled_response
+from probes.reasons import Reason
+from probes.result import CertObservation, Discovery, ProbeResult, SourceError, StoredComparison
+from probes.revocation import (
+    CRL_REASONS,
+    OCSP_REASONS,
+    RevocationChecker,
+    RevocationSettings,
+    ServedEndpoint,
+    served_chain_revocation,
+)
+from probes.revocation_facts import RevocationFacts
+from probes.settings import ByteSize, ProbeDefaults, Seconds, TrustSettings, path_field
 from probes.starttls import PROTOCOLS, StartTlsError, upgrade
-from probes.verify import TrustStore, Verdict, VerifySettings, choose_profile, verify_served_chain
+from probes.tls_client import CLIENT_KEY_TYPES, ClientKey, HandshakeError, HandshakeFailed, TlsClient, TlsConnection
+from probes.tls_facts import TlsFacts
+from probes.tls_outcome import Outcome, Problem, TlsObservation, tls_outcome
+from probes.verify import MEMO_SIZE, ChainMemo, TrustStore, Verdict, VerifySettings, choose_profile
 from probes.version import __version__
 
 MAX_HTTP_HEADER = 64 * 1024
 MAX_HTTP_BODY = 16 * 1024 * 1024
-MEMO_SIZE = 4096  # certificates and verdicts remembered per probe, at least
-MEMO_PER_TARGET = 4  # room per configured target: its chain's certificates and its verdict
-# Seconds a verdict is reused at most.  The trust store is fixed for the probe's
-# life and time boundaries are handled exactly, so this only bounds the unforeseen;
-# it must outlast the interval, or a verdict expires just before it is reused.
-MEMO_MAX_AGE = 6 * 3600.0
+MEMO_PER_TARGET = 4  # room per configured target in the chain memo: its chain's certificates and its verdict
 MAX_HTTP_PEEK = 2048
+# The chain memo lives beside the verifier (probes.verify); its names stay importable
+# from here, where tests/test_tls_probe.py sizes and drives it.
 
 
 @dataclass(frozen=True)
@@ -163,19 +152,6 @@ def _regexp_problems(field_name: str, pattern: str) -> list[tuple[str, str]]:
 
 
 @dataclass(frozen=True)
-class RevocationSettings:
-    ocsp: bool = False
-    crl: bool = False
-    # Ask the server to staple an OCSP response and judge it.  Python's ssl cannot
-    # ask (no status_request), so this is a second, pyOpenSSL handshake per run.
-    stapled: bool = False
-    nonce: bool = False  # send an OCSP nonce (forces POST; many responders ignore it)
-    # Fail the target when the state cannot be established, instead of only
-    # exporting check_success 0 (what browsers call hard-fail).
-    hard_fail: bool = False
-
-
-@dataclass(frozen=True)
 class TlsSettings:
     targets: tuple[str, ...] = ()  # required unless kubernetes discovers them
     server_name: str | None = None  # SNI and the name verified; default: the target host
@@ -248,6 +224,10 @@ class _Failure(Exception):
         self.reason = reason
         self.tls = tls  # what is known of a handshake that failed part-way
 
+    @property
+    def problem(self) -> Problem:
+        return Problem(self.reason, str(self))
+
 
 class TlsProbe:
     kind: ClassVar[str] = "tls"
@@ -294,10 +274,10 @@ class TlsProbe:
         self.allow_networks = defaults.allow_networks
         self.revocation = defaults.revocation or RevocationChecker()
         self.client_certificates: tuple[CertObservation, ...] = ()
-        self.context = self._build_context()
+        self.client = self._build_client()
         discovered = settings.kubernetes.max_targets if settings.kubernetes is not None else 0
         capacity = max(MEMO_SIZE, MEMO_PER_TARGET * (len(settings.targets) + discovered))
-        self._memo = _ChainMemo(self.trust, capacity, self.profile)
+        self._memo = ChainMemo(self.trust, capacity, self.profile)
         self._source = KubeEndpoints(settings.kubernetes) if settings.kubernetes is not None else None
         self._endpoints: dict[str, Endpoint] = {}  # the discovered targets of the latest round
 
@@ -313,51 +293,50 @@ class TlsProbe:
 
     # -- configuration -----------------------------------------------------------
 
-    def _build_context(self) -> ssl.SSLContext:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE  # record first; probes.verify judges
-        if self.settings.alpn:
-            context.set_alpn_protocols(list(self.settings.alpn))
+    def _build_client(self) -> TlsClient:
+        revocation = self.settings.revocation
+        client = TlsClient(self.settings.alpn, request_staple=revocation is not None and revocation.stapled)
         if self.settings.client_cert is not None:
-            self._load_client_cert(context, self.settings.client_cert)
-        # The ssl module's private message hook (3.8+) is the only way to see whether
-        # the server sent a CertificateRequest.  It is set on the C type directly:
-        # ssl.py's wrapper builds three enums per TLS message, which under load
-        # costs more than the handshake's own Python code.
-        _RAW_MSG_CALLBACK.__set__(context, _note_certificate_request)
-        return context
+            chain, key = self._load_client_cert(self.settings.client_cert)
+            try:
+                client.use_client_certificate(chain, key)
+            except Exception as exc:  # noqa: BLE001 - OpenSSL's refusal, named
+                raise ValueError(f"client_cert: the key does not belong to the certificate ({exc})") from None
+            self.client_certificates = tuple(
+                CertObservation(index, "client", facts_from_certificate(cert)) for index, cert in enumerate(chain)
+            )
+        return client
 
-    def _load_client_cert(self, context: ssl.SSLContext, client: ClientCert) -> None:
-        # A password that cannot be read is a ValueError naming it: the probe is not built.
+    @staticmethod
+    def _load_client_cert(client: ClientCert) -> tuple[list[x509.Certificate], ClientKey]:
+        """The chain (leaf first) and key; a ValueError naming the file when one
+        does not load (never the password: a password that cannot be read is a
+        ValueError naming where it was looked for)."""
         password = read_secret(client.password_env, client.password_file, "client_cert.password")
         if client.pkcs12_file:
             with open(client.pkcs12_file, "rb") as handle:
                 bundle = pkcs12.load_pkcs12(handle.read(), password)
             if bundle.cert is None or bundle.key is None:
                 raise ValueError(f"{client.pkcs12_file}: PKCS#12 holds no certificate and key")
-            certs = [bundle.cert.certificate, *(c.certificate for c in bundle.additional_certs)]
-            key_pem = bundle.key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-            chain_pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
-            # load_cert_chain() reads files only; an anonymous in-memory file keeps
-            # the key off the disk.
-            fd = os.memfd_create("certscope-client", os.MFD_CLOEXEC)
-            try:
-                os.write(fd, chain_pem + key_pem)
-                context.load_cert_chain(f"/proc/self/fd/{fd}")
-            finally:
-                os.close(fd)
-            del bundle, key_pem
+            chain = [bundle.cert.certificate, *(c.certificate for c in bundle.additional_certs)]
+            key: object = bundle.key
         else:
             assert client.cert_file and client.key_file
-            context.load_cert_chain(client.cert_file, client.key_file, password=password)
             with open(client.cert_file, "rb") as handle:
-                certs = x509.load_pem_x509_certificates(handle.read())
-        self.client_certificates = tuple(
-            CertObservation(index, "client", facts_from_certificate(cert)) for index, cert in enumerate(certs)
-        )
+                data = handle.read()
+            try:
+                chain = x509.load_pem_x509_certificates(data)
+            except ValueError:
+                raise ValueError(f"client_cert.cert_file {client.cert_file}: holds no PEM certificate") from None
+            with open(client.key_file, "rb") as handle:
+                data = handle.read()
+            try:
+                key = serialization.load_pem_private_key(data, password)
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"client_cert.key_file {client.key_file}: not a usable private key ({exc})") from None
+        if not isinstance(key, CLIENT_KEY_TYPES):
+            raise ValueError(f"client_cert: a {type(key).__name__} cannot sign a TLS handshake")
+        return chain, key
 
     # -- discovery ---------------------------------------------------------------
 
@@ -411,16 +390,8 @@ class TlsProbe:
         try:
             return self._run(host, port, server_name, pinned_address, ctx, started, observations, labels)
         except _Failure as failure:
-            return ProbeResult(
-                success=False,
-                reason=failure.reason,
-                duration_seconds=time.monotonic() - started,
-                certificates=tuple(observations),
-                phases=tuple(ctx.phases),
-                message=f"{name}: {failure}",
-                tls=failure.tls,
-                target_labels=labels,
-            )
+            outcome = tls_outcome(TlsObservation(handshake_failure=failure.problem))
+            return _result(outcome, name, started, observations, ctx, labels, failure.tls)
 
     def _run_discovered(self, endpoint: Endpoint, ctx: ProbeContext) -> ProbeResult:
         """An endpoint found in the cluster: its address checked against the egress
@@ -443,16 +414,8 @@ class TlsProbe:
                 endpoint.host, endpoint.port, endpoint.server_name, pinned, ctx, started, observations, labels
             )
         except _Failure as failure:
-            result = ProbeResult(
-                success=False,
-                reason=failure.reason,
-                duration_seconds=time.monotonic() - started,
-                certificates=tuple(observations),
-                phases=tuple(ctx.phases),
-                message=f"{endpoint.target} ({where}): {failure}",
-                tls=failure.tls,
-                target_labels=labels,
-            )
+            outcome = tls_outcome(TlsObservation(handshake_failure=failure.problem))
+            result = _result(outcome, f"{endpoint.target} ({where})", started, observations, ctx, labels, failure.tls)
         stored = None
         leaf = next((o.cert for o in result.certificates if o.role == "leaf" and o.index == 0), None)
         if leaf is not None and endpoint.secrets and self._source is not None:
@@ -484,6 +447,7 @@ class TlsProbe:
                 addresses = _resolve(host, port, settings.ip_version, ctx.deadline)
                 phase.set("certscope.dns.addresses", len(addresses))
         sock, address = _connect(addresses, port, ctx)
+        session: TlsConnection | None = None
         ctx.set_attribute("network.peer.address", address)
         ctx.set_attribute("network.peer.port", port)
         try:
@@ -497,19 +461,16 @@ class TlsProbe:
 
             phase_start = time.monotonic()
             with ctx.phase("tls.handshake") as phase:
-                tls = self.context.wrap_socket(sock, server_hostname=server_name or None, do_handshake_on_connect=False)
-                sock = tls  # closed below either way
-                tls.settimeout(max(ctx.remaining(), 0.001))
                 try:
-                    tls.do_handshake()
+                    session = self.client.connect(sock, server_name, ctx.deadline)
                 except TimeoutError:
                     raise _Failure(Reason.HANDSHAKE_TIMEOUT, "handshake did not finish before the deadline") from None
-                except ssl.SSLError as exc:
+                except HandshakeFailed as exc:
                     # A TLS 1.2 server refuses a client certificate after sending its
                     # own chain: record what arrived before reporting the failure.
-                    ders, served = _served_chain(tls, settings.max_chain_length)
+                    ders, served = exc.session.peer_chain(settings.max_chain_length)
                     observations.extend(self._memo.observe(ders, served))
-                    failure = self._handshake_failure(tls, exc)
+                    failure = self._handshake_failure(exc.session, exc)
                     if served and failure.reason in (Reason.CLIENT_CERT_REQUIRED, Reason.CLIENT_CERT_REJECTED):
                         verdict = self._memo.verdict(ders, served, server_name or host)
                         failure.tls = _failed_handshake_facts(
@@ -521,13 +482,16 @@ class TlsProbe:
                 handshake_seconds = time.monotonic() - phase_start
                 phase.set("tls.established", True)
 
-            ders, served = _served_chain(tls, settings.max_chain_length)
-            observations.extend(self._memo.observe(ders, served))
-            version = tls.version() or ""
-            cipher = (tls.cipher() or ("", "", 0))[0]
-            alpn = tls.selected_alpn_protocol() or ""
+            ders, served = session.peer_chain(settings.max_chain_length)
+            served_observations = self._memo.observe(ders, served)
+            observations.extend(served_observations)
+            version = session.version
+            cipher = session.cipher
+            alpn = session.alpn
 
-            client_auth, http_status, after_failure = self._round_trip(tls, server_name or host, ctx, handshake_seconds)
+            client_auth, http_status, after_failure = self._round_trip(
+                session, server_name or host, ctx, handshake_seconds
+            )
 
             with ctx.phase("verify") as phase:
                 verdict = self._memo.verdict(ders, served, server_name or host)
@@ -542,9 +506,17 @@ class TlsProbe:
                     )
                     phase.fail(verdict.reason, verdict.message)
         finally:
-            sock.close()
+            (session or sock).close()  # a session owns its socket
 
-        revocation = self._check_revocation(served, verdict, ctx, (address, port, server_name))
+        revocation = served_chain_revocation(
+            self.revocation,
+            settings.revocation or RevocationSettings(),
+            served,
+            verdict.verified_path,
+            ServedEndpoint(address, port, server_name, session.staple if session is not None else None),
+            ctx,
+            self.allow_networks,
+        )
         verified_not_after = (
             min(c.not_valid_after_utc for c in verdict.verified_path).timestamp()
             if verdict.chain_verified and verdict.verified_path
@@ -564,131 +536,40 @@ class TlsProbe:
             http_status=http_status,
             verified_chain_not_after=verified_not_after,
         )
-        # Client-auth refusals come first: the cert verdict may be fine.
-        reason, message = Reason.OK, ""
-        if after_failure is not None and after_failure.reason in (
-            Reason.CLIENT_CERT_REQUIRED,
-            Reason.CLIENT_CERT_REJECTED,
-        ):
-            reason, message = after_failure.reason, str(after_failure)
-        elif revoked := [r for r in revocation if r.state == "revoked"]:
-            reason, message = (
-                Reason.REVOKED,
-                f"certificate {revoked[0].index} {revoked[0].message} ({revoked[0].source})",
+        outcome = tls_outcome(
+            TlsObservation(
+                verdict=verdict,
+                after_handshake=after_failure.problem if after_failure is not None else None,
+                revocation=revocation,
+                leaf=served_observations[0].cert if served_observations else None,
+                expect=settings.expect,
+                hard_fail=settings.revocation is not None and settings.revocation.hard_fail,
             )
-        elif verdict.reason is not Reason.OK:
-            reason, message = verdict.reason, verdict.message
-        elif after_failure is not None:
-            reason, message = after_failure.reason, str(after_failure)
-        elif (
-            settings.expect is not None
-            and served
-            and (unmet := check(facts_from_certificate(served[0]), settings.expect))
-        ):
-            reason, message = unmet
-        elif settings.revocation and settings.revocation.hard_fail:
-            unknown = [r for r in revocation if r.state == "unknown"]
-            if unknown:
-                reason, message = unknown[0].reason, f"{unknown[0].method}: {unknown[0].message}"
-        return ProbeResult(
-            success=reason is Reason.OK,
-            reason=reason,
-            duration_seconds=time.monotonic() - started,
-            certificates=tuple(observations),
-            phases=tuple(ctx.phases),
-            message=f"{host}:{port}: {message}" if message else "",
-            tls=facts,
-            revocation=tuple(revocation),
-            target_labels=labels,
         )
+        return _result(outcome, f"{host}:{port}", started, observations, ctx, labels, facts, revocation)
 
-    def _check_revocation(
-        self,
-        served: list[x509.Certificate],
-        verdict: Verdict,
-        ctx: ProbeContext,
-        endpoint: tuple[str, int, str],
-    ) -> list[RevocationFacts]:
-        """OCSP and/or CRL for every served certificate whose issuer is known: the
-        next certificate on the verified path, else the next one served."""
-        settings = self.settings.revocation
-        if settings is None or not (settings.ocsp or settings.crl or settings.stapled):
-            return []
-        path = list(verdict.verified_path) or served
-        results: list[RevocationFacts] = []
-        with ctx.phase("revocation"):
-            for index, cert in enumerate(served):
-                issuer = next(
-                    (path[i + 1] for i, c in enumerate(path[:-1]) if c == cert and path[i + 1].subject == cert.issuer),
-                    None,
-                )
-                if issuer is None or cert.issuer == cert.subject:
-                    continue
-                role = "leaf" if index == 0 else "intermediate"
-                if settings.ocsp:
-                    with ctx.phase("ocsp") as phase:
-                        found = self.revocation.check_ocsp(
-                            cert,
-                            issuer,
-                            None,
-                            deadline=ctx.deadline,
-                            allow_networks=self.allow_networks,
-                            use_nonce=settings.nonce,
-                        )
-                        annotate_revocation(phase, found, index, role)
-                    results.append(replace(found, index=index, role=role))
-                if settings.crl:
-                    with ctx.phase("crl") as phase:
-                        found = self.revocation.check_crl(
-                            cert, issuer, None, deadline=ctx.deadline, allow_networks=self.allow_networks
-                        )
-                        annotate_revocation(phase, found, index, role)
-                    results.append(replace(found, index=index, role=role))
-            if settings.stapled and served:
-                issuer = path[1] if len(path) > 1 and path[1].subject == served[0].issuer else None
-                with ctx.phase("stapled") as phase:
-                    found = self._check_stapled(served[0], issuer, ctx, endpoint)
-                    annotate_revocation(phase, found, 0, "leaf")
-                results.append(found)
-        return results
-
-    def _check_stapled(
-        self, leaf: x509.Certificate, issuer: x509.Certificate | None, ctx: ProbeContext, endpoint: tuple[str, int, str]
-    ) -> RevocationFacts:
-        address, port, server_name = endpoint
-        try:
-            staple = fetch_stapled_response(address, port, server_name, ctx.deadline)
-        except OSError as exc:
-            return RevocationFacts("stapled", "unknown", Reason.OCSP_UNAVAILABLE, "", f"stapling handshake: {exc}")
-        if staple is None:
-            return RevocationFacts("stapled", "not_applicable", Reason.OK, "", "the server staples no OCSP response")
-        if issuer is None:
-            return RevocationFacts("stapled", "unknown", Reason.OCSP_BAD_RESPONSE, "", "the leaf's issuer is unknown")
-        judgement = evaluate_ocsp(staple, leaf, issuer, datetime.now(UTC))
-        return revocation_facts("stapled", "stapled", judgement, 0.0, None)
-
-    def _handshake_failure(self, tls: ssl.SSLSocket, exc: ssl.SSLError) -> _Failure:
-        text = f"{exc.reason or ''} {exc}".upper()
-        requested = bool(getattr(tls, "certscope_certificate_requested", False))
+    def _handshake_failure(self, session: TlsConnection, exc: HandshakeError) -> _Failure:
+        text = f"{exc.code} {exc}".upper()
+        requested = session.certificate_requested
         sent = self.settings.client_cert is not None
         if "CERTIFICATE_REQUIRED" in text or (requested and not sent and "HANDSHAKE_FAILURE" in text):
             return _Failure(Reason.CLIENT_CERT_REQUIRED, "the server requires a client certificate")
         if sent and requested and any(alert in text for alert in _CLIENT_CERT_ALERTS):
-            return _Failure(Reason.CLIENT_CERT_REJECTED, f"the server rejected the client certificate ({exc.reason})")
+            return _Failure(Reason.CLIENT_CERT_REJECTED, f"the server rejected the client certificate ({exc.code})")
         if any(marker in text for marker in _PROTOCOL_MARKERS):
-            return _Failure(Reason.PROTOCOL_ERROR, f"no common protocol version or cipher ({exc.reason})")
-        return _Failure(Reason.HANDSHAKE_FAILED, f"handshake failed: {exc.reason or exc}")
+            return _Failure(Reason.PROTOCOL_ERROR, f"no common protocol version or cipher ({exc.code})")
+        return _Failure(Reason.HANDSHAKE_FAILED, f"handshake failed: {exc.code or exc}")
 
     def _round_trip(
-        self, tls: ssl.SSLSocket, host: str, ctx: ProbeContext, handshake_seconds: float
+        self, tls: TlsConnection, host: str, ctx: ProbeContext, handshake_seconds: float
     ) -> tuple[str, int | None, _Failure | None]:
         """After the handshake: (client_auth result, HTTP status, failure or None)."""
-        requested = bool(getattr(tls, "certscope_certificate_requested", False))
+        requested = tls.certificate_requested
         sent = self.settings.client_cert is not None
         http = self.settings.http
         failure: _Failure | None = None
         status: int | None = None
-        if http is not None or (requested and tls.version() == "TLSv1.3"):
+        if http is not None or (requested and tls.version == "TLSv1.3"):
             with ctx.phase("http" if http is not None else "client_auth") as phase:
                 try:
                     if http is not None:
@@ -701,12 +582,11 @@ class TlsProbe:
                         # A rejection comes one round trip after our Finished; the handshake
                         # took about one, so twice its time (at least 50 ms) is plenty.
                         wait = min(self.settings.client_auth_wait, max(0.05, 2 * handshake_seconds))
-                        tls.settimeout(max(0.001, min(ctx.remaining(), wait)))
                         try:
-                            tls.recv(1)
+                            tls.recv(1, min(ctx.deadline, time.monotonic() + wait))
                         except TimeoutError:
                             pass  # no rejection within the wait: accepted
-                except ssl.SSLError as exc:
+                except HandshakeError as exc:
                     failure = self._handshake_failure(tls, exc)
                 except TimeoutError:
                     failure = _Failure(Reason.HANDSHAKE_TIMEOUT, "no answer after the handshake before the deadline")
@@ -721,6 +601,31 @@ class TlsProbe:
         else:
             client_auth = "accepted" if sent else "not_sent"
         return client_auth, status, failure
+
+
+def _result(
+    outcome: Outcome,
+    where: str,
+    started: float,
+    observations: list[CertObservation],
+    ctx: ProbeContext,
+    labels: tuple[tuple[str, str], ...],
+    tls: TlsFacts | None,
+    revocation: Sequence[RevocationFacts] = (),
+) -> ProbeResult:
+    """A run's result: its outcome (``probes.tls_outcome``), its message led by
+    ``where`` (the endpoint), and what it observed."""
+    return ProbeResult(
+        success=outcome.success,
+        reason=outcome.reason,
+        duration_seconds=time.monotonic() - started,
+        certificates=tuple(observations),
+        phases=tuple(ctx.phases),
+        message=f"{where}: {outcome.message}" if outcome.message else "",
+        facts=tls,
+        revocation=tuple(revocation),
+        target_labels=labels,
+    )
 
 
 def _http_failure(response: HttpResponse, http: HttpCheck) -> _Failure | None:
@@ -793,18 +698,6 @@ _PROTOCOL_MARKERS = (
 )
 
 
-_RAW_MSG_CALLBACK: Any = ssl._ssl._SSLContext.__dict__["_msg_callback"]  # type: ignore[attr-defined]
-_HANDSHAKE = 22  # TLS content type
-_CERTIFICATE_REQUEST = 13  # handshake message type
-
-
-def _note_certificate_request(
-    conn: Any, direction: str, version: int, content_type: int, msg_type: int, data: bytes
-) -> None:
-    if msg_type == _CERTIFICATE_REQUEST and content_type == _HANDSHAKE and direction == "read":
-        conn.certscope_certificate_requested = True
-
-
 def _resolve(host: str, port: int, ip_version: str, deadline: float) -> list[tuple[str, int]]:
     family = {"ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}.get(ip_version, socket.AF_UNSPEC)
     if is_ip(host):
@@ -866,71 +759,6 @@ def _failed_handshake_facts(address: str, server_name: str, seconds: float, verd
     )
 
 
-class _ChainMemo:
-    """The same served chain gets the same facts and verdict, without the work.
-
-    Reading a certificate's fields and validating a path cost more CPU than the
-    handshake itself, and while they run they hold the GIL every other handshake
-    needs.  Facts are kept per certificate (by DER); a verdict per (chain, name)
-    until the next notBefore/notAfter of a certificate involved, or MEMO_MAX_AGE.
-    Both are bounded by ``capacity``, sized from the number of targets: rounds visit
-    the targets in the same order, so a memo smaller than their certificates would
-    be emptied before any entry is reused (measured: 0 % hits at 5,000 targets
-    with a fixed 4,096).  A full memo is simply cleared."""
-
-    def __init__(self, trust: TrustStore, capacity: int = MEMO_SIZE, profile: str = WEBPKI) -> None:
-        self.trust = trust
-        self.capacity = capacity
-        self.profile = profile
-        self._facts: dict[bytes, CertFacts] = {}
-        self._verdicts: dict[tuple[tuple[bytes, ...], str], tuple[float, Verdict]] = {}
-        self._lock = threading.Lock()
-
-    def observe(self, ders: list[bytes], served: list[x509.Certificate]) -> list[CertObservation]:
-        observations = []
-        for index, (der, cert) in enumerate(zip(ders, served, strict=True)):
-            facts = self._facts.get(der)
-            if facts is None:
-                facts = facts_from_certificate(cert)
-                with self._lock:
-                    if len(self._facts) >= self.capacity:
-                        self._facts.clear()
-                    self._facts[der] = facts
-            observations.append(CertObservation(index, "leaf" if index == 0 else role_in_bundle(facts), facts))
-        return observations
-
-    def verdict(self, ders: list[bytes], served: list[x509.Certificate], name: str) -> Verdict:
-        key = (tuple(ders), name)
-        now = time.time()
-        cached = self._verdicts.get(key)
-        if cached is not None and now < cached[0]:
-            return cached[1]
-        verdict = verify_served_chain(served, self.trust, name, datetime.now(UTC), profile=self.profile)
-        boundaries = [
-            moment.timestamp()
-            for cert in (*served, *verdict.verified_path)
-            for moment in (cert.not_valid_before_utc, cert.not_valid_after_utc)
-        ]
-        expires = min([now + MEMO_MAX_AGE, *(b for b in boundaries if b > now)])
-        with self._lock:
-            if len(self._verdicts) >= self.capacity:
-                self._verdicts.clear()
-            self._verdicts[key] = (expires, verdict)
-        return verdict
-
-
-def _served_chain(tls: ssl.SSLSocket, limit: int) -> tuple[list[bytes], list[x509.Certificate]]:
-    """Every certificate the server sent, in order, up to ``limit``, as DER and
-    loaded (none when the handshake broke before the server's Certificate)."""
-    sslobj: Any = getattr(tls, "_sslobj", None)
-    raw = (sslobj.get_unverified_chain() if sslobj is not None else None) or []
-    ders = [
-        item if isinstance(item, bytes) else item.public_bytes(ssl._ssl.ENCODING_DER)  # type: ignore[attr-defined]
-        for item in raw[:limit]
-    ]
-    return ders, [x509.load_der_x509_certificate(der) for der in ders]
-
-
 @dataclass(frozen=True)
 class HttpResponse:
     status: int
@@ -943,19 +771,17 @@ class HttpResponse:
         return [value for key, value in self.headers if key == wanted]
 
 
-def _http_exchange(tls: ssl.SSLSocket, http: HttpCheck, host: str, ctx: ProbeContext) -> HttpResponse:
+def _http_exchange(tls: TlsConnection, http: HttpCheck, host: str, ctx: ProbeContext) -> HttpResponse:
     """One request on the connection and its answer: the head, and the body when
     the rules need it (at most ``max_body_bytes``) or the status is 400."""
     request = (
         f"{http.method} {http.path} HTTP/1.1\r\nHost: {http.host or host}\r\n"
         f"User-Agent: certscope/{__version__}\r\nAccept: */*\r\nConnection: close\r\n\r\n"
     )
-    tls.settimeout(max(ctx.remaining(), 0.001))
-    tls.sendall(request.encode("ascii"))
+    tls.sendall(request.encode("ascii"), ctx.deadline)
     received = b""
     while b"\r\n\r\n" not in received:
-        tls.settimeout(max(ctx.remaining(), 0.001))
-        chunk = tls.recv(4096)
+        chunk = tls.recv(4096, ctx.deadline)
         if not chunk:
             break
         received += chunk
@@ -976,16 +802,15 @@ def _http_exchange(tls: ssl.SSLSocket, http: HttpCheck, host: str, ctx: ProbeCon
         return HttpResponse(status, headers, body, truncated)
     if status == 400 and len(received) < MAX_HTTP_PEEK:
         # Some servers (nginx) explain a client-certificate refusal in the body.
-        tls.settimeout(max(0.001, min(ctx.remaining(), 0.2)))
         try:
-            rest += tls.recv(MAX_HTTP_PEEK)
-        except (TimeoutError, ssl.SSLError, OSError):
+            rest += tls.recv(MAX_HTTP_PEEK, min(ctx.deadline, time.monotonic() + 0.2))
+        except (TimeoutError, HandshakeError, OSError):
             pass
         return HttpResponse(status, headers, rest)
     return response
 
 
-def _read_body(tls: ssl.SSLSocket, response: HttpResponse, limit: int, ctx: ProbeContext) -> tuple[bytes, bool]:
+def _read_body(tls: TlsConnection, response: HttpResponse, limit: int, ctx: ProbeContext) -> tuple[bytes, bool]:
     """The body after the head (Content-Length, chunked, or up to the close), at
     most ``limit`` bytes of it once decoded; and whether there was more."""
     raw = response.body
@@ -1002,12 +827,8 @@ def _read_body(tls: ssl.SSLSocket, response: HttpResponse, limit: int, ctx: Prob
         return chunked and raw.endswith(b"0\r\n\r\n")
 
     while len(raw) < cap and not complete():
-        tls.settimeout(max(ctx.remaining(), 0.001))
-        try:
-            chunk = tls.recv(65536)
-        except ssl.SSLZeroReturnError:
-            break
-        if not chunk:
+        chunk = tls.recv(65536, ctx.deadline)
+        if not chunk:  # the server closed the session
             break
         raw += chunk
     body = _dechunk(raw) if chunked else raw

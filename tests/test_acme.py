@@ -36,10 +36,13 @@ from cryptography.hazmat.primitives import serialization
 
 from exporter.config import ConfigError, parse_config
 from probes.acme import AcmeCanary, http01_listener
-from probes.base import AttributeValue, PhaseSpan, ProbeContext, ProbeDefaults, ProbeResult, Reason, TrustSettings
 from probes.ca import AcmeIssuance, CaClient, CaIssuance, CaProbe, CaSettings
 from probes.certparse import facts_from_certificate
+from probes.context import AttributeValue, PhaseSpan, ProbeContext
 from probes.jose import b64url
+from probes.reasons import Reason
+from probes.result import ProbeResult
+from probes.settings import ProbeDefaults, TrustSettings
 from tests.acme_servers import PebbleServer, pebble_server
 from tests.ca_servers import StepCaServer, step_ca_server
 from tests.helpers import DaemonProcess, find
@@ -170,8 +173,8 @@ def test_issues_with_real_http01_validation_then_deactivates_and_revokes(pebble:
     tracer = Recorder()
     result = run(probe, tracer=tracer)
     assert result.success, result.message
-    assert result.ca is not None and result.ca.flavor == "acme" and result.ca.up
-    issuance = result.ca.issuance
+    assert result.facts is not None and result.facts.flavor == "acme" and result.facts.up
+    issuance = result.facts.issuance
     assert issuance is not None and issuance.success and issuance.reason is Reason.OK
     assert issuance.seconds is not None and 0 < issuance.seconds < 10
     phases = dict(issuance.phases)
@@ -231,8 +234,8 @@ def test_issues_with_always_valid_challenges(tmp_path: Path) -> None:
         result = run(probe)
         assert result.success, result.message
         assert validations(server) == 0
-        assert result.ca is not None and result.ca.issuance is not None
-        print(f"pebble, ALWAYS_VALID: {dict(result.ca.issuance.phases)}")
+        assert result.facts is not None and result.facts.issuance is not None
+        print(f"pebble, ALWAYS_VALID: {dict(result.facts.issuance.phases)}")
     finally:
         server.stop()
 
@@ -269,10 +272,10 @@ def test_challenge_pebble_cannot_validate(
     result = run(probe, tracer=tracer)
     assert not result.success and result.reason is Reason.CHALLENGE_FAILED, result.message
     assert "is invalid: connection: " in result.message and expected in result.message
-    assert result.ca is not None and result.ca.up and result.ca.issuance is not None
-    assert result.ca.issuance.seconds is not None  # the CA was reached
+    assert result.facts is not None and result.facts.up and result.facts.issuance is not None
+    assert result.facts.issuance.seconds is not None  # the CA was reached
     assert tracer.span("acme.challenge").error == "challenge_failed"
-    assert "finalize" not in dict(result.ca.issuance.phases)
+    assert "finalize" not in dict(result.facts.issuance.phases)
     assert [c.role for c in result.certificates] == ["root"]  # nothing issued
 
 
@@ -334,8 +337,8 @@ def test_ca_down(tmp_path: Path) -> None:
     server.stop()
     result = run(probe)
     assert not result.success and result.reason is Reason.CONNECT_REFUSED
-    assert result.ca is not None and not result.ca.up
-    issuance = result.ca.issuance
+    assert result.facts is not None and not result.facts.up
+    issuance = result.facts.issuance
     assert issuance is not None and not issuance.success and issuance.reason is Reason.CONNECT_REFUSED
     assert issuance.seconds is None and "no ACME directory" in issuance.message
     assert result.certificates == ()  # the store keeps the last good ones for three intervals
@@ -356,8 +359,8 @@ def test_down_during_the_run_is_the_network_reason(tmp_path: Path) -> None:
             ca.url, ProbeContext(deadline=time.monotonic() + 5)
         )
     assert result.reason is Reason.CONNECT_REFUSED, result.message
-    assert result.ca is not None and result.ca.up and result.ca.issuance is not None
-    assert dict(result.ca.issuance.phases).keys() == {"directory", "nonce"}
+    assert result.facts is not None and result.facts.up and result.facts.issuance is not None
+    assert dict(result.facts.issuance.phases).keys() == {"directory", "nonce"}
 
 
 # -- accounts -------------------------------------------------------------------------------
@@ -408,7 +411,7 @@ def test_unusable_account_key(pebble: PebbleServer, tmp_path: Path, content: byt
     result = run(probe_for(pebble, settings(pebble, key_file)))
     assert result.reason is Reason.CREDENTIAL_UNAVAILABLE and message in result.message
     assert str(key_file) in result.message
-    assert result.ca is not None and result.ca.issuance is not None and result.ca.issuance.seconds is None
+    assert result.facts is not None and result.facts.issuance is not None and result.facts.issuance.seconds is None
 
 
 # -- rate limits ------------------------------------------------------------------------------
@@ -453,14 +456,14 @@ def test_rate_limited_waits_for_retry_after(tmp_path: Path, pki: Pki) -> None:
         result = probe.run(ca.url, ProbeContext(deadline=time.monotonic() + 5))
         assert result.reason is Reason.RATE_LIMITED, result.message
         assert "rateLimited: too many new orders recently (HTTP 429)" in result.message
-        issuance = result.ca.issuance if result.ca else None
+        issuance = result.facts.issuance if result.facts else None
         assert issuance is not None and issuance.retry_after == pytest.approx(time.time() + 3600, abs=5)
         orders = server.count("/order")
         second = probe.run(ca.url, ProbeContext(deadline=time.monotonic() + 5))
         assert server.count("/order") == orders and server.count("/nonce") == 1  # nothing sent
         assert second.reason is Reason.RATE_LIMITED and "nothing is sent before then" in second.message
-        assert second.ca is not None and second.ca.issuance is not None
-        assert second.ca.issuance.retry_after == issuance.retry_after
+        assert second.facts is not None and second.facts.issuance is not None
+        assert second.facts.issuance.retry_after == issuance.retry_after
 
 
 # -- the http-01 listener ------------------------------------------------------------------------
@@ -586,13 +589,14 @@ def test_step_ca_acme_provisioner(tmp_path: Path) -> None:
         )
         result = probe.run(ca.url, ProbeContext(deadline=time.monotonic() + 20))
         assert result.success, result.message
-        assert result.ca is not None and result.ca.issuance is not None
+        assert result.facts is not None and result.facts.issuance is not None
         issued = result.certificates[-1]
         assert issued.role == "issued" and issued.cert.sans == (address,)
         assert issued.cert.issuer_cn == "certscope step intermediate"
-        print(f"step-ca ACME: {result.ca.issuance.seconds * 1000:.0f} ms at the CA, {dict(result.ca.issuance.phases)}")
+        issuance = result.facts.issuance
+        print(f"step-ca ACME: {issuance.seconds * 1000:.0f} ms at the CA, {dict(issuance.phases)}")
         # step-ca 0.19 revokes but refuses to deactivate authorizations: said, not failed.
-        assert "cleanup: deactivate authorization: malformed" in result.ca.issuance.message
+        assert "cleanup: deactivate authorization: malformed" in result.facts.issuance.message
     finally:
         step.stop()
 

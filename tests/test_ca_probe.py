@@ -23,10 +23,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 
 from exporter.config import ConfigError, parse_config
-from probes.base import ProbeContext, ProbeDefaults, ProbeResult, Reason, Seconds, TrustSettings
 from probes.ca import CaFailure, CaIssuance, CaProbe, CaSettings
-from probes.ca_issue import check
+from probes.ca_issue import verify_issued
+from probes.context import ProbeContext
 from probes.jose import BadPassword, JoseError, b64url_decode, decrypt_jwk
+from probes.reasons import Reason
+from probes.result import ProbeResult
+from probes.settings import ProbeDefaults, Seconds, TrustSettings
 from tests.ca_servers import CfsslServer, StepCaServer, cfssl_server, step_binaries, step_ca_server
 from tests.helpers import DaemonProcess, find
 from tests.pki import DAY, NOW, Pki, issue
@@ -89,8 +92,8 @@ def step_issuance(step: StepCaServer, **overrides: Any) -> CaIssuance:
 def test_step_ca_up_publishes_its_root_close_to_expiry(step: StepCaServer) -> None:
     result = run(CaSettings(url=step.url, flavor="step"), step_trust(step))
     assert result.success, result.message
-    assert result.ca is not None and result.ca.up and result.ca.issuance is None
-    assert result.ca.response_seconds is not None and 0 < result.ca.response_seconds < 5
+    assert result.facts is not None and result.facts.up and result.facts.issuance is None
+    assert result.facts.response_seconds is not None and 0 < result.facts.response_seconds < 5
     (root,) = result.certificates  # /roots.pem and /federation list the same root once
     assert (root.index, root.role) == (0, "root")
     assert root.cert.fingerprint_sha256 == step.root.fingerprint
@@ -101,8 +104,8 @@ def test_step_ca_up_publishes_its_root_close_to_expiry(step: StepCaServer) -> No
 def test_step_ca_issues_a_short_lived_certificate(step: StepCaServer) -> None:
     result = run(CaSettings(url=step.url, flavor="step", issuance=step_issuance(step)), step_trust(step))
     assert result.success, result.message
-    assert result.ca is not None and result.ca.issuance is not None
-    issuance = result.ca.issuance
+    assert result.facts is not None and result.facts.issuance is not None
+    issuance = result.facts.issuance
     assert issuance.success and issuance.reason is Reason.OK
     assert issuance.seconds is not None and 0 < issuance.seconds < 5
     phases = dict(result.phases)
@@ -118,8 +121,8 @@ def test_step_ca_wrong_password_is_bad_password(step: StepCaServer, tmp_path: Pa
         step_trust(step),
     )
     assert not result.success and result.reason is Reason.BAD_PASSWORD
-    assert result.ca is not None and result.ca.up  # the CA is fine; the credential is not
-    assert result.ca.issuance is not None and result.ca.issuance.seconds is None
+    assert result.facts is not None and result.facts.up  # the CA is fine; the credential is not
+    assert result.facts.issuance is not None and result.facts.issuance.seconds is None
     assert "not-the-password" not in result.message and STEP_PASSWORD not in result.message
 
 
@@ -128,8 +131,8 @@ def test_step_ca_refuses_a_token_signed_with_a_key_it_does_not_know(step: StepCa
         CaSettings(url=step.url, flavor="step", issuance=step_issuance(step, provisioner="stale")), step_trust(step)
     )
     assert not result.success and result.reason is Reason.API_UNAUTHORIZED, result.message
-    assert result.ca is not None and result.ca.issuance is not None
-    assert result.ca.issuance.seconds is not None  # the CA answered: its refusal is timed
+    assert result.facts is not None and result.facts.issuance is not None
+    assert result.facts.issuance.seconds is not None  # the CA answered: its refusal is timed
     assert "HTTP 401" in result.message
     assert "eyJ" not in result.message  # no JWT (they all start with a base64 '{"')
 
@@ -151,7 +154,7 @@ def test_step_ca_password_from_an_unset_variable(step: StepCaServer) -> None:
 def test_step_ca_untrusted_https(step: StepCaServer) -> None:
     result = run(CaSettings(url=step.url, flavor="step"), TrustSettings(system=True))
     assert not result.success and result.reason is Reason.HANDSHAKE_FAILED
-    assert result.ca is not None and not result.ca.up
+    assert result.facts is not None and not result.facts.up
 
 
 def test_validity_other_than_asked_is_reported(step: StepCaServer) -> None:
@@ -165,7 +168,7 @@ def test_validity_other_than_asked_is_reported(step: StepCaServer) -> None:
 def test_acme_directory_of_step_ca(step: StepCaServer) -> None:
     result = run(CaSettings(url=step.url + "/acme/acme/directory", flavor="acme"), step_trust(step))
     assert result.success, result.message
-    assert result.ca is not None and result.ca.up
+    assert result.facts is not None and result.facts.up
 
 
 def test_acme_directory_without_meta_is_a_bad_response() -> None:
@@ -173,7 +176,7 @@ def test_acme_directory_without_meta_is_a_bad_response() -> None:
     with http_file_server({"/directory": Reply(body=json.dumps(directory).encode())}) as server:
         result = run(CaSettings(url=server.url("/directory"), flavor="acme"))
     assert result.reason is Reason.CA_BAD_RESPONSE and "meta" in result.message
-    assert result.ca is not None and not result.ca.up
+    assert result.facts is not None and not result.facts.up
 
 
 def test_jwe_from_smallstep_decrypts_and_rejects_a_wrong_password(tmp_path: Path) -> None:
@@ -197,7 +200,7 @@ def test_jwe_from_smallstep_decrypts_and_rejects_a_wrong_password(tmp_path: Path
 def test_cfssl_up_publishes_its_ca(cfssl: CfsslServer) -> None:
     result = run(CaSettings(url=cfssl.url, flavor="cfssl"))
     assert result.success, result.message
-    assert result.ca is not None and result.ca.up and result.ca.response_seconds
+    assert result.facts is not None and result.facts.up and result.facts.response_seconds
     (ca,) = result.certificates
     assert ca.role == "root" and ca.cert.subject_cn == "certscope cfssl test CA"
 
@@ -207,9 +210,9 @@ def test_cfssl_issues(cfssl: CfsslServer, endpoint: str) -> None:
     issuance = CaIssuance(enabled=True, profile="probe", endpoint=endpoint, sans=("a.certscope.test", "127.0.0.1"))
     result = run(CaSettings(url=cfssl.url, flavor="cfssl", issuance=issuance))
     assert result.success, result.message
-    assert result.ca is not None and result.ca.issuance is not None and result.ca.issuance.success
-    assert result.ca.issuance.seconds is not None and result.ca.issuance.seconds < 5
-    print(f"cfssl {endpoint}: {result.ca.issuance.seconds * 1000:.1f} ms at the CA")
+    assert result.facts is not None and result.facts.issuance is not None and result.facts.issuance.success
+    assert result.facts.issuance.seconds is not None and result.facts.issuance.seconds < 5
+    print(f"cfssl {endpoint}: {result.facts.issuance.seconds * 1000:.1f} ms at the CA")
 
 
 def test_cfssl_authsign_with_the_right_and_a_wrong_key(cfssl: CfsslServer, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -220,7 +223,7 @@ def test_cfssl_authsign_with_the_right_and_a_wrong_key(cfssl: CfsslServer, monke
     monkeypatch.setenv("CERTSCOPE_TEST_CFSSL_KEY", wrong)
     result = run(CaSettings(url=cfssl.url, flavor="cfssl", issuance=issuance))
     assert result.reason is Reason.API_UNAUTHORIZED and "invalid token" in result.message
-    assert result.ca is not None and result.ca.up
+    assert result.facts is not None and result.facts.up
     assert wrong not in result.message and cfssl.auth_key not in result.message
 
 
@@ -234,15 +237,15 @@ def test_issued_certificate_checks(pki: Pki) -> None:
     """The checks on what a CA sends back, on certificates no real CA here would issue."""
     chain = [pki.valid.cert, pki.intermediate.cert]
     names = CaIssuance(sans=("valid.test",), validity=lifetime(pki))
-    check(chain, [pki.root.cert], names)  # passes
+    verify_issued(chain, [pki.root.cert], names)  # passes
     with pytest.raises(CaFailure) as caught:
-        check(chain, [pki.root.cert], CaIssuance(sans=("valid.test", "other.test"), validity=names.validity))
+        verify_issued(chain, [pki.root.cert], CaIssuance(sans=("valid.test", "other.test"), validity=names.validity))
     assert caught.value.reason is Reason.SAN_MISMATCH and "other.test" in str(caught.value)
     with pytest.raises(CaFailure) as caught:
-        check(chain, [issue("unrelated root", ca=True).cert], names)
+        verify_issued(chain, [issue("unrelated root", ca=True).cert], names)
     assert caught.value.reason is Reason.ISSUED_CERT_INVALID
     with pytest.raises(CaFailure) as caught:
-        check(chain, [], names)
+        verify_issued(chain, [], names)
     assert caught.value.reason is Reason.ISSUED_CERT_INVALID
 
 
@@ -253,9 +256,9 @@ def test_ca_down_is_connect_refused_and_issuance_fails() -> None:
     url = f"http://127.0.0.1:{refused_port()}"
     result = run(CaSettings(url=url, flavor="cfssl", issuance=CaIssuance(enabled=True)))
     assert not result.success and result.reason is Reason.CONNECT_REFUSED
-    assert result.ca is not None and not result.ca.up and result.ca.response_seconds is None
-    assert result.ca.issuance is not None and not result.ca.issuance.success
-    assert result.ca.issuance.reason is Reason.CONNECT_REFUSED
+    assert result.facts is not None and not result.facts.up and result.facts.response_seconds is None
+    assert result.facts.issuance is not None and not result.facts.issuance.success
+    assert result.facts.issuance.reason is Reason.CONNECT_REFUSED
 
 
 def test_ca_answering_500_is_api_error() -> None:
@@ -264,7 +267,7 @@ def test_ca_answering_500_is_api_error() -> None:
         result = run(CaSettings(url=server.url(""), flavor="cfssl"))
     assert not result.success and result.reason is Reason.API_ERROR
     assert "HTTP 500: internal error" in result.message
-    assert result.ca is not None and not result.ca.up and result.ca.response_seconds is not None
+    assert result.facts is not None and not result.facts.up and result.facts.response_seconds is not None
 
 
 def test_a_configured_ca_url_on_loopback_is_trusted(cfssl: CfsslServer) -> None:
@@ -272,7 +275,7 @@ def test_a_configured_ca_url_on_loopback_is_trusted(cfssl: CfsslServer) -> None:
     needed for a CA on loopback (the egress policy is for URLs from certificates)."""
     probe = CaProbe(CaSettings(url=cfssl.url, flavor="cfssl"), ProbeDefaults())
     result = probe.run(cfssl.url, ProbeContext(deadline=time.monotonic() + 5))
-    assert result.ca is not None and result.ca.up, result.message
+    assert result.facts is not None and result.facts.up, result.message
     assert "egress" not in result.message
 
 

@@ -17,8 +17,9 @@ from exporter.store import (
     TargetState,
     snapshot_of,
 )
-from probes.base import CertFacts, CertObservation, Discovery, ProbeResult, Reason, SourceError
 from probes.files import FilesProbe
+from probes.reasons import Reason
+from probes.result import CertFacts, CertObservation, Discovery, ProbeResult, SourceError
 from tests.helpers import find, parse_metrics, value
 
 FACTS = CertFacts(

@@ -10,7 +10,7 @@ import pytest
 
 from exporter.config import ConfigError, default_config, load_config, parse_config
 from probes import KINDS
-from probes.base import parse_duration
+from probes.settings import parse_duration
 
 
 def errors_of(text: str) -> list[str]:

@@ -22,8 +22,8 @@ import cryptography_vectors
 import pytest
 from cryptography import x509
 
-from probes.base import Reason
 from probes.certparse import bundle_observations, parse_container
+from probes.reasons import Reason
 from probes.revocation import crl_urls, ocsp_urls
 
 VECTORS = Path(cryptography_vectors.__file__).parent

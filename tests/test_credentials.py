@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from probes.base import ProbeContext, Reason
 from probes.ca import CaFailure
 from probes.ca_issue import require_secret
+from probes.context import ProbeContext
 from probes.credentials import CredentialUnavailable, read_secret
 from probes.files import FilesProbe, FilesSettings, Pkcs12Password
+from probes.reasons import Reason
 from probes.tls import ClientCert, TlsProbe, TlsSettings
 from tests.pki import Pki, write_formats
 

@@ -22,7 +22,8 @@ import exporter.collector
 from exporter.exposition import RowFamily, encode_openmetrics, encode_text
 from exporter.store import ProbeState, ResultStore, Snapshot
 from exporter.web import WebApp, WebServer
-from probes.base import CertObservation, Discovery, ProbeResult, Reason
+from probes.reasons import Reason
+from probes.result import CertObservation, Discovery, ProbeResult
 from tests.test_collector import FACTS, info
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"

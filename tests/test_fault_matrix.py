@@ -39,9 +39,12 @@ from exporter.config import parse_config
 from exporter.scheduler import Scheduler
 from exporter.store import ResultStore
 from exporter.web import WebApp, WebServer
-from probes.base import Discovery, ProbeContext, ProbeDefaults, ProbeResult, Reason, TrustSettings
+from probes.context import ProbeContext
 from probes.files import FilesProbe, FilesSettings
 from probes.ocsp import OcspProbe, OcspSettings
+from probes.reasons import Reason
+from probes.result import Discovery, ProbeResult
+from probes.settings import ProbeDefaults, TrustSettings
 from probes.tls import RevocationSettings, TlsProbe, TlsSettings
 from tests import servers
 from tests.helpers import DaemonProcess, find, parse_metrics, value, wait_for

@@ -35,10 +35,13 @@ import exporter.collector
 from exporter.httpserver import HttpLimits
 from exporter.store import ResultStore
 from exporter.web import MAX_CONCURRENT_PROBES, WebApp, WebServer
-from probes.base import CertObservation, Discovery, ProbeContext, ProbeDefaults, ProbeResult, Reason
+from probes.context import ProbeContext
 from probes.crl import CrlProbe, CrlSettings
 from probes.fetch import ANY_NETWORK, FetchError, fetch, refused_address
 from probes.ocsp import OcspProbe, OcspSettings
+from probes.reasons import Reason
+from probes.result import CertObservation, Discovery, ProbeResult
+from probes.settings import ProbeDefaults
 from tests import servers
 from tests.helpers import DaemonProcess, find, parse_metrics, value, wait_for
 from tests.pki import Pki
@@ -193,7 +196,7 @@ STUCK_DAEMON = """
 import sys, threading
 from dataclasses import dataclass
 import probes
-from probes.base import Discovery
+from probes.result import Discovery
 
 @dataclass(frozen=True)
 class NoSettings:

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from probes.base import ProbeContext, ProbeResult, Reason
+from probes.context import ProbeContext
 from probes.files import FilesProbe, FilesSettings, Pkcs12Password
+from probes.reasons import Reason
+from probes.result import ProbeResult
 from tests.badinputs import BAD_FILES, make_bad_files
 from tests.pki import Pki, write_formats
 

@@ -29,9 +29,9 @@ from cryptography.x509 import ocsp
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from probes.base import Reason
 from probes.certparse import Parsed, _pem_blocks, parse_container
-from probes.kubernetes import _events
+from probes.kubewatch import read_events
+from probes.reasons import Reason
 from probes.revocation import GOOD, REVOKED, UNKNOWN, crl_lookup, evaluate_crl, evaluate_ocsp
 from tests import pkcs12_forge
 from tests.pki import build_pki
@@ -245,7 +245,7 @@ def test_evaluate_crl_never_raises(data: bytes) -> None:
 
 
 class FakeResponse:
-    """What ``_events`` reads of a ``requests.Response``: ``iter_content(None)``."""
+    """What ``read_events`` reads of a ``requests.Response``: ``iter_content(None)``."""
 
     def __init__(self, chunks: list[bytes]) -> None:
         self.chunks = chunks
@@ -292,7 +292,7 @@ def test_watch_event_decoder_yields_objects_or_raises_value_error(chunks: list[b
     started = time.monotonic()
     events: list[Any] = []
     try:
-        for event in _events(FakeResponse(chunks)):  # type: ignore[arg-type]
+        for event in read_events(FakeResponse(chunks)):  # type: ignore[arg-type]
             events.append(event)
     except ValueError:
         pass  # the documented failure: the watch loop counts it as "dropped" and reconnects
@@ -306,4 +306,4 @@ def test_watch_event_decoder_yields_objects_or_raises_value_error(chunks: list[b
 def test_a_watch_line_without_end_is_bounded() -> None:
     endless = [b'{"type": "ADDED", "object": {"data": "' + b"A" * (1 << 20)] * 17
     with pytest.raises(ValueError, match="longer than"):
-        list(_events(FakeResponse(endless)))  # type: ignore[arg-type]
+        list(read_events(FakeResponse(endless)))  # type: ignore[arg-type]

@@ -34,28 +34,20 @@ from exporter import __version__
 from exporter.collector import SnapshotCollector
 from exporter.exposition import encode_snapshot
 from exporter.store import ProbeInfo, ResultStore
-from probes.base import (
-    CaFacts,
-    CertFacts,
-    CertObservation,
-    CrlFacts,
-    Discovery,
-    IssuanceFacts,
-    ProbeResult,
-    Reason,
-    RevocationFacts,
-    SourceError,
-    StoredComparison,
-    TlsFacts,
-)
-from probes.ca import ISSUED_ROLE, CaProbe
+from probes.ca import CaProbe
+from probes.ca_facts import CaFacts, IssuanceFacts
 from probes.crl import CrlProbe
+from probes.crl_facts import CrlFacts
 from probes.files import FilesProbe
 from probes.kubediscovery import LOCATION_LABELS
 from probes.kubediscovery import SECRET_LABELS as DISCOVERY_SECRET_LABELS
 from probes.kubernetes import SECRET_LABELS, KubernetesProbe
 from probes.ocsp import OcspProbe
+from probes.reasons import Reason
+from probes.result import ISSUED_ROLE, CertFacts, CertObservation, Discovery, ProbeResult, SourceError, StoredComparison
+from probes.revocation_facts import RevocationFacts
 from probes.tls import TlsProbe
+from probes.tls_facts import TlsFacts
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("CERTSCOPE_UPDATE_GOLDEN") == "1"
@@ -221,7 +213,7 @@ def build_store() -> ResultStore:
         site_result = ok(
             0.08,
             *chain(SITE, INTERMEDIATE, ROOT),
-            tls=tls_facts("127.0.0.1", "site.test"),
+            facts=tls_facts("127.0.0.1", "site.test"),
             revocation=(OCSP_GOOD, CRL_GOOD, STAPLED_NONE),
             trace_id=trace if renewed else "",
             phases=(("dns", 0.001), ("connect", 0.002), ("tls.handshake", 0.012)),
@@ -232,7 +224,7 @@ def build_store() -> ResultStore:
             target: ok(
                 0.02,
                 *chain(API, INTERMEDIATE),
-                tls=tls_facts(address, "api.test", alpn="", http_status=None, client_auth="accepted"),
+                facts=tls_facts(address, "api.test", alpn="", http_status=None, client_auth="accepted"),
                 target_labels=(("target", "api.test:443"), ("address", address)),
             )
             for target, address in (v4, v6)
@@ -242,7 +234,7 @@ def build_store() -> ResultStore:
                 False,
                 Reason.HANDSHAKE_FAILED,
                 0.5,
-                tls=tls_facts(
+                facts=tls_facts(
                     "::1",
                     "api.test",
                     version="",
@@ -312,9 +304,9 @@ def build_store() -> ResultStore:
             crl,
             Discovery(("http://crl.golden.test/issuing.crl", "http://crl.golden.test/root.crl")),
             {
-                "http://crl.golden.test/issuing.crl": (ok(0.06, crl=crl_facts), now),
+                "http://crl.golden.test/issuing.crl": (ok(0.06, facts=crl_facts), now),
                 "http://crl.golden.test/root.crl": (
-                    ok(0.03, crl=replace(root_crl, fetch_seconds=0.03, http_status=200)),
+                    ok(0.03, facts=replace(root_crl, fetch_seconds=0.03, http_status=200)),
                     now,
                 ),
             },
@@ -372,7 +364,7 @@ def build_store() -> ResultStore:
             "ingress/web/site/site.test": ok(
                 0.03,
                 *chain(SITE, INTERMEDIATE),
-                tls=tls_facts("10.0.0.7", "site.test"),
+                facts=tls_facts("10.0.0.7", "site.test"),
                 target_labels=ingress("site"),
                 info_labels=(("team", "web"),),
                 stored=StoredComparison("stale" if renewed else "match", secret_of("site-tls")),
@@ -380,7 +372,7 @@ def build_store() -> ResultStore:
             "ingress/web/other/other.test": ok(
                 0.03,
                 *chain(LONG_SANS, INTERMEDIATE),
-                tls=tls_facts("10.0.0.8", "other.test", hostname_match=False),
+                facts=tls_facts("10.0.0.8", "other.test", hostname_match=False),
                 target_labels=ingress("other"),
                 stored=StoredComparison("secret_missing", secret_of("other-tls")),
             ),
@@ -414,7 +406,7 @@ def build_store() -> ResultStore:
             Reason.OK if not renewed else Reason.RATE_LIMITED,
             2.6,
             (CertObservation(0, ISSUED_ROLE, ISSUED),) if not renewed else (),
-            ca=ca_facts,
+            facts=ca_facts,
         )
         store.publish_round(
             ca,

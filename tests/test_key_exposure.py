@@ -14,7 +14,7 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from probes.base import ProbeContext
+from probes.context import ProbeContext
 from probes.files import FilesProbe, FilesSettings
 from probes.kubernetes import KubernetesProbe, KubernetesSettings
 from tests.helpers import find, value

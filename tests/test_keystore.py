@@ -29,9 +29,10 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from hypothesis import given
 from hypothesis import strategies as st
 
-from probes.base import ProbeContext, Reason
+from probes.context import ProbeContext
 from probes.files import FilesProbe, FilesSettings, Pkcs12Password
 from probes.keystore import parse_keystore
+from probes.reasons import Reason
 from tests.helpers import find
 from tests.pki import Pki, build_pki
 from tests.test_fuzz import FUZZ, mutated

@@ -24,13 +24,16 @@ from exporter.collector import SnapshotCollector, render
 from exporter.config import ConfigError, parse_config
 from exporter.scheduler import Scheduler, probe_info
 from exporter.store import ResultStore
-from probes.base import ProbeContext, ProbeDefaults, ProbeResult, Reason, TrustSettings
+from probes.context import ProbeContext
 from probes.kubediscovery import (
     GatewayDiscovery,
     IngressDiscovery,
     KubeDiscoverySettings,
     ServiceDiscovery,
 )
+from probes.reasons import Reason
+from probes.result import ProbeResult
+from probes.settings import ProbeDefaults, TrustSettings
 from probes.tls import TlsProbe, TlsSettings
 from tests import kube_objects
 from tests.helpers import find, parse_metrics, value, wait_for
@@ -175,7 +178,7 @@ def test_ingress_hosts_probed_through_the_controller_with_their_secrets(
     missing = results["ingress/shop/web/missing.shop.test"]
 
     # Served as a client sees it: SNI = the host, through the controller's address.
-    assert current.success and current.tls is not None and current.tls.server_name == "current.shop.test"
+    assert current.success and current.facts is not None and current.facts.server_name == "current.shop.test"
     assert current.certificates[0].cert.fingerprint_sha256 == controller.current.fingerprint
     assert state(current) == "match"
     assert dict(current.stored.labels) == {"secret_namespace": "shop", "secret_name": "current-tls"}  # type: ignore[union-attr]
@@ -296,7 +299,7 @@ def test_gateway_listeners_and_annotated_services(
         f"service/shop/checkout:{port}": "stale",
     }
     gateway = results["gateway/edge/public/https"]
-    assert gateway.success and gateway.tls is not None and gateway.tls.address == "127.0.0.1"
+    assert gateway.success and gateway.facts is not None and gateway.facts.address == "127.0.0.1"
     assert dict(gateway.target_labels)["object_kind"] == "Gateway"
     assert results["gateway/edge/public/pass"].certificates[0].cert.fingerprint_sha256 == controller.fake.fingerprint
 
@@ -357,7 +360,7 @@ def test_a_hostile_object_cannot_make_certscope_connect_where_the_policy_forbids
         for target, result in results.items():
             assert result.reason is Reason.CONNECT_FAILED, (target, result)
             assert "egress policy" in result.message, result.message
-            assert result.tls is None and result.certificates == ()
+            assert result.facts is None and result.certificates == ()
         assert listener.accepted == 0
 
         # The same objects with the network allowed: connected (and refused, not TLS).

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 
 from exporter.config import ConfigError, parse_config
-from probes.base import ProbeContext, ProbeResult
+from probes.context import ProbeContext
 from probes.kubeobjects import CA_BUNDLE_RESOURCES
 from probes.kubernetes import KubernetesProbe, KubernetesSettings
+from probes.result import ProbeResult
 from tests import kube_objects
 from tests.helpers import find, value, wait_for
 from tests.kube_apiserver import FakeApiServer

@@ -25,9 +25,11 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from probes.base import ProbeContext, ProbeResult, Reason
+from probes.context import ProbeContext
 from probes.files import FilesProbe, FilesSettings
 from probes.kubeconfig import looks_like_kubeconfig, parse_kubeconfig
+from probes.reasons import Reason
+from probes.result import ProbeResult
 from tests.helpers import find
 from tests.pki import DAY, NOW, Issued, issue
 from tests.test_fuzz import FUZZ, mutated

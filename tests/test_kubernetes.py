@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
-from probes.base import ProbeContext, Reason
+from probes.context import ProbeContext
 from probes.kubernetes import KubernetesProbe, KubernetesSettings
+from probes.reasons import Reason
 from tests import kube_objects
 from tests.helpers import find, value, wait_for
 from tests.kube_apiserver import FakeApiServer, ServerTls

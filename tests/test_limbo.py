@@ -28,8 +28,8 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from probes.base import Reason
 from probes.profiles import RFC5280, WEBPKI
+from probes.reasons import Reason
 from probes.verify import TrustStore, Verdict, verify_served_chain
 from tests import limbo_corpus
 

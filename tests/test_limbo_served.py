@@ -22,8 +22,10 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from probes.base import ProbeContext, Reason, TrustSettings
+from probes.context import ProbeContext
 from probes.profiles import RFC5280, WEBPKI
+from probes.reasons import Reason
+from probes.settings import TrustSettings
 from probes.tls import TlsProbe, TlsSettings
 from probes.verify import TrustStore, VerifySettings, verify_served_chain
 from tests import limbo_corpus, servers
@@ -105,7 +107,7 @@ def test_probe_through_a_real_server_agrees_with_the_in_process_verdict(case: di
         received = [o for o in result.certificates if o.role != "client"]
         assert len(received) == min(len(served), 64), "the probe must see every certificate served"
         assert result.reason is expected.reason, (profile, result.message, expected.message)
-        assert result.tls is not None and result.tls.chain_verified == expected.chain_verified
+        assert result.facts is not None and result.facts.chain_verified == expected.chain_verified
         timeless = not case["validation_time"] and case["max_chain_depth"] is None and case["expected_peer_name"]
         if timeless and case["id"] not in NOT_CLAIMED[profile]:
             # Judged now as limbo judges it: the probe must reach limbo's verdict too.

@@ -74,7 +74,7 @@ def bad_configs(good: str, tmp_path: Path) -> dict[str, tuple[bytes, str]]:
                 good + f'  - {{name: mtls, kind: tls, targets: ["127.0.0.1:1"], '
                 f"client_cert: {{cert_file: {bad_cert}, key_file: {bad_cert}}}}}\n"
             ).encode(),
-            "probes[1] (mtls): cannot be built: SSLError",
+            "probes[1] (mtls): cannot be built: ValueError: client_cert.cert_file",
         ),
     }
 

@@ -13,10 +13,12 @@ from typing import Any
 import pytest
 import yaml
 
-from probes.base import ProbeContext, ProbeDefaults, ProbeResult
+from probes.context import ProbeContext
 from probes.crl import CrlProbe, CrlSettings
 from probes.ocsp import OcspProbe, OcspSettings
+from probes.result import ProbeResult
 from probes.revocation import RevocationChecker
+from probes.settings import ProbeDefaults
 from probes.tls import RevocationSettings, TlsProbe, TlsSettings
 from tests import servers
 from tests.helpers import DaemonProcess, find
@@ -103,7 +105,7 @@ def rendered(probe_name: str, kind: str, results: dict[str, ProbeResult]) -> dic
     """The exposition of one round of ``results`` (target -> result), through the store."""
     from exporter.collector import render
     from exporter.store import ProbeInfo, ResultStore
-    from probes.base import Discovery
+    from probes.result import Discovery
 
     info = ProbeInfo(probe_name, kind, 60.0, 28 * 86400.0, 7 * 86400.0, {}, (), (), True)
     store = ResultStore()
@@ -212,8 +214,8 @@ def test_crl_good_lists_the_revoked_certificate(stack: RevocationStack) -> None:
         assert result.reason.value == "revoked", result.message  # the revoked leaf is on it
         states = {r.index: r.state for r in result.revocation}
         assert states == {0: "good", 1: "revoked"}
-        assert result.crl is not None and result.crl.signature_valid and result.crl.number is not None
-        assert result.crl.entries >= 1 and result.crl.http_status == 200
+        assert result.facts is not None and result.facts.signature_valid and result.facts.number is not None
+        assert result.facts.entries >= 1 and result.facts.http_status == 200
 
 
 def test_crl_revalidation_uses_conditional_get(stack: RevocationStack) -> None:
@@ -223,7 +225,7 @@ def test_crl_revalidation_uses_conditional_get(stack: RevocationStack) -> None:
     before = stack.http.count(HTTP_PATHS["crl"], status=304)
     again = crl(stack, url, checker=checker)
     assert stack.http.count(HTTP_PATHS["crl"], status=304) == before + 1
-    assert again.crl is not None and again.crl.entries >= 1  # the cached CRL still answers
+    assert again.facts is not None and again.facts.entries >= 1  # the cached CRL still answers
 
 
 @pytest.mark.parametrize(
@@ -251,7 +253,7 @@ def test_crl_failures(stack: RevocationStack, path: str, reason: str, settings: 
 
 def test_big_crl_within_the_cap(stack: RevocationStack) -> None:
     result = crl(stack, stack.http.url(HTTP_PATHS["crl_big"]), timeout=10)
-    assert result.crl is not None and result.crl.entries >= 100_000
+    assert result.facts is not None and result.facts.entries >= 100_000
     assert result.reason.value == "revoked"
 
 
@@ -282,7 +284,7 @@ def test_tls_probe_checks_the_served_leaf(stack: RevocationStack, tmp_path: Path
 
 
 def servers_trust(stack: RevocationStack) -> Any:
-    from probes.base import TrustSettings
+    from probes.settings import TrustSettings
 
     return TrustSettings(system=False, ca_files=(str(stack.pki.ca.cert_path),))
 

@@ -11,7 +11,7 @@ import cryptography_vectors
 import pytest
 from cryptography import x509
 
-from probes.base import Reason
+from probes.reasons import Reason
 from probes.revocation import GOOD, REVOKED, UNKNOWN, crl_lookup, evaluate_crl, evaluate_ocsp
 from tests.pki import build_pki
 

@@ -15,7 +15,10 @@ import probes
 from exporter.config import parse_config
 from exporter.scheduler import Scheduler, build_plan
 from exporter.store import ResultStore
-from probes.base import Discovery, ProbeContext, ProbeDefaults, ProbeResult, Reason
+from probes.context import ProbeContext
+from probes.reasons import Reason
+from probes.result import Discovery, ProbeResult
+from probes.settings import ProbeDefaults
 from tests.helpers import wait_for
 
 

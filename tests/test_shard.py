@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from exporter.cli import parse_shard
-from probes.base import ProbeDefaults, Shard
 from probes.kubernetes import KubernetesProbe, KubernetesSettings
+from probes.settings import ProbeDefaults, Shard
 from tests.helpers import find
 from tests.kube_apiserver import FakeApiServer
 from tests.pki import Pki

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import requests
 
-from probes.base import ProbeContext, TrustSettings
+from probes.context import ProbeContext
+from probes.settings import TrustSettings
 from probes.tls import TlsProbe, TlsSettings
 from tests import servers
 from tests.helpers import DaemonProcess, find, parse_metrics
@@ -76,11 +77,11 @@ def test_ipv6_literal_with_server_name(tls_files: servers.TlsFiles) -> None:
         probe = TlsProbe(TlsSettings(targets=(target,), server_name="localhost", trust=trust(tls_files)))
         result = probe.run(target, ProbeContext(deadline=time.monotonic() + 5))
         assert result.success, result.message
-        assert result.tls is not None and (result.tls.address, result.tls.server_name) == ("::1", "localhost")
+        assert result.facts is not None and (result.facts.address, result.facts.server_name) == ("::1", "localhost")
         # Without server_name an IP target sends no SNI and is checked against IP SANs.
         bare = TlsProbe(TlsSettings(targets=(target,), trust=trust(tls_files)))
         unnamed = bare.run(target, ProbeContext(deadline=time.monotonic() + 5))
-        assert unnamed.tls is not None and unnamed.tls.server_name == ""
+        assert unnamed.facts is not None and unnamed.facts.server_name == ""
         assert unnamed.reason.value == "hostname_mismatch"  # the leaf has IP SAN 127.0.0.1, not ::1
     finally:
         server.stop()

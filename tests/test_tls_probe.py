@@ -22,7 +22,8 @@ import pytest
 import yaml
 
 from exporter.config import parse_config
-from probes.base import ProbeContext, ProbeResult
+from probes.context import ProbeContext
+from probes.result import ProbeResult
 from probes.tls import TlsProbe
 from tests import servers
 from tests.helpers import DaemonProcess, find
@@ -178,9 +179,9 @@ def test_probe_and_cli_classify_the_endpoint(name: str, catalogue: Catalogue, mo
     if case.has_certificate:
         assert served[0].index == 0 and served[0].role == "leaf"
     if case.client_auth is not None:
-        assert result.tls is not None and result.tls.client_auth == case.client_auth
+        assert result.facts is not None and result.facts.client_auth == case.client_auth
     if case.http_status is not None:
-        assert result.tls is not None and result.tls.http_status == case.http_status
+        assert result.facts is not None and result.facts.http_status == case.http_status
     if "client_cert" in case.settings:
         client = [o for o in result.certificates if o.role == "client"]
         assert client and client[0].cert.subject_cn, "the probe's own client certificate is exported"
@@ -242,9 +243,9 @@ def test_chain_memo_is_sized_to_the_targets_and_survives_rounds() -> None:
     and a verdict outlives the default 5-minute interval."""
     from cryptography import x509
 
-    from probes.base import TrustSettings
-    from probes.tls import MEMO_MAX_AGE, MEMO_SIZE, TlsSettings, _ChainMemo
-    from probes.verify import TrustStore
+    from probes.settings import TrustSettings
+    from probes.tls import TlsSettings
+    from probes.verify import MEMO_MAX_AGE, MEMO_SIZE, ChainMemo, TrustStore
     from tests.pki import build_pki, issue
 
     no_system = TrustSettings(system=False)
@@ -258,7 +259,7 @@ def test_chain_memo_is_sized_to_the_targets_and_survives_rounds() -> None:
     leaves = [issue(f"s{n}.test", pki.intermediate, sans=(f"s{n}.test",)) for n in range(6)]
     chains = [[leaf.der, pki.intermediate.der] for leaf in leaves]
 
-    def one_round(memo: _ChainMemo) -> list[object]:
+    def one_round(memo: ChainMemo) -> list[object]:
         """The facts and verdicts a round got (the same objects when they were memo hits)."""
         got: list[object] = []
         for n, ders in enumerate(chains):
@@ -271,9 +272,9 @@ def test_chain_memo_is_sized_to_the_targets_and_survives_rounds() -> None:
         return sum(a is b for a, b in zip(first, second, strict=True))
 
     trust = TrustStore([pki.root.cert])
-    roomy = _ChainMemo(trust, capacity=16)  # 7 certificates, 6 verdicts
+    roomy = ChainMemo(trust, capacity=16)  # 7 certificates, 6 verdicts
     first = one_round(roomy)
     assert hits(first, one_round(roomy)) == len(first) == 18  # the second round: all memo hits
-    cramped = _ChainMemo(trust, capacity=4)
+    cramped = ChainMemo(trust, capacity=4)
     first = one_round(cramped)
     assert hits(first, one_round(cramped)) < len(first) // 2  # cleared before most reuse

@@ -25,7 +25,10 @@ from exporter.config import ProbeConfig, TracingSettings, parse_config
 from exporter.scheduler import run_target
 from exporter.tracing import TRACING_OFF, redact_url, setup_tracing, tracing_wanted
 from probes import KINDS
-from probes.base import ProbeContext, ProbeResult, Reason, Seconds
+from probes.context import ProbeContext
+from probes.reasons import Reason
+from probes.result import ProbeResult
+from probes.settings import Seconds
 from tests import servers
 from tests.helpers import DaemonProcess, find, value, wait_for
 from tests.otlp_receiver import STATUS_ERROR, STATUS_UNSET, OtlpReceiver, ReceivedSpan, span_tree
@@ -146,7 +149,7 @@ def test_tls_probe_span_tree(
     assert result.duration_seconds <= root.duration_ns / 1e9 < result.duration_seconds + 0.5
 
     # Semantic-convention attributes, from what the handshake showed.
-    assert result.tls is not None
+    assert result.facts is not None
     leaf = next(o.cert for o in result.certificates if o.role == "leaf" and o.index == 0)
     attributes = root.attributes
     assert attributes["certscope.probe.name"] == "web"
@@ -156,8 +159,8 @@ def test_tls_probe_span_tree(
     assert attributes["server.port"] == valid_server.port
     assert attributes["network.peer.address"] == "127.0.0.1"
     assert attributes["tls.protocol.name"] == "tls"
-    assert attributes["tls.protocol.version"] == result.tls.version.removeprefix("TLSv")
-    assert attributes["tls.cipher"] == result.tls.cipher
+    assert attributes["tls.protocol.version"] == result.facts.version.removeprefix("TLSv")
+    assert attributes["tls.cipher"] == result.facts.cipher
     assert attributes["tls.established"] is True
     assert attributes["tls.server.not_after"] == iso(leaf.not_after)
     assert attributes["tls.server.not_before"] == iso(leaf.not_before)

@@ -29,8 +29,8 @@ from cryptography.hazmat.primitives.serialization import pkcs12 as pkcs12_librar
 
 from exporter.logs import JsonFormatter, LogfmtFormatter
 from probes import pkcs12
-from probes.base import Reason
 from probes.certparse import _pem_blocks, parse_container
+from probes.reasons import Reason
 from tests import pkcs12_forge as forge
 from tests.helpers import DaemonProcess, find, value, wait_for
 from tests.kube_apiserver import FakeApiServer

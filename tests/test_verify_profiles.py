@@ -32,8 +32,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from exporter.config import ConfigError, parse_config
-from probes.base import ProbeContext, ProbeDefaults, TrustSettings
+from probes.context import ProbeContext
 from probes.profiles import RFC5280, WEBPKI
+from probes.settings import ProbeDefaults, TrustSettings
 from probes.tls import TlsProbe, TlsSettings
 from probes.verify import TrustStore, VerifySettings, verify_served_chain
 from tests import servers
@@ -475,7 +476,7 @@ def _identity_probe(files: servers.TlsFiles, port: int, http: dict[str, Any]) ->
     result = TlsProbe(config.settings, config.defaults).run(
         f"localhost:{port}", ProbeContext(deadline=time.monotonic() + 10)
     )
-    return result.reason.value, result.message, result.tls.http_status if result.tls else None
+    return result.reason.value, result.message, result.facts.http_status if result.facts else None
 
 
 DN = r"CN=client\.localhost"

@@ -1,6 +1,4 @@
-"""Revocation: is a certificate revoked, and could a client find out?
-
-Two judges, each pure and never raising, over bytes fetched elsewhere:
+"""The two revocation judges, pure and never raising, over bytes fetched elsewhere.
 
 * ``evaluate_ocsp(der, cert, issuer, now, ...)`` checks an OCSP response the way a
   careful client must, since ``cryptography`` parses but does not verify one: the
@@ -11,22 +9,15 @@ Two judges, each pure and never raising, over bytes fetched elsewhere:
 * ``evaluate_crl(data, issuer, now, ...)`` checks a CRL (PEM or DER): signature by the
   issuer, freshness; ``crl_lookup`` then finds a serial in it.
 
-``RevocationChecker`` does the network side with ``probes.fetch`` (egress policy,
-deadline, byte cap) and caches: an OCSP answer until its nextUpdate (bounded), a CRL
-until its nextUpdate and then by conditional GET.  Nothing is queried per scrape.
-
-States are ``good``, ``revoked``, ``unknown`` and ``not_applicable`` (no responder, no
-CRL distribution point).  A stale good answer is ``unknown``: unknown is never good.
+A judgement is a ``RevocationFacts`` whose ``method`` is the judge's (``ocsp`` or
+``crl``) and whose ``source`` is empty: ``revocation_facts`` adds where and how the
+answer was fetched.  States are ``good``, ``revoked``, ``unknown`` and
+``not_applicable`` (no responder, no CRL distribution point).  A stale good answer
+is ``unknown``: unknown is never good.
 """
 
 from __future__ import annotations
 
-import base64
-import glob
-import os
-import threading
-import time
-from collections import OrderedDict
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -37,9 +28,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, paddin
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, ExtensionOID
 
-from probes.base import Reason, RevocationFacts
 from probes.der import elements, read_element
-from probes.fetch import FetchError, fetch
+from probes.reasons import Reason
+from probes.revocation_facts import RevocationFacts
 
 GOOD, REVOKED, UNKNOWN, NOT_APPLICABLE = "good", "revoked", "unknown", "not_applicable"
 OCSP_REASONS = (
@@ -51,24 +42,25 @@ OCSP_REASONS = (
 )
 CRL_REASONS = (Reason.CRL_UNAVAILABLE, Reason.CRL_BAD_SIGNATURE, Reason.CRL_STALE, Reason.CRL_TOO_LARGE)
 DEFAULT_SKEW = timedelta(minutes=5)
-MAX_OCSP_BYTES = 64 * 1024
-MAX_OCSP_CACHE = 10_000
-OCSP_GET_LIMIT = 255  # bytes of URL-encoded request; longer requests are POSTed (RFC 6960 A.1)
 # Without a nextUpdate, an answer is trusted this long (and cached for no longer).
 DEFAULT_MAX_AGE = timedelta(hours=1)
 
 
-@dataclass(frozen=True, slots=True)
-class Judgement:
-    state: str
-    reason: Reason
-    message: str
-    stale: bool = False
-    this_update: float | None = None
-    next_update: float | None = None
-    produced_at: float | None = None
-    revocation_time: float | None = None
-    revocation_reason: str = ""
+def judgement(method: str, state: str, reason: Reason, message: str) -> RevocationFacts:
+    """What a judge says, before anyone says where the answer came from."""
+    return RevocationFacts(method, state, reason, "", message)
+
+
+def revocation_facts(
+    method: str, source: str, judged: RevocationFacts, seconds: float, status: int | None
+) -> RevocationFacts:
+    """A judgement with where it came from: the responder or CRL URL, the time the
+    fetch took and its HTTP status."""
+    return replace(judged, method=method, source=source, duration_seconds=seconds, http_status=status)
+
+
+def not_applicable(method: str, why: str) -> RevocationFacts:
+    return judgement(method, NOT_APPLICABLE, Reason.OK, why)
 
 
 def ocsp_urls(cert: x509.Certificate) -> list[str]:
@@ -102,13 +94,6 @@ def crl_urls(cert: x509.Certificate) -> list[str]:
 # -- OCSP ---------------------------------------------------------------------------
 
 
-def build_ocsp_request(cert: x509.Certificate, issuer: x509.Certificate, nonce: bytes | None) -> bytes:
-    builder = ocsp.OCSPRequestBuilder().add_certificate(cert, issuer, hashes.SHA1())
-    if nonce is not None:
-        builder = builder.add_extension(x509.OCSPNonce(nonce), critical=False)
-    return builder.build().public_bytes(serialization.Encoding.DER)
-
-
 def evaluate_ocsp(
     der: bytes,
     cert: x509.Certificate,
@@ -117,18 +102,18 @@ def evaluate_ocsp(
     *,
     nonce: bytes | None = None,
     skew: timedelta = DEFAULT_SKEW,
-) -> Judgement:
+) -> RevocationFacts:
     try:
         response = ocsp.load_der_ocsp_response(der)
     except Exception as exc:  # noqa: BLE001 - garbage, HTML, truncated
-        return Judgement(UNKNOWN, Reason.OCSP_BAD_RESPONSE, f"not an OCSP response ({_short(exc)})")
+        return judgement("ocsp", UNKNOWN, Reason.OCSP_BAD_RESPONSE, f"not an OCSP response ({_short(exc)})")
     if response.response_status != ocsp.OCSPResponseStatus.SUCCESSFUL:
         status = response.response_status.name.lower()
-        return Judgement(UNKNOWN, Reason.OCSP_BAD_RESPONSE, f"responder answered '{status}'")
+        return judgement("ocsp", UNKNOWN, Reason.OCSP_BAD_RESPONSE, f"responder answered '{status}'")
     try:
         return _judge_successful(response, cert, issuer, now, nonce, skew)
     except Exception as exc:  # noqa: BLE001 - a field that fails to parse
-        return Judgement(UNKNOWN, Reason.OCSP_BAD_RESPONSE, f"malformed OCSP response ({_short(exc)})")
+        return judgement("ocsp", UNKNOWN, Reason.OCSP_BAD_RESPONSE, f"malformed OCSP response ({_short(exc)})")
 
 
 def _judge_successful(
@@ -138,29 +123,27 @@ def _judge_successful(
     now: datetime,
     nonce: bytes | None,
     skew: timedelta,
-) -> Judgement:
+) -> RevocationFacts:
     single = _single_for(response, cert, issuer)
     if single is None:
-        return Judgement(UNKNOWN, Reason.OCSP_BAD_RESPONSE, f"no answer for serial {cert.serial_number:x}")
+        return judgement("ocsp", UNKNOWN, Reason.OCSP_BAD_RESPONSE, f"no answer for serial {cert.serial_number:x}")
     signer, problem = _authorised_signer(response, issuer, now)
     if signer is None:
-        return Judgement(UNKNOWN, Reason.OCSP_UNAUTHORIZED_SIGNER, problem)
+        return judgement("ocsp", UNKNOWN, Reason.OCSP_UNAUTHORIZED_SIGNER, problem)
     if not _signature_valid(signer.public_key(), response.signature, response.tbs_response_bytes, response):
-        return Judgement(UNKNOWN, Reason.OCSP_BAD_RESPONSE, "the response signature does not verify")
+        return judgement("ocsp", UNKNOWN, Reason.OCSP_BAD_RESPONSE, "the response signature does not verify")
     if nonce is not None:
         try:
             echoed = response.extensions.get_extension_for_class(x509.OCSPNonce).value.nonce
         except x509.ExtensionNotFound:
             echoed = None
         if echoed is not None and echoed != nonce:
-            return Judgement(UNKNOWN, Reason.OCSP_BAD_RESPONSE, "the response carries another request's nonce")
+            return judgement("ocsp", UNKNOWN, Reason.OCSP_BAD_RESPONSE, "the response carries another request's nonce")
 
     this_update = single.this_update_utc
     next_update = single.next_update_utc
-    timed = Judgement(
-        GOOD,
-        Reason.OK,
-        "",
+    timed = replace(
+        judgement("ocsp", GOOD, Reason.OK, ""),
         this_update=this_update.timestamp(),
         next_update=next_update.timestamp() if next_update else None,
         produced_at=response.produced_at_utc.timestamp(),
@@ -313,8 +296,8 @@ def evaluate_crl(data: bytes, issuer: x509.Certificate, now: datetime, skew: tim
     return judged
 
 
-def crl_lookup(info: CrlInfo, cert: x509.Certificate) -> Judgement:
-    timed = Judgement(GOOD, Reason.OK, "", this_update=info.this_update, next_update=info.next_update)
+def crl_lookup(info: CrlInfo, cert: x509.Certificate) -> RevocationFacts:
+    timed = replace(judgement("crl", GOOD, Reason.OK, ""), this_update=info.this_update, next_update=info.next_update)
     if info.crl is None or info.reason in (Reason.CRL_BAD_SIGNATURE, Reason.CRL_UNAVAILABLE, Reason.CRL_TOO_LARGE):
         return replace(timed, state=UNKNOWN, reason=info.reason, message=info.message)
     entry = info.crl.get_revoked_certificate_by_serial_number(cert.serial_number)
@@ -338,231 +321,19 @@ def crl_lookup(info: CrlInfo, cert: x509.Certificate) -> Judgement:
     return timed
 
 
-# -- the network side, with caches ---------------------------------------------------
-
-
-@dataclass
-class _CrlEntry:
-    info: CrlInfo
-    fetched: float  # monotonic
-    etag: str | None
-    last_modified: str | None
-
-
-class RevocationChecker:
-    """OCSP and CRL checks over the network, with their caches.  One instance is shared
-    by the probes of a process: the scheduler creates it and hands it to the probes it
-    builds (``ProbeDefaults.revocation``); nothing else holds one."""
-
-    def __init__(self, *, max_crl_bytes: int = 32 * 1024 * 1024, crl_refresh: float = 3600.0) -> None:
-        self._lock = threading.Lock()
-        self._ocsp: OrderedDict[tuple[str, str, int, tuple[str, ...]], tuple[float, RevocationFacts]] = OrderedDict()
-        self._crls: dict[tuple[str, tuple[str, ...]], _CrlEntry] = {}
-        self.max_crl_bytes = max_crl_bytes
-        self.crl_refresh = crl_refresh
-        self.requests = 0  # network requests made, for tests and benchmarks
-
-    def check_ocsp(
-        self,
-        cert: x509.Certificate,
-        issuer: x509.Certificate,
-        url: str | None,
-        *,
-        deadline: float,
-        allow_networks: tuple[str, ...] = (),
-        use_nonce: bool = False,
-        skew: timedelta = DEFAULT_SKEW,
-    ) -> RevocationFacts:
-        urls = [url] if url else ocsp_urls(cert)
-        if not urls:
-            return RevocationFacts("ocsp", NOT_APPLICABLE, Reason.OK, "", "the certificate names no OCSP responder")
-        responder = urls[0]
-        # The egress policy is part of the key: an answer fetched under a looser
-        # policy must not reach a probe whose policy refuses the responder.
-        key = (responder, _issuer_id(issuer), cert.serial_number, allow_networks)
-        with self._lock:
-            cached = self._ocsp.get(key)
-            if cached is not None and time.time() < cached[0]:
-                return replace(cached[1], from_cache=True)
-        started = time.monotonic()
-        requested_at = time.time()
-        nonce = os.urandom(16) if use_nonce else None
-        request = build_ocsp_request(cert, issuer, nonce)
-        encoded = base64.b64encode(request).decode()
-        try:
-            self.requests += 1
-            if len(encoded) <= OCSP_GET_LIMIT and not use_nonce:
-                from urllib.parse import quote
-
-                response = fetch(
-                    responder.rstrip("/") + "/" + quote(encoded, safe=""),
-                    deadline=deadline,
-                    max_bytes=MAX_OCSP_BYTES,
-                    allow_networks=allow_networks,
-                )
-            else:
-                response = fetch(
-                    responder,
-                    method="POST",
-                    body=request,
-                    headers={"Content-Type": "application/ocsp-request"},
-                    deadline=deadline,
-                    max_bytes=MAX_OCSP_BYTES,
-                    allow_networks=allow_networks,
-                )
-        except FetchError as exc:
-            return RevocationFacts(
-                "ocsp",
-                UNKNOWN,
-                Reason.OCSP_UNAVAILABLE,
-                responder,
-                str(exc),
-                duration_seconds=time.monotonic() - started,
-                requested_at=requested_at,
-            )
-        now = datetime.now(tz=cert.not_valid_after_utc.tzinfo)
-        if response.status != 200:
-            judgement = Judgement(UNKNOWN, Reason.OCSP_UNAVAILABLE, f"HTTP {response.status} from the responder")
-        else:
-            judgement = evaluate_ocsp(response.body, cert, issuer, now, nonce=nonce, skew=skew)
-        facts = replace(
-            revocation_facts("ocsp", responder, judgement, time.monotonic() - started, response.status),
-            requested_at=requested_at,
-        )
-        if judgement.reason in (Reason.OK, Reason.REVOKED) and judgement.next_update:
-            with self._lock:
-                self._ocsp[key] = (min(judgement.next_update, time.time() + 86400), facts)
-                while len(self._ocsp) > MAX_OCSP_CACHE:
-                    self._ocsp.popitem(last=False)
-        return facts
-
-    def fetch_crl(
-        self,
-        url: str,
-        issuer: x509.Certificate,
-        *,
-        deadline: float,
-        allow_networks: tuple[str, ...] = (),
-        revalidate: bool = False,
-        max_bytes: int | None = None,
-    ) -> tuple[CrlInfo, float | None, int | None]:
-        """(CRL judgement, seconds the fetch took or None from cache, HTTP status).
-        ``revalidate`` asks the server (conditionally) even before nextUpdate."""
-        cache_key = (url, allow_networks)
-        with self._lock:
-            entry = self._crls.get(cache_key)
-        now_wall = time.time()
-        if (
-            not revalidate
-            and entry is not None
-            and entry.info.crl is not None
-            and entry.info.next_update is not None
-            and now_wall < entry.info.next_update
-            and time.monotonic() - entry.fetched < self.crl_refresh
-        ):
-            return entry.info, None, None
-        headers = {}
-        if entry is not None and entry.etag:
-            headers["If-None-Match"] = entry.etag
-        if entry is not None and entry.last_modified:
-            headers["If-Modified-Since"] = entry.last_modified
-        try:
-            self.requests += 1
-            response = fetch(
-                url,
-                deadline=deadline,
-                max_bytes=max_bytes or self.max_crl_bytes,
-                allow_networks=allow_networks,
-                headers=headers,
-            )
-        except FetchError as exc:
-            reason = Reason.CRL_TOO_LARGE if exc.kind == "too_large" else Reason.CRL_UNAVAILABLE
-            return CrlInfo(None, reason, str(exc)), None, None
-        now = datetime.now(tz=issuer.not_valid_after_utc.tzinfo)
-        if response.status == 304 and entry is not None:
-            # Unchanged: its signature was checked when it arrived; only the clock moved.
-            info = entry.info
-            if info.reason is Reason.OK and info.next_update is not None and info.next_update < time.time() - 300:
-                info = replace(info, reason=Reason.CRL_STALE, message=f"the CRL expired at {info.next_update:.0f}")
-        elif response.status != 200:
-            return (
-                CrlInfo(None, Reason.CRL_UNAVAILABLE, f"HTTP {response.status} for {url}"),
-                response.seconds,
-                response.status,
-            )
-        else:
-            info = evaluate_crl(response.body, issuer, now)
-        with self._lock:
-            self._crls[cache_key] = _CrlEntry(
-                info, time.monotonic(), response.headers.get("etag"), response.headers.get("last-modified")
-            )
-        return info, response.seconds, response.status
-
-    def check_crl(
-        self,
-        cert: x509.Certificate,
-        issuer: x509.Certificate,
-        url: str | None,
-        *,
-        deadline: float,
-        allow_networks: tuple[str, ...] = (),
-    ) -> RevocationFacts:
-        urls = [url] if url else crl_urls(cert)
-        if not urls:
-            return RevocationFacts(
-                "crl", NOT_APPLICABLE, Reason.OK, "", "the certificate names no CRL distribution point"
-            )
-        started = time.monotonic()
-        info, _, status = self.fetch_crl(urls[0], issuer, deadline=deadline, allow_networks=allow_networks)
-        judgement = crl_lookup(info, cert)
-        return revocation_facts("crl", urls[0], judgement, time.monotonic() - started, status)
-
-
-def revocation_facts(
-    method: str, source: str, judgement: Judgement, seconds: float, status: int | None
-) -> RevocationFacts:
-    return RevocationFacts(
-        method=method,
-        state=judgement.state,
-        reason=judgement.reason,
-        source=source,
-        message=judgement.message,
-        stale=judgement.stale,
-        this_update=judgement.this_update,
-        next_update=judgement.next_update,
-        produced_at=judgement.produced_at,
-        revocation_time=judgement.revocation_time,
-        revocation_reason=judgement.revocation_reason,
-        duration_seconds=seconds,
-        http_status=status,
-    )
-
-
-def expand_paths(patterns: tuple[str, ...]) -> list[str]:
-    """Globs (``**`` included) expanded in order; a literal path is kept even when
-    missing, so that its absence is reported rather than silently skipped."""
-    found: dict[str, None] = {}
-    for pattern in patterns:
-        if glob.has_magic(pattern):
-            found.update(dict.fromkeys(sorted(glob.glob(pattern, recursive=True))))
-        else:
-            found[pattern] = None
-    return list(found)
-
-
-def load_certificates(path: str) -> list[x509.Certificate]:
-    """Certificates of a PEM or DER file (raises OSError or ValueError)."""
-    with open(path, "rb") as handle:
-        data = handle.read()
-    if b"-----BEGIN" in data:
-        return x509.load_pem_x509_certificates(data)
-    return [x509.load_der_x509_certificate(data)]
-
-
-def _issuer_id(issuer: x509.Certificate) -> str:
-    return issuer.fingerprint(hashes.SHA256()).hex()
-
-
 def _short(exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return text[:200]
+
+
+@dataclass(frozen=True, slots=True)
+class RevocationQuery:
+    """What a client is asked: the state of ``cert``, issued by ``issuer``, from
+    ``url`` (None: the one the certificate names), before ``deadline`` (monotonic),
+    reaching only what the egress policy lets through."""
+
+    cert: x509.Certificate
+    issuer: x509.Certificate
+    url: str | None
+    deadline: float
+    allow_networks: tuple[str, ...] = ()
