@@ -31,13 +31,16 @@ to the round's first line), the round, ``publish_round``, readiness latency (rou
 published to the poll's 200), and the cyclic GC (collections and seconds per
 generation between start and ready), plus the daemon's CPU seconds in that window.
 
+``--what-if freeze,threshold0=N`` is for experiments: the daemon child applies those
+collector settings (``gc.freeze()``, a gen-0 threshold) the moment start-up is done.
+
 ``--wait-quiet`` waits (re-checking every 60 s, up to ``--quiet-timeout``) until the
 1-minute load average is below ``--quiet-load`` before the batch: the machine is shared.
 
 Usage::
 
     python -m bench.files_ready [--size 20000] [--runs 5] [--poll-ms 5] [--wait-quiet]
-                                [--out bench/out] [--quick]
+                                [--what-if freeze,threshold0=N] [--out bench/out] [--quick]
 
 Results are printed and written to ``<out>/files_ready.json``.
 """
@@ -89,9 +92,10 @@ class _GcLog:
             self.events.append((info["generation"], self._started, now - self._started, info["collected"]))
 
 
-def daemon_child(report_path: str, exporter_args: list[str]) -> int:
+def daemon_child(report_path: str, exporter_args: list[str], what_if: str = "") -> int:
     """The daemon as ``python -m exporter`` runs it, with timestamps and a GC log
-    written to ``report_path`` when it exits."""
+    written to ``report_path`` when it exits.  ``what_if``: collector settings tried
+    when the config is first applied (see ``--what-if``), for experiments only."""
     import exporter.cli
     from exporter.scheduler import Scheduler
     from exporter.store import ResultStore
@@ -112,6 +116,7 @@ def daemon_child(report_path: str, exporter_args: list[str]) -> int:
 
     def apply(self: Scheduler, config: Any) -> None:
         if "apply" not in timeline:
+            apply_what_if(what_if)
             gc_at_start.update(
                 tracked_objects=len(gc.get_objects()),
                 counts=list(gc.get_count()),
@@ -147,6 +152,18 @@ def daemon_child(report_path: str, exporter_args: list[str]) -> int:
             json.dumps({"timeline": timeline, "cpu": cpu, "gc_at_start": gc_at_start, "gc": gc_log.events})
         )
     return status
+
+
+def apply_what_if(spec: str) -> None:
+    """``freeze``, ``threshold0=N`` or both, comma-separated: what the daemon would do
+    to its collector once start-up is done."""
+    for part in filter(None, spec.split(",")):
+        if part == "freeze":
+            gc.freeze()
+        elif part.startswith("threshold0="):
+            gc.set_threshold(int(part.split("=", 1)[1]), *gc.get_threshold()[1:])
+        else:
+            raise SystemExit(f"--what-if: unknown {part!r}")
 
 
 def bare_child(directory: str) -> dict[str, Any]:
@@ -211,7 +228,7 @@ def wait_quiet(threshold: float, timeout: float) -> dict[str, Any]:
     return {"threshold": threshold, "loads_seen": seen, "quiet": quiet, "waited_s": time.monotonic() - started}
 
 
-def run_daemon(directory: Path, workdir: Path, run: int, poll_ms: float) -> dict[str, Any]:
+def run_daemon(directory: Path, workdir: Path, run: int, poll_ms: float, what_if: str = "") -> dict[str, Any]:
     """One fresh daemon over ``directory``: start -> /-/ready, split."""
     (port,) = common.free_ports(1)
     config = workdir / "config.yaml"
@@ -223,7 +240,7 @@ def run_daemon(directory: Path, workdir: Path, run: int, poll_ms: float) -> dict
     exporter_args = ["run", f"--config.file={config}", f"--web.listen-address={common.HOST}:{port}"]
     daemon = common.Managed(
         f"certscope-{run}",
-        common.module_command("bench.files_ready", "--daemon-child", str(report_path), "--", *exporter_args),
+        common.module_command("bench.files_ready", "--daemon-child", str(report_path), what_if, "--", *exporter_args),
         log=log,
     )
     noise = common.noise()
@@ -272,11 +289,13 @@ def run_bare(directory: Path, size: int) -> dict[str, Any]:
     return answer | {"noise": noise}
 
 
-def measure(directory: Path, size: int, runs: int, poll_ms: float, workdir: Path) -> list[dict[str, Any]]:
+def measure(
+    directory: Path, size: int, runs: int, poll_ms: float, workdir: Path, what_if: str = ""
+) -> list[dict[str, Any]]:
     bare_parse(str(directory))  # untimed: the page cache is warm for both
     pairs = []
     for run in range(1, runs + 1):
-        daemon = run_daemon(directory, workdir, run, poll_ms)
+        daemon = run_daemon(directory, workdir, run, poll_ms, what_if)
         bare = run_bare(directory, size)
         ratio = daemon["ready_seconds"] / bare["seconds"]
         pairs.append({"run": run, "ratio": ratio, "daemon": daemon, "bare": bare})
@@ -300,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["--daemon-child"]:
         separator = arguments.index("--")
-        return daemon_child(arguments[1], arguments[separator + 1 :])
+        return daemon_child(arguments[1], arguments[separator + 1 :], arguments[2] if separator > 2 else "")
     if arguments[:1] == ["--bare-child"]:
         print(json.dumps(bare_child(arguments[1])))
         return 0
@@ -309,6 +328,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=None, help=f"certificate files (default {DEFAULT_SIZE})")
     parser.add_argument("--runs", type=int, default=None, help=f"A B pairs (default {DEFAULT_RUNS})")
     parser.add_argument("--poll-ms", type=float, default=DEFAULT_POLL_MS, help="/-/ready poll period (default 5)")
+    parser.add_argument(
+        "--what-if",
+        default="",
+        help="experiment: collector settings the daemon child applies after start-up (freeze, threshold0=N)",
+    )
     parser.add_argument("--wait-quiet", action="store_true", help="wait for a quiet machine before measuring")
     parser.add_argument("--quiet-load", type=float, default=1.0, help="quiet: 1-minute load below this (1.0)")
     parser.add_argument("--quiet-timeout", type=float, default=1200.0, help="wait at most this many seconds (1200)")
@@ -325,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = out / "files_ready"
     workdir.mkdir(exist_ok=True)
     with common.sigterm_exits():
-        pairs = measure(directory, size, runs, args.poll_ms, workdir)
+        pairs = measure(directory, size, runs, args.poll_ms, workdir, args.what_if)
     ratios = [pair["ratio"] for pair in pairs]
     worst = max(ratios)
     print(
@@ -337,6 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "size": size,
             "runs": runs,
             "poll_ms": args.poll_ms,
+            "what_if": args.what_if,
             "corpus": str(directory),
             "wait_quiet": quiet,
             "goal_ready_over_bare_max": GOAL_READY_OVER_BARE,
