@@ -43,6 +43,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -125,6 +126,10 @@ def build_plan(config: Config, shard: Shard = NO_SHARD, revocation: RevocationCh
     return plan
 
 
+def _nothing() -> None:
+    pass
+
+
 def _close(probe: Probe) -> None:
     close = getattr(probe, "close", None)  # probes holding threads or connections
     if close is not None:
@@ -136,6 +141,9 @@ class Scheduler:
         self._store = store
         self._shard = shard
         self.tracing = tracing
+        # Called (from the round's thread) each time the last first round of an applied
+        # config is published: the daemon puts its collector back to normal then.
+        self.on_ready: Callable[[], None] = _nothing
         # The OCSP and CRL caches of every probe this scheduler builds, kept across
         # reloads: a reload must not ask every responder again.
         self.revocation = RevocationChecker()
@@ -281,6 +289,7 @@ class Scheduler:
             len(self._probes),
             seconds,
         )
+        self.on_ready()
 
     # -- one round ---------------------------------------------------------------
 
