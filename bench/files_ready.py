@@ -30,6 +30,9 @@ for both).  Per daemon run the report also splits the time: first-round delay (s
 to the round's first line), the round, ``publish_round``, readiness latency (round
 published to the poll's 200), and the cyclic GC (collections and seconds per
 generation between start and ready), plus the daemon's CPU seconds in that window.
+Each run (daemon and bare alike) also records ``other_processes_cores``: the CPU that
+other processes used meanwhile (/proc/stat busy time less the benchmark's and the
+measured child's), which tells a run on a shared machine from a quiet one.
 
 ``--what-if freeze,threshold0=N`` is for experiments: the daemon child applies those
 collector settings (``gc.freeze()``, a gen-0 threshold) the moment start-up is done.
@@ -244,14 +247,17 @@ def run_daemon(directory: Path, workdir: Path, run: int, poll_ms: float, what_if
         log=log,
     )
     noise = common.noise()
+    others = OtherCpu()
     polls = 0
     ready_at: float | None = None
+    daemon_cpu = 0.0
     try:
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
         while time.monotonic() < deadline and daemon.running():
             polls += 1
             if ready_status(port) == 200:
                 ready_at = time.monotonic()
+                daemon_cpu = common.processes_cpu_seconds([daemon.pid])
                 break
             time.sleep(poll_ms / 1000)
         if ready_at is None:
@@ -278,15 +284,35 @@ def run_daemon(directory: Path, workdir: Path, run: int, poll_ms: float, what_if
         "gc_at_start": child["gc_at_start"],
         "polls": polls,
         "noise": noise,
+        "other_processes_cores": others.cores(daemon_cpu),
     }
 
 
 def run_bare(directory: Path, size: int) -> dict[str, Any]:
     noise = common.noise()
+    others = OtherCpu()
+    children_before = common.children_cpu_seconds()
     answer = common.run_json_child("bench.files_ready", "--bare-child", str(directory))
+    other_cores = others.cores(common.children_cpu_seconds() - children_before)
     if answer["files"] != size:
         raise RuntimeError(f"the bare loop read {answer['files']} files, expected {size}")
-    return answer | {"noise": noise}
+    return answer | {"noise": noise, "other_processes_cores": other_cores}
+
+
+class OtherCpu:
+    """The CPU other processes used meanwhile, in cores: the machine's busy time
+    (/proc/stat) from now on, less this process's and the measured child's.  The load
+    average only says what was before; this says whether a run was shared."""
+
+    def __init__(self) -> None:
+        self._busy = common.system_ticks()[0]
+        self._own = common.self_cpu_seconds()
+        self._started = time.monotonic()
+
+    def cores(self, child_cpu_seconds: float) -> float:
+        busy = (common.system_ticks()[0] - self._busy) / common.CLK_TCK
+        own = common.self_cpu_seconds() - self._own
+        return round(max(0.0, busy - own - child_cpu_seconds) / (time.monotonic() - self._started), 3)
 
 
 def measure(
@@ -309,7 +335,8 @@ def measure(
             f"gen0/1/2 {gc_daemon['gen0']['collections']}/{gc_daemon['gen1']['collections']}/"
             f"{gc_daemon['gen2']['collections']}, gen2 {gc_daemon['gen2']['seconds']:.3f} s)  "
             f"bare {bare['seconds']:.3f} s (gc {bare['gc']['seconds']:.3f} s, gen2 "
-            f"{bare['gc']['gen2']['collections']})  load {daemon['noise']['loadavg'][0]:.2f}",
+            f"{bare['gc']['gen2']['collections']})  load {daemon['noise']['loadavg'][0]:.2f}, other processes "
+            f"{daemon['other_processes_cores']:.2f} / {bare['other_processes_cores']:.2f} cores",
             flush=True,
         )
     return pairs
