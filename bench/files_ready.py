@@ -25,11 +25,17 @@ a user gets one run, not the median of five).
     ``bench.files_scan.bare_parse`` over the same directory (list, read,
     ``load_pem_x509_certificate``, the fields certscope needs), collector on.
 
-The runs are interleaved A B A B ... after one untimed bare pass (page cache warm
-for both).  Per daemon run the report also splits the time: first-round delay (start
-to the round's first line), the round, ``publish_round``, readiness latency (round
-published to the poll's 200), and the cyclic GC (collections and seconds per
-generation between start and ready), plus the daemon's CPU seconds in that window.
+The runs are interleaved B A B A ... B after one untimed bare pass (page cache warm
+for both), and each daemon run's ratio is to the mean of the bare runs just before and
+just after it (the machine's speed drifts by 10-20 % from minute to minute).  With
+``--baseline-tree DIR`` (another checkout holding this benchmark, e.g. the commit
+before a change) its daemon runs in lockstep with this one's, B A A' B A' A B ...,
+so that before and after share their bare runs.
+
+Per daemon run the report also splits the time: first-round delay (start to the
+round's first line), the round, ``publish_round``, readiness latency (round published
+to the poll's 200), and the cyclic GC (collections and seconds per generation between
+start and ready), plus the daemon's CPU seconds in that window.
 Each run (daemon and bare alike) also records ``other_processes_cores``: the CPU that
 other processes used meanwhile (/proc/stat busy time less the benchmark's and the
 measured child's), which tells a run on a shared machine from a quiet one.
@@ -43,7 +49,8 @@ collector settings (``gc.freeze()``, a gen-0 threshold) the moment start-up is d
 Usage::
 
     python -m bench.files_ready [--size 20000] [--runs 5] [--poll-ms 5] [--wait-quiet]
-                                [--what-if freeze,threshold0=N] [--out bench/out] [--quick]
+                                [--baseline-tree DIR] [--what-if freeze,threshold0=N]
+                                [--out bench/out] [--quick]
 
 Results are printed and written to ``<out>/files_ready.json``.
 """
@@ -231,8 +238,11 @@ def wait_quiet(threshold: float, timeout: float) -> dict[str, Any]:
     return {"threshold": threshold, "loads_seen": seen, "quiet": quiet, "waited_s": time.monotonic() - started}
 
 
-def run_daemon(directory: Path, workdir: Path, run: int, poll_ms: float, what_if: str = "") -> dict[str, Any]:
-    """One fresh daemon over ``directory``: start -> /-/ready, split."""
+def run_daemon(
+    directory: Path, workdir: Path, run: str, poll_ms: float, what_if: str = "", tree: Path | None = None
+) -> dict[str, Any]:
+    """One fresh daemon over ``directory``: start -> /-/ready, split.  ``tree``: another
+    checkout whose daemon (and ``bench/files_ready.py``) to run instead of this one's."""
     (port,) = common.free_ports(1)
     config = workdir / "config.yaml"
     config.write_text(f"probes:\n  - name: inventory\n    kind: files\n    paths: [{json.dumps(str(directory))}]\n")
@@ -241,11 +251,12 @@ def run_daemon(directory: Path, workdir: Path, run: int, poll_ms: float, what_if
     report_path.unlink(missing_ok=True)
     log.unlink(missing_ok=True)
     exporter_args = ["run", f"--config.file={config}", f"--web.listen-address={common.HOST}:{port}"]
-    daemon = common.Managed(
-        f"certscope-{run}",
-        common.module_command("bench.files_ready", "--daemon-child", str(report_path), what_if, "--", *exporter_args),
-        log=log,
+    command = common.module_command(
+        "bench.files_ready", "--daemon-child", str(report_path), what_if, "--", *exporter_args
     )
+    if tree is not None:  # python -m imports from the working directory first
+        command = ["env", "-C", str(tree), *command]
+    daemon = common.Managed(f"certscope-{run}", command, log=log)
     noise = common.noise()
     others = OtherCpu()
     polls = 0
@@ -316,30 +327,60 @@ class OtherCpu:
 
 
 def measure(
-    directory: Path, size: int, runs: int, poll_ms: float, workdir: Path, what_if: str = ""
+    directory: Path,
+    size: int,
+    runs: int,
+    poll_ms: float,
+    workdir: Path,
+    what_if: str = "",
+    baseline: Path | None = None,
 ) -> list[dict[str, Any]]:
+    """B A B A ... B (with a baseline tree: B A A' B A' A B ...): each daemon run's
+    ratio is to the mean of the bare runs just before and just after it."""
     bare_parse(str(directory))  # untimed: the page cache is warm for both
+    trees: list[tuple[str, Path | None]] = [("this", None)] + ([("baseline", baseline)] if baseline else [])
+    bare_before = run_bare(directory, size)
     pairs = []
     for run in range(1, runs + 1):
-        daemon = run_daemon(directory, workdir, run, poll_ms, what_if)
-        bare = run_bare(directory, size)
-        ratio = daemon["ready_seconds"] / bare["seconds"]
-        pairs.append({"run": run, "ratio": ratio, "daemon": daemon, "bare": bare})
-        gc_daemon = daemon["gc"]
-        print(
-            f"  run {run}: ratio {ratio:.2f}x  daemon ready {daemon['ready_seconds']:.3f} s "
-            f"(log {daemon['ready_seconds_daemon_log'] or float('nan'):.3f}; first-round delay "
-            f"{daemon['first_round_delay_seconds']:.3f}, round {daemon['round_seconds']:.3f} "
-            f"[publish {daemon['publish_seconds']:.3f}], readiness latency "
-            f"{daemon['readiness_latency_seconds'] * 1000:.1f} ms; gc {gc_daemon['seconds']:.3f} s "
-            f"gen0/1/2 {gc_daemon['gen0']['collections']}/{gc_daemon['gen1']['collections']}/"
-            f"{gc_daemon['gen2']['collections']}, gen2 {gc_daemon['gen2']['seconds']:.3f} s)  "
-            f"bare {bare['seconds']:.3f} s (gc {bare['gc']['seconds']:.3f} s, gen2 "
-            f"{bare['gc']['gen2']['collections']})  load {daemon['noise']['loadavg'][0]:.2f}, other processes "
-            f"{daemon['other_processes_cores']:.2f} / {bare['other_processes_cores']:.2f} cores",
-            flush=True,
+        order = trees if run % 2 else trees[::-1]
+        daemons = {
+            label: run_daemon(directory, workdir, f"{run}-{label}", poll_ms, what_if, tree) for label, tree in order
+        }
+        bare_after = run_bare(directory, size)
+        bare_seconds = (bare_before["seconds"] + bare_after["seconds"]) / 2
+        for label in daemons:
+            daemons[label]["ratio"] = daemons[label]["ready_seconds"] / bare_seconds
+        pairs.append(
+            {
+                "run": run,
+                "ratio": daemons["this"]["ratio"],
+                "bare_seconds": bare_seconds,
+                "daemons": daemons,
+                "bare_before": bare_before,
+                "bare_after": bare_after,
+            }
         )
+        for label in daemons:
+            print_run(f"{run}{'' if baseline is None else ' ' + label}", daemons[label], bare_before, bare_after)
+        bare_before = bare_after
     return pairs
+
+
+def print_run(name: str, daemon: dict[str, Any], bare_before: dict[str, Any], bare_after: dict[str, Any]) -> None:
+    gc_daemon = daemon["gc"]
+    print(
+        f"  run {name}: ratio {daemon['ratio']:.2f}x  daemon ready {daemon['ready_seconds']:.3f} s "
+        f"(log {daemon['ready_seconds_daemon_log'] or float('nan'):.3f}; first-round delay "
+        f"{daemon['first_round_delay_seconds']:.3f}, round {daemon['round_seconds']:.3f} "
+        f"[publish {daemon['publish_seconds']:.3f}], readiness latency "
+        f"{daemon['readiness_latency_seconds'] * 1000:.1f} ms; gc {gc_daemon['seconds']:.3f} s "
+        f"gen0/1/2 {gc_daemon['gen0']['collections']}/{gc_daemon['gen1']['collections']}/"
+        f"{gc_daemon['gen2']['collections']}, gen2 {gc_daemon['gen2']['seconds']:.3f} s)  "
+        f"bare {bare_before['seconds']:.3f} / {bare_after['seconds']:.3f} s (gc {bare_after['gc']['seconds']:.3f} s, "
+        f"gen2 {bare_after['gc']['gen2']['collections']})  load {daemon['noise']['loadavg'][0]:.2f}, other "
+        f"processes {daemon['other_processes_cores']:.2f} / {bare_after['other_processes_cores']:.2f} cores",
+        flush=True,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -360,6 +401,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="",
         help="experiment: collector settings the daemon child applies after start-up (freeze, threshold0=N)",
     )
+    parser.add_argument(
+        "--baseline-tree",
+        type=Path,
+        help="another checkout (with this benchmark) whose daemon runs in lockstep with this one's: before/after",
+    )
     parser.add_argument("--wait-quiet", action="store_true", help="wait for a quiet machine before measuring")
     parser.add_argument("--quiet-load", type=float, default=1.0, help="quiet: 1-minute load below this (1.0)")
     parser.add_argument("--quiet-timeout", type=float, default=1200.0, help="wait at most this many seconds (1200)")
@@ -372,17 +418,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(results.describe())
     directory = ensure_corpus(out, size)
     quiet = wait_quiet(args.quiet_load, args.quiet_timeout) if args.wait_quiet else None
-    print(f"N={size} files in {directory}; {runs} daemon/bare pairs, interleaved; poll every {args.poll_ms:g} ms")
+    print(f"N={size} files in {directory}; {runs} runs, daemon and bare interleaved; poll every {args.poll_ms:g} ms")
     workdir = out / "files_ready"
     workdir.mkdir(exist_ok=True)
     with common.sigterm_exits():
-        pairs = measure(directory, size, runs, args.poll_ms, workdir, args.what_if)
+        pairs = measure(directory, size, runs, args.poll_ms, workdir, args.what_if, args.baseline_tree)
     ratios = [pair["ratio"] for pair in pairs]
     worst = max(ratios)
     print(
         f"  start -> /-/ready over bare loop, every run: {' '.join(f'{r:.2f}x' for r in ratios)}; "
         f"median {statistics.median(ratios):.2f}x, worst {worst:.2f}x (goal <= {GOAL_READY_OVER_BARE}x in every run)"
     )
+    baseline_ratios = [pair["daemons"]["baseline"]["ratio"] for pair in pairs] if args.baseline_tree else []
+    if baseline_ratios:
+        print(
+            f"  baseline ({args.baseline_tree}), every run: {' '.join(f'{r:.2f}x' for r in baseline_ratios)}; "
+            f"median {statistics.median(baseline_ratios):.2f}x, worst {max(baseline_ratios):.2f}x"
+        )
     document = results.write(
         {
             "size": size,
@@ -396,6 +448,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "median_ratio": round(statistics.median(ratios), 3),
             "worst_ratio": round(worst, 3),
             "goal_met_every_run": worst <= GOAL_READY_OVER_BARE,
+            "baseline_tree": str(args.baseline_tree) if args.baseline_tree else None,
+            "baseline_ratios": [round(r, 3) for r in baseline_ratios],
             "pairs": pairs,
         }
     )
