@@ -11,8 +11,8 @@ whether it is met, and the script's own ratio.  It writes ``<out>/summary.json``
 
 Usage::
 
-    python -m bench.run [--only files,tls,tls_scale,revocation,kubernetes,scrape] [--quick] [--out bench/out]
-                        [--write-docs] [--reuse]
+    python -m bench.run [--only files,files_ready,tls,tls_scale,revocation,kubernetes,scrape] [--quick]
+                        [--out bench/out] [--write-docs] [--reuse]
 
 ``--quick`` runs every scenario on its smoke-test size (the test suite does this).
 ``--reuse`` runs nothing: it reads the JSON each scenario left in ``--out`` (say, from
@@ -76,6 +76,19 @@ def _files(result: dict[str, Any]) -> list[Row]:
 def _span(values: list[float] | None, digits: int = 2) -> str:
     """`` [low-high]`` (the range over repetitions), or nothing."""
     return f" [{values[0]:.{digits}f}-{values[1]:.{digits}f}]" if values else ""
+
+
+def _files_ready(result: dict[str, Any]) -> list[Row]:
+    ratios = ", ".join(f"{r:.2f}" for r in result["ratios"])
+    goal = result["goal_ready_over_bare_max"]
+    return [
+        Row(
+            "files",
+            f"{result['size']:,} files: start -> /-/ready <= {goal}x bare parse, every run",
+            f"worst {result['worst_ratio']:.2f}x ({ratios})",
+            result["goal_met_every_run"],
+        )
+    ]
 
 
 def _tls(result: dict[str, Any]) -> list[Row]:
@@ -268,6 +281,7 @@ class Scenario:
 
 SCENARIOS = {
     "files": Scenario("bench.files_scan", "files_scan.json", _files),
+    "files_ready": Scenario("bench.files_ready", "files_ready.json", _files_ready),
     "tls": Scenario("bench.tls_probe", "tls_probe.json", _tls),
     "tls_scale": Scenario("bench.tls_scale", "tls_scale.json", _tls_scale),
     "revocation": Scenario("bench.revocation", "revocation.json", _revocation),

@@ -49,6 +49,17 @@ def test_files_scan_benchmark_quick(tmp_path: Path) -> None:
     assert "cold_scan / bare_parse" in run.stdout
 
 
+def test_files_ready_benchmark_quick(tmp_path: Path) -> None:
+    run = run_quick("files_ready", tmp_path, 120)
+    result = json.loads((tmp_path / "files_ready.json").read_text())
+    (pair,) = result["pairs"]
+    assert pair["bare_before"]["files"] == pair["bare_after"]["files"] == result["size"] == 200
+    daemon = pair["daemons"]["this"]
+    assert 0 < daemon["ready_seconds_daemon_log"] <= daemon["ready_seconds"]
+    assert daemon["first_round_delay_seconds"] < daemon["ready_seconds"]
+    assert "start -> /-/ready over bare loop, every run" in run.stdout
+
+
 def test_tls_probe_benchmark_quick(tmp_path: Path) -> None:
     run = run_quick("tls_probe", tmp_path, 300)
     result = json.loads((tmp_path / "tls_probe.json").read_text())
