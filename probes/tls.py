@@ -301,7 +301,9 @@ class TlsProbe:
             try:
                 client.use_client_certificate(chain, key)
             except Exception as exc:  # noqa: BLE001 - OpenSSL's refusal, named
-                raise ValueError(f"client_cert: the key does not belong to the certificate ({exc})") from None
+                # A key that is not the certificate's, or a certificate or key that
+                # security level 2 refuses (an RSA key under 2048 bits, say).
+                raise ValueError(f"client_cert: OpenSSL refused the certificate or key ({exc})") from None
             self.client_certificates = tuple(
                 CertObservation(index, "client", facts_from_certificate(cert)) for index, cert in enumerate(chain)
             )

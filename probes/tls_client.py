@@ -223,19 +223,17 @@ class TlsClient:
         connection.set_connect_state()
         session = TlsConnection(self, connection, sock)
         try:
-            try:
-                _retrying(connection.do_handshake, sock, deadline)
-            except SSL.Error as exc:
-                session.certificate_requested = self._requests.take(connection)
-                error = _handshake_error(exc)
-                if isinstance(error, HandshakeError):
-                    raise HandshakeFailed(error, session) from None
-                raise error from None
-        except BaseException:
-            session.certificate_requested = session.certificate_requested or self._requests.take(connection)
+            _retrying(connection.do_handshake, sock, deadline)
+        except BaseException as exc:
+            session.certificate_requested = self._requests.take(connection)
             session.staple = _staple_of(connection)
-            session._sock.close()
-            raise
+            sock.close()
+            if not isinstance(exc, SSL.Error):
+                raise  # TimeoutError at the deadline, or an interruption
+            error = _handshake_error(exc)
+            if isinstance(error, HandshakeError):
+                raise HandshakeFailed(error, session) from None
+            raise error from None
         session.established = True
         session.certificate_requested = self._requests.take(connection)
         session.staple = _staple_of(connection)
