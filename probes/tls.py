@@ -25,7 +25,10 @@ endpoints wakes the probe's round (``set_wake``).
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import select
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -36,6 +39,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
+from probes import cpu_slots
 from probes.certparse import facts_from_certificate
 from probes.context import ProbeContext
 from probes.credentials import read_secret
@@ -380,6 +384,12 @@ class TlsProbe:
     # -- one run -----------------------------------------------------------------
 
     def run(self, target: str, ctx: ProbeContext) -> ProbeResult:
+        # The run computes in a CPU slot and gives it back at every wait on the
+        # network (probes.cpu_slots), so dozens in flight do not fight for the GIL.
+        with cpu_slots.held():
+            return self._run_target(target, ctx)
+
+    def _run_target(self, target: str, ctx: ProbeContext) -> ProbeResult:
         endpoint = self._endpoints.get(target)
         if endpoint is not None:
             return self._run_discovered(endpoint, ctx)
@@ -407,7 +417,8 @@ class TlsProbe:
             if not endpoint.trusted:
                 with ctx.phase("dns") as phase:
                     try:
-                        pinned = resolve_checked(endpoint.host, endpoint.port, self.allow_networks, ctx.deadline)
+                        with cpu_slots.waiting():
+                            pinned = resolve_checked(endpoint.host, endpoint.port, self.allow_networks, ctx.deadline)
                     except FetchError as exc:
                         reason = Reason.CONNECT_FAILED if exc.kind == "refused" else Reason.DNS_ERROR
                         phase.fail(reason, str(exc))
@@ -457,7 +468,8 @@ class TlsProbe:
                 with ctx.phase("starttls") as phase:
                     phase.set("certscope.starttls.protocol", settings.starttls)
                     try:
-                        upgrade(settings.starttls, sock, server_name or host, ctx.deadline)
+                        with cpu_slots.waiting():
+                            upgrade(settings.starttls, sock, server_name or host, ctx.deadline)
                     except (StartTlsError, OSError) as exc:
                         raise _Failure(Reason.STARTTLS_FAILED, f"{settings.starttls} STARTTLS: {exc}") from None
 
@@ -510,15 +522,16 @@ class TlsProbe:
         finally:
             (session or sock).close()  # a session owns its socket
 
-        revocation = served_chain_revocation(
-            self.revocation,
-            settings.revocation or RevocationSettings(),
-            served,
-            verdict.verified_path,
-            ServedEndpoint(address, port, server_name, session.staple if session is not None else None),
-            ctx,
-            self.allow_networks,
-        )
+        with cpu_slots.waiting():  # OCSP and CRL fetches
+            revocation = served_chain_revocation(
+                self.revocation,
+                settings.revocation or RevocationSettings(),
+                served,
+                verdict.verified_path,
+                ServedEndpoint(address, port, server_name, session.staple if session is not None else None),
+                ctx,
+                self.allow_networks,
+            )
         verified_not_after = (
             min(c.not_valid_after_utc for c in verdict.verified_path).timestamp()
             if verdict.chain_verified and verdict.verified_path
@@ -705,7 +718,8 @@ def _resolve(host: str, port: int, ip_version: str, deadline: float) -> list[tup
     if is_ip(host):
         return [(host, int(socket.AF_INET6 if ":" in host else socket.AF_INET))]
     try:
-        infos = getaddrinfo_by(host, port, family, deadline)
+        with cpu_slots.waiting():
+            infos = getaddrinfo_by(host, port, family, deadline)
     except TimeoutError as exc:
         raise _Failure(Reason.DNS_ERROR, str(exc)) from None
     except socket.gaierror as exc:
@@ -723,9 +737,8 @@ def _connect(addresses: list[tuple[str, int]], port: int, ctx: ProbeContext) -> 
         for attempt, (address, family) in enumerate(addresses, 1):
             phase.set("certscope.connect.attempts", attempt)
             sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.settimeout(max(ctx.remaining(), 0.001))
             try:
-                sock.connect((address, port))
+                _open(sock, address, port, ctx.deadline)
             except TimeoutError:
                 sock.close()
                 last = _Failure(Reason.CONNECT_TIMEOUT, f"no answer from {address}:{port} before the deadline")
@@ -738,10 +751,30 @@ def _connect(addresses: list[tuple[str, int]], port: int, ctx: ProbeContext) -> 
                 sock.close()
                 last = _Failure(Reason.CONNECT_FAILED, f"cannot connect to {address}:{port}: {exc.strerror or exc}")
                 continue
+            sock.settimeout(max(ctx.remaining(), 0.001))
             phase.set("network.peer.address", address)
             return sock, address
         assert last is not None
         raise last
+
+
+def _open(sock: socket.socket, address: str, port: int, deadline: float) -> None:
+    """``sock.connect()`` against the deadline.  Non-blocking, because a loopback or
+    LAN peer has usually answered by the time ``connect_ex`` returns: the CPU slot is
+    given back only for a connection still on its way."""
+    sock.setblocking(False)
+    code = sock.connect_ex((address, port))
+    if code == errno.EINPROGRESS:
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT)
+        if not poller.poll(0):
+            with cpu_slots.waiting():
+                ready = poller.poll(max(deadline - time.monotonic(), 0) * 1000)
+            if not ready:
+                raise TimeoutError
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if code:
+        raise OSError(code, os.strerror(code))  # ConnectionRefusedError for ECONNREFUSED
 
 
 def _failed_handshake_facts(address: str, server_name: str, seconds: float, verdict: Verdict) -> TlsFacts:

@@ -36,6 +36,8 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, r
 from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL
 
+from probes import cpu_slots
+
 # What Python's ssl sets on a PROTOCOL_TLS_CLIENT context (3.10+).
 PYTHON_DEFAULT_CIPHERS = b"@SECLEVEL=2:ECDH+AESGCM:ECDH+CHACHA20:ECDH+AES:DHE+AES:!aNULL:!eNULL:!aDSS:!SHA1:!AESCCM"
 # OpenSSL 3.0's default groups: newer releases lead with a hybrid post-quantum key
@@ -280,5 +282,7 @@ def _wait(sock: socket.socket, deadline: float, write: bool) -> None:
         raise TimeoutError("the deadline passed")
     poller = select.poll()
     poller.register(sock, select.POLLOUT if write else select.POLLIN)
-    if not poller.poll(remaining * 1000):
+    with cpu_slots.waiting():
+        ready = poller.poll(remaining * 1000)
+    if not ready:
         raise TimeoutError("the deadline passed")

@@ -182,3 +182,53 @@ def test_probe_endpoint_is_off_by_default(
     daemon: DaemonProcess = start_daemon(config.replace("web: {probe_endpoint: true}", ""))
     answer = requests.get(daemon.base_url + "/probe", params={"module": "web", "target": "x:1"}, timeout=10)
     assert answer.status_code == 404
+
+
+def test_a_stalled_endpoint_does_not_hold_the_cpu_slot(
+    tls_files: servers.TlsFiles, valid_server: servers.ServerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a single CPU slot, one probe waiting on a connect that never completes and
+    one waiting on a handshake that never comes leave the slot to a third probe."""
+    from probes import cpu_slots
+
+    one = cpu_slots.CpuSlots(1)
+    monkeypatch.setattr(cpu_slots, "held", one.held)
+    monkeypatch.setattr(cpu_slots, "waiting", one.waiting)
+    full = socket.socket()  # a listener whose backlog is full: the kernel drops further SYNs
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)
+    queued = socket.create_connection(full.getsockname(), timeout=2)
+    tarpit = servers.tarpit()
+    results: dict[str, Any] = {}
+
+    def stalled(name: str, target: str) -> None:
+        probe = TlsProbe(TlsSettings(targets=(target,), trust=trust(tls_files)))
+        results[name] = probe.run(target, ProbeContext(deadline=time.monotonic() + 3))
+
+    threads = [
+        threading.Thread(target=stalled, args=("connect", f"127.0.0.1:{full.getsockname()[1]}")),
+        threading.Thread(target=stalled, args=("handshake", f"localhost:{tarpit.port}")),
+    ]
+    try:
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 2
+        while tarpit.connections < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)  # both stalled probes are in their waits now
+        target = f"localhost:{valid_server.port}"
+        started = time.monotonic()
+        result = TlsProbe(TlsSettings(targets=(target,), trust=trust(tls_files))).run(
+            target, ProbeContext(deadline=time.monotonic() + 5)
+        )
+        assert result.success, result.message
+        assert time.monotonic() - started < 1.5
+        assert all(thread.is_alive() for thread in threads), "the stalled probes ended too soon to prove anything"
+        for thread in threads:
+            thread.join(5)
+        assert results["connect"].reason.value == "connect_timeout", results["connect"].message
+        assert results["handshake"].reason.value == "handshake_timeout", results["handshake"].message
+    finally:
+        queued.close()
+        full.close()
+        tarpit.stop()

@@ -1,0 +1,86 @@
+"""CPU slots: how many probe runs compute at once, however many are in flight.
+
+A probe run that cooperates holds a slot (``held()``) for its whole run and gives it
+back whenever it waits on the network (``waiting()``): a DNS answer, a connect, a
+socket that is not yet readable, an OCSP or CRL fetch.  So of the 64 runs a round
+keeps in flight, only as many as there are CPUs run Python at a time, and the rest
+sleep on one semaphore instead of on the GIL.
+
+Why: every OpenSSL call gives up the GIL, and a thread that comes back from one
+finds it taken when dozens of threads are runnable.  On the 2-core benchmark machine
+64 threads handshaking with loopback servers made 87 voluntary context switches per
+probe in a first round (4 with one thread), and the switching cost as much CPU as
+the probe's own work; with two slots it made 13 (docs/performance.md).
+
+The contract for a cooperating probe: everything that can block goes inside
+``waiting()``; nothing inside ``held()`` waits on anything but the CPU.  A thread
+holds at most one slot (``held()`` inside ``held()`` is a no-op), and ``waiting()``
+outside a slot is a no-op, so helpers can call it whoever calls them.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+class CpuSlots:
+    """A counting semaphore that knows which threads hold it."""
+
+    def __init__(self, count: int) -> None:
+        if count < 1:
+            raise ValueError(f"CPU slots must be at least 1, got {count}")
+        self.count = count
+        self._semaphore = threading.BoundedSemaphore(count)
+        self._local = threading.local()  # .state: None, "held" or "waiting"
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """Hold a slot for the block (waiting for one if all are taken)."""
+        if getattr(self._local, "state", None) is not None:
+            yield  # this thread is already in a slot's run
+            return
+        self._semaphore.acquire()
+        self._local.state = "held"
+        try:
+            yield
+        finally:
+            # A run that ended inside waiting() has given its slot back already.
+            if self._local.state == "held":
+                self._semaphore.release()
+            self._local.state = None
+
+    @contextmanager
+    def waiting(self) -> Iterator[None]:
+        """Give this thread's slot back for the block (a blocking wait), and take
+        one again after it."""
+        if getattr(self._local, "state", None) != "held":
+            yield
+            return
+        self._local.state = "waiting"
+        self._semaphore.release()
+        try:
+            yield
+        finally:
+            self._semaphore.acquire()
+            self._local.state = "held"
+
+    def holding(self) -> bool:
+        """Whether this thread holds a slot now (for tests)."""
+        return getattr(self._local, "state", None) == "held"
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
+
+
+# One set of slots for the process: all cooperating probes share the CPUs.
+SLOTS = CpuSlots(available_cpus())
+held = SLOTS.held
+waiting = SLOTS.waiting

@@ -1,0 +1,92 @@
+"""CPU slots (probes/cpu_slots.py): no more than ``count`` threads compute at once,
+a thread in ``waiting()`` lets another in, and nesting never deadlocks."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from probes.cpu_slots import CpuSlots
+
+
+def test_no_more_threads_inside_than_slots() -> None:
+    slots = CpuSlots(2)
+    inside, most = 0, 0
+    lock = threading.Lock()
+
+    def work() -> None:
+        nonlocal inside, most
+        with slots.held():
+            with lock:
+                inside += 1
+                most = max(most, inside)
+            time.sleep(0.02)  # a sleep outside waiting(): the slot stays taken
+            with lock:
+                inside -= 1
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(5)
+    assert most == 2
+
+
+def test_a_waiting_thread_lets_another_compute() -> None:
+    slots = CpuSlots(1)
+    released = threading.Event()
+    in_wait = threading.Event()
+    order: list[str] = []
+
+    def waiter() -> None:
+        with slots.held():
+            with slots.waiting():
+                in_wait.set()
+                released.wait(5)
+            order.append("waiter done")
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    assert in_wait.wait(5)
+    started = time.monotonic()
+    with slots.held():  # would block until the waiter finished, were the slot kept
+        order.append("other computed")
+    assert time.monotonic() - started < 1
+    released.set()
+    thread.join(5)
+    assert order == ["other computed", "waiter done"]
+
+
+def test_nesting_and_waiting_outside_a_slot_are_no_ops() -> None:
+    slots = CpuSlots(1)
+    with slots.waiting():  # no slot held: nothing to give back, nothing taken after
+        assert not slots.holding()
+    with slots.held():
+        with slots.held():  # the same thread again: no second slot, no deadlock
+            assert slots.holding()
+        assert slots.holding()
+        with slots.waiting():
+            assert not slots.holding()
+            with slots.waiting():
+                assert not slots.holding()
+        assert slots.holding()
+    assert not slots.holding()
+
+
+def test_a_slot_comes_back_after_an_exception_in_a_wait() -> None:
+    slots = CpuSlots(1)
+    with pytest.raises(TimeoutError):
+        with slots.held():
+            with slots.waiting():
+                raise TimeoutError
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (slots.held().__enter__(), done.set()))
+    thread.start()
+    assert done.wait(2), "the slot was not given back"
+
+
+def test_at_least_one_slot() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        CpuSlots(0)
