@@ -444,11 +444,13 @@ def facts_from_der(der: bytes) -> CertFacts:
     return facts
 
 
-def facts_from_certificate(cert: x509.Certificate) -> CertFacts:
-    """The facts of a loaded certificate; a field that raises becomes a listed
-    problem (read in one go first, then field by field: see the module docstring)."""
+def facts_from_certificate(cert: x509.Certificate, der: bytes | None = None) -> CertFacts:
+    """The facts of a loaded certificate (``der``: its DER, when the caller has
+    it); a field that raises becomes a listed problem (read in one go first, then
+    field by field: see the module docstring)."""
     try:
-        der = cert.public_bytes(serialization.Encoding.DER)
+        if der is None:
+            der = cert.public_bytes(serialization.Encoding.DER)
         return _facts_at_once(cert, der, hashlib.sha256(der).hexdigest())
     except Exception:  # noqa: BLE001 - some field is unreadable: read them one by one
         return _facts_field_by_field(cert)

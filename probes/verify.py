@@ -184,8 +184,6 @@ def verify_served_chain(
         )
     if hostname_match is False and not mismatch:
         mismatch = f"{name} is not covered by the certificate (SANs: {', '.join(_san_strings(leaf)) or 'none'})"
-    complete, structure_reason, structure_message = _walk(served, trust)
-
     path: tuple[x509.Certificate, ...] = ()
     verify_error = ""
     # Validate the path against a name the leaf claims, so that chain trust and the
@@ -210,6 +208,9 @@ def verify_served_chain(
             return Verdict(Reason.OK, "", True, True, hostname_match, path)
         return Verdict(problem.reason, problem.message, False, True, hostname_match, path)
 
+    # No path: how the served chain is broken.  (A built path is complete by
+    # definition, so a chain that validates is never walked.)
+    complete, structure_reason, structure_message = _walk(served, trust)
     for position, cert in enumerate(served):
         what = "the leaf" if position == 0 else f"served certificate {position} ({_cn(cert)})"
         if cert.not_valid_after_utc < now:
@@ -618,7 +619,7 @@ class ChainMemo:
         for index, (der, cert) in enumerate(zip(ders, served, strict=True)):
             facts = self._facts.get(der)
             if facts is None:
-                facts = facts_from_certificate(cert)
+                facts = facts_from_certificate(cert, der)
                 with self._lock:
                     if len(self._facts) >= self.capacity:
                         self._facts.clear()
