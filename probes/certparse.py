@@ -53,7 +53,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 
 from probes import pkcs12
 from probes.credentials import CredentialUnavailable
-from probes.der import DerError, read_element
+from probes.der import DerError
 from probes.reasons import Reason
 from probes.result import CertFacts, CertObservation, SourceError
 
@@ -565,26 +565,37 @@ _issuer_names: dict[bytes, tuple[str, str]] = {}
 _ISSUER_NAMES_MAX = 4096
 
 
-def _tlv(der: bytes, position: int) -> tuple[int, int]:
-    """Where the contents of the DER element at ``position`` start and where it ends."""
-    _, start, end = read_element(der, position)
-    return start, end
+def _contents(der: bytes, position: int) -> int:
+    """Where the contents of the element at ``position`` start, in DER that
+    ``cryptography`` has already parsed (so well-formed, definite lengths)."""
+    length = der[position + 1]
+    return position + 2 + (length & 0x7F if length & 0x80 else 0)
+
+
+def _end(der: bytes, position: int) -> int:
+    """Where the element at ``position`` ends, in DER ``cryptography`` has parsed."""
+    length = der[position + 1]
+    if length < 0x80:
+        return position + 2 + length
+    count = length & 0x7F
+    return position + 2 + count + int.from_bytes(der[position + 2 : position + 2 + count], "big")
 
 
 def _issuer_and_spki(der: bytes) -> tuple[bytes, bytes]:
     """The raw issuer Name and SubjectPublicKeyInfo of a certificate ``cryptography``
     has loaded from ``der``, so the structure is known to be a well-formed
-    Certificate (RFC 5280 4.1)."""
-    position = _tlv(der, _tlv(der, 0)[0])[0]  # into Certificate, into tbsCertificate
+    Certificate (RFC 5280 4.1) and needs no checks on the way (one file of a large
+    inventory spent 20 µs here with them)."""
+    position = _contents(der, _contents(der, 0))  # into Certificate, into tbsCertificate
     if der[position] == 0xA0:  # [0] version
-        position = _tlv(der, position)[1]
-    position = _tlv(der, position)[1]  # serialNumber
-    position = _tlv(der, position)[1]  # signature
-    issuer_end = _tlv(der, position)[1]
+        position = _end(der, position)
+    position = _end(der, position)  # serialNumber
+    position = _end(der, position)  # signature
+    issuer_end = _end(der, position)
     issuer = der[position:issuer_end]
-    position = _tlv(der, issuer_end)[1]  # validity
-    position = _tlv(der, position)[1]  # subject
-    return issuer, der[position : _tlv(der, position)[1]]
+    position = _end(der, issuer_end)  # validity
+    position = _end(der, position)  # subject
+    return issuer, der[position : _end(der, position)]
 
 
 # Values the RFC 4514 escaping leaves as they are: none of \ " + , ; < > NUL, not
@@ -742,10 +753,10 @@ def _spki_is_canonical(spki: bytes, key_type: str) -> bool:
 
 
 def _spki_written_as_is(spki: bytes, key_type: str) -> bool:
-    algorithm_start = _tlv(spki, 0)[0]
-    algorithm_end = _tlv(spki, algorithm_start)[1]
+    algorithm_start = _contents(spki, 0)
+    algorithm_end = _end(spki, algorithm_start)
     algorithm = spki[algorithm_start:algorithm_end]
-    bits_start = _tlv(spki, algorithm_end)[0]
+    bits_start = _contents(spki, algorithm_end)
     if spki[algorithm_end] != 0x03 or spki[bits_start] != 0:  # a BIT STRING with no unused bits
         return False
     if key_type == "rsa":
@@ -756,7 +767,7 @@ def _spki_written_as_is(spki: bytes, key_type: str) -> bool:
         return (
             algorithm[2:curve_at] == _EC_ALGORITHM_START
             and algorithm[curve_at] == 0x06
-            and _tlv(algorithm, curve_at)[1] == len(algorithm)
+            and _end(algorithm, curve_at) == len(algorithm)
             and spki[bits_start + 1] == 0x04
         )
     return algorithm == _ED_ALGORITHMS.get(key_type)
