@@ -559,6 +559,16 @@ def _stat_ticks(pid: int) -> tuple[int, list[int]]:
     return int(fields[11]) + int(fields[12]), children
 
 
+def waited_children_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of the children ``pid`` has waited for (cutime +
+    cstime: worker processes that have exited); 0 if gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[13]) + int(fields[14])) / CLK_TCK
+
+
 def tree_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of ``pid`` and all its descendants (nginx: unshare ->
     master -> workers), all threads."""

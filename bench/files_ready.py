@@ -62,6 +62,7 @@ import http.client
 import json
 import os
 import re
+import resource
 import statistics
 import sys
 import time
@@ -119,6 +120,9 @@ def daemon_child(report_path: str, exporter_args: list[str], what_if: str = "") 
         if name not in timeline:
             timeline[name] = time.monotonic()
             cpu[name] = time.process_time()
+            # The daemon's worker processes (probes/files_workers.py), exited by now.
+            children = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu[f"{name}_children"] = children.ru_utime + children.ru_stime
 
     original_apply = Scheduler.apply
     original_round_once = Scheduler._round_once
@@ -268,7 +272,8 @@ def run_daemon(
             polls += 1
             if ready_status(port) == 200:
                 ready_at = time.monotonic()
-                daemon_cpu = common.processes_cpu_seconds([daemon.pid])
+                # With its worker processes, which are not "other processes".
+                daemon_cpu = common.processes_cpu_seconds([daemon.pid]) + common.waited_children_cpu_seconds(daemon.pid)
                 break
             time.sleep(poll_ms / 1000)
         if ready_at is None:
@@ -290,6 +295,7 @@ def run_daemon(
         "publish_seconds": timeline["publish_finished"] - timeline["publish_started"],
         "readiness_latency_seconds": ready_at - timeline["publish_finished"],
         "round_cpu_seconds": cpu["round_finished"] - cpu["round_started"],
+        "round_workers_cpu_seconds": cpu["round_finished_children"] - cpu["round_started_children"],
         "cpu_start_to_round_end_seconds": cpu["round_finished"] - cpu["apply"],
         "gc": gc_summary(child["gc"], start, ready_at),
         "gc_at_start": child["gc_at_start"],
@@ -372,11 +378,13 @@ def print_run(name: str, daemon: dict[str, Any], bare_before: dict[str, Any], ba
         f"  run {name}: ratio {daemon['ratio']:.2f}x  daemon ready {daemon['ready_seconds']:.3f} s "
         f"(log {daemon['ready_seconds_daemon_log'] or float('nan'):.3f}; first-round delay "
         f"{daemon['first_round_delay_seconds']:.3f}, round {daemon['round_seconds']:.3f} "
-        f"[publish {daemon['publish_seconds']:.3f}], readiness latency "
+        f"[publish {daemon['publish_seconds']:.3f}; CPU {daemon['round_cpu_seconds']:.2f} s daemon + "
+        f"{daemon['round_workers_cpu_seconds']:.2f} s workers], readiness latency "
         f"{daemon['readiness_latency_seconds'] * 1000:.1f} ms; gc {gc_daemon['seconds']:.3f} s "
         f"gen0/1/2 {gc_daemon['gen0']['collections']}/{gc_daemon['gen1']['collections']}/"
         f"{gc_daemon['gen2']['collections']}, gen2 {gc_daemon['gen2']['seconds']:.3f} s)  "
-        f"bare {bare_before['seconds']:.3f} / {bare_after['seconds']:.3f} s (gc {bare_after['gc']['seconds']:.3f} s, "
+        f"bare {bare_before['seconds']:.3f} / {bare_after['seconds']:.3f} s "
+        f"(CPU {bare_after['cpu_seconds']:.2f} s, gc {bare_after['gc']['seconds']:.3f} s, "
         f"gen2 {bare_after['gc']['gen2']['collections']})  load {daemon['noise']['loadavg'][0]:.2f}, other "
         f"processes {daemon['other_processes_cores']:.2f} / {bare_after['other_processes_cores']:.2f} cores",
         flush=True,

@@ -444,6 +444,16 @@ def facts_from_der(der: bytes) -> CertFacts:
     return facts
 
 
+def shared(facts: CertFacts) -> CertFacts:
+    """The facts object every holder of this certificate shares (``facts`` itself
+    when it is the first): for facts built elsewhere, in a worker process."""
+    known = _known.get(facts.fingerprint_sha256)
+    if known is not None:
+        return known
+    _known[facts.fingerprint_sha256] = facts
+    return facts
+
+
 def facts_from_certificate(cert: x509.Certificate, der: bytes | None = None) -> CertFacts:
     """The facts of a loaded certificate (``der``: its DER, when the caller has
     it); a field that raises becomes a listed problem (read in one go first, then

@@ -20,6 +20,7 @@ a round over an unchanged tree costs the walk and one ``stat`` per file, without
 from __future__ import annotations
 
 import errno
+import logging
 import operator
 import os
 import re
@@ -30,8 +31,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
-from probes.certparse import Parsed, bundle_observations, parse_container
+from probes import files_workers
+from probes.certparse import Parsed, bundle_observations, parse_container, shared
 from probes.context import ProbeContext
+from probes.cpu_slots import available_cpus
 from probes.credentials import read_secret
 from probes.expect import EXPECT_REASONS, Expect, unmet_expectation
 from probes.located import located_result, parse_located
@@ -40,6 +43,7 @@ from probes.result import Discovery, ProbeResult, SourceError, failed
 from probes.settings import ByteSize, ProbeDefaults, path_field
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,14 @@ class FilesProbe:
         self._excludes = [_pattern_regex(p) for p in settings.exclude]
         # path -> (identity, result): an unchanged file costs a stat, not a parse.
         self._cache: dict[str, tuple[_Identity, ProbeResult]] = {}
+        self._batch: files_workers.WorkerParse | None = None  # new files being parsed in workers
+
+    def close(self) -> None:
+        """Called by the scheduler when the daemon stops or reloads: a batch in
+        worker processes stops after the chunks already started."""
+        batch = self._batch
+        if batch is not None:
+            batch.cancel()
 
     # -- discovery -------------------------------------------------------------
 
@@ -164,8 +176,44 @@ class FilesProbe:
         # Forget cached parses of files that are gone, so memory follows the tree.
         for stale in self._cache.keys() - found.keys():
             del self._cache[stale]
+        self._parse_new_in_workers(found)
         up = not any(e.reason is Reason.PERMISSION_DENIED and e.item in self.settings.paths for e in errors)
         return Discovery(tuple(found), tuple(errors), up, unchanged=self._unchanged())
+
+    def _parse_new_in_workers(self, found: dict[str, None]) -> None:
+        """Many files never parsed (a first round over a large tree): parse them in
+        one worker process per CPU (``probes.files_workers``) into the cache, which
+        ``_unchanged`` then hands to the round.  Any failure of the workers only
+        leaves the files to ``run()``."""
+        new = [path for path in found if path not in self._cache]
+        workers = available_cpus()
+        if len(new) < files_workers.MIN_FILES or workers < 2:
+            return
+        started = time.monotonic()
+        parsed = 0
+        log.info("files: parsing %d new files in %d worker processes", len(new), workers)
+        batch = self._batch = files_workers.WorkerParse(self.settings, new, workers)
+        try:
+            for chunk in batch.results():
+                for path, (identity, result) in chunk.items():
+                    self._cache[path] = (identity, _with_shared_facts(result))
+                parsed += len(chunk)
+        except Exception as exc:  # noqa: BLE001 - a worker died, or its result did not come back
+            if not batch.cancelled:
+                log.warning("files: parsing in worker processes failed (%s: %s); parsing here", type(exc).__name__, exc)
+        finally:
+            self._batch = None
+        log.info(
+            "files: %d of %d new files parsed in %d worker processes in %.1f s",
+            parsed,
+            len(new),
+            workers,
+            time.monotonic() - started,
+        )
+
+    def take_cached(self, path: str) -> tuple[_Identity, ProbeResult] | None:
+        """The cache entry ``run()`` left for ``path``, removed (for a worker)."""
+        return self._cache.pop(path, None)
 
     def _unchanged(self) -> dict[str, ProbeResult]:
         """The cached result of every file whose identity is still the one it was
@@ -307,6 +355,16 @@ class FilesProbe:
 
 
 _entry_name = operator.attrgetter("name")
+
+
+def _with_shared_facts(result: ProbeResult) -> ProbeResult:
+    """A result from a worker, its certificates' facts shared with every other
+    holder of the same certificate (an intermediate in thousands of files is kept
+    once, as when the daemon parses it itself)."""
+    observations = result.certificates
+    if all(shared(o.cert) is o.cert for o in observations):
+        return result
+    return replace(result, certificates=tuple(replace(o, cert=shared(o.cert)) for o in observations))
 
 
 def key_exposure(block_types: tuple[str, ...], info: os.stat_result, path: str) -> tuple[str, ...]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -232,3 +233,135 @@ def test_identity_out_of_64_bit_range_still_compares() -> None:
     packed, huge = _identity(info(10**18)), _identity(info(2**70))
     assert isinstance(packed, bytes) and isinstance(huge, tuple)
     assert huge == _identity(info(2**70)) and huge != _identity(info(2**70 + 1)) and huge != packed
+
+
+# -- many new files: parsed in worker processes (probes/files_workers.py) ------------
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> tuple[Path, Path]:
+    """Every format and bad input, each copied a few times, so that the first round
+    has more new files than the (lowered) threshold; returns (tree, password file)."""
+    tmp_path = tmp_path_factory.mktemp("many")
+    formats = write_formats(pki, tmp_path / "formats")
+    make_bad_files(tmp_path / "formats", pki)
+    tree = tmp_path / "tree"
+    for copy in range(4):
+        for path in (tmp_path / "formats").iterdir():
+            if path.is_file() and not path.name.startswith("fifo"):
+                target = tree / f"c{copy}" / path.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(path.read_bytes())
+    assert formats
+    password = tmp_path / "password"
+    password.write_text("correct horse\n")
+    return tree, password
+
+
+def _comparable(result: ProbeResult) -> tuple[object, ...]:
+    return (result.success, result.reason, result.message, result.certificates, result.errors, result.key_exposure)
+
+
+def test_a_large_new_tree_is_parsed_in_workers_with_the_same_results(
+    many: tuple[Path, Path], pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import multiprocessing
+
+    from probes import files, files_workers
+
+    tree, password = many
+    settings = {"pkcs12": Pkcs12Password(password_file=str(password))}
+    monkeypatch.setattr(files, "available_cpus", lambda: 2)
+    monkeypatch.setattr(files_workers, "CHUNK_FILES", 7)  # several chunks per worker
+    here = probe_for(tree, **settings)
+    monkeypatch.setattr(files_workers, "MIN_FILES", 1_000_000)
+    in_process = here.targets()
+    assert not in_process.unchanged  # nothing parsed yet: every file goes to run()
+    monkeypatch.setattr(files_workers, "MIN_FILES", 10)
+    workers = probe_for(tree, **settings)
+    discovery = workers.targets()
+    assert multiprocessing.active_children() == []  # the workers have exited
+    assert discovery.targets == in_process.targets and len(discovery.targets) >= 40
+    # Every result run() keeps came from the workers, and is what run() gives here.
+    expected = {target: _comparable(run(here, target)) for target in in_process.targets}
+    kept = here.targets().unchanged  # a file over max_file_size is judged anew each round
+    assert set(discovery.unchanged) == set(kept) and len(kept) >= 40
+    for target, result in discovery.unchanged.items():
+        assert _comparable(result) == expected[target], target
+    # An intermediate in many files is one shared facts object, as when parsed here.
+    intermediates = {
+        id(o.cert)
+        for result in discovery.unchanged.values()
+        for o in result.certificates
+        if o.cert.fingerprint_sha256 == pki.intermediate.fingerprint
+    }
+    assert len(intermediates) == 1
+
+
+def test_workers_that_fail_leave_the_files_to_run(
+    many: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from concurrent.futures.process import BrokenProcessPool
+
+    from probes import files, files_workers
+
+    tree, password = many
+
+    class OneChunkThenBroken(files_workers.WorkerParse):
+        def results(self) -> Iterator[files_workers.Parsed]:
+            for chunk in super().results():
+                yield chunk
+                raise BrokenProcessPool("a worker died")
+
+    monkeypatch.setattr(files, "available_cpus", lambda: 2)
+    monkeypatch.setattr(files_workers, "MIN_FILES", 10)
+    monkeypatch.setattr(files_workers, "CHUNK_FILES", 7)
+    monkeypatch.setattr(files_workers, "WorkerParse", OneChunkThenBroken)
+    probe = probe_for(tree, pkcs12=Pkcs12Password(password_file=str(password)))
+    discovery = probe.targets()
+    assert 0 < len(discovery.unchanged) <= 7
+    assert "parsing in worker processes failed (BrokenProcessPool: a worker died)" in caplog.text
+    reference = probe_for(tree, pkcs12=Pkcs12Password(password_file=str(password)))
+    for target in discovery.targets:
+        if target not in discovery.unchanged:
+            assert _comparable(run(probe, target)) == _comparable(run(reference, target)), target
+
+
+def test_one_cpu_parses_in_the_daemon(many: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    from probes import files, files_workers
+
+    tree, _ = many
+    monkeypatch.setattr(files, "available_cpus", lambda: 1)
+    monkeypatch.setattr(files_workers, "MIN_FILES", 10)
+    assert not probe_for(tree).targets().unchanged
+
+
+def test_closing_the_probe_stops_its_workers(
+    many: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """close() while a batch runs (the daemon stopping) drops the chunks not started;
+    the round goes on quietly with what came back, and no worker outlives it."""
+    import multiprocessing
+
+    from probes import files, files_workers
+
+    tree, _ = many
+    probes: list[FilesProbe] = []
+
+    class ClosedAfterOneChunk(files_workers.WorkerParse):
+        def results(self) -> Iterator[files_workers.Parsed]:
+            for chunk in super().results():
+                yield chunk
+                probes[0].close()  # as the scheduler does from another thread
+
+    monkeypatch.setattr(files, "available_cpus", lambda: 2)
+    monkeypatch.setattr(files_workers, "MIN_FILES", 10)
+    monkeypatch.setattr(files_workers, "CHUNK_FILES", 3)
+    monkeypatch.setattr(files_workers, "WorkerParse", ClosedAfterOneChunk)
+    probes.append(probe_for(tree))
+    started = time.monotonic()
+    discovery = probes[0].targets()
+    assert time.monotonic() - started < 10
+    assert 0 < len(discovery.unchanged) < len(discovery.targets)
+    assert "worker processes failed" not in caplog.text
+    assert multiprocessing.active_children() == []
