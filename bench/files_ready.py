@@ -295,7 +295,10 @@ def run_daemon(
         "publish_seconds": timeline["publish_finished"] - timeline["publish_started"],
         "readiness_latency_seconds": ready_at - timeline["publish_finished"],
         "round_cpu_seconds": cpu["round_finished"] - cpu["round_started"],
-        "round_workers_cpu_seconds": cpu["round_finished_children"] - cpu["round_started_children"],
+        # None from a baseline tree whose daemon child does not record it.
+        "round_workers_cpu_seconds": (
+            cpu["round_finished_children"] - cpu["round_started_children"] if "round_finished_children" in cpu else None
+        ),
         "cpu_start_to_round_end_seconds": cpu["round_finished"] - cpu["apply"],
         "gc": gc_summary(child["gc"], start, ready_at),
         "gc_at_start": child["gc_at_start"],
@@ -379,7 +382,8 @@ def print_run(name: str, daemon: dict[str, Any], bare_before: dict[str, Any], ba
         f"(log {daemon['ready_seconds_daemon_log'] or float('nan'):.3f}; first-round delay "
         f"{daemon['first_round_delay_seconds']:.3f}, round {daemon['round_seconds']:.3f} "
         f"[publish {daemon['publish_seconds']:.3f}; CPU {daemon['round_cpu_seconds']:.2f} s daemon + "
-        f"{daemon['round_workers_cpu_seconds']:.2f} s workers], readiness latency "
+        f"{workers if (workers := daemon['round_workers_cpu_seconds']) is None else f'{workers:.2f}'} s workers], "
+        "readiness latency "
         f"{daemon['readiness_latency_seconds'] * 1000:.1f} ms; gc {gc_daemon['seconds']:.3f} s "
         f"gen0/1/2 {gc_daemon['gen0']['collections']}/{gc_daemon['gen1']['collections']}/"
         f"{gc_daemon['gen2']['collections']}, gen2 {gc_daemon['gen2']['seconds']:.3f} s)  "

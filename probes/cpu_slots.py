@@ -20,6 +20,7 @@ outside a slot is a no-op, so helpers can call it whoever calls them.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections.abc import Iterator
@@ -73,11 +74,35 @@ class CpuSlots:
 
 
 def available_cpus() -> int:
-    """The CPUs this process may run on (its affinity, not the host's count)."""
+    """The CPUs this process may use: its affinity, capped by a cgroup CPU quota
+    (a container's ``resources.limits.cpu``), rounded up, at least 1."""
     try:
-        return len(os.sched_getaffinity(0))
+        count = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not on Linux
-        return os.cpu_count() or 1
+        count = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        count = min(count, max(1, math.ceil(quota)))
+    return count
+
+
+def _cgroup_cpu_quota(root: str = "/sys/fs/cgroup") -> float | None:
+    """CPUs' worth of the cgroup's quota (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``), or None."""
+    try:
+        with open(f"{root}/cpu.max") as handle:
+            quota, period = handle.read().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        with (
+            open(f"{root}/cpu/cpu.cfs_quota_us") as quota_file,
+            open(f"{root}/cpu/cpu.cfs_period_us") as period_file,
+        ):
+            quota_us, period_us = int(quota_file.read()), int(period_file.read())
+        return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
+    except (OSError, ValueError):
+        return None
 
 
 # One set of slots for the process: all cooperating probes share the CPUs.

@@ -186,7 +186,7 @@ class FilesProbe:
         ``_unchanged`` then hands to the round.  Any failure of the workers only
         leaves the files to ``run()``."""
         new = [path for path in found if path not in self._cache]
-        workers = available_cpus()
+        workers = min(available_cpus(), files_workers.MAX_WORKERS)
         if len(new) < files_workers.MIN_FILES or workers < 2:
             return
         started = time.monotonic()

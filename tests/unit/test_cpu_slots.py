@@ -3,8 +3,10 @@ a thread in ``waiting()`` lets another in, and nesting never deadlocks."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -90,3 +92,21 @@ def test_a_slot_comes_back_after_an_exception_in_a_wait() -> None:
 def test_at_least_one_slot() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         CpuSlots(0)
+
+
+def test_a_cgroup_quota_caps_the_cpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from probes import cpu_slots
+
+    (tmp_path / "cpu.max").write_text("150000 100000\n")  # limits.cpu: 1.5
+    assert cpu_slots._cgroup_cpu_quota(str(tmp_path)) == 1.5
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cpu_slots._cgroup_cpu_quota(str(tmp_path)) is None
+    (tmp_path / "cpu.max").unlink()
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("50000\n")  # cgroup v1, limits.cpu: 0.5
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cpu_slots._cgroup_cpu_quota(str(tmp_path)) == 0.5
+    monkeypatch.setattr(cpu_slots, "_cgroup_cpu_quota", lambda: 0.5)
+    assert cpu_slots.available_cpus() == 1  # rounded up, never 0
+    monkeypatch.setattr(cpu_slots, "_cgroup_cpu_quota", lambda: 1.5)
+    assert cpu_slots.available_cpus() == min(2, len(os.sched_getaffinity(0)))
