@@ -28,12 +28,11 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import TypeVar, overload
 
 from cryptography import x509
 from cryptography.hazmat.bindings.openssl.binding import Binding
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
-from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL
 
 from probes import cpu_slots
@@ -145,12 +144,12 @@ class TlsConnection:
     def alpn(self) -> str:
         return self._connection.get_alpn_proto_negotiated().decode("ascii", "replace") if self.established else ""
 
-    def peer_chain(self, limit: int) -> tuple[list[bytes], list[x509.Certificate]]:
+    def peer_chain(self, limit: int) -> tuple[list[bytes], PeerChain]:
         """Every certificate the server sent, in order, up to ``limit``, as DER and
-        loaded (none when the handshake broke before the server's Certificate)."""
-        chain = self._connection.get_peer_cert_chain(as_cryptography=True) or []
-        served = list(chain[:limit])
-        return [cert.public_bytes(Encoding.DER) for cert in served], served
+        as certificates loaded when first read (none when the handshake broke
+        before the server's Certificate)."""
+        ders = _peer_ders(self._connection, limit)
+        return ders, PeerChain(ders)
 
     def sendall(self, data: bytes, deadline: float) -> None:
         view = memoryview(data)
@@ -179,6 +178,59 @@ class TlsConnection:
     def close(self) -> None:
         self._client._requests.take(self._connection)  # forget it, whatever happened
         self._sock.close()
+
+
+class PeerChain(Sequence[x509.Certificate]):
+    """The served certificates, each loaded from its DER only when the chain is
+    first read: a chain the probe's memo has seen before is never loaded."""
+
+    def __init__(self, ders: list[bytes]) -> None:
+        self._ders = ders
+        self._loaded: list[x509.Certificate] | None = None
+
+    def _certificates(self) -> list[x509.Certificate]:
+        if self._loaded is None:
+            self._loaded = [x509.load_der_x509_certificate(der) for der in self._ders]
+        return self._loaded
+
+    @overload
+    def __getitem__(self, index: int) -> x509.Certificate: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[x509.Certificate]: ...
+    def __getitem__(self, index: int | slice) -> x509.Certificate | list[x509.Certificate]:
+        return self._certificates()[index]
+
+    def __len__(self) -> int:
+        return len(self._ders)
+
+
+def _peer_ders(connection: SSL.Connection, limit: int) -> list[bytes]:
+    """The DER of each certificate the server sent, up to ``limit``: all written to
+    one memory BIO and split there, five OpenSSL calls and one per certificate."""
+    stack = _lib.SSL_get_peer_cert_chain(connection._ssl)
+    if stack == _ffi.NULL:
+        return []
+    count = min(_lib.sk_X509_num(stack), limit)
+    if count <= 0:
+        return []
+    bio = _ffi.gc(_lib.BIO_new(_lib.BIO_s_mem()), _lib.BIO_free)
+    for index in range(count):
+        if _lib.i2d_X509_bio(bio, _lib.sk_X509_value(stack, index)) != 1:
+            raise HandshakeError("", "OpenSSL could not encode a served certificate")
+    data = _ffi.new("char **")
+    size = _lib.BIO_get_mem_data(bio, data)
+    written = _ffi.buffer(data[0], size)[:]
+    ders = []
+    position = 0
+    while position < len(written):  # each one a DER SEQUENCE OpenSSL wrote
+        length = written[position + 1]
+        header = 2
+        if length & 0x80:
+            header += length & 0x7F
+            length = int.from_bytes(written[position + 2 : position + header], "big")
+        ders.append(written[position : position + header + length])
+        position += header + length
+    return ders
 
 
 class TlsClient:

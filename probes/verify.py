@@ -614,12 +614,14 @@ class ChainMemo:
         self._verdicts: dict[tuple[tuple[bytes, ...], str], tuple[float, Verdict]] = {}
         self._lock = threading.Lock()
 
-    def observe(self, ders: list[bytes], served: list[x509.Certificate]) -> list[CertObservation]:
+    def observe(self, ders: list[bytes], served: Sequence[x509.Certificate]) -> list[CertObservation]:
+        """``served`` is read only for a certificate not seen before (a
+        ``tls_client.PeerChain`` loads the chain then)."""
         observations = []
-        for index, (der, cert) in enumerate(zip(ders, served, strict=True)):
+        for index, der in enumerate(ders):
             facts = self._facts.get(der)
             if facts is None:
-                facts = facts_from_certificate(cert, der)
+                facts = facts_from_certificate(served[index], der)
                 with self._lock:
                     if len(self._facts) >= self.capacity:
                         self._facts.clear()
@@ -627,7 +629,7 @@ class ChainMemo:
             observations.append(CertObservation(index, "leaf" if index == 0 else role_in_bundle(facts), facts))
         return observations
 
-    def verdict(self, ders: list[bytes], served: list[x509.Certificate], name: str) -> Verdict:
+    def verdict(self, ders: list[bytes], served: Sequence[x509.Certificate], name: str) -> Verdict:
         key = (tuple(ders), name)
         now = time.time()
         cached = self._verdicts.get(key)

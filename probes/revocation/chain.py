@@ -10,6 +10,7 @@ for the run's outcome is ``probes.tls_outcome``'s business.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from cryptography import x509
@@ -52,7 +53,7 @@ class ServedEndpoint:
 def served_chain_revocation(
     checker: RevocationChecker,
     settings: RevocationSettings,
-    served: list[x509.Certificate],
+    served: Sequence[x509.Certificate],
     verified_path: tuple[x509.Certificate, ...],
     endpoint: ServedEndpoint,
     ctx: ProbeContext,

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import requests
+from cryptography.hazmat.primitives import hashes
 
 from probes.context import ProbeContext
 from probes.settings import TrustSettings
@@ -232,3 +233,28 @@ def test_a_stalled_endpoint_does_not_hold_the_cpu_slot(
         queued.close()
         full.close()
         tarpit.stop()
+
+
+def test_the_served_chain_is_read_as_openssl_holds_it(
+    tls_files: servers.TlsFiles, valid_server: servers.ServerProcess
+) -> None:
+    """``TlsConnection.peer_chain`` splits OpenSSL's encoding of the chain itself:
+    the same DER, in the same order, as pyOpenSSL's own reading; loaded only when read."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from probes.tls_client import TlsClient
+
+    sock = socket.create_connection(("127.0.0.1", valid_server.port), timeout=5)
+    session = TlsClient().connect(sock, "localhost", time.monotonic() + 5)
+    try:
+        reference = session._connection.get_peer_cert_chain(as_cryptography=True) or []
+        ders, chain = session.peer_chain(16)
+        assert len(reference) >= 2
+        assert ders == [cert.public_bytes(Encoding.DER) for cert in reference]
+        assert chain._loaded is None  # nothing loaded until read
+        assert [cert.fingerprint(hashes.SHA256()) for cert in chain] == [
+            cert.fingerprint(hashes.SHA256()) for cert in reference
+        ]
+        assert session.peer_chain(1)[0] == ders[:1]
+    finally:
+        session.close()
