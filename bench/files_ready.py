@@ -35,7 +35,9 @@ so that before and after share their bare runs.
 Per daemon run the report also splits the time: first-round delay (start to the
 round's first line), the round, ``publish_round``, readiness latency (round published
 to the poll's 200), and the cyclic GC (collections and seconds per generation between
-start and ready), plus the daemon's CPU seconds in that window.
+start and ready), plus the CPU seconds of the round: the daemon's own and its worker
+processes' (``probes/files_workers.py``, which parse a large first round on up to
+two CPUs; counted as the daemon's, not as other processes).
 Each run (daemon and bare alike) also records ``other_processes_cores``: the CPU that
 other processes used meanwhile (/proc/stat busy time less the benchmark's and the
 measured child's), which tells a run on a shared machine from a quiet one.
