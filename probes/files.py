@@ -192,14 +192,16 @@ class FilesProbe:
         started = time.monotonic()
         parsed = 0
         log.info("files: parsing %d new files in %d worker processes", len(new), workers)
-        batch = self._batch = files_workers.WorkerParse(self.settings, new, workers)
+        batch: files_workers.WorkerParse | None = None
         try:
+            # Starting workers can fail too (no /dev/shm for their queue's lock).
+            batch = self._batch = files_workers.WorkerParse(self.settings, new, workers)
             for chunk in batch.results():
                 for path, (identity, result) in chunk.items():
                     self._cache[path] = (identity, _with_shared_facts(result))
                 parsed += len(chunk)
         except Exception as exc:  # noqa: BLE001 - a worker died, or its result did not come back
-            if not batch.cancelled:
+            if batch is None or not batch.cancelled:
                 log.warning("files: parsing in worker processes failed (%s: %s); parsing here", type(exc).__name__, exc)
         finally:
             self._batch = None

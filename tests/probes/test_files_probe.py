@@ -365,3 +365,25 @@ def test_closing_the_probe_stops_its_workers(
     assert 0 < len(discovery.unchanged) < len(discovery.targets)
     assert "worker processes failed" not in caplog.text
     assert multiprocessing.active_children() == []
+
+
+def test_workers_that_cannot_start_leave_the_files_to_run(
+    many: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No /dev/shm (a locked-down container): the pool cannot be made; the round
+    goes on in the daemon."""
+    from probes import files, files_workers
+
+    def no_pool(*args: object, **kwargs: object) -> None:
+        raise OSError(38, "Function not implemented")  # what SemLock raises without /dev/shm
+
+    tree, _ = many
+    monkeypatch.setattr(files, "available_cpus", lambda: 2)
+    monkeypatch.setattr(files_workers, "MIN_FILES", 10)
+    monkeypatch.setattr(files_workers, "ProcessPoolExecutor", no_pool)
+    probe = probe_for(tree)
+    discovery = probe.targets()
+    assert not discovery.unchanged and len(discovery.targets) >= 40
+    assert "parsing in worker processes failed (OSError" in caplog.text
+    valid = next(t for t in discovery.targets if t.endswith("/valid.pem"))
+    assert run(probe, valid).success  # parsed here instead
