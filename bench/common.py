@@ -545,10 +545,16 @@ def bare_fields(cert: x509.Certificate) -> tuple[Any, ...]:
 # --------------------------------------------------------------------------- CPU and memory
 
 
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/<pid>/stat after the command name: field 3 (state) first, so field N
+    is at N - 3.  Raises OSError when the process is gone."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def _stat_ticks(pid: int) -> tuple[int, list[int]]:
     """(utime + stime of ``pid``, all its threads; its direct children); (0, []) if gone."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = _stat_fields(pid)
         tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
         return 0, []
@@ -563,7 +569,7 @@ def waited_children_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of the children ``pid`` has waited for (cutime +
     cstime: worker processes that have exited); 0 if gone."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = _stat_fields(pid)
     except OSError:
         return 0.0
     return (int(fields[13]) + int(fields[14])) / CLK_TCK

@@ -48,10 +48,8 @@ class CpuSlots:
         try:
             yield
         finally:
-            # A run that ended inside waiting() has given its slot back already.
-            if self._local.state == "held":
-                self._semaphore.release()
             self._local.state = None
+            self._semaphore.release()
 
     @contextmanager
     def waiting(self) -> Iterator[None]:

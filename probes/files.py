@@ -186,8 +186,10 @@ class FilesProbe:
         ``_unchanged`` then hands to the round.  Any failure of the workers only
         leaves the files to ``run()``."""
         new = [path for path in found if path not in self._cache]
+        if len(new) < files_workers.MIN_FILES:
+            return  # every later round: no cgroup files read
         workers = min(available_cpus(), files_workers.MAX_WORKERS)
-        if len(new) < files_workers.MIN_FILES or workers < 2:
+        if workers < 2:
             return
         started = time.monotonic()
         parsed = 0
@@ -363,10 +365,12 @@ def _with_shared_facts(result: ProbeResult) -> ProbeResult:
     """A result from a worker, its certificates' facts shared with every other
     holder of the same certificate (an intermediate in thousands of files is kept
     once, as when the daemon parses it itself)."""
-    observations = result.certificates
-    if all(shared(o.cert) is o.cert for o in observations):
+    facts = [shared(o.cert) for o in result.certificates]
+    if all(kept is o.cert for kept, o in zip(facts, result.certificates, strict=True)):
         return result
-    return replace(result, certificates=tuple(replace(o, cert=shared(o.cert)) for o in observations))
+    return replace(
+        result, certificates=tuple(replace(o, cert=kept) for kept, o in zip(facts, result.certificates, strict=True))
+    )
 
 
 def key_exposure(block_types: tuple[str, ...], info: os.stat_result, path: str) -> tuple[str, ...]:

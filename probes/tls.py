@@ -28,7 +28,6 @@ from __future__ import annotations
 import errno
 import os
 import re
-import select
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -59,7 +58,15 @@ from probes.revocation import (
 from probes.revocation_facts import RevocationFacts
 from probes.settings import ByteSize, ProbeDefaults, Seconds, TrustSettings, path_field
 from probes.starttls import PROTOCOLS, StartTlsError, upgrade
-from probes.tls_client import CLIENT_KEY_TYPES, ClientKey, HandshakeError, HandshakeFailed, TlsClient, TlsConnection
+from probes.tls_client import (
+    CLIENT_KEY_TYPES,
+    ClientKey,
+    HandshakeError,
+    HandshakeFailed,
+    TlsClient,
+    TlsConnection,
+    wait_for_socket,
+)
 from probes.tls_facts import TlsFacts
 from probes.tls_outcome import Outcome, Problem, TlsObservation, tls_outcome
 from probes.verify import MEMO_SIZE, ChainMemo, TrustStore, Verdict, VerifySettings, choose_profile
@@ -759,19 +766,12 @@ def _connect(addresses: list[tuple[str, int]], port: int, ctx: ProbeContext) -> 
 
 
 def _open(sock: socket.socket, address: str, port: int, deadline: float) -> None:
-    """``sock.connect()`` against the deadline.  Non-blocking, because a loopback or
-    LAN peer has usually answered by the time ``connect_ex`` returns: the CPU slot is
-    given back only for a connection still on its way."""
+    """``sock.connect()`` against the deadline, non-blocking, so that the CPU slot
+    is given back only for a connection still on its way."""
     sock.setblocking(False)
     code = sock.connect_ex((address, port))
     if code == errno.EINPROGRESS:
-        poller = select.poll()
-        poller.register(sock, select.POLLOUT)
-        if not poller.poll(0):
-            with cpu_slots.waiting():
-                ready = poller.poll(max(deadline - time.monotonic(), 0) * 1000)
-            if not ready:
-                raise TimeoutError
+        wait_for_socket(sock, deadline, write=True)
         code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
     if code:
         raise OSError(code, os.strerror(code))  # ConnectionRefusedError for ECONNREFUSED

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, r
 from OpenSSL import SSL
 
 from probes import cpu_slots
+from probes.der import elements
 
 # What Python's ssl sets on a PROTOCOL_TLS_CLIENT context (3.10+).
 PYTHON_DEFAULT_CIPHERS = b"@SECLEVEL=2:ECDH+AESGCM:ECDH+CHACHA20:ECDH+AES:DHE+AES:!aNULL:!eNULL:!aDSS:!SHA1:!AESCCM"
@@ -221,15 +222,10 @@ def _peer_ders(connection: SSL.Connection, limit: int) -> list[bytes]:
     size = _lib.BIO_get_mem_data(bio, data)
     written = _ffi.buffer(data[0], size)[:]
     ders = []
-    position = 0
-    while position < len(written):  # each one a DER SEQUENCE OpenSSL wrote
-        length = written[position + 1]
-        header = 2
-        if length & 0x80:
-            header += length & 0x7F
-            length = int.from_bytes(written[position + 2 : position + header], "big")
-        ders.append(written[position : position + header + length])
-        position += header + length
+    start = 0
+    for _, _, end in elements(written, 0, len(written)):  # one DER Certificate each
+        ders.append(written[start:end])
+        start = end
     return ders
 
 
@@ -321,19 +317,23 @@ def _retrying(operation: Callable[[], T], sock: socket.socket, deadline: float) 
         try:
             return operation()
         except SSL.WantReadError:
-            _wait(sock, deadline, write=False)
+            wait_for_socket(sock, deadline, write=False)
         except SSL.WantWriteError:
-            _wait(sock, deadline, write=True)
+            wait_for_socket(sock, deadline, write=True)
 
 
-def _wait(sock: socket.socket, deadline: float, write: bool) -> None:
+def wait_for_socket(sock: socket.socket, deadline: float, write: bool) -> None:
     """Until ``sock`` is readable (or writable), or TimeoutError at the deadline.
-    poll(), not select(): descriptors above 1,024 are common in a large fleet."""
+    The CPU slot is given back only when the socket is not ready at once (a
+    loopback or LAN peer often is).  poll(), not select(): descriptors above 1,024
+    are common in a large fleet."""
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         raise TimeoutError("the deadline passed")
     poller = select.poll()
     poller.register(sock, select.POLLOUT if write else select.POLLIN)
+    if poller.poll(0):
+        return
     with cpu_slots.waiting():
         ready = poller.poll(remaining * 1000)
     if not ready:

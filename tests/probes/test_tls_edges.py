@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 import requests
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from probes.context import ProbeContext
@@ -239,7 +241,8 @@ def test_the_served_chain_is_read_as_openssl_holds_it(
     tls_files: servers.TlsFiles, valid_server: servers.ServerProcess
 ) -> None:
     """``TlsConnection.peer_chain`` splits OpenSSL's encoding of the chain itself:
-    the same DER, in the same order, as pyOpenSSL's own reading; loaded only when read."""
+    the same DER, in the same order, as pyOpenSSL's own reading and as
+    ``openssl s_client -showcerts`` prints it; loaded only when read."""
     from cryptography.hazmat.primitives.serialization import Encoding
 
     from probes.tls_client import TlsClient
@@ -257,4 +260,13 @@ def test_the_served_chain_is_read_as_openssl_holds_it(
         ]
         assert session.peer_chain(1)[0] == ders[:1]
     finally:
-        session.close()
+        session.close()  # s_server answers one connection at a time
+    address = f"127.0.0.1:{valid_server.port}"
+    shown = subprocess.run(
+        ["openssl", "s_client", "-showcerts", "-servername", "localhost", "-connect", address],
+        input=b"",
+        capture_output=True,
+        timeout=20,
+        check=True,
+    ).stdout
+    assert ders == [cert.public_bytes(Encoding.DER) for cert in x509.load_pem_x509_certificates(shown)]
