@@ -294,11 +294,14 @@ class _Worker:
 
 
 def _wait(fd: int, deadline: float, *, write: bool) -> None:
+    """poll(), not select(): beside thousands of TLS sockets a pipe's descriptor
+    can be above 1,024, where select() raises."""
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         raise TimeoutError
-    ready = select.select([], [fd], [], remaining) if write else select.select([fd], [], [], remaining)
-    if not ready[1 if write else 0]:
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT if write else select.POLLIN)
+    if not poller.poll(remaining * 1000):
         raise TimeoutError
 
 

@@ -387,3 +387,26 @@ def test_workers_that_cannot_start_leave_the_files_to_run(
     assert "parsing in worker processes failed (OSError" in caplog.text
     valid = next(t for t in discovery.targets if t.endswith("/valid.pem"))
     assert run(probe, valid).success  # parsed here instead
+
+
+def test_a_pkcs12_opens_beside_thousands_of_open_descriptors(formats: dict[str, Path], tmp_path: Path) -> None:
+    """The PKCS#12 worker's pipes get descriptors above 1,024 when the daemon holds
+    thousands of sockets; they must still be waited on (select() cannot)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert hard >= 1_200, f"the test needs 1,200 descriptors, the hard limit is {hard}"
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1_200), hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1_100)]
+    try:
+        assert max(held) > 1_024
+        password = tmp_path / "password"
+        password.write_text("correct horse\n")
+        probe = probe_for(formats["bundle.p12"], pkcs12=Pkcs12Password(password_file=str(password)))
+        result = run(probe, formats["bundle.p12"])
+        assert result.success, result.message
+        assert len(result.certificates) == 2
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
