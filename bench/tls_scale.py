@@ -460,6 +460,7 @@ def child_main(config_path: str, expected_targets: int, hold: bool) -> None:
     sys.stdout = sys.stderr  # nothing but the protocol lines on the pipe
 
     from exporter.config import load_config
+    from exporter.daemon import tune_collector
     from exporter.scheduler import Scheduler
     from exporter.store import ResultStore
     from exporter.web import WebApp
@@ -504,6 +505,7 @@ def child_main(config_path: str, expected_targets: int, hold: bool) -> None:
         raise RuntimeError(f"config has {len(probe_config.settings.targets)} targets, expected {expected_targets}")
     store = RoundStore()
     scheduler = Scheduler(store)
+    tune_collector()  # as the daemon does without tracing (exporter.daemon.Daemon.serve)
     app = WebApp(store, scheduler.ready, lambda: None)
     round_timeout = 120.0 + expected_targets * 0.2
     gc.collect()
@@ -528,7 +530,7 @@ def child_main(config_path: str, expected_targets: int, hold: bool) -> None:
             if number == 1:
                 # The daemon's path: the probe is built from the config through the kind
                 # registry, the target pool sized by global.concurrency, and the APScheduler
-                # job's first run (spread over at most 2 s) is the first round.
+                # job's first run, at once, is the first round.
                 scheduler.apply(config)
             else:
                 # Run the same job again now: the second round of the same probe objects
