@@ -460,7 +460,7 @@ def child_main(config_path: str, expected_targets: int, hold: bool) -> None:
     sys.stdout = sys.stderr  # nothing but the protocol lines on the pipe
 
     from exporter.config import load_config
-    from exporter.daemon import tune_collector
+    from exporter.daemon import FirstRoundCollector
     from exporter.scheduler import Scheduler
     from exporter.store import ResultStore
     from exporter.web import WebApp
@@ -505,7 +505,10 @@ def child_main(config_path: str, expected_targets: int, hold: bool) -> None:
         raise RuntimeError(f"config has {len(probe_config.settings.targets)} targets, expected {expected_targets}")
     store = RoundStore()
     scheduler = Scheduler(store)
-    tune_collector()  # as the daemon does without tracing (exporter.daemon.Daemon.serve)
+    # The daemon's collector setting for first rounds (exporter.daemon.Daemon._apply):
+    # the gen-0 threshold raised from apply until ready, then CPython's own again.
+    collector = FirstRoundCollector()
+    scheduler.on_ready = collector.end
     app = WebApp(store, scheduler.ready, lambda: None)
     round_timeout = 120.0 + expected_targets * 0.2
     gc.collect()
@@ -531,6 +534,7 @@ def child_main(config_path: str, expected_targets: int, hold: bool) -> None:
                 # The daemon's path: the probe is built from the config through the kind
                 # registry, the target pool sized by global.concurrency, and the APScheduler
                 # job's first run, at once, is the first round.
+                collector.begin()
                 scheduler.apply(config)
             else:
                 # Run the same job again now: the second round of the same probe objects

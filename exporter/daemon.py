@@ -11,10 +11,8 @@ queued spans are flushed for at most ``tracing.shutdown_timeout``.
 
 While first rounds run (at start and after a reload: a cold inventory, whose every
 result is new and kept), the cyclic collector's young generation is collected every
-``FIRST_ROUND_GEN0_THRESHOLD`` allocations instead of 700; with tracing on, its
-settings come back as they were the moment the daemon is ready
-(``FirstRoundCollector``), and without tracing the threshold stays raised
-(``tune_collector``).
+``FIRST_ROUND_GEN0_THRESHOLD`` allocations instead of 700; its settings come back as
+they were the moment the daemon is ready (``FirstRoundCollector``).
 
 Tracing is set up once at start from the config's ``tracing`` section and the
 ``OTEL_*`` variables; a reload that changes the section is logged and takes effect
@@ -59,28 +57,11 @@ STOP_GRACE_SECONDS = 8.0
 FIRST_ROUND_GEN0_THRESHOLD = 7000
 
 
-def tune_collector(gen0_threshold: int = FIRST_ROUND_GEN0_THRESHOLD) -> None:
-    """Raise the collector's gen-0 threshold to ``gen0_threshold`` for good (a higher
-    one set by the environment is kept); the older generations' stay as they are.
-
-    A daemon without tracing does so at start.  Every round publishes a result per
-    target that lives until the next round: at CPython's 700 the young collections
-    promote the objects of runs still in flight, and full collections keep walking the
-    store (5,000 TLS targets: 0.30-0.77 s of GC per later round, 0.07-0.33 s at 7,000,
-    the same VmRSS).  With tracing on, dropped spans are cyclic garbage that only full
-    collections free, and fewer of them let VmRSS creep (+13-16 MiB in 6 minutes with
-    the collector down, against +4): then only first rounds get the raised threshold
-    (``FirstRoundCollector``)."""
-    gen0, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(max(gen0, gen0_threshold), gen1, gen2)
-
-
 class FirstRoundCollector:
     """The collector's gen-0 threshold raised from ``begin()`` (a config is about to be
     applied) until ``end()`` (the daemon is ready), then the thresholds from before.
-    With tracing on, only while first rounds run: in the steady state CPython's own
-    cadence of full collections is what keeps dropped spans, cyclic garbage, in check
-    (``tune_collector``)."""
+    Only while first rounds run: in the steady state CPython's own cadence of full
+    collections is what keeps cyclic garbage (dropped spans, old configs) in check."""
 
     def __init__(self, gen0_threshold: int = FIRST_ROUND_GEN0_THRESHOLD) -> None:
         self._gen0_threshold = gen0_threshold
@@ -192,8 +173,6 @@ class Daemon:
             log.error("cannot listen on %s:%d: %s", host, port, exc.strerror)
             return 1
         self.scheduler.tracing = setup_tracing(config.tracing)
-        if not self.scheduler.tracing.enabled:
-            tune_collector()
         if self.scheduler.tracing.enabled:
             app.register_live(TracingCollector(lambda: self.scheduler.tracing))
         try:

@@ -16,7 +16,7 @@ import pytest
 
 import probes
 from exporter.config import ConfigError, parse_config
-from exporter.daemon import FIRST_ROUND_GEN0_THRESHOLD, Daemon, FirstRoundCollector, tune_collector
+from exporter.daemon import FIRST_ROUND_GEN0_THRESHOLD, Daemon, FirstRoundCollector
 from exporter.scheduler import Scheduler
 from exporter.store import ResultStore
 from probes.context import ProbeContext
@@ -179,25 +179,5 @@ def test_first_round_collector_restores_what_it_found() -> None:
         collector.end()
         collector.end()
         assert gc.get_threshold() == (500, 5, 20)
-    finally:
-        gc.set_threshold(*before)
-
-
-def test_a_daemon_without_tracing_keeps_the_raised_threshold() -> None:
-    before = gc.get_threshold()
-    try:
-        gc.set_threshold(700, 10, 10)
-        tune_collector()
-        assert gc.get_threshold() == (FIRST_ROUND_GEN0_THRESHOLD, 10, 10)
-        collector = FirstRoundCollector()  # first rounds after it change nothing
-        collector.begin()
-        collector.end()
-        assert gc.get_threshold() == (FIRST_ROUND_GEN0_THRESHOLD, 10, 10)
-        gc.set_threshold(12_000, 5, 20)  # a higher one (set by the environment) is kept
-        tune_collector()
-        assert gc.get_threshold() == (12_000, 5, 20)
-        gc.set_threshold(500, 5, 20)  # only the young generation's threshold changes
-        tune_collector()
-        assert gc.get_threshold() == (FIRST_ROUND_GEN0_THRESHOLD, 5, 20)
     finally:
         gc.set_threshold(*before)
