@@ -348,6 +348,8 @@ def _looks_like_ip(text: str) -> bool:
     """An address in any notation a resolver accepts (inet_aton's hex, octal and
     short forms included), so that a CN naming an address in a non-canonical form
     is compared with the IP SANs, not the DNS ones."""
+    if not text[:1].isdigit() and ":" not in text:
+        return False  # every such notation starts with a digit, or is IPv6
     try:
         ipaddress.ip_address(text)
         return True
@@ -355,7 +357,7 @@ def _looks_like_ip(text: str) -> bool:
         pass
     try:
         socket.inet_aton(text)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL in the text (a null-prefix CN)
         return False
     return True
 

@@ -550,3 +550,19 @@ def test_the_cause_to_fix_first_is_reported() -> None:
     for what, (leaf, reason, message) in cases.items():
         verdict = verify_served_chain([leaf.cert], trust, NAME, dt.datetime.now(dt.UTC), profile=WEBPKI)
         assert (verdict.reason.value, message in verdict.message) == (reason, True), (what, verdict.message)
+
+
+@pytest.mark.parametrize("common_name", [NAME + "\x00.evil.test", "10.0.0.1\x00.evil.test"])
+def test_a_null_prefix_common_name_is_refused_not_an_internal_error(common_name: str, serve_chain: Any) -> None:
+    """A leaf whose CN hides a NUL ("a.test\\0.evil.test", the null-prefix attack) made
+    the CA/B CN rule raise (inet_aton refuses a NUL with ValueError), so the target
+    showed internal_error.  webpki refuses it as a CN that copies no SAN; rfc5280 and
+    OpenSSL, which match names against the SANs only, accept it."""
+    root = _root()
+    chain = Chain(make(NAME, root, subject=_name(common_name)), (), (root,))
+    server, trusted = serve_chain(chain)
+    webpki, message = probe_reason(server.port, NAME, trusted, WEBPKI)
+    assert webpki == "chain_invalid", message
+    assert "not a character-for-character copy" in message and "\\x00" in message, message
+    assert probe_reason(server.port, NAME, trusted, RFC5280)[0] == "ok"
+    assert s_client_verifies(server.port, NAME, trusted)
