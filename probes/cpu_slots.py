@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import math
 import os
+import select
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Protocol
 
 
 class CpuSlots:
@@ -107,3 +110,25 @@ def _cgroup_cpu_quota(root: str = "/sys/fs/cgroup") -> float | None:
 SLOTS = CpuSlots(available_cpus())
 held = SLOTS.held
 waiting = SLOTS.waiting
+
+
+class _HasFileno(Protocol):
+    def fileno(self) -> int: ...
+
+
+def wait_ready(source: int | _HasFileno, deadline: float, *, write: bool) -> None:
+    """Until ``source`` (a socket, a pipe's descriptor) is readable, or writable, or
+    TimeoutError at ``deadline`` (monotonic).  The slot is given back only when it is
+    not ready at once (a loopback or LAN peer often is).  poll(), not select():
+    beside thousands of sockets, descriptors above 1,024 are common."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise TimeoutError("the deadline passed")
+    poller = select.poll()
+    poller.register(source, select.POLLOUT if write else select.POLLIN)
+    if poller.poll(0):
+        return
+    with waiting():
+        ready = poller.poll(remaining * 1000)
+    if not ready:
+        raise TimeoutError("the deadline passed")

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import select
 import signal
 import struct
 import subprocess
@@ -44,6 +43,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from probes.cpu_slots import wait_ready
 from probes.der import DerError, Element, elements
 
 # The total of key derivation iterations a file may ask for.  Real files use 2,048
@@ -261,7 +261,7 @@ class _Worker:
         unusable."""
         view = memoryview(request)
         while view:
-            _wait(self._in, deadline, write=True)
+            wait_ready(self._in, deadline, write=True)
             written = os.write(self._in, view[: 1 << 16])
             view = view[written:]
         header = self._read(5, deadline)
@@ -274,7 +274,7 @@ class _Worker:
         chunks: list[bytes] = []
         missing = count
         while missing:
-            _wait(self._out, deadline, write=False)
+            wait_ready(self._out, deadline, write=False)
             chunk = os.read(self._out, min(missing, 1 << 20))
             if not chunk:
                 raise OSError("the worker exited")
@@ -291,18 +291,6 @@ class _Worker:
             self.process.wait(timeout=2)
         except subprocess.TimeoutExpired:
             pass  # reaped by the next Popen's cleanup
-
-
-def _wait(fd: int, deadline: float, *, write: bool) -> None:
-    """poll(), not select(): beside thousands of TLS sockets a pipe's descriptor
-    can be above 1,024, where select() raises."""
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise TimeoutError
-    poller = select.poll()
-    poller.register(fd, select.POLLOUT if write else select.POLLIN)
-    if not poller.poll(remaining * 1000):
-        raise TimeoutError
 
 
 class _Pool:

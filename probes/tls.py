@@ -65,7 +65,6 @@ from probes.tls_client import (
     HandshakeFailed,
     TlsClient,
     TlsConnection,
-    wait_for_socket,
 )
 from probes.tls_facts import TlsFacts
 from probes.tls_outcome import Outcome, Problem, TlsObservation, tls_outcome
@@ -771,7 +770,7 @@ def _open(sock: socket.socket, address: str, port: int, deadline: float) -> None
     sock.setblocking(False)
     code = sock.connect_ex((address, port))
     if code == errno.EINPROGRESS:
-        wait_for_socket(sock, deadline, write=True)
+        cpu_slots.wait_ready(sock, deadline, write=True)
         code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
     if code:
         raise OSError(code, os.strerror(code))  # ConnectionRefusedError for ECONNREFUSED

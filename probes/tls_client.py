@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import functools
 import os
-import select
 import socket
 import threading
-import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar, overload
 
@@ -317,24 +315,6 @@ def _retrying(operation: Callable[[], T], sock: socket.socket, deadline: float) 
         try:
             return operation()
         except SSL.WantReadError:
-            wait_for_socket(sock, deadline, write=False)
+            cpu_slots.wait_ready(sock, deadline, write=False)
         except SSL.WantWriteError:
-            wait_for_socket(sock, deadline, write=True)
-
-
-def wait_for_socket(sock: socket.socket, deadline: float, write: bool) -> None:
-    """Until ``sock`` is readable (or writable), or TimeoutError at the deadline.
-    The CPU slot is given back only when the socket is not ready at once (a
-    loopback or LAN peer often is).  poll(), not select(): descriptors above 1,024
-    are common in a large fleet."""
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise TimeoutError("the deadline passed")
-    poller = select.poll()
-    poller.register(sock, select.POLLOUT if write else select.POLLIN)
-    if poller.poll(0):
-        return
-    with cpu_slots.waiting():
-        ready = poller.poll(remaining * 1000)
-    if not ready:
-        raise TimeoutError("the deadline passed")
+            cpu_slots.wait_ready(sock, deadline, write=True)
