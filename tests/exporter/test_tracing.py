@@ -351,10 +351,16 @@ def test_export_failure_and_recovery_are_logged_once_each(
         with OtlpReceiver(http_port=port) as second:
             wait_for(lambda: run_some() or messages("works again"), 20, "the recovery to be logged")
             second.wait_for(lambda spans: len(spans) > 0)
+            # Flushed while the collector is up: a flush after it closed would be a
+            # new failure, rightly logged, and not what this test is about.
+            tracing.shutdown()
     finally:
         tracing.shutdown()
-    assert len(messages("fails")) == 1
-    (recovered,) = messages("works again")
+    # The first failure and the recovery, in that order, nothing between. A later
+    # export may still time out on a loaded host (0.5 s); that is a new episode.
+    changes = [m for m in messages("") if "fails" in m or "works again" in m]
+    assert ["fails" in m for m in changes[:2]] == [True, False], changes
+    recovered = changes[1]
     assert re.search(r"; \d+ spans were lost meanwhile", recovered), recovered
     assert tracing.health is not None and tracing.health.failed_spans > 0
 
