@@ -12,6 +12,16 @@ finds it taken when dozens of threads are runnable.  On the 2-core benchmark mac
 probe in a first round (4 with one thread), and the switching cost as much CPU as
 the probe's own work; with two slots it made 13 (docs/performance.md).
 
+How a slot changes hands: a thread that gives one back hands it to the longest
+waiting thread, and a run coming back from a wait on the network goes before a run
+that has not started.  The run coming back has a server waiting on it and its
+handshake timed; a run not started has neither.  A plain semaphore lets whichever
+thread asks first take a freed slot, so an unlucky run could queue behind dozens of
+newcomers: at 1,000 loopback endpoints and 64 in flight, handshakes of about 1 ms
+were reported at 7-48 ms (median) and 0.47-0.92 s (99th percentile), and a short
+timeout would have failed them.  Handed over in order, the same rounds report
+2.9-4.3 ms and 8-19 ms, for the same CPU (docs/performance.md).
+
 The contract for a cooperating probe: everything that can block goes inside
 ``waiting()``; nothing inside ``held()`` waits on anything but the CPU.  A thread
 holds at most one slot (``held()`` inside ``held()`` is a no-op), and ``waiting()``
@@ -20,24 +30,30 @@ outside a slot is a no-op, so helpers can call it whoever calls them.
 
 from __future__ import annotations
 
+import _thread
 import math
 import os
 import select
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Protocol
 
 
 class CpuSlots:
-    """A counting semaphore that knows which threads hold it."""
+    """``count`` slots, handed over in order; resuming runs before starting ones."""
 
     def __init__(self, count: int) -> None:
         if count < 1:
             raise ValueError(f"CPU slots must be at least 1, got {count}")
         self.count = count
-        self._semaphore = threading.BoundedSemaphore(count)
+        self._free = count  # > 0 only while nobody waits
+        self._mutex = _thread.allocate_lock()
+        # One locked lock per waiting thread, released by the thread handing it a slot.
+        self._resuming: deque[_thread.LockType] = deque()
+        self._starting: deque[_thread.LockType] = deque()
         self._local = threading.local()  # .state: None, "held" or "waiting"
 
     @contextmanager
@@ -46,28 +62,57 @@ class CpuSlots:
         if getattr(self._local, "state", None) is not None:
             yield  # this thread is already in a slot's run
             return
-        self._semaphore.acquire()
+        self._take(self._starting)
         self._local.state = "held"
         try:
             yield
         finally:
+            # "waiting" here: taking the slot back after a wait was interrupted.
+            if self._local.state == "held":
+                self._give()
             self._local.state = None
-            self._semaphore.release()
 
     @contextmanager
     def waiting(self) -> Iterator[None]:
         """Give this thread's slot back for the block (a blocking wait), and take
-        one again after it."""
+        one again after it, before any run that has not started."""
         if getattr(self._local, "state", None) != "held":
             yield
             return
         self._local.state = "waiting"
-        self._semaphore.release()
+        self._give()
         try:
             yield
         finally:
-            self._semaphore.acquire()
+            self._take(self._resuming)
             self._local.state = "held"
+
+    def _take(self, queue: deque[_thread.LockType]) -> None:
+        with self._mutex:
+            if self._free:
+                self._free -= 1
+                return
+            handed = _thread.allocate_lock()
+            handed.acquire()
+            queue.append(handed)
+        try:
+            handed.acquire()  # until a thread giving its slot back releases it
+        except BaseException:  # interrupted (a signal in the main thread)
+            with self._mutex:
+                if handed in queue:
+                    queue.remove(handed)
+                    raise
+            self._give()  # the slot arrived meanwhile: pass it on
+            raise
+
+    def _give(self) -> None:
+        with self._mutex:
+            if self._resuming:
+                self._resuming.popleft().release()
+            elif self._starting:
+                self._starting.popleft().release()
+            else:
+                self._free += 1
 
     def holding(self) -> bool:
         """Whether this thread holds a slot now (for tests)."""

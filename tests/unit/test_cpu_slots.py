@@ -1,11 +1,14 @@
 """CPU slots (probes/cpu_slots.py): no more than ``count`` threads compute at once,
-a thread in ``waiting()`` lets another in, and nesting never deadlocks."""
+a thread in ``waiting()`` lets another in, a freed slot goes to the run that has
+waited longest (one coming back from the network first), and nesting never
+deadlocks."""
 
 from __future__ import annotations
 
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -59,6 +62,66 @@ def test_a_waiting_thread_lets_another_compute() -> None:
     released.set()
     thread.join(5)
     assert order == ["other computed", "waiter done"]
+
+
+def _until(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 5
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.001)
+
+
+def test_a_run_back_from_the_network_goes_before_runs_not_started() -> None:
+    """Its server is waiting on it and its handshake is being timed."""
+    slots = CpuSlots(1)
+    order: list[str] = []
+    answer = threading.Event()
+
+    def in_flight() -> None:
+        with slots.held():
+            with slots.waiting():
+                answer.wait(5)  # the server's answer
+            order.append("in flight")
+
+    def starting(name: str) -> None:
+        with slots.held():
+            order.append(name)
+
+    first = threading.Thread(target=in_flight)
+    first.start()
+    _until(lambda: slots._free == 1)  # it gave its slot back for the wait
+    with slots.held():
+        later = [threading.Thread(target=starting, args=(f"new {n}",)) for n in range(3)]
+        for queued, thread in enumerate(later, 1):
+            thread.start()
+            _until(lambda queued=queued: len(slots._starting) == queued)
+        answer.set()
+        _until(lambda: len(slots._resuming) == 1)
+    for thread in [first, *later]:
+        thread.join(5)
+    assert order == ["in flight", "new 0", "new 1", "new 2"]
+
+
+def test_a_freed_slot_goes_to_the_waiting_run_not_a_newcomer() -> None:
+    """No barging: a run that asks just after a slot is freed queues behind the one
+    that was already waiting for it."""
+    slots = CpuSlots(1)
+    order: list[str] = []
+
+    def run(name: str) -> None:
+        with slots.held():
+            order.append(name)
+            time.sleep(0.02)
+
+    waiting_run = threading.Thread(target=run, args=("waiting",))
+    with slots.held():
+        waiting_run.start()
+        _until(lambda: len(slots._starting) == 1)
+    newcomer = threading.Thread(target=run, args=("newcomer",))
+    newcomer.start()  # asks while the waiting run may not have woken yet
+    for thread in (waiting_run, newcomer):
+        thread.join(5)
+    assert order == ["waiting", "newcomer"]
 
 
 def test_nesting_and_waiting_outside_a_slot_are_no_ops() -> None:
