@@ -557,6 +557,9 @@ def child_main(config_path: str, expected_targets: int, hold: bool) -> None:
         chains = [len(chain) for chain in served]
         leaves = {chain[0].cert.fingerprint_sha256 for chain in served if chain}
         facts = [ts.result.facts if isinstance(ts.result.facts, TlsFacts) else None for ts in results]
+        # What certscope_tls_handshake_seconds records: on loopback a handshake is about
+        # 1 ms of work, so anything well above is time spent queueing in this process.
+        handshakes = sorted(tls.handshake_seconds for tls in facts if tls is not None)
         peak_kib = common.status_value("VmHWM")
         rss_kib = common.status_value("VmRSS")
         round_figures: dict[str, Any] = {
@@ -575,6 +578,11 @@ def child_main(config_path: str, expected_targets: int, hold: bool) -> None:
             "http_200": sum(1 for tls in facts if tls is not None and tls.http_status == 200),
             "peak_rss_kib": peak_kib,
             "rss_kib": rss_kib,
+            "handshake_ms": {
+                "p50": 1e3 * handshakes[len(handshakes) // 2] if handshakes else None,
+                "p99": 1e3 * handshakes[int(len(handshakes) * 0.99)] if handshakes else None,
+                "max": 1e3 * handshakes[-1] if handshakes else None,
+            },
         }
         if number == 2 and held is not None:
             # The memo hands back CertFacts objects built in round 1 (kept alive by ``held``,
@@ -769,6 +777,7 @@ class Bench:
             f"({first['cpu_seconds'] * 1e3 / size:6.3f} ms CPU/target)  round2 {second['seconds']:7.3f} s "
             f"({second['cpu_seconds'] * 1e3 / size:6.3f} ms CPU/target, "
             f"{second.get('facts_reused_share', 0):.0%} facts from the memo)  "
+            f"handshake p99 {first['handshake_ms']['p99']:.1f} / {second['handshake_ms']['p99']:.1f} ms  "
             f"render {first['render_text_seconds'] * 1e3:7.1f} ms  "
             f"held +{(second['rss_kib'] - figures['baseline_rss_kib']) / size:6.1f} KiB/target  "
             f"load {load:.2f}",
@@ -910,6 +919,10 @@ def summarize(runs: list[dict[str, Any]], sizes: Sequence[int]) -> dict[str, Any
             certscope[f"cpu_ms_per_target_round{number}"] = common.median(cpu)
             certscope[f"cpu_ms_per_target_round{number}_range"] = [min(cpu), max(cpu)]
             certscope[f"render_text_seconds_round{number}"] = common.median(x["render_text_seconds"] for x in rounds)
+            for quantile in ("p50", "p99"):
+                certscope[f"handshake_ms_{quantile}_round{number}"] = common.median(
+                    x["handshake_ms"][quantile] for x in rounds
+                )
             certscope[f"render_gzip_seconds_round{number}"] = common.median(x["render_gzip_seconds"] for x in rounds)
             certscope[f"render_cached_seconds_round{number}"] = common.median(
                 x["render_cached_seconds"] for x in rounds
@@ -1149,9 +1162,10 @@ def detail_table(summary: dict[str, Any]) -> str:
     head = (
         "| targets | round-2 facts from memo | GC s (r1 / r2) | publish_round s (r1 / r2) "
         "| /metrics render ms: text / gzip / cached (series) | render µs/series "
-        "| peak RSS KiB/target: round 1 / with renders | retained KiB/target | nginx CPU ms/probe (cs / bb) |"
+        "| peak RSS KiB/target: round 1 / with renders | retained KiB/target | nginx CPU ms/probe (cs / bb) "
+        "| handshake ms reported, p50 / p99 (r1; r2) |"
     )
-    lines = [head, "|" + "---|" * 9]
+    lines = [head, "|" + "---|" * 10]
     for size, figures in summary.items():
         cs, bb = figures["certscope"], figures["blackbox"]
         lines.append(
@@ -1163,7 +1177,9 @@ def detail_table(summary: dict[str, Any]) -> str:
             f"| {cs['render_us_per_series']:.2f} "
             f"| {cs['peak_rss_kib_per_target_round1']:.1f} / {cs['peak_rss_kib_per_target']:.1f} "
             f"| {cs['retained_rss_kib_per_target']:.1f} "
-            f"| {cs['nginx_cpu_ms_per_probe']:.3f} / {bb['nginx_cpu_ms_per_probe']:.3f} |"
+            f"| {cs['nginx_cpu_ms_per_probe']:.3f} / {bb['nginx_cpu_ms_per_probe']:.3f} "
+            f"| {cs['handshake_ms_p50_round1']:.1f} / {cs['handshake_ms_p99_round1']:.1f}; "
+            f"{cs['handshake_ms_p50_round2']:.1f} / {cs['handshake_ms_p99_round2']:.1f} |"
         )
     return "\n".join(lines)
 
