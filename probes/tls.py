@@ -601,12 +601,12 @@ class TlsProbe:
                         failure = _http_failure(response, http)
                     else:
                         # A rejection comes one round trip after our Finished; the handshake
-                        # took about one, so twice its time (at least 50 ms) is plenty.
+                        # took about one, so twice its time (at least 50 ms) is plenty.  An
+                        # acceptance with a session ticket ends the wait as soon as it comes;
+                        # silence until the end of the wait is an acceptance too.
                         wait = min(self.settings.client_auth_wait, max(0.05, 2 * handshake_seconds))
-                        try:
-                            tls.recv(1, min(ctx.deadline, time.monotonic() + wait))
-                        except TimeoutError:
-                            pass  # no rejection within the wait: accepted
+                        evidence = tls.client_verdict(min(ctx.deadline, time.monotonic() + wait))
+                        phase.set("certscope.client_auth.evidence", evidence)
                 except HandshakeError as exc:
                     failure = self._handshake_failure(tls, exc)
                 except TimeoutError:

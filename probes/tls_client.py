@@ -164,6 +164,38 @@ class TlsConnection:
         except SSL.ZeroReturnError:
             return b""
 
+    def client_verdict(self, deadline: float) -> str:
+        """After a TLS 1.3 handshake in which the server asked for a client
+        certificate, what the server did with it, by ``deadline``:
+
+        - ``"ticket"``: it sent a session ticket.  OpenSSL, Go and rustls servers
+          send one only after they have checked the client's Certificate and
+          Finished, so it is an acceptance, one round trip after the handshake;
+        - ``"data"`` or ``"closed"``: it answered or closed the session cleanly;
+        - ``"silence"``: nothing came (a server that sends no tickets, or a slow one).
+
+        A rejection is an alert: HandshakeError.  Without this, an accepting server
+        that sends tickets looked like silence, and every such probe waited out its
+        whole wait."""
+        ssl_object = self._connection._ssl
+        # A TLS 1.3 client replaces its session object with each ticket it receives.
+        session = _lib.SSL_get_session(ssl_object)
+        while True:
+            try:
+                self._connection.recv(1)
+                return "data"
+            except SSL.ZeroReturnError:
+                return "closed"
+            except (SSL.WantReadError, SSL.WantWriteError) as want:
+                if _lib.SSL_get_session(ssl_object) != session:
+                    return "ticket"
+                try:
+                    cpu_slots.wait_ready(self._sock, deadline, write=isinstance(want, SSL.WantWriteError))
+                except TimeoutError:
+                    return "silence"
+            except SSL.Error as exc:
+                raise _handshake_error(exc) from None
+
     def _retrying(self, operation: Callable[[], T], deadline: float) -> T:
         """``operation()`` on the non-blocking socket, waiting for it whenever
         OpenSSL wants to read or write, until the deadline."""

@@ -38,7 +38,7 @@ from exporter.config import ConfigError, parse_config
 from probes.acme import AcmeCanary, http01_listener
 from probes.ca import AcmeIssuance, CaClient, CaIssuance, CaProbe, CaSettings
 from probes.certparse import facts_from_certificate
-from probes.context import AttributeValue, PhaseSpan, ProbeContext
+from probes.context import ProbeContext
 from probes.jose import b64url
 from probes.reasons import Reason
 from probes.result import ProbeResult
@@ -48,6 +48,7 @@ from tests.fixtures.ca_servers import StepCaServer, step_ca_server
 from tests.fixtures.helpers import DaemonProcess, find
 from tests.fixtures.pki import Pki, issue
 from tests.fixtures.revocation_servers import HttpFileServer, Reply, http_file_server
+from tests.fixtures.run_tracer import Recorder
 from tests.fixtures.servers import free_port, refused_port
 
 LOOPBACK = ("127.0.0.0/8",)
@@ -107,43 +108,6 @@ def stand_in_settings(server: HttpFileServer, key_file: Path, san: str) -> CaSet
             acme=AcmeIssuance(account_key_file=str(key_file), http01_listen_address="127.0.0.1:1"),
         ),
     )
-
-
-class Recorder:
-    """A RunTracer keeping what the probe says on its spans (no OpenTelemetry)."""
-
-    def __init__(self) -> None:
-        self.attributes: dict[str, AttributeValue] = {}
-        self.spans: list[RecordedSpan] = []
-
-    def start_phase(self, name: str, parent: PhaseSpan | None, started_ns: int) -> PhaseSpan:
-        span = RecordedSpan(name)
-        self.spans.append(span)
-        return span
-
-    def set_attribute(self, key: str, value: AttributeValue) -> None:
-        self.attributes[key] = value
-
-    def span(self, name: str) -> RecordedSpan:
-        (span,) = [s for s in self.spans if s.name == name]
-        return span
-
-
-class RecordedSpan:
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.attributes: dict[str, AttributeValue] = {}
-        self.events: list[tuple[str, Mapping[str, AttributeValue]]] = []
-        self.error: str | None = None
-
-    def set_attribute(self, key: str, value: AttributeValue) -> None:
-        self.attributes[key] = value
-
-    def add_event(self, name: str, attributes: Mapping[str, AttributeValue]) -> None:
-        self.events.append((name, attributes))
-
-    def end(self, elapsed_ns: int, error_type: str | None, message: str) -> None:
-        self.error = error_type
 
 
 def run(probe: CaProbe, timeout: float = 20, tracer: Recorder | None = None) -> ProbeResult:

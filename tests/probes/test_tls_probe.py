@@ -28,6 +28,7 @@ from probes.tls import TlsProbe
 from tests.fixtures import servers
 from tests.fixtures.helpers import DaemonProcess, find
 from tests.fixtures.pki import Pki
+from tests.fixtures.run_tracer import Recorder
 
 P12_ENV = "CERTSCOPE_TEST_CLIENT_P12"
 
@@ -76,6 +77,9 @@ def catalogue(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ca
         mtls = {"verify_client": "require", "client_ca": files.client_ca}
         mtls12 = s_server(files.localhost, tls_versions=("TLSv1.2",), **mtls)
         mtls13 = s_server(files.localhost, tls_versions=("TLSv1.3",), **mtls)
+        mtls13_no_tickets = s_server(
+            files.localhost, tls_versions=("TLSv1.3",), extra_args=("-num_tickets", "0"), **mtls
+        )
         valid = s_server(files.localhost)
         leaf = files.localhost
         nginx = start(servers.nginx_server(leaf.cert, leaf.key, leaf.chain, client_ca=files.client_ca))
@@ -94,6 +98,7 @@ def catalogue(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ca
             "mtls12_no_cert": Case(mtls12, trust, "client_cert_required", client_auth="rejected"),
             "mtls13_no_cert": Case(mtls13, trust, "client_cert_required", client_auth="rejected"),
             "mtls13_with_cert": Case(mtls13, {**trust, **client}, "ok", client_auth="accepted"),
+            "mtls13_no_tickets": Case(mtls13_no_tickets, {**trust, **client}, "ok", client_auth="accepted"),
             "mtls12_wrong_ca": Case(mtls12, {**trust, **wrong_client}, "client_cert_rejected", client_auth="rejected"),
             "mtls13_wrong_ca": Case(mtls13, {**trust, **wrong_client}, "client_cert_rejected", client_auth="rejected"),
             "nginx_mtls_ok": Case(nginx, {**trust, **client, "http": {"path": "/"}}, "ok", http_status=200),
@@ -137,6 +142,30 @@ def _probe_directly(name: str, case: Case) -> ProbeResult:
     return probe.run(case.target, ProbeContext(deadline=time.monotonic() + probe_config.timeout))
 
 
+@pytest.mark.parametrize(
+    ("name", "evidence"),
+    [("mtls13_with_cert", "ticket"), ("mtls13_no_tickets", "silence"), ("mtls13_wrong_ca", None)],
+)
+def test_a_session_ticket_tells_the_client_certificate_was_accepted(
+    name: str, evidence: str | None, catalogue: Catalogue
+) -> None:
+    """TLS 1.3, a client certificate, no http check: a server sends its session
+    tickets only after it has checked the client's certificate (openssl s_server's
+    default), so the probe knows one round trip after the handshake instead of
+    waiting out its wait.  A server sending none leaves only the end of the wait
+    (50 ms at least) to tell; a rejection is an alert.  The span says which."""
+    case = catalogue.cases[name]
+    config = parse_config(yaml.safe_dump({"probes": [_entry(name, case)]}), name).probes[0]
+    recorder = Recorder()
+    result = TlsProbe(config.settings, config.defaults).run(
+        case.target, ProbeContext(deadline=time.monotonic() + config.timeout, tracer=recorder)
+    )
+    assert result.facts is not None and result.facts.client_auth == case.client_auth, result.message
+    assert recorder.span("client_auth").attributes.get("certscope.client_auth.evidence") == evidence
+    if evidence == "silence":
+        assert dict(result.phases)["client_auth"] >= 0.05
+
+
 def _cli_args(case: Case) -> list[str]:
     settings = case.settings
     args = [case.target, "--output", "json", "--timeout", str(settings.get("timeout", "3s"))]
@@ -158,7 +187,7 @@ def _cli_args(case: Case) -> list[str]:
 
 CASE_NAMES = [
     "valid", "expired", "not_yet_valid", "wrong_host", "self_signed", "untrusted_root", "incomplete_chain",
-    "san_expectation", "mtls12_no_cert", "mtls13_no_cert", "mtls13_with_cert", "mtls12_wrong_ca",
+    "san_expectation", "mtls12_no_cert", "mtls13_no_cert", "mtls13_with_cert", "mtls13_no_tickets", "mtls12_wrong_ca",
     "mtls13_wrong_ca", "nginx_mtls_ok", "nginx_mtls_forbidden", "nginx_no_cert", "haproxy_p12_cert",
     "haproxy_no_cert", "tls10_only", "tarpit", "dribbler", "reset", "refused", "unresolvable",
     "postgres", "imap", "smtp",
