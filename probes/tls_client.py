@@ -168,9 +168,10 @@ class TlsConnection:
         """After a TLS 1.3 handshake in which the server asked for a client
         certificate, what the server did with it, by ``deadline``:
 
-        - ``"ticket"``: it sent a session ticket.  OpenSSL, Go and rustls servers
-          send one only after they have checked the client's Certificate and
-          Finished, so it is an acceptance, one round trip after the handshake;
+        - ``"ticket"``: it sent a session ticket.  An OpenSSL server (nginx,
+          haproxy, s_server) writes one only after it has read the client's
+          Certificate, CertificateVerify and Finished, and an alert instead when it
+          refuses the certificate: an acceptance, one round trip after the handshake;
         - ``"data"`` or ``"closed"``: it answered or closed the session cleanly;
         - ``"silence"``: nothing came (a server that sends no tickets, or a slow one).
 
