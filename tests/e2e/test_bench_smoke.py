@@ -182,3 +182,16 @@ def test_tracing_benchmark_quick(tmp_path: Path) -> None:
     }
     assert result["spans_received"] > 0
     assert "overhead tracing_per_run" in run.stdout
+
+
+def test_cpu_slots_benchmark_quick(tmp_path: Path) -> None:
+    run = run_quick("cpu_slots", tmp_path, 180)
+    result = json.loads((tmp_path / "cpu_slots.json").read_text())
+    assert set(result["medians"]) == {
+        f"{slots}/{round_name}"
+        for slots in ("handed_over", "semaphore")
+        for round_name in ("first_sight", "seen_before")
+    }
+    for figures in result["medians"].values():
+        assert figures["cpu_ms_per_probe"] > 0 and figures["handshake_ms_p99"] >= figures["handshake_ms_p50"] > 0
+    assert "| handed_over/first_sight |" in run.stdout

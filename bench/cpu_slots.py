@@ -1,0 +1,189 @@
+"""Benchmark: how the tls probe's CPU slots change hands in a big round.
+
+One process, a fleet of distinct EC endpoints (``bench.tls_scale``'s PKI and nginx),
+a thread pool of ``--concurrency`` running ``TlsProbe.run`` over every endpoint: a
+first round (a new probe, its memo empty) and a second (every chain seen before), for
+each of two slot classes, in the order A B B A within each repetition:
+
+``handed_over``
+    ``probes.cpu_slots.CpuSlots``: a freed slot goes to the run that has waited
+    longest, a run back from the network before a run not started.
+``semaphore``
+    the class before it, kept here as the reference: a ``BoundedSemaphore``, so
+    whichever thread asks first takes a freed slot.
+
+Per cell: the process's CPU per probe (``getrusage``), probes/s, voluntary context
+switches per probe, and the handshake durations the probe reported (p50, p99, max):
+what ``certscope_tls_handshake_seconds`` records.  On loopback a handshake is about
+1 ms of work, so the rest of a reported duration is the run waiting in this process.
+
+Usage::
+
+    python -m bench.cpu_slots [--quick] [--endpoints 1000] [--concurrency 64] [--repeats 3]
+
+Results go to ``<out>/cpu_slots.json``; a table is printed.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+from bench import common, tls_scale
+from probes import cpu_slots
+from probes.context import ProbeContext
+from probes.settings import ProbeDefaults, TrustSettings
+from probes.tls import TlsProbe, TlsSettings
+from probes.tls_facts import TlsFacts
+
+
+class Slots(Protocol):
+    def held(self) -> Any: ...
+    def waiting(self) -> Any: ...
+
+
+class SemaphoreSlots:
+    """The reference: slots on one ``BoundedSemaphore`` (no order among waiters)."""
+
+    def __init__(self, count: int) -> None:
+        self._semaphore = threading.BoundedSemaphore(count)
+        self._local = threading.local()
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        if getattr(self._local, "state", None) is not None:
+            yield
+            return
+        self._semaphore.acquire()
+        self._local.state = "held"
+        try:
+            yield
+        finally:
+            self._local.state = None
+            self._semaphore.release()
+
+    @contextmanager
+    def waiting(self) -> Iterator[None]:
+        if getattr(self._local, "state", None) != "held":
+            yield
+            return
+        self._local.state = "waiting"
+        self._semaphore.release()
+        try:
+            yield
+        finally:
+            self._semaphore.acquire()
+            self._local.state = "held"
+
+
+def _usage() -> tuple[float, int]:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return own.ru_utime + own.ru_stime, own.ru_nvcsw
+
+
+def _round(probe: TlsProbe, targets: Sequence[str], pool: ThreadPoolExecutor) -> dict[str, Any]:
+    cpu_before, switches_before = _usage()
+    started = time.perf_counter()
+    results = list(pool.map(lambda t: probe.run(t, ProbeContext(deadline=time.monotonic() + 30)), targets))
+    seconds = time.perf_counter() - started
+    cpu, switches = _usage()
+    failed = [r.message for r in results if not r.success]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(targets)} runs failed, e.g. {failed[0]}")
+    handshakes = sorted(r.facts.handshake_seconds for r in results if isinstance(r.facts, TlsFacts))
+    count = len(targets)
+    return {
+        "cpu_ms_per_probe": (cpu - cpu_before) * 1e3 / count,
+        "probes_per_second": count / seconds,
+        "voluntary_switches_per_probe": (switches - switches_before) / count,
+        "handshake_ms_p50": 1e3 * handshakes[count // 2],
+        "handshake_ms_p99": 1e3 * handshakes[int(count * 0.99)],
+        "handshake_ms_max": 1e3 * handshakes[-1],
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = common.argument_parser(__doc__, "smoke test: 50 endpoints, concurrency 16, 1 repeat")
+    parser.add_argument("--endpoints", type=int, default=None, help="distinct EC endpoints (default 1000)")
+    parser.add_argument("--concurrency", type=int, default=None, help="runs in flight (default 64)")
+    parser.add_argument("--repeats", type=int, default=None, help="repetitions (default 3)")
+    args = parser.parse_args(argv)
+    endpoints = args.endpoints or (50 if args.quick else 1000)
+    concurrency = args.concurrency or (16 if args.quick else 64)
+    repeats = args.repeats or (1 if args.quick else 3)
+    results = common.Results("cpu_slots", args.out, tools=("nginx",))
+    print(results.describe(), flush=True)
+    variant = tls_scale.VARIANTS["ec"]
+    classes: dict[str, Slots] = {
+        "handed_over": cpu_slots.CpuSlots(cpu_slots.SLOTS.count),
+        "semaphore": SemaphoreSlots(cpu_slots.SLOTS.count),
+    }
+    cells: dict[str, list[dict[str, Any]]] = {}
+    with tempfile.TemporaryDirectory(prefix="cpu-slots-") as scratch:
+        workdir = Path(scratch)
+        tls_scale.write_pki(workdir / "pki", [variant], endpoints, None)
+        tls_scale.raise_file_limit(endpoints + 4 * concurrency + 1024)
+        sockets = tls_scale.bind_listeners(endpoints)
+        nginx = tls_scale.start_nginx_fleet(workdir, workdir / "pki", {variant: sockets}, False, concurrency)
+        targets = [f"127.0.0.1:{s.getsockname()[1]}" for s in sockets]
+        trust = TrustSettings(system=False, ca_files=(str(workdir / "pki" / f"{variant.key_kind}-ca.pem"),))
+        defaults = ProbeDefaults(trust=trust)
+        try:
+            with ThreadPoolExecutor(concurrency) as pool:
+                warm_up = TlsProbe(TlsSettings(targets=tuple(targets)), defaults)
+                _round(warm_up, targets, pool)  # imports, nginx's workers, the pool's threads
+                for repeat in range(repeats):
+                    order = list(classes) if repeat % 2 == 0 else list(reversed(classes))
+                    for name in order + list(reversed(order)):
+                        slots = classes[name]
+                        cpu_slots.held, cpu_slots.waiting = slots.held, slots.waiting
+                        probe = TlsProbe(TlsSettings(targets=tuple(targets)), defaults)
+                        for round_name in ("first_sight", "seen_before"):
+                            figures = _round(probe, targets, pool)
+                            cells.setdefault(f"{name}/{round_name}", []).append(figures)
+                            print(
+                                f"  r{repeat} {name:11s} {round_name:11s} "
+                                f"{figures['cpu_ms_per_probe']:6.3f} ms CPU/probe "
+                                f"{figures['probes_per_second']:6.0f}/s "
+                                f"{figures['voluntary_switches_per_probe']:5.1f} switches/probe  handshake "
+                                f"p50 {figures['handshake_ms_p50']:7.1f} p99 {figures['handshake_ms_p99']:7.1f} "
+                                f"max {figures['handshake_ms_max']:7.1f} ms",
+                                flush=True,
+                            )
+        finally:
+            cpu_slots.held, cpu_slots.waiting = cpu_slots.SLOTS.held, cpu_slots.SLOTS.waiting
+            nginx.stop()
+    summary = {
+        cell: {key: statistics.median(run[key] for run in runs) for key in runs[0]} for cell, runs in cells.items()
+    }
+    print("\n| slots / round | CPU ms/probe | probes/s | switches/probe | handshake ms p50 / p99 / max |")
+    print("|---|---|---|---|---|")
+    for cell, figures in summary.items():
+        print(
+            f"| {cell} | {figures['cpu_ms_per_probe']:.3f} | {figures['probes_per_second']:.0f} "
+            f"| {figures['voluntary_switches_per_probe']:.1f} | {figures['handshake_ms_p50']:.1f} / "
+            f"{figures['handshake_ms_p99']:.1f} / {figures['handshake_ms_max']:.1f} |"
+        )
+    results.write(
+        {
+            "endpoints": endpoints,
+            "concurrency": concurrency,
+            "repeats": repeats,
+            "slots": cpu_slots.SLOTS.count,
+            "runs": cells,
+            "medians": summary,
+        }
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
