@@ -18,9 +18,11 @@ that has not started.  The run coming back has a server waiting on it and its
 handshake timed; a run not started has neither.  A plain semaphore lets whichever
 thread asks first take a freed slot, so an unlucky run could queue behind dozens of
 newcomers: at 1,000 loopback endpoints and 64 in flight, handshakes of about 1 ms
-were reported at 7-48 ms (median) and 0.47-0.92 s (99th percentile), and a short
+were reported at up to 48 ms (median) and 0.42-1.19 s (99th percentile), and a short
 timeout would have failed them.  Handed over in order, the same rounds report
-2.9-4.3 ms and 8-19 ms, for the same CPU (docs/performance.md).
+2.8-5 ms and 7-19 ms.  The price: a slot handed to a sleeping thread idles until it
+wakes, a few per cent of CPU and throughput on first sight of a chain, within the
+noise for chains seen before (``bench/cpu_slots.py``, docs/performance.md).
 
 The contract for a cooperating probe: everything that can block goes inside
 ``waiting()``; nothing inside ``held()`` waits on anything but the CPU.  A thread
