@@ -111,6 +111,7 @@ class _Worker:
         self.rounds: dict[int, _Round] = {}  # guarded by ``changed``
         self.built: set[int] = set()  # guarded by ``write``
         self.alive = True
+        self.ready = threading.Event()  # set by the worker's first message, once it has imported all
         self.reader = threading.Thread(target=self._read, name=f"probe-worker-{index}-reader", daemon=True)
         self.reader.start()
 
@@ -128,6 +129,7 @@ class _Worker:
                 payload = self.connection.recv_bytes()
             except (EOFError, OSError):
                 break
+            self.ready.set()
             try:
                 batch: list[tuple[int, str, ProbeResult, float]] = pickle.loads(payload)
             except Exception:  # a batch that does not unpickle: its targets time out, the rest go on
@@ -177,10 +179,16 @@ class WorkerPool:
 
     # -- lifecycle ---------------------------------------------------------------
 
-    def start(self) -> None:
-        """Start every worker now, so that their imports happen at start-up."""
-        for index in range(self.size):
-            self._worker(index)
+    def start(self, wait: float = 30.0) -> None:
+        """Start every worker now and wait (at most ``wait`` seconds) until each has
+        imported what it runs: that is start-up, not the first round."""
+        started = [w for w in (self._worker(index) for index in range(self.size)) if w is not None]
+        deadline = time.monotonic() + wait
+        for worker in started:
+            if not worker.ready.wait(max(0.0, deadline - time.monotonic())):
+                log.warning(
+                    "probe worker %d (pid %d) is not ready after %.0f s", worker.index, worker.process.pid, wait
+                )
 
     def close(self) -> None:
         """Close every pipe (a worker exits when it reads the end), wait ``CLOSE_WAIT``
@@ -416,6 +424,7 @@ def worker_main(connection: Connection, threads: int, cpu_slots: int, log_settin
     probes: dict[int, Probe | str] = {}  # a probe, or why it could not be built
     outbox = _Outbox(connection)
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="target")
+    connection.send_bytes(pickle.dumps([]))  # ready: everything a run needs is imported
 
     def run(round_id: int, probe: Probe | str, target: str, timeout: float, probe_name: str) -> None:
         if round_id in outbox.cancelled:
