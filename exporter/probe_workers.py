@@ -18,7 +18,8 @@ The contract:
   per-chain memo (probes.verify.ChainMemo) sees each chain again in later rounds.
 * A worker builds its own probe from the probe's settings, sent once per config
   (``ProbeSpec``), and keeps one OCSP and CRL cache for its life.  Each run starts
-  its own deadline (``timeout``) when it starts, as in the daemon.
+  its own deadline (``timeout``) when it starts, and the collector's gen-0 threshold
+  is raised while a probe's first round runs, as in the daemon.
 * What stays in the daemon: every run while tracing is on (spans are the
   daemon's; a worker has no tracer), and targets the probe discovered itself
   (Kubernetes endpoints), whose state lives in the daemon's probe.
@@ -385,8 +386,10 @@ class _Outbox:
     """A worker's results waiting to be sent: flushed at ``BATCH`` results, and
     when the last run of a round's share ends."""
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: Connection, first_rounds_done: Callable[[], None]) -> None:
         self.connection = connection
+        self.first_rounds: set[int] = set()  # first rounds of a probe built here, in flight
+        self.first_rounds_done = first_rounds_done
         self.lock = threading.Lock()
         self.items: list[tuple[int, str, ProbeResult, float]] = []
         self.left: dict[int, int] = {}  # round id -> runs not finished
@@ -401,6 +404,10 @@ class _Outbox:
             if last:
                 del self.left[round_id]
                 self.cancelled.discard(round_id)
+                if round_id in self.first_rounds:
+                    self.first_rounds.discard(round_id)
+                    if not self.first_rounds:
+                        self.first_rounds_done()
             if not self.items or (len(self.items) < BATCH and not last):
                 return
             payload, self.items = pickle.dumps(self.items, protocol=pickle.HIGHEST_PROTOCOL), []
@@ -412,6 +419,7 @@ class _Outbox:
 
 def worker_main(connection: Connection, threads: int, cpu_slots: int, log_settings: tuple[int, str]) -> None:
     """A worker's life: read requests until the daemon's end of the pipe closes."""
+    from exporter.daemon import FirstRoundCollector
     from exporter.logs import setup_logging
     from probes import cpu_slots as slots
     from probes.revocation import RevocationChecker
@@ -422,7 +430,10 @@ def worker_main(connection: Connection, threads: int, cpu_slots: int, log_settin
     slots.use(cpu_slots)
     revocation = RevocationChecker()  # one OCSP and CRL cache for the worker's life
     probes: dict[int, Probe | str] = {}  # a probe, or why it could not be built
-    outbox = _Outbox(connection)
+    # As in the daemon: the collector's gen-0 threshold raised while first rounds run.
+    collector = FirstRoundCollector()
+    unprobed: set[int] = set()  # probes built whose first round has not come yet
+    outbox = _Outbox(connection, collector.end)
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="target")
     connection.send_bytes(pickle.dumps([]))  # ready: everything a run needs is imported
 
@@ -451,6 +462,10 @@ def worker_main(connection: Connection, threads: int, cpu_slots: int, log_settin
                 probe = probes.get(key, "no probe was built for this config")
                 with outbox.lock:
                     outbox.left[round_id] = len(targets)
+                    if key in unprobed:
+                        unprobed.discard(key)
+                        outbox.first_rounds.add(round_id)
+                        collector.begin()
                 for target in targets:
                     pool.submit(run, round_id, probe, target, timeout, probe_name)
             case ("cancel", round_id):
@@ -459,6 +474,7 @@ def worker_main(connection: Connection, threads: int, cpu_slots: int, log_settin
                         outbox.cancelled.add(round_id)
             case ("build", ProbeSpec() as spec):
                 defaults = replace(spec.defaults, revocation=revocation)
+                unprobed.add(spec.key)
                 try:
                     probes[spec.key] = KINDS[spec.kind].build(spec.settings, defaults)
                 except Exception as exc:  # noqa: BLE001 - each of its runs answers with why
