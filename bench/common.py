@@ -620,10 +620,10 @@ def status_value(name: str, pid: int | str = "self") -> int:
     return 0
 
 
-def reset_peak_rss(pid: int | str = "self") -> bool:
+def reset_peak_rss() -> bool:
     """Reset VmHWM to the current RSS (Linux 4.0+), so that the peak is the measured work's."""
     try:
-        with open(f"/proc/{pid}/clear_refs", "w") as handle:
+        with open("/proc/self/clear_refs", "w") as handle:
             handle.write("5\n")
     except OSError:
         return False

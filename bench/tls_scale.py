@@ -73,11 +73,7 @@ medians reported:
     from the memo.  After each round, one ``GET /metrics`` through the WSGI app (text
     format, then gzip, each the first render of that snapshot).  Memory: peak RSS
     (``VmHWM``, reset after imports) and retained RSS (``VmRSS`` after the second round and
-    its renders: results, memo, cached expositions) growth per target.  With
-    ``--workers N`` (2 or more) the config sets ``global.workers: N``; the child starts the
-    workers before the first round as the daemon does at start-up (their start-up CPU is
-    reported apart, ``worker_start_cpu_seconds``), and CPU and memory are the daemon's and
-    the workers' together (``daemon_cpu_seconds``: the daemon's alone).
+    its renders: results, memo, cached expositions) growth per target.
 ``blackbox``
     ``wrk`` (one thread, ``--concurrency`` keep-alive connections) requesting
     ``/probe?module=<variant's module>&target=127.0.0.1:<port>`` once per target
@@ -115,8 +111,8 @@ Profile (full runs, unless ``--no-profile``): one more certscope child at the la
 Usage::
 
     python -m bench.tls_scale [--variants rsa,ec,mtls-ec] [--sizes 100,1000,5000] [--repeats 3]
-                              [--concurrency 64] [--workers 1] [--shared-cert] [--no-profile]
-                              [--profile-variant ec] [--out bench/out] [--quick]
+                              [--concurrency 64] [--shared-cert] [--no-profile] [--profile-variant ec]
+                              [--out bench/out] [--quick]
 
 ``--quick`` (the smoke test, about 15 s): sizes 20 and 60, one repetition, no profile.
 Results are printed and written to ``<out>/tls_scale.json``.  nginx, blackbox, wrk,
@@ -509,19 +505,6 @@ def child_main(config_path: str, expected_targets: int, hold: bool) -> None:
         raise RuntimeError(f"config has {len(probe_config.settings.targets)} targets, expected {expected_targets}")
     store = RoundStore()
     scheduler = Scheduler(store)
-    # global.workers above 1: the daemon starts its workers at start-up, before the
-    # first apply (exporter.daemon); their CPU and memory count with the daemon's.
-    start_cpu = common.self_cpu_seconds()
-    scheduler.start_workers(config.global_settings)
-    workers = scheduler.worker_pids()
-    worker_start_cpu = common.self_cpu_seconds() - start_cpu + common.processes_cpu_seconds(workers)
-
-    def all_cpu() -> float:
-        return common.self_cpu_seconds() + common.processes_cpu_seconds(workers)
-
-    def all_kib(field: str) -> int:
-        return common.status_value(field) + sum(common.status_value(field, pid) for pid in workers)
-
     # The daemon's collector setting for first rounds (exporter.daemon.Daemon._apply):
     # the gen-0 threshold raised from apply until ready, then CPython's own again.
     collector = FirstRoundCollector()
@@ -529,9 +512,8 @@ def child_main(config_path: str, expected_targets: int, hold: bool) -> None:
     app = WebApp(store, scheduler.ready, lambda: None)
     round_timeout = 120.0 + expected_targets * 0.2
     gc.collect()
-    processes: list[int | str] = ["self", *workers]
-    hwm_reset = all(common.reset_peak_rss(pid) for pid in processes)
-    baseline_kib = all_kib("VmRSS")
+    hwm_reset = common.reset_peak_rss()
+    baseline_kib = common.status_value("VmRSS")
     if hold:  # a profiler attaches now
         out.write(json.dumps({"ready": os.getpid()}) + "\n")
         out.flush()
@@ -543,14 +525,11 @@ def child_main(config_path: str, expected_targets: int, hold: bool) -> None:
         "config_load_seconds": config_seconds,
         "baseline_rss_kib": baseline_kib,
         "peak_reset": hwm_reset,
-        "workers": len(workers),
-        "worker_start_cpu_seconds": worker_start_cpu,
     }
     held: Any = None
     for number in (1, 2):
         with common.GcTimer() as gc_timer:
-            cpu_before = all_cpu()
-            daemon_before = common.self_cpu_seconds()
+            cpu_before = common.self_cpu_seconds()
             if number == 1:
                 # The daemon's path: the probe is built from the config through the kind
                 # registry, the target pool sized by global.concurrency, and the APScheduler
@@ -565,8 +544,7 @@ def child_main(config_path: str, expected_targets: int, hold: bool) -> None:
                     raise RuntimeError("exporter.scheduler.Scheduler has no _aps: update bench/tls_scale.py")
                 aps.modify_job(probe_config.name, next_run_time=dt.datetime.now(dt.UTC))
             published = store.wait_rounds(number, round_timeout)
-            cpu = all_cpu() - cpu_before
-            daemon_cpu = common.self_cpu_seconds() - daemon_before
+            cpu = common.self_cpu_seconds() - cpu_before
         state = store.snapshot().probes[probe_config.name]
         results = [ts for _, ts in sorted(state.targets.items())]
         failures = [
@@ -582,14 +560,13 @@ def child_main(config_path: str, expected_targets: int, hold: bool) -> None:
         # What certscope_tls_handshake_seconds records: on loopback a handshake is about
         # 1 ms of work, so anything well above is time spent queueing in this process.
         handshakes = sorted(tls.handshake_seconds for tls in facts if tls is not None)
-        peak_kib = all_kib("VmHWM")  # with workers: the sum of each process's peak
-        rss_kib = all_kib("VmRSS")
+        peak_kib = common.status_value("VmHWM")
+        rss_kib = common.status_value("VmRSS")
         round_figures: dict[str, Any] = {
             "seconds": published.round_duration + published.publish_seconds,
             "scheduler_seconds": published.round_duration,
             "publish_seconds": published.publish_seconds,
             "cpu_seconds": cpu,
-            "daemon_cpu_seconds": daemon_cpu,
             "gc_seconds": gc_timer.seconds,
             "gc_collections": gc_timer.collections,
             "targets": published.targets,
@@ -629,7 +606,7 @@ def child_main(config_path: str, expected_targets: int, hold: bool) -> None:
                 "metrics_bytes": len(body),
                 "metrics_gzip_bytes": len(zipped),
                 "series": sum(1 for line in body.splitlines() if line and not line.startswith(b"#")),
-                "peak_rss_after_render_kib": all_kib("VmHWM"),
+                "peak_rss_after_render_kib": common.status_value("VmHWM"),
             }
         )
         del body, again, zipped
@@ -641,12 +618,7 @@ def child_main(config_path: str, expected_targets: int, hold: bool) -> None:
 
 
 def write_config(
-    path: Path,
-    ports: Sequence[int],
-    ca_file: Path,
-    concurrency: int,
-    client: tuple[Path, Path] | None,
-    workers: int = 1,
+    path: Path, ports: Sequence[int], ca_file: Path, concurrency: int, client: tuple[Path, Path] | None
 ) -> None:
     """certscope's config: one ``tls`` probe over ``ports``; with ``client`` (certificate,
     key) also an ``http: {path: /}`` check (see the module docstring: mTLS)."""
@@ -662,7 +634,6 @@ def write_config(
     config = {
         "global": {
             "concurrency": concurrency,
-            "workers": workers,
             "timeout": PROBE_TIMEOUT,
             "trust": {"system": False, "ca_files": [str(ca_file)]},
         },
@@ -734,7 +705,6 @@ class Bench:
                     self.pki / f"{variant.key_kind}-ca.pem",
                     self.concurrency,
                     self._client(variant),
-                    self.args.workers,
                 )
                 self._targets(variant, size).write_text(
                     "".join(f"/probe?module={variant.module}&target={common.HOST}:{port}\n" for port in ports[:size])
@@ -1349,7 +1319,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "sizes": list(sizes),
             "repeats": args.repeats,
             "concurrency": args.concurrency,
-            "workers": args.workers,
             "shared_cert": args.shared_cert,
             "quick": args.quick,
             "probe_timeout": PROBE_TIMEOUT,
@@ -1386,9 +1355,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="interleaved repetitions (default 3, quick 1)")
     parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="global.concurrency (default 64)")
     parser.add_argument("--shared-cert", action="store_true", help="every endpoint of a variant serves one certificate")
-    parser.add_argument(
-        "--workers", type=int, default=1, help="certscope's global.workers (default 1: tls runs in the daemon)"
-    )
     parser.add_argument("--no-profile", dest="profile", action="store_false", help="skip the py-spy profile")
     parser.add_argument("--profile-variant", default="ec", choices=sorted(VARIANTS), help="(default ec)")
     parser.add_argument("--child", metavar="CONFIG", help=argparse.SUPPRESS)

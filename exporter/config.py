@@ -115,16 +115,11 @@ class Egress:
         return problems
 
 
-MAX_WORKERS = 64  # global.workers: processes running tls rounds
-
-
 @dataclass(frozen=True)
 class GlobalSettings:
     interval: Seconds = Seconds(300)
     timeout: Seconds = Seconds(10)
     concurrency: int = 16
-    # Processes running tls rounds (exporter.probe_workers); 1: the daemon runs them itself.
-    workers: int = 1
     trust: TrustSettings = TrustSettings()
     thresholds: Thresholds = Thresholds()
     egress: Egress = Egress()
@@ -133,8 +128,6 @@ class GlobalSettings:
         problems = _interval_problems(self.interval)
         if not 1 <= self.concurrency <= 1024:
             problems.append(("concurrency", "must be between 1 and 1024"))
-        if not 1 <= self.workers <= MAX_WORKERS:
-            problems.append(("workers", f"must be between 1 and {MAX_WORKERS}"))
         return problems
 
 

@@ -175,7 +175,6 @@ class Daemon:
         self.scheduler.tracing = setup_tracing(config.tracing)
         if self.scheduler.tracing.enabled:
             app.register_live(TracingCollector(lambda: self.scheduler.tracing))
-        self.scheduler.start_workers(config.global_settings)
         try:
             self._apply(config)
         except ConfigError as exc:  # a probe that cannot be built

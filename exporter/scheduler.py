@@ -55,8 +55,7 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from exporter.config import Config, ConfigError, GlobalSettings, ProbeConfig
-from exporter.probe_workers import TlsInWorkers, WorkerPool, in_workers
+from exporter.config import Config, ConfigError, ProbeConfig
 from exporter.store import ProbeInfo, ResultStore, Transition
 from exporter.tracing import TRACING_OFF, Tracing
 from probes import KINDS
@@ -105,25 +104,17 @@ class Plan:
             _close(probe)
 
 
-def build_plan(
-    config: Config,
-    shard: Shard = NO_SHARD,
-    revocation: RevocationChecker | None = None,
-    workers: WorkerPool | None = None,
-) -> Plan:
+def build_plan(config: Config, shard: Shard = NO_SHARD, revocation: RevocationChecker | None = None) -> Plan:
     """Build every probe of ``config`` and its trigger.  A probe or trigger that
     cannot be built (a client certificate that does not load) raises
     ``ConfigError`` naming the probe, after what was built is closed.  The probes
-    share ``revocation``, the OCSP and CRL caches (a new one when None); with
-    ``workers``, the kinds that can run their rounds there do (exporter.probe_workers)."""
+    share ``revocation``, the OCSP and CRL caches (a new one when None)."""
     plan = Plan([], {}, config.global_settings.concurrency)
     revocation = revocation or RevocationChecker()
     for position, probe_config in enumerate(config.probes):
         try:
             defaults = replace(probe_config.defaults, shard=shard, revocation=revocation)
             probe = KINDS[probe_config.kind].build(probe_config.settings, defaults)
-            if workers is not None:
-                probe = in_workers(probe_config.kind, probe_config.settings, defaults, probe, workers)
             plan.probes.append((probe_config, probe, probe_info(probe_config, probe)))
             plan.triggers[probe_config.name] = IntervalTrigger(
                 seconds=probe_config.interval, jitter=probe_config.interval * JITTER_SHARE, timezone=UTC
@@ -163,9 +154,6 @@ class Scheduler:
         self._applied_at = time.monotonic()  # when the running config's apply() began
         self._probes: dict[str, tuple[ProbeConfig, Probe]] = {}
         self._config: Config | None = None  # what runs now
-        # The worker processes of global.workers above 1 (exporter.probe_workers); kept
-        # across reloads that keep their number and threads, so their memos survive.
-        self._workers: WorkerPool | None = None
         # Set when the jobs of the current config are stopped, so that a round in
         # flight ends between two targets instead of running to the end.
         self._cancelled = threading.Event()
@@ -187,13 +175,7 @@ class Scheduler:
         building (a probe that cannot load its files, a trigger that cannot be made)
         leaves the previous config running, and the exception goes to the caller."""
         applied_at = time.monotonic()
-        workers = self._worker_pool(config.global_settings)
-        try:
-            plan = build_plan(config, self._shard, self.revocation, workers)
-        except Exception:
-            if workers is not None and workers is not self._workers:
-                workers.close()
-            raise
+        plan = build_plan(config, self._shard, self.revocation)
         try:
             aps = BackgroundScheduler(
                 executors={"default": JobExecutor(max_workers=max(1, min(plan.concurrency, len(plan.probes))))},
@@ -203,8 +185,6 @@ class Scheduler:
             targets_pool = ThreadPoolExecutor(max_workers=plan.concurrency, thread_name_prefix="target")
         except Exception:
             plan.close()
-            if workers is not None and workers is not self._workers:
-                workers.close()
             raise
         cancelled = threading.Event()
         now = datetime.now(UTC)
@@ -225,15 +205,10 @@ class Scheduler:
         except Exception:
             targets_pool.shutdown(wait=False)
             plan.close()
-            if workers is not None and workers is not self._workers:
-                workers.close()
             raise
         with self._lock:
             previous = self._config
             self._stop_locked(wait=False)
-            retired, self._workers = (self._workers if self._workers is not workers else None), workers
-            if retired is not None:
-                retired.close()
             self._store.configure([info for _, _, info in plan.probes], config.source)
             self._targets_pool = targets_pool
             self._aps = aps
@@ -259,37 +234,6 @@ class Scheduler:
     def stop(self, wait: bool = True) -> None:
         with self._lock:
             self._stop_locked(wait)
-            workers, self._workers = self._workers, None
-        if workers is not None:
-            workers.close()
-
-    def start_workers(self, settings: GlobalSettings) -> None:
-        """Start the worker processes ``settings`` ask for, if any, before the first
-        ``apply``: their imports are start-up, not the first round."""
-        with self._lock:
-            if self._workers is None:
-                self._workers = self._worker_pool(settings)
-
-    def _worker_pool(self, settings: GlobalSettings) -> WorkerPool | None:
-        """The pool ``settings`` ask for: the running one when it fits, a new one
-        (started now) when not; None for one process, and while tracing is on."""
-        if settings.workers < 2:
-            return None
-        if self.tracing.enabled:
-            log.warning("global.workers is %d, but tls runs stay in the daemon while tracing is on", settings.workers)
-            return None
-        threads = -(-settings.concurrency // settings.workers)
-        running = self._workers
-        if running is not None and (running.size, running.threads) == (settings.workers, threads):
-            return running
-        pool = WorkerPool(settings.workers, threads)
-        pool.start()
-        return pool
-
-    def worker_pids(self) -> list[int]:
-        """The worker processes running now (for benchmarks and tests)."""
-        workers = self._workers
-        return workers.pids() if workers is not None else []
 
     def _stop_locked(self, wait: bool) -> None:
         self._cancelled.set()
@@ -431,20 +375,7 @@ class Scheduler:
         unchanged = discovery.unchanged if not self.tracing.enabled else {}
         carried = discovery.carried
         to_run = [t for t in discovery.targets if t not in carried] if carried else discovery.targets
-        if isinstance(probe, TlsInWorkers):
-            remote, local = probe.remote([t for t in to_run if t not in unchanged])
-            futures = {target: pool.submit(run_target, probe, target, config, self.tracing) for target in local}
-            outcomes = probe.run_round(remote, config.timeout, config.name, cancelled) if remote else {}
-            for target in to_run:
-                future = futures.get(target)
-                if future is not None:
-                    results[target] = future.result()
-                elif target in outcomes:
-                    results[target] = outcomes[target]
-                elif target in unchanged:
-                    results[target] = (unchanged[target], time.time())
-                # else: cancelled while in a worker; the round is dropped below
-        elif probe.concurrent_targets and len(to_run) > 1:
+        if probe.concurrent_targets and len(to_run) > 1:
             futures = {
                 target: pool.submit(run_target, probe, target, config, self.tracing)
                 for target in to_run

@@ -42,7 +42,7 @@ import re
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -55,7 +55,7 @@ from probes import pkcs12
 from probes.credentials import CredentialUnavailable
 from probes.der import DerError
 from probes.reasons import Reason
-from probes.result import CertFacts, CertObservation, ProbeResult, SourceError
+from probes.result import CertFacts, CertObservation, SourceError
 
 _BEGIN = b"-----BEGIN "
 _DASHES = b"-----"
@@ -452,18 +452,6 @@ def shared(facts: CertFacts) -> CertFacts:
         return known
     _known[facts.fingerprint_sha256] = facts
     return facts
-
-
-def with_shared_facts(result: ProbeResult) -> ProbeResult:
-    """A result from a worker process, its certificates' facts shared with every other
-    holder of the same certificate (an intermediate in thousands of files or chains is
-    kept once, as when the daemon reads it itself)."""
-    facts = [shared(o.cert) for o in result.certificates]
-    if all(kept is o.cert for kept, o in zip(facts, result.certificates, strict=True)):
-        return result
-    return replace(
-        result, certificates=tuple(replace(o, cert=kept) for kept, o in zip(facts, result.certificates, strict=True))
-    )
 
 
 def facts_from_certificate(cert: x509.Certificate, der: bytes | None = None) -> CertFacts:

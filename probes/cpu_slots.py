@@ -179,13 +179,3 @@ def wait_ready(source: int | _HasFileno, deadline: float, *, write: bool) -> Non
         ready = poller.poll(remaining * 1000)
     if not ready:
         raise TimeoutError("the deadline passed")
-
-
-def use(count: int) -> None:
-    """Give the process ``count`` slots from now on: a worker process
-    (exporter.probe_workers) takes its share of the CPUs, not all of them.  Call
-    before any run starts."""
-    global SLOTS, held, waiting
-    SLOTS = CpuSlots(count)
-    held = SLOTS.held
-    waiting = SLOTS.waiting

@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from probes import files_workers
-from probes.certparse import Parsed, bundle_observations, parse_container, with_shared_facts
+from probes.certparse import Parsed, bundle_observations, parse_container, shared
 from probes.context import ProbeContext
 from probes.cpu_slots import available_cpus
 from probes.credentials import read_secret
@@ -200,7 +200,7 @@ class FilesProbe:
             batch = self._batch = files_workers.WorkerParse(self.settings, new, workers)
             for chunk in batch.results():
                 for path, (identity, result) in chunk.items():
-                    self._cache[path] = (identity, with_shared_facts(result))
+                    self._cache[path] = (identity, _with_shared_facts(result))
                 parsed += len(chunk)
         except Exception as exc:  # noqa: BLE001 - a worker died, or its result did not come back
             if batch is None or not batch.cancelled:
@@ -359,6 +359,18 @@ class FilesProbe:
 
 
 _entry_name = operator.attrgetter("name")
+
+
+def _with_shared_facts(result: ProbeResult) -> ProbeResult:
+    """A result from a worker, its certificates' facts shared with every other
+    holder of the same certificate (an intermediate in thousands of files is kept
+    once, as when the daemon parses it itself)."""
+    facts = [shared(o.cert) for o in result.certificates]
+    if all(kept is o.cert for kept, o in zip(facts, result.certificates, strict=True)):
+        return result
+    return replace(
+        result, certificates=tuple(replace(o, cert=kept) for kept, o in zip(facts, result.certificates, strict=True))
+    )
 
 
 def key_exposure(block_types: tuple[str, ...], info: os.stat_result, path: str) -> tuple[str, ...]:

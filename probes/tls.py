@@ -387,11 +387,6 @@ class TlsProbe:
             targets.extend(f"{target}@{address}" for address in dict.fromkeys(a for a, _ in addresses))
         return Discovery(tuple(targets), tuple(errors))
 
-    def discovered(self, target: str) -> bool:
-        """Whether ``target`` is an endpoint this probe found in the cluster: its run
-        needs this probe's discovery state (exporter.probe_workers runs the others)."""
-        return target in self._endpoints
-
     # -- one run -----------------------------------------------------------------
 
     def run(self, target: str, ctx: ProbeContext) -> ProbeResult:

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from probes.cpu_slots import available_cpus
-from tests.fixtures.helpers import DaemonProcess, children, find, wait_for
+from tests.fixtures.helpers import DaemonProcess, find, wait_for
 from tests.fixtures.pki import Pki
 
 
@@ -47,6 +47,16 @@ def start(tmp_path: Path, tree: Path) -> DaemonProcess:
     config = tmp_path / "certscope.yaml"
     config.write_text(json.dumps({"probes": [{"name": "tree", "kind": "files", "paths": [str(tree)]}]}))
     return DaemonProcess(config, tmp_path / "daemon.log")
+
+
+def children(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found |= {int(child) for child in (task / "children").read_text().split()}
+        except OSError:
+            pass
+    return found
 
 
 def test_a_large_tree_is_parsed_in_workers_and_exported_whole(tmp_path: Path, pki: Pki) -> None:
