@@ -195,3 +195,13 @@ def test_cpu_slots_benchmark_quick(tmp_path: Path) -> None:
     for figures in result["medians"].values():
         assert figures["cpu_ms_per_probe"] > 0 and figures["handshake_ms_p99"] >= figures["handshake_ms_p50"] > 0
     assert "| handed_over/first_sight |" in run.stdout
+
+
+def test_first_sight_benchmark_quick(tmp_path: Path) -> None:
+    run = run_quick("first_sight", tmp_path, 180)
+    result = json.loads((tmp_path / "first_sight.json").read_text())
+    assert set(result["medians"]) == {"first_sight", "facts_known", "verdict_known", "seen_before"}
+    for cell, runs in result["runs"].items():
+        assert len(runs) == 1 and runs[0]["cpu_ms_per_probe"] > 0 and runs[0]["probes_per_second"] > 0, cell
+    assert set(result["most_saved_ms_per_probe"]) == {"facts", "verdict"}
+    assert "a new chain costs" in run.stdout and "| seen_before |" in run.stdout

@@ -1,0 +1,154 @@
+"""Benchmark: what the tls probe spends on a chain it has not seen, and the most that
+cheaper certificate facts or a cheaper verdict could give back.
+
+One process, a fleet of distinct EC endpoints (``bench.tls_scale``'s PKI and nginx),
+a thread pool of ``--concurrency`` running ``TlsProbe.run`` over every endpoint once
+per cell.  Each cell is a new probe whose per-chain memo (``probes.verify.ChainMemo``)
+starts as stated, taken from a reference probe that has seen the whole fleet:
+
+``first_sight``
+    memo empty: every chain is loaded, its facts read and its verdict judged (a
+    first round).
+``facts_known``
+    the facts of every certificate already in the memo, the verdicts not: what a
+    first round would cost if reading the facts cost nothing.
+``verdict_known``
+    the verdicts already in the memo, the facts not: the same for the verdict (path
+    validation, the profile's audit, the hostname).
+``seen_before``
+    both in the memo: a later round.
+
+The cells run in a rotated order within each repetition.  Per cell: the process's
+CPU per probe (``getrusage``) and probes/s.  ``first_sight`` minus ``seen_before`` is
+what a new chain costs; ``first_sight`` minus ``facts_known`` (or ``verdict_known``)
+is the most a faster facts reader (or verifier) could save, since the memo hit that
+replaces it is almost free.
+
+Usage::
+
+    python -m bench.first_sight [--quick] [--endpoints 1000] [--concurrency 64] [--repeats 3]
+
+Results go to ``<out>/first_sight.json``; a table is printed.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from bench import common, tls_scale
+from probes.context import ProbeContext
+from probes.settings import ProbeDefaults, TrustSettings
+from probes.tls import TlsProbe, TlsSettings
+
+CELLS = ("first_sight", "facts_known", "verdict_known", "seen_before")
+
+
+def _cpu() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return own.ru_utime + own.ru_stime
+
+
+def _round(probe: TlsProbe, targets: Sequence[str], pool: ThreadPoolExecutor) -> dict[str, float]:
+    cpu_before = _cpu()
+    started = time.perf_counter()
+    results = list(pool.map(lambda t: probe.run(t, ProbeContext(deadline=time.monotonic() + 30)), targets))
+    seconds = time.perf_counter() - started
+    cpu = _cpu() - cpu_before
+    failed = [r.message for r in results if not r.success]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(targets)} runs failed, e.g. {failed[0]}")
+    return {"cpu_ms_per_probe": cpu * 1e3 / len(targets), "probes_per_second": len(targets) / seconds}
+
+
+def _probe(cell: str, reference: TlsProbe, settings: TlsSettings, defaults: ProbeDefaults) -> TlsProbe:
+    """A new probe whose memo holds what ``cell`` says of the reference's."""
+    probe = TlsProbe(settings, defaults)
+    if cell in ("facts_known", "seen_before"):
+        probe._memo._facts.update(reference._memo._facts)
+    if cell in ("verdict_known", "seen_before"):
+        probe._memo._verdicts.update(reference._memo._verdicts)
+    return probe
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = common.argument_parser(__doc__, "smoke test: 50 endpoints, concurrency 16, 1 repeat")
+    parser.add_argument("--endpoints", type=int, default=None, help="distinct EC endpoints (default 1000)")
+    parser.add_argument("--concurrency", type=int, default=None, help="runs in flight (default 64)")
+    parser.add_argument("--repeats", type=int, default=None, help="repetitions (default 3)")
+    args = parser.parse_args(argv)
+    endpoints = args.endpoints or (50 if args.quick else 1000)
+    concurrency = args.concurrency or (16 if args.quick else 64)
+    repeats = args.repeats or (1 if args.quick else 3)
+    results = common.Results("first_sight", args.out, tools=("nginx",))
+    print(results.describe(), flush=True)
+    variant = tls_scale.VARIANTS["ec"]
+    runs: dict[str, list[dict[str, float]]] = {cell: [] for cell in CELLS}
+    with tempfile.TemporaryDirectory(prefix="first-sight-") as scratch:
+        workdir = Path(scratch)
+        tls_scale.write_pki(workdir / "pki", [variant], endpoints, None)
+        tls_scale.raise_file_limit(endpoints + 4 * concurrency + 1024)
+        sockets = tls_scale.bind_listeners(endpoints)
+        nginx = tls_scale.start_nginx_fleet(workdir, workdir / "pki", {variant: sockets}, False, concurrency)
+        targets = [f"127.0.0.1:{s.getsockname()[1]}" for s in sockets]
+        trust = TrustSettings(system=False, ca_files=(str(workdir / "pki" / f"{variant.key_kind}-ca.pem"),))
+        defaults = ProbeDefaults(trust=trust)
+        settings = TlsSettings(targets=tuple(targets))
+        try:
+            with ThreadPoolExecutor(concurrency) as pool:
+                reference = TlsProbe(settings, defaults)
+                _round(reference, targets, pool)  # fills its memo; imports, nginx's workers, the pool's threads
+                for repeat in range(repeats):
+                    shift = repeat % len(CELLS)
+                    for cell in CELLS[shift:] + CELLS[:shift]:
+                        figures = _round(_probe(cell, reference, settings, defaults), targets, pool)
+                        runs[cell].append(figures)
+                        print(
+                            f"  r{repeat} {cell:13s} {figures['cpu_ms_per_probe']:6.3f} ms CPU/probe "
+                            f"{figures['probes_per_second']:6.0f}/s",
+                            flush=True,
+                        )
+        finally:
+            nginx.stop()
+    medians = {
+        cell: {key: statistics.median(r[key] for r in cell_runs) for key in cell_runs[0]}
+        for cell, cell_runs in runs.items()
+    }
+    new_chain = medians["first_sight"]["cpu_ms_per_probe"] - medians["seen_before"]["cpu_ms_per_probe"]
+    saved = {
+        "facts": medians["first_sight"]["cpu_ms_per_probe"] - medians["facts_known"]["cpu_ms_per_probe"],
+        "verdict": medians["first_sight"]["cpu_ms_per_probe"] - medians["verdict_known"]["cpu_ms_per_probe"],
+    }
+    print("\n| memo at the start | CPU ms/probe (median, range) | probes/s (median) |")
+    print("|---|---|---|")
+    for cell in CELLS:
+        cpu = [r["cpu_ms_per_probe"] for r in runs[cell]]
+        print(
+            f"| {cell} | {medians[cell]['cpu_ms_per_probe']:.3f} ({min(cpu):.3f}-{max(cpu):.3f}) "
+            f"| {medians[cell]['probes_per_second']:.0f} |"
+        )
+    print(
+        f"\na new chain costs {new_chain:.3f} ms per probe; facts read for free would save at most "
+        f"{saved['facts']:.3f} ms, a verdict for free {saved['verdict']:.3f} ms (medians)"
+    )
+    results.write(
+        {
+            "endpoints": endpoints,
+            "concurrency": concurrency,
+            "repeats": repeats,
+            "runs": runs,
+            "medians": medians,
+            "new_chain_ms_per_probe": new_chain,
+            "most_saved_ms_per_probe": saved,
+        }
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
