@@ -28,13 +28,11 @@ from __future__ import annotations
 
 import resource
 import statistics
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, Protocol
 
 from bench import common, tls_scale
@@ -112,35 +110,21 @@ def _round(probe: TlsProbe, targets: Sequence[str], pool: ThreadPoolExecutor) ->
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = common.argument_parser(__doc__, "smoke test: 50 endpoints, concurrency 16, 1 repeat")
-    parser.add_argument("--endpoints", type=int, default=None, help="distinct EC endpoints (default 1000)")
-    parser.add_argument("--concurrency", type=int, default=None, help="runs in flight (default 64)")
-    parser.add_argument("--repeats", type=int, default=None, help="repetitions (default 3)")
-    args = parser.parse_args(argv)
-    endpoints = args.endpoints or (50 if args.quick else 1000)
-    concurrency = args.concurrency or (16 if args.quick else 64)
-    repeats = args.repeats or (1 if args.quick else 3)
+    args, run = tls_scale.fleet_options(parser, argv)
     results = common.Results("cpu_slots", args.out, tools=("nginx",))
     print(results.describe(), flush=True)
-    variant = tls_scale.VARIANTS["ec"]
     classes: dict[str, Slots] = {
         "handed_over": cpu_slots.CpuSlots(cpu_slots.SLOTS.count),
         "semaphore": SemaphoreSlots(cpu_slots.SLOTS.count),
     }
     cells: dict[str, list[dict[str, Any]]] = {}
-    with tempfile.TemporaryDirectory(prefix="cpu-slots-") as scratch:
-        workdir = Path(scratch)
-        tls_scale.write_pki(workdir / "pki", [variant], endpoints, None)
-        tls_scale.raise_file_limit(endpoints + 4 * concurrency + 1024)
-        sockets = tls_scale.bind_listeners(endpoints)
-        nginx = tls_scale.start_nginx_fleet(workdir, workdir / "pki", {variant: sockets}, False, concurrency)
-        targets = [f"127.0.0.1:{s.getsockname()[1]}" for s in sockets]
-        trust = TrustSettings(system=False, ca_files=(str(workdir / "pki" / f"{variant.key_kind}-ca.pem"),))
-        defaults = ProbeDefaults(trust=trust)
+    with tls_scale.ec_fleet(run.endpoints, run.concurrency) as (targets, ca_file):
+        defaults = ProbeDefaults(trust=TrustSettings(system=False, ca_files=(str(ca_file),)))
         try:
-            with ThreadPoolExecutor(concurrency) as pool:
+            with ThreadPoolExecutor(run.concurrency) as pool:
                 warm_up = TlsProbe(TlsSettings(targets=tuple(targets)), defaults)
                 _round(warm_up, targets, pool)  # imports, nginx's workers, the pool's threads
-                for repeat in range(repeats):
+                for repeat in range(run.repeats):
                     order = list(classes) if repeat % 2 == 0 else list(reversed(classes))
                     for name in order + list(reversed(order)):
                         slots = classes[name]
@@ -160,7 +144,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                             )
         finally:
             cpu_slots.held, cpu_slots.waiting = cpu_slots.SLOTS.held, cpu_slots.SLOTS.waiting
-            nginx.stop()
     summary = {
         cell: {key: statistics.median(run[key] for run in runs) for key in runs[0]} for cell, runs in cells.items()
     }
@@ -174,9 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     results.write(
         {
-            "endpoints": endpoints,
-            "concurrency": concurrency,
-            "repeats": repeats,
+            "endpoints": run.endpoints,
+            "concurrency": run.concurrency,
+            "repeats": run.repeats,
             "slots": cpu_slots.SLOTS.count,
             "runs": cells,
             "medians": summary,

@@ -35,11 +35,9 @@ from __future__ import annotations
 
 import resource
 import statistics
-import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from bench import common, tls_scale
 from probes.context import ProbeContext
@@ -78,43 +76,26 @@ def _probe(cell: str, reference: TlsProbe, settings: TlsSettings, defaults: Prob
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = common.argument_parser(__doc__, "smoke test: 50 endpoints, concurrency 16, 1 repeat")
-    parser.add_argument("--endpoints", type=int, default=None, help="distinct EC endpoints (default 1000)")
-    parser.add_argument("--concurrency", type=int, default=None, help="runs in flight (default 64)")
-    parser.add_argument("--repeats", type=int, default=None, help="repetitions (default 3)")
-    args = parser.parse_args(argv)
-    endpoints = args.endpoints or (50 if args.quick else 1000)
-    concurrency = args.concurrency or (16 if args.quick else 64)
-    repeats = args.repeats or (1 if args.quick else 3)
+    args, run = tls_scale.fleet_options(parser, argv)
     results = common.Results("first_sight", args.out, tools=("nginx",))
     print(results.describe(), flush=True)
-    variant = tls_scale.VARIANTS["ec"]
     runs: dict[str, list[dict[str, float]]] = {cell: [] for cell in CELLS}
-    with tempfile.TemporaryDirectory(prefix="first-sight-") as scratch:
-        workdir = Path(scratch)
-        tls_scale.write_pki(workdir / "pki", [variant], endpoints, None)
-        tls_scale.raise_file_limit(endpoints + 4 * concurrency + 1024)
-        sockets = tls_scale.bind_listeners(endpoints)
-        nginx = tls_scale.start_nginx_fleet(workdir, workdir / "pki", {variant: sockets}, False, concurrency)
-        targets = [f"127.0.0.1:{s.getsockname()[1]}" for s in sockets]
-        trust = TrustSettings(system=False, ca_files=(str(workdir / "pki" / f"{variant.key_kind}-ca.pem"),))
-        defaults = ProbeDefaults(trust=trust)
+    with tls_scale.ec_fleet(run.endpoints, run.concurrency) as (targets, ca_file):
+        defaults = ProbeDefaults(trust=TrustSettings(system=False, ca_files=(str(ca_file),)))
         settings = TlsSettings(targets=tuple(targets))
-        try:
-            with ThreadPoolExecutor(concurrency) as pool:
-                reference = TlsProbe(settings, defaults)
-                _round(reference, targets, pool)  # fills its memo; imports, nginx's workers, the pool's threads
-                for repeat in range(repeats):
-                    shift = repeat % len(CELLS)
-                    for cell in CELLS[shift:] + CELLS[:shift]:
-                        figures = _round(_probe(cell, reference, settings, defaults), targets, pool)
-                        runs[cell].append(figures)
-                        print(
-                            f"  r{repeat} {cell:13s} {figures['cpu_ms_per_probe']:6.3f} ms CPU/probe "
-                            f"{figures['probes_per_second']:6.0f}/s",
-                            flush=True,
-                        )
-        finally:
-            nginx.stop()
+        with ThreadPoolExecutor(run.concurrency) as pool:
+            reference = TlsProbe(settings, defaults)
+            _round(reference, targets, pool)  # fills its memo; imports, nginx's workers, the pool's threads
+            for repeat in range(run.repeats):
+                shift = repeat % len(CELLS)
+                for cell in CELLS[shift:] + CELLS[:shift]:
+                    figures = _round(_probe(cell, reference, settings, defaults), targets, pool)
+                    runs[cell].append(figures)
+                    print(
+                        f"  r{repeat} {cell:13s} {figures['cpu_ms_per_probe']:6.3f} ms CPU/probe "
+                        f"{figures['probes_per_second']:6.0f}/s",
+                        flush=True,
+                    )
     medians = {
         cell: {key: statistics.median(r[key] for r in cell_runs) for key in cell_runs[0]}
         for cell, cell_runs in runs.items()
@@ -138,9 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     results.write(
         {
-            "endpoints": endpoints,
-            "concurrency": concurrency,
-            "repeats": repeats,
+            "endpoints": run.endpoints,
+            "concurrency": run.concurrency,
+            "repeats": run.repeats,
             "runs": runs,
             "medians": medians,
             "new_chain_ms_per_probe": new_chain,

@@ -138,7 +138,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -410,6 +410,49 @@ def start_nginx_fleet(
         sockets=[s for listeners in sockets.values() for s in listeners],
         timeout=300,
     )
+
+
+@dataclass(frozen=True)
+class OneProcessRun:
+    """What a one-process benchmark over an EC fleet was asked for (``fleet_options``)."""
+
+    endpoints: int
+    concurrency: int
+    repeats: int
+
+
+def fleet_options(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None
+) -> tuple[argparse.Namespace, OneProcessRun]:
+    """``--endpoints``, ``--concurrency`` and ``--repeats`` for the benchmarks that run
+    ``TlsProbe`` in their own process over an EC fleet (``bench.cpu_slots``,
+    ``bench.first_sight``): 1,000 / 64 / 3 by default, 50 / 16 / 1 with ``--quick``."""
+    parser.add_argument("--endpoints", type=int, default=None, help="distinct EC endpoints (default 1000)")
+    parser.add_argument("--concurrency", type=int, default=None, help="runs in flight (default 64)")
+    parser.add_argument("--repeats", type=int, default=None, help="repetitions (default 3)")
+    args = parser.parse_args(argv)
+    return args, OneProcessRun(
+        endpoints=args.endpoints or (50 if args.quick else 1000),
+        concurrency=args.concurrency or (16 if args.quick else 64),
+        repeats=args.repeats or (1 if args.quick else 3),
+    )
+
+
+@contextlib.contextmanager
+def ec_fleet(endpoints: int, concurrency: int) -> Iterator[tuple[list[str], Path]]:
+    """``endpoints`` nginx listeners on 127.0.0.1, each serving its own EC leaf (this
+    module's PKI): yields their targets and the CA file to trust; nginx stops after."""
+    variant = VARIANTS["ec"]
+    with tempfile.TemporaryDirectory(prefix="ec-fleet-") as scratch:
+        workdir = Path(scratch)
+        write_pki(workdir / "pki", [variant], endpoints, None)
+        raise_file_limit(endpoints + 4 * concurrency + 1024)
+        sockets = bind_listeners(endpoints)
+        nginx = start_nginx_fleet(workdir, workdir / "pki", {variant: sockets}, False, concurrency)
+        try:
+            yield [f"127.0.0.1:{s.getsockname()[1]}" for s in sockets], workdir / "pki" / f"{variant.key_kind}-ca.pem"
+        finally:
+            nginx.stop()
 
 
 # --------------------------------------------------------------------------- certscope child
