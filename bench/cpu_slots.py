@@ -26,10 +26,8 @@ Results go to ``<out>/cpu_slots.json``; a table is printed.
 
 from __future__ import annotations
 
-import resource
 import statistics
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -37,10 +35,8 @@ from typing import Any, Protocol
 
 from bench import common, tls_scale
 from probes import cpu_slots
-from probes.context import ProbeContext
 from probes.settings import ProbeDefaults, TrustSettings
 from probes.tls import TlsProbe, TlsSettings
-from probes.tls_facts import TlsFacts
 
 
 class Slots(Protocol):
@@ -82,32 +78,6 @@ class SemaphoreSlots:
             self._local.state = "held"
 
 
-def _usage() -> tuple[float, int]:
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    return own.ru_utime + own.ru_stime, own.ru_nvcsw
-
-
-def _round(probe: TlsProbe, targets: Sequence[str], pool: ThreadPoolExecutor) -> dict[str, Any]:
-    cpu_before, switches_before = _usage()
-    started = time.perf_counter()
-    results = list(pool.map(lambda t: probe.run(t, ProbeContext(deadline=time.monotonic() + 30)), targets))
-    seconds = time.perf_counter() - started
-    cpu, switches = _usage()
-    failed = [r.message for r in results if not r.success]
-    if failed:
-        raise RuntimeError(f"{len(failed)} of {len(targets)} runs failed, e.g. {failed[0]}")
-    handshakes = sorted(r.facts.handshake_seconds for r in results if isinstance(r.facts, TlsFacts))
-    count = len(targets)
-    return {
-        "cpu_ms_per_probe": (cpu - cpu_before) * 1e3 / count,
-        "probes_per_second": count / seconds,
-        "voluntary_switches_per_probe": (switches - switches_before) / count,
-        "handshake_ms_p50": 1e3 * handshakes[count // 2],
-        "handshake_ms_p99": 1e3 * handshakes[int(count * 0.99)],
-        "handshake_ms_max": 1e3 * handshakes[-1],
-    }
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = common.argument_parser(__doc__, "smoke test: 50 endpoints, concurrency 16, 1 repeat")
     args, run = tls_scale.fleet_options(parser, argv)
@@ -123,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             with ThreadPoolExecutor(run.concurrency) as pool:
                 warm_up = TlsProbe(TlsSettings(targets=tuple(targets)), defaults)
-                _round(warm_up, targets, pool)  # imports, nginx's workers, the pool's threads
+                tls_scale.probe_round(warm_up, targets, pool)  # imports, nginx's workers, the pool's threads
                 for repeat in range(run.repeats):
                     order = list(classes) if repeat % 2 == 0 else list(reversed(classes))
                     for name in order + list(reversed(order)):
@@ -131,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         cpu_slots.held, cpu_slots.waiting = slots.held, slots.waiting
                         probe = TlsProbe(TlsSettings(targets=tuple(targets)), defaults)
                         for round_name in ("first_sight", "seen_before"):
-                            figures = _round(probe, targets, pool)
+                            figures = tls_scale.probe_round(probe, targets, pool)
                             cells.setdefault(f"{name}/{round_name}", []).append(figures)
                             print(
                                 f"  r{repeat} {name:11s} {round_name:11s} "

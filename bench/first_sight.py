@@ -33,35 +33,15 @@ Results go to ``<out>/first_sight.json``; a table is printed.
 
 from __future__ import annotations
 
-import resource
 import statistics
-import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from bench import common, tls_scale
-from probes.context import ProbeContext
 from probes.settings import ProbeDefaults, TrustSettings
 from probes.tls import TlsProbe, TlsSettings
 
 CELLS = ("first_sight", "facts_known", "verdict_known", "seen_before")
-
-
-def _cpu() -> float:
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    return own.ru_utime + own.ru_stime
-
-
-def _round(probe: TlsProbe, targets: Sequence[str], pool: ThreadPoolExecutor) -> dict[str, float]:
-    cpu_before = _cpu()
-    started = time.perf_counter()
-    results = list(pool.map(lambda t: probe.run(t, ProbeContext(deadline=time.monotonic() + 30)), targets))
-    seconds = time.perf_counter() - started
-    cpu = _cpu() - cpu_before
-    failed = [r.message for r in results if not r.success]
-    if failed:
-        raise RuntimeError(f"{len(failed)} of {len(targets)} runs failed, e.g. {failed[0]}")
-    return {"cpu_ms_per_probe": cpu * 1e3 / len(targets), "probes_per_second": len(targets) / seconds}
 
 
 def _probe(cell: str, reference: TlsProbe, settings: TlsSettings, defaults: ProbeDefaults) -> TlsProbe:
@@ -85,11 +65,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = TlsSettings(targets=tuple(targets))
         with ThreadPoolExecutor(run.concurrency) as pool:
             reference = TlsProbe(settings, defaults)
-            _round(reference, targets, pool)  # fills its memo; imports, nginx's workers, the pool's threads
+            tls_scale.probe_round(
+                reference, targets, pool
+            )  # fills its memo; imports, nginx's workers, the pool's threads
             for repeat in range(run.repeats):
                 shift = repeat % len(CELLS)
                 for cell in CELLS[shift:] + CELLS[:shift]:
-                    figures = _round(_probe(cell, reference, settings, defaults), targets, pool)
+                    figures = tls_scale.probe_round(_probe(cell, reference, settings, defaults), targets, pool)
                     runs[cell].append(figures)
                     print(
                         f"  r{repeat} {cell:13s} {figures['cpu_ms_per_probe']:6.3f} ms CPU/probe "

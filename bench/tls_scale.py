@@ -139,7 +139,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -453,6 +453,36 @@ def ec_fleet(endpoints: int, concurrency: int) -> Iterator[tuple[list[str], Path
             yield [f"127.0.0.1:{s.getsockname()[1]}" for s in sockets], workdir / "pki" / f"{variant.key_kind}-ca.pem"
         finally:
             nginx.stop()
+
+
+def probe_round(probe: Any, targets: Sequence[str], pool: ThreadPoolExecutor) -> dict[str, float]:
+    """``probe.run`` (a ``TlsProbe``) over every target on ``pool``, as a scheduler
+    round fans out; raises if any run failed.  The process's CPU per probe
+    (``getrusage``), probes/s, voluntary context switches per probe, and the handshake
+    durations the probe reported (p50, p99, max: what
+    ``certscope_tls_handshake_seconds`` records)."""
+    from probes.context import ProbeContext
+    from probes.tls_facts import TlsFacts
+
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.perf_counter()
+    results = list(pool.map(lambda t: probe.run(t, ProbeContext(deadline=time.monotonic() + 30)), targets))
+    seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    failed = [r.message for r in results if not r.success]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(targets)} runs failed, e.g. {failed[0]}")
+    handshakes = sorted(r.facts.handshake_seconds for r in results if isinstance(r.facts, TlsFacts))
+    count = len(targets)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return {
+        "cpu_ms_per_probe": cpu * 1e3 / count,
+        "probes_per_second": count / seconds,
+        "voluntary_switches_per_probe": (after.ru_nvcsw - before.ru_nvcsw) / count,
+        "handshake_ms_p50": 1e3 * handshakes[count // 2],
+        "handshake_ms_p99": 1e3 * handshakes[int(count * 0.99)],
+        "handshake_ms_max": 1e3 * handshakes[-1],
+    }
 
 
 # --------------------------------------------------------------------------- certscope child
