@@ -7,13 +7,15 @@ fresh processes, run after run (every run's ratio is reported, not only a median
 a user gets one run, not the median of five).
 
 ``daemon`` (A)
-    The real daemon, ``exporter.cli.main(["run", "--config.file=...", ...])`` as
-    ``python -m exporter`` runs it, in a fresh child process with a config holding one
+    The real daemon, ``exporter.cli.main(["run", "--config.file=...", ...])`` as the
+    ``certscope`` command runs it, in a fresh child process with a config holding one
     ``files`` probe over the corpus directory (every other setting default).  The child
     is ``python -m bench.files_ready --daemon-child``: it only adds instruments before
     calling ``main`` (monotonic timestamps around ``Scheduler.apply``, the first
     ``_round_once`` and ``ResultStore.publish_round``, and a ``gc.callbacks`` hook
     timing every collection by generation) and writes them to a JSON file at exit.
+    Its worker processes start as under the command: each runs the virtualenv's
+    ``certscope`` script, not this module, as its main module.
     **Start** is the moment ``Scheduler.apply`` is entered: imports, config load and
     the web server's socket are done, probing begins.  **Ready** is the moment the
     benchmark's poll of ``/-/ready`` (one new connection every ``--poll-ms``,
@@ -68,6 +70,7 @@ import resource
 import statistics
 import sys
 import time
+import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -105,10 +108,30 @@ class _GcLog:
             self.events.append((info["generation"], self._started, now - self._started, info["collected"]))
 
 
+def as_certscope_command(scratch: Path) -> None:
+    """Make the daemon's spawned worker processes (``probes/files_workers.py``) start
+    as they do under the ``certscope`` command, the container's entry point.  A
+    ``spawn`` worker runs its parent's main module again before its first task: under
+    the command that is the script pip writes for the entry point of this tree's
+    ``pyproject.toml``, which is written to ``scratch`` here (pip's template); left
+    alone it would be this benchmark's module."""
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text(encoding="utf-8"))
+    module, _, function = pyproject["project"]["scripts"]["certscope"].partition(":")
+    script = scratch / "certscope"
+    script.write_text(
+        f"import sys\nfrom {module} import {function}\nif __name__ == '__main__':\n    sys.exit({function}())\n",
+        encoding="utf-8",
+    )
+    main_module = sys.modules["__main__"]
+    main_module.__spec__ = None
+    main_module.__file__ = str(script)
+
+
 def daemon_child(report_path: str, exporter_args: list[str], what_if: str = "") -> int:
-    """The daemon as ``python -m exporter`` runs it, with timestamps and a GC log
+    """The daemon as the ``certscope`` command runs it, with timestamps and a GC log
     written to ``report_path`` when it exits.  ``what_if``: collector settings tried
     when the config is first applied (see ``--what-if``), for experiments only."""
+    as_certscope_command(Path(report_path).parent)
     import exporter.cli
     from exporter.scheduler import Scheduler
     from exporter.store import ResultStore

@@ -267,7 +267,7 @@ class ClientWorker:
     def _certscope_task(variant: Variant, pki: Path, port: int) -> Callable[[], tuple[bool, str]]:
         from exporter.config import ProbeConfig, Thresholds
         from exporter.scheduler import run_target
-        from probes import KINDS
+        from probes.kinds import KINDS
         from probes.settings import ProbeDefaults, Seconds, TrustSettings
         from probes.tls import ClientCert, HttpCheck, TlsSettings
 

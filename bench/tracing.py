@@ -43,8 +43,8 @@ from bench import common
 from exporter.config import ProbeConfig, TracingSettings, parse_config
 from exporter.scheduler import run_target
 from exporter.tracing import TRACING_OFF, Tracing, setup_tracing
-from probes import KINDS
 from probes.context import ProbeContext
+from probes.kinds import KINDS
 from probes.reasons import Reason
 from probes.result import Discovery, ProbeResult
 from tests.fixtures import servers

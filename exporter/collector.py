@@ -28,7 +28,7 @@ from prometheus_client.utils import floatToGoString
 from exporter import __version__
 from exporter.exposition import RowFamily
 from exporter.store import Histogram, ProbeInfo, ProbeState, Snapshot, TargetState
-from probes import hooks_of, kind_families, kind_histograms
+from probes.kinds import hooks_of, kind_families, kind_histograms
 from probes.metrics import CERT_LABELS, TARGET_LABELS, Family, TargetView
 from probes.reasons import Reason
 from probes.result import ISSUED_ROLE, CertObservation

@@ -38,8 +38,8 @@ from typing import Any
 
 import yaml
 
-from probes import KINDS
 from probes.files import read_regular_file
+from probes.kinds import KINDS
 from probes.settings import ByteSize, ProbeDefaults, Seconds, TrustSettings, parse_duration, path_field
 
 DEFAULT_LISTEN_ADDRESS = "127.0.0.1:9754"

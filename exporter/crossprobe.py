@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from probes import hooks_of
+from probes.kinds import hooks_of
 from probes.metrics import CrossProbeRole
 
 if TYPE_CHECKING:

@@ -58,8 +58,8 @@ from apscheduler.triggers.interval import IntervalTrigger
 from exporter.config import Config, ConfigError, ProbeConfig
 from exporter.store import ProbeInfo, ResultStore, Transition
 from exporter.tracing import TRACING_OFF, Tracing
-from probes import KINDS
 from probes.context import Probe, ProbeContext
+from probes.kinds import KINDS
 from probes.reasons import Reason
 from probes.result import Discovery, ProbeResult, SourceError
 from probes.revocation import RevocationChecker

@@ -26,7 +26,7 @@ from types import MappingProxyType
 from typing import Any
 
 from exporter.crossprobe import EMPTY_INDEX, CrossProbeIndex, cross_probe_index
-from probes import hooks_of
+from probes.kinds import hooks_of
 from probes.metrics import HistogramFamily, Tally
 from probes.reasons import Reason
 from probes.result import CertObservation, Discovery, ProbeResult, SourceError

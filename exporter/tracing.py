@@ -51,8 +51,8 @@ from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter.config import TracingSettings
-from probes import hooks_of
 from probes.context import AttributeValue, PhaseSpan
+from probes.kinds import hooks_of
 from probes.metrics import SpanAttributes
 from probes.reasons import Reason
 from probes.result import ProbeResult

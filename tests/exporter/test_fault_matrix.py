@@ -33,7 +33,6 @@ from cryptography import x509
 from cryptography.x509.oid import AuthorityInformationAccessOID
 from prometheus_client import CollectorRegistry, generate_latest
 
-import probes
 from exporter.collector import SnapshotCollector
 from exporter.config import parse_config
 from exporter.scheduler import Scheduler
@@ -41,6 +40,7 @@ from exporter.store import ResultStore
 from exporter.web import WebApp, WebServer
 from probes.context import ProbeContext
 from probes.files import FilesProbe, FilesSettings
+from probes.kinds import KINDS, ProbeKind
 from probes.ocsp import OcspProbe, OcspSettings
 from probes.reasons import Reason
 from probes.result import Discovery, ProbeResult
@@ -424,7 +424,7 @@ class SlowDiscoveryProbe(_TestKind):
 @pytest.fixture
 def kinds(monkeypatch: pytest.MonkeyPatch) -> None:
     for kind in (BuggyProbe, SteppingClockProbe, SlowDiscoveryProbe):
-        monkeypatch.setitem(probes.KINDS, kind.kind, probes.ProbeKind(kind.kind, NoSettings, kind))
+        monkeypatch.setitem(KINDS, kind.kind, ProbeKind(kind.kind, NoSettings, kind))
 
 
 @pytest.fixture

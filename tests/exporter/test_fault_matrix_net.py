@@ -195,7 +195,7 @@ def test_a_dripping_ocsp_responder_leaves_the_daemon_healthy(
 STUCK_DAEMON = """
 import sys, threading
 from dataclasses import dataclass
-import probes
+from probes.kinds import KINDS, ProbeKind
 from probes.result import Discovery
 
 @dataclass(frozen=True)
@@ -215,7 +215,7 @@ class StuckProbe:
     def run(self, target, ctx):
         threading.Event().wait()  # a call without any deadline
 
-probes.KINDS["stuck"] = probes.ProbeKind("stuck", NoSettings, StuckProbe)
+KINDS["stuck"] = ProbeKind("stuck", NoSettings, StuckProbe)
 from exporter.cli import main
 sys.exit(main(sys.argv[1:]))
 """

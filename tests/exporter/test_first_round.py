@@ -14,12 +14,12 @@ from typing import ClassVar
 
 import pytest
 
-import probes
 from exporter.config import ConfigError, parse_config
 from exporter.daemon import FIRST_ROUND_GEN0_THRESHOLD, Daemon, FirstRoundCollector
 from exporter.scheduler import Scheduler
 from exporter.store import ResultStore
 from probes.context import ProbeContext
+from probes.kinds import KINDS, ProbeKind
 from probes.reasons import Reason
 from probes.result import Discovery, ProbeResult
 from probes.settings import ProbeDefaults
@@ -68,8 +68,8 @@ class GatedProbe(InstantProbe):
 
 @pytest.fixture
 def kinds(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setitem(probes.KINDS, "instant", probes.ProbeKind("instant", NoSettings, InstantProbe))
-    monkeypatch.setitem(probes.KINDS, "gated", probes.ProbeKind("gated", NoSettings, GatedProbe))
+    monkeypatch.setitem(KINDS, "instant", ProbeKind("instant", NoSettings, InstantProbe))
+    monkeypatch.setitem(KINDS, "gated", ProbeKind("gated", NoSettings, GatedProbe))
     GatedProbe.gate.clear()
     GatedProbe.running.clear()
     GatedProbe.thresholds_seen.clear()
@@ -154,7 +154,7 @@ def test_the_collector_is_back_at_once_for_no_probes_and_after_a_refused_config(
             def __init__(self, settings: NoSettings, defaults: ProbeDefaults) -> None:
                 raise ValueError("cannot be built")
 
-        monkeypatch.setitem(probes.KINDS, "unbuildable", probes.ProbeKind("unbuildable", NoSettings, Unbuildable))
+        monkeypatch.setitem(KINDS, "unbuildable", ProbeKind("unbuildable", NoSettings, Unbuildable))
         with pytest.raises(ConfigError):
             daemon._apply(parse_config("probes: [{name: u, kind: unbuildable}]", "refused"))
         assert daemon.scheduler.ready()  # the running (empty) config goes on

@@ -11,11 +11,11 @@ from typing import ClassVar
 
 import pytest
 
-import probes
 from exporter.config import parse_config
 from exporter.scheduler import Scheduler, build_plan
 from exporter.store import ResultStore
 from probes.context import ProbeContext
+from probes.kinds import KINDS, ProbeKind
 from probes.reasons import Reason
 from probes.result import Discovery, ProbeResult
 from probes.settings import ProbeDefaults
@@ -77,8 +77,8 @@ class SlowProbe:
 
 @pytest.fixture
 def kinds(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(probes.KINDS, "exploding", probes.ProbeKind("exploding", NoSettings, ExplodingProbe))
-    monkeypatch.setitem(probes.KINDS, "slow", probes.ProbeKind("slow", NoSettings, SlowProbe))
+    monkeypatch.setitem(KINDS, "exploding", ProbeKind("exploding", NoSettings, ExplodingProbe))
+    monkeypatch.setitem(KINDS, "slow", ProbeKind("slow", NoSettings, SlowProbe))
 
 
 def test_a_raising_probe_is_an_internal_error_and_keeps_running(kinds: None) -> None:
@@ -138,7 +138,7 @@ def test_results_discovery_vouches_for_are_published_without_a_run(
 
     from exporter.tracing import TRACING_OFF, Tracing
 
-    monkeypatch.setitem(probes.KINDS, "vouching", probes.ProbeKind("vouching", NoSettings, VouchingProbe))
+    monkeypatch.setitem(KINDS, "vouching", ProbeKind("vouching", NoSettings, VouchingProbe))
     monkeypatch.setattr(VouchingProbe, "runs", [])
     store = ResultStore()
     scheduler = Scheduler(store, tracing=Tracing(TracerProvider()) if traced else TRACING_OFF)
@@ -190,7 +190,7 @@ class WakingProbe:
 def test_a_woken_round_runs_new_targets_and_carries_the_others_a_scheduled_one_runs_all(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setitem(probes.KINDS, "waking", probes.ProbeKind("waking", NoSettings, WakingProbe))
+    monkeypatch.setitem(KINDS, "waking", ProbeKind("waking", NoSettings, WakingProbe))
     monkeypatch.setattr(WakingProbe, "current", ["a", "b"])
     monkeypatch.setattr(WakingProbe, "runs", {})
     monkeypatch.setattr(WakingProbe, "wake", [])

@@ -24,8 +24,8 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from exporter.config import ProbeConfig, TracingSettings, parse_config
 from exporter.scheduler import run_target
 from exporter.tracing import TRACING_OFF, redact_url, setup_tracing, tracing_wanted
-from probes import KINDS
 from probes.context import ProbeContext
+from probes.kinds import KINDS
 from probes.reasons import Reason
 from probes.result import ProbeResult
 from probes.settings import Seconds

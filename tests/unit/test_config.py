@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from exporter.config import ConfigError, default_config, load_config, parse_config
-from probes import KINDS
+from probes.kinds import KINDS
 from probes.settings import parse_duration
 
 

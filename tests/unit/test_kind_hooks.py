@@ -19,9 +19,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from exporter.collector import render
 from exporter.store import ProbeInfo, ResultStore
 from exporter.tracing import Tracing
-from probes import KINDS, ProbeKind, kind_families
 from probes.context import AttributeValue, ProbeContext
 from probes.files import FilesProbe
+from probes.kinds import KINDS, ProbeKind, kind_families
 from probes.metrics import (
     TARGET_LABELS,
     CrossProbeRole,
