@@ -435,30 +435,46 @@ def plot(results: dict[str, dict[str, Any]], path: Path) -> bool:
     return True
 
 
+def earlier_rows(previous: str, table: str, ran: list[str]) -> list[tuple[str, list[str]]]:
+    """The goal rows of the summary block ``previous`` that the new ``table`` does not
+    replace, grouped under the stamp they were listed under there ("Assembled by ...",
+    or the stamp of an earlier-run section).  A row is replaced when its scenario ran
+    or when the table has a row for the same scenario label and goal (files_ready's
+    label is "files", which files_scan's rows share)."""
+    fresh = {_label_and_goal(line) for line in table.splitlines() if line.startswith("| ")}
+    groups: dict[str, list[str]] = {}
+    stamp = "date unknown"
+    for line in previous.splitlines():
+        if line.startswith(("Measured by", "Assembled by")):
+            stamp = line.rstrip(".:")
+        elif line.startswith("From an earlier run"):
+            stamp = line[line.find("(") + 1 : line.rfind(")")] or "date unknown"
+        elif line.startswith("| ") and not line.startswith("| scenario "):
+            label = line.split("|")[1].strip()
+            if label in SCENARIOS and label not in ran and _label_and_goal(line) not in fresh:
+                rows = groups.setdefault(stamp, [])
+                if line not in rows:
+                    rows.append(line)
+    return list(groups.items())
+
+
+def _label_and_goal(row: str) -> tuple[str, str]:
+    cells = row.split("|")
+    return cells[1].strip(), cells[2].strip() if len(cells) > 2 else ""
+
+
 def write_docs(table: str, plot_path: Path | None, ran: list[str]) -> None:
     """The table (and plot) between the markers of docs/performance.md.  The rows of
-    scenarios this run did not include are kept from the block already there, under
-    a line that says they come from an earlier run."""
+    scenarios this run did not include are kept from the block already there, each
+    under a line that says which earlier run they come from."""
     docs = common.REPO_ROOT / "docs" / "performance.md"
     text = docs.read_text()
     block = f"{MARK_START}\n{table}"
     if MARK_START in text and MARK_END in text:
         previous = text.split(MARK_START, 1)[1].split(MARK_END, 1)[0]
-        kept = [
-            line
-            for line in previous.splitlines()
-            if line.startswith("| ")
-            and not line.startswith("| scenario ")
-            and line.split("|")[1].strip() not in ran
-            and line.split("|")[1].strip() in SCENARIOS
-            and line not in table  # a scenario whose label is not its name (files_ready: "files")
-        ]
-        kept = list(dict.fromkeys(kept))  # blocks assembled before this check held some rows twice
-        if kept:
-            stamps = (line for line in previous.splitlines() if line.startswith(("Measured by", "Assembled by")))
-            stamp = next(stamps, "")
-            block += f"\nFrom an earlier run, not repeated here ({stamp.rstrip('.:') or 'date unknown'}):\n\n"
-            block += "| scenario | goal | measured | met |\n|---|---|---|---|\n" + "\n".join(kept) + "\n"
+        for stamp, rows in earlier_rows(previous, table, ran):
+            block += f"\nFrom an earlier run, not repeated here ({stamp}):\n\n"
+            block += "| scenario | goal | measured | met |\n|---|---|---|---|\n" + "\n".join(rows) + "\n"
     if plot_path is not None:
         target = common.REPO_ROOT / "docs" / "performance-scale.png"
         target.write_bytes(plot_path.read_bytes())
