@@ -9,7 +9,7 @@ set it has already emitted, so no input can make a duplicate series (the classic
 cause of a 500 on ``/metrics`` in peer exporters).
 
 The families every kind shares are built here; a kind's own families, and how its
-facts render into them, come from its registry entry (``probes.KINDS``, the hooks of
+facts render into them, come from its registry entry (``probes.kinds.KINDS``, the hooks of
 probes/metrics.py): this module names no kind.  The metric names and labels are the
 contract in ``docs/metrics.md``.
 """

@@ -1,7 +1,7 @@
 """The YAML config -> frozen, typed dataclasses, with every error reported at once.
 
 The loader is driven by the dataclasses' type hints, so a probe kind only declares a
-settings dataclass (see ``probes.KINDS``) and gets strict validation for free:
+settings dataclass (see ``probes.kinds.KINDS``) and gets strict validation for free:
 unknown keys, wrong types, bad durations and sizes, missing files (fields made with
 ``path_field``) each become one ``probes[1].paths[0]: ...`` message.  A dataclass may
 add cross-field checks with ``validate() -> list[(field, message)]``.

@@ -2,7 +2,7 @@
 ``ProbeContext`` with its timed phases.
 
 A probe kind is a pair (Settings dataclass, Probe class) registered in
-``probes.KINDS``.  The Probe is built once from its settings (the module
+``probes.kinds.KINDS``.  The Probe is built once from its settings (the module
 configuration) and is then asked two things by the scheduler:
 
 * ``targets()``: what to probe this round (file paths, ``host:port``, ...).  Errors

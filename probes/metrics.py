@@ -1,4 +1,4 @@
-"""How a probe kind shows what it saw: the hooks of its registry entry (``probes.KINDS``).
+"""How a probe kind shows what it saw: the hooks of its registry entry (``probes.kinds.KINDS``).
 
 A kind whose results carry facts of their own (``ProbeResult.facts``: ``TlsFacts``,
 ``CrlFacts``, ``CaFacts``, ...) declares through one ``KindHooks`` value:

@@ -26,7 +26,7 @@ def test_probes_never_import_exporter() -> None:
 
 
 # The daemon's runtime and exposition modules: they know the kind protocol
-# (probes.metrics, probes.KINDS), never a kind (docs/architecture.md).
+# (probes.metrics, probes.kinds.KINDS), never a kind (docs/architecture.md).
 KIND_AGNOSTIC = ("scheduler", "store", "collector", "exposition", "tracing", "web", "crossprobe", "status_page")
 EXPORTER = PROBES.parent / "exporter"
 
