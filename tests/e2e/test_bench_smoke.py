@@ -205,3 +205,14 @@ def test_first_sight_benchmark_quick(tmp_path: Path) -> None:
         assert len(runs) == 1 and runs[0]["cpu_ms_per_probe"] > 0 and runs[0]["probes_per_second"] > 0, cell
     assert set(result["most_saved_ms_per_probe"]) == {"facts", "verdict"}
     assert "a new chain costs" in run.stdout and "| seen_before |" in run.stdout
+
+
+def test_event_loop_benchmark_quick(tmp_path: Path) -> None:
+    run = run_quick("event_loop", tmp_path, 180)
+    result = json.loads((tmp_path / "event_loop.json").read_text())
+    slots = result["cpu_slots"]
+    drivers = (f"threads c={slots}", "threads c=16", f"loops {slots}x{16 // slots}")
+    cells = {f"{memo}/{driver}" for memo in ("first_sight", "seen_before") for driver in drivers}
+    assert set(result["medians"]) == cells
+    assert all(cell["cpu_ms_per_job"] > 0 and cell["jobs_per_second"] > 0 for cell in result["medians"].values())
+    assert "| seen_before/" in run.stdout
