@@ -90,6 +90,23 @@ def int_list(minimum: int = 1) -> Callable[[str], tuple[int, ...]]:
     return parse
 
 
+def rotated(cells: Sequence[Any], repeats: int) -> Iterator[tuple[int, Any]]:
+    """(repetition, cell): every cell once per repetition, the order rotated by one
+    each time, so that the machine's drift spreads over all cells."""
+    for repeat in range(repeats):
+        shift = repeat % len(cells)
+        for cell in [*cells[shift:], *cells[:shift]]:
+            yield repeat, cell
+
+
+def medians(runs: Mapping[str, Sequence[Mapping[str, float]]]) -> dict[str, dict[str, float]]:
+    """Per cell, the median of each figure over its runs."""
+    return {
+        cell: {key: statistics.median(run[key] for run in cell_runs) for key in cell_runs[0]}
+        for cell, cell_runs in runs.items()
+    }
+
+
 def module_command(module: str, *args: str) -> list[str]:
     """``python -m module args``: how a benchmark starts a child of its own (run it with
     ``cwd=REPO_ROOT``, as :class:`Managed` and :func:`run_json_child` do)."""

@@ -39,7 +39,6 @@ import errno
 import resource
 import select
 import socket
-import statistics
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -188,21 +187,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 driver(reference)
             cells = [(memo, driver) for memo in ("first_sight", "seen_before") for driver in drivers]
             runs: dict[str, list[dict[str, float]]] = {f"{m}/{d}": [] for m, d in cells}
-            for repeat in range(fleet.repeats):
-                shift = repeat % len(cells)
-                for memo, driver in cells[shift:] + cells[:shift]:
-                    probe = _probe(memo, reference, settings, defaults)
-                    figures = measure(drivers[driver], probe, len(ports))
-                    runs[f"{memo}/{driver}"].append(figures)
-                    print(
-                        f"  r{repeat} {memo:12s} {driver:14s} {figures['cpu_ms_per_job']:6.3f} ms CPU/job "
-                        f"{figures['jobs_per_second']:6.0f}/s",
-                        flush=True,
-                    )
-    medians = {
-        cell: {key: statistics.median(r[key] for r in cell_runs) for key in cell_runs[0]}
-        for cell, cell_runs in runs.items()
-    }
+            for repeat, (memo, driver) in common.rotated(cells, fleet.repeats):
+                probe = _probe(memo, reference, settings, defaults)
+                figures = measure(drivers[driver], probe, len(ports))
+                runs[f"{memo}/{driver}"].append(figures)
+                print(
+                    f"  r{repeat} {memo:12s} {driver:14s} {figures['cpu_ms_per_job']:6.3f} ms CPU/job "
+                    f"{figures['jobs_per_second']:6.0f}/s",
+                    flush=True,
+                )
+    medians = common.medians(runs)
     print("\n| memo / driver | CPU ms per job (median, range) | jobs/s | voluntary switches per job |")
     print("|---|---|---|---|")
     for cell, cell_runs in runs.items():

@@ -33,7 +33,6 @@ Results go to ``<out>/first_sight.json``; a table is printed.
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -68,20 +67,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             tls_scale.probe_round(
                 reference, targets, pool
             )  # fills its memo; imports, nginx's workers, the pool's threads
-            for repeat in range(run.repeats):
-                shift = repeat % len(CELLS)
-                for cell in CELLS[shift:] + CELLS[:shift]:
-                    figures = tls_scale.probe_round(_probe(cell, reference, settings, defaults), targets, pool)
-                    runs[cell].append(figures)
-                    print(
-                        f"  r{repeat} {cell:13s} {figures['cpu_ms_per_probe']:6.3f} ms CPU/probe "
-                        f"{figures['probes_per_second']:6.0f}/s",
-                        flush=True,
-                    )
-    medians = {
-        cell: {key: statistics.median(r[key] for r in cell_runs) for key in cell_runs[0]}
-        for cell, cell_runs in runs.items()
-    }
+            for repeat, cell in common.rotated(CELLS, run.repeats):
+                figures = tls_scale.probe_round(_probe(cell, reference, settings, defaults), targets, pool)
+                runs[cell].append(figures)
+                print(
+                    f"  r{repeat} {cell:13s} {figures['cpu_ms_per_probe']:6.3f} ms CPU/probe "
+                    f"{figures['probes_per_second']:6.0f}/s",
+                    flush=True,
+                )
+    medians = common.medians(runs)
     new_chain = medians["first_sight"]["cpu_ms_per_probe"] - medians["seen_before"]["cpu_ms_per_probe"]
     saved = {
         "facts": medians["first_sight"]["cpu_ms_per_probe"] - medians["facts_known"]["cpu_ms_per_probe"],
