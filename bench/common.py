@@ -615,6 +615,23 @@ def self_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def per_unit_costs(work: Callable[[], Any], units: int) -> tuple[Any, dict[str, float]]:
+    """``work()``'s result, and what it cost this process per unit of ``units``: CPU
+    milliseconds (all threads), units per second of wall time, voluntary context
+    switches."""
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.perf_counter()
+    result = work()
+    seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return result, {
+        "cpu_ms": cpu * 1e3 / units,
+        "per_second": units / seconds,
+        "voluntary_switches": (after.ru_nvcsw - before.ru_nvcsw) / units,
+    }
+
+
 def children_cpu_seconds() -> float:
     """User + system CPU seconds of this process's waited-for children."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -36,7 +36,6 @@ Results go to ``<out>/event_loop.json``; a table is printed.
 from __future__ import annotations
 
 import errno
-import resource
 import select
 import socket
 import threading
@@ -152,16 +151,11 @@ def run_in_loops(probe: TlsProbe, ports: Sequence[int], loops: int, in_flight: i
 
 
 def measure(driver: Callable[[TlsProbe], None], probe: TlsProbe, jobs: int) -> dict[str, float]:
-    before = resource.getrusage(resource.RUSAGE_SELF)
-    started = time.perf_counter()
-    driver(probe)
-    seconds = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    _, costs = common.per_unit_costs(lambda: driver(probe), jobs)
     return {
-        "cpu_ms_per_job": cpu * 1e3 / jobs,
-        "jobs_per_second": jobs / seconds,
-        "voluntary_switches_per_job": (after.ru_nvcsw - before.ru_nvcsw) / jobs,
+        "cpu_ms_per_job": costs["cpu_ms"],
+        "jobs_per_second": costs["per_second"],
+        "voluntary_switches_per_job": costs["voluntary_switches"],
     }
 
 

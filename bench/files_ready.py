@@ -14,8 +14,8 @@ a user gets one run, not the median of five).
     calling ``main`` (monotonic timestamps around ``Scheduler.apply``, the first
     ``_round_once`` and ``ResultStore.publish_round``, and a ``gc.callbacks`` hook
     timing every collection by generation) and writes them to a JSON file at exit.
-    Its worker processes start as under the command: each runs the virtualenv's
-    ``certscope`` script, not this module, as its main module.
+    Its worker processes start as under the command: each runs, as its main module,
+    the script pip writes for the tree's ``certscope`` entry point, not this module.
     **Start** is the moment ``Scheduler.apply`` is entered: imports, config load and
     the web server's socket are done, probing begins.  **Ready** is the moment the
     benchmark's poll of ``/-/ready`` (one new connection every ``--poll-ms``,

@@ -64,9 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = TlsSettings(targets=tuple(targets))
         with ThreadPoolExecutor(run.concurrency) as pool:
             reference = TlsProbe(settings, defaults)
-            tls_scale.probe_round(
-                reference, targets, pool
-            )  # fills its memo; imports, nginx's workers, the pool's threads
+            # Fills its memo, and warms the imports, nginx's workers and the pool's threads.
+            tls_scale.probe_round(reference, targets, pool)
             for repeat, cell in common.rotated(CELLS, run.repeats):
                 figures = tls_scale.probe_round(_probe(cell, reference, settings, defaults), targets, pool)
                 runs[cell].append(figures)

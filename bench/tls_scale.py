@@ -464,21 +464,19 @@ def probe_round(probe: Any, targets: Sequence[str], pool: ThreadPoolExecutor) ->
     from probes.context import ProbeContext
     from probes.tls_facts import TlsFacts
 
-    before = resource.getrusage(resource.RUSAGE_SELF)
-    started = time.perf_counter()
-    results = list(pool.map(lambda t: probe.run(t, ProbeContext(deadline=time.monotonic() + 30)), targets))
-    seconds = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_SELF)
+    results, costs = common.per_unit_costs(
+        lambda: list(pool.map(lambda t: probe.run(t, ProbeContext(deadline=time.monotonic() + 30)), targets)),
+        len(targets),
+    )
     failed = [r.message for r in results if not r.success]
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(targets)} runs failed, e.g. {failed[0]}")
     handshakes = sorted(r.facts.handshake_seconds for r in results if isinstance(r.facts, TlsFacts))
     count = len(targets)
-    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     return {
-        "cpu_ms_per_probe": cpu * 1e3 / count,
-        "probes_per_second": count / seconds,
-        "voluntary_switches_per_probe": (after.ru_nvcsw - before.ru_nvcsw) / count,
+        "cpu_ms_per_probe": costs["cpu_ms"],
+        "probes_per_second": costs["per_second"],
+        "voluntary_switches_per_probe": costs["voluntary_switches"],
         "handshake_ms_p50": 1e3 * handshakes[count // 2],
         "handshake_ms_p99": 1e3 * handshakes[int(count * 0.99)],
         "handshake_ms_max": 1e3 * handshakes[-1],
