@@ -179,6 +179,10 @@ class Probe(Protocol):
       its targets.
     * ``traced_runs`` (True): False for a kind whose run only reads a cache, so a run
       makes no span.
+    * ``runs_in_event_loop`` (False): True for a kind whose runs wait only through
+      ``probes.cpu_slots`` (``wait_ready``, ``blocking``), so that a round's targets can
+      run as greenlets in the scheduler's event loops (``probes.event_loop``) instead
+      of a thread each.
     * ``close()``: called when the probe's config is replaced or the daemon stops, for
       kinds holding threads or connections (the kubernetes watches).
     """

@@ -24,8 +24,12 @@ timeout would have failed them.  Handed over in order, the same rounds report
 wakes, a few per cent of CPU and throughput on first sight of a chain, within the
 noise for chains seen before (``bench/cpu_slots.py``, docs/performance.md).
 
-The contract for a cooperating probe: everything that can block goes inside
-``waiting()``; nothing inside ``held()`` waits on anything but the CPU.  A thread
+The contract for a cooperating probe: a wait on a socket goes through
+``wait_ready()``, and anything else that can block (a library's DNS lookup or HTTP
+fetch) through ``blocking(fn)``; nothing inside ``held()`` waits on anything but the
+CPU.  The same code then also runs in an event loop (``probes.event_loop``): there
+``wait_ready()`` switches to the loop and ``blocking(fn)`` runs ``fn`` on a helper
+thread.  A thread
 holds at most one slot (``held()`` inside ``held()`` is a no-op), and ``waiting()``
 outside a slot is a no-op, so helpers can call it whoever calls them.
 """
@@ -39,9 +43,11 @@ import select
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Protocol
+from typing import Protocol, TypeVar
+
+T = TypeVar("T")
 
 
 class CpuSlots:
@@ -163,6 +169,32 @@ class _HasFileno(Protocol):
     def fileno(self) -> int: ...
 
 
+class EventLoop(Protocol):
+    """What a loop thread offers the runs on it (``probes.event_loop``)."""
+
+    def wait(self, fd: int, *, write: bool, deadline: float) -> None: ...
+
+    def blocking(self, fn: Callable[[], T]) -> T: ...
+
+
+_thread_loop = threading.local()  # .loop: the EventLoop this thread runs, on loop threads
+
+
+def enter_loop(loop: EventLoop) -> None:
+    """Make this thread ``loop``'s: its runs wait through the loop from now on."""
+    _thread_loop.loop = loop
+
+
+def blocking(fn: Callable[[], T]) -> T:
+    """``fn()``, which may block inside a library: in a thread, with the slot given
+    back meanwhile; in an event loop, on a helper thread while the loop goes on."""
+    loop: EventLoop | None = getattr(_thread_loop, "loop", None)
+    if loop is not None:
+        return loop.blocking(fn)
+    with waiting():
+        return fn()
+
+
 def wait_ready(source: int | _HasFileno, deadline: float, *, write: bool) -> None:
     """Until ``source`` (a socket, a pipe's descriptor) is readable, or writable, or
     TimeoutError at ``deadline`` (monotonic).  The slot is given back only when it is
@@ -174,6 +206,10 @@ def wait_ready(source: int | _HasFileno, deadline: float, *, write: bool) -> Non
     poller = select.poll()
     poller.register(source, select.POLLOUT if write else select.POLLIN)
     if poller.poll(0):
+        return
+    loop: EventLoop | None = getattr(_thread_loop, "loop", None)
+    if loop is not None:
+        loop.wait(source if isinstance(source, int) else source.fileno(), write=write, deadline=deadline)
         return
     with waiting():
         ready = poller.poll(remaining * 1000)

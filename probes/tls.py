@@ -274,6 +274,8 @@ class TlsProbe:
     source_reasons: ClassVar[tuple[Reason, ...]] = (Reason.DNS_ERROR,)
     concurrent_targets: ClassVar[bool] = True
     keeps_last_good: ClassVar[bool] = True
+    # Every wait of a run goes through probes.cpu_slots: a round runs in event loops.
+    runs_in_event_loop: ClassVar[bool] = True
 
     def __init__(self, settings: TlsSettings, defaults: ProbeDefaults | None = None) -> None:
         self.settings = settings
@@ -423,8 +425,9 @@ class TlsProbe:
             if not endpoint.trusted:
                 with ctx.phase("dns") as phase:
                     try:
-                        with cpu_slots.waiting():
-                            pinned = resolve_checked(endpoint.host, endpoint.port, self.allow_networks, ctx.deadline)
+                        pinned = cpu_slots.blocking(
+                            lambda: resolve_checked(endpoint.host, endpoint.port, self.allow_networks, ctx.deadline)
+                        )
                     except FetchError as exc:
                         reason = Reason.CONNECT_FAILED if exc.kind == "refused" else Reason.DNS_ERROR
                         phase.fail(reason, str(exc))
@@ -470,12 +473,11 @@ class TlsProbe:
         ctx.set_attribute("network.peer.address", address)
         ctx.set_attribute("network.peer.port", port)
         try:
-            if settings.starttls:
+            if protocol := settings.starttls:
                 with ctx.phase("starttls") as phase:
-                    phase.set("certscope.starttls.protocol", settings.starttls)
+                    phase.set("certscope.starttls.protocol", protocol)
                     try:
-                        with cpu_slots.waiting():
-                            upgrade(settings.starttls, sock, server_name or host, ctx.deadline)
+                        cpu_slots.blocking(lambda: upgrade(protocol, sock, server_name or host, ctx.deadline))
                     except (StartTlsError, OSError) as exc:
                         raise _Failure(Reason.STARTTLS_FAILED, f"{settings.starttls} STARTTLS: {exc}") from None
 
@@ -528,15 +530,20 @@ class TlsProbe:
         finally:
             (session or sock).close()  # a session owns its socket
 
-        with cpu_slots.waiting():  # OCSP and CRL fetches
-            revocation = served_chain_revocation(
-                self.revocation,
-                settings.revocation or RevocationSettings(),
-                served,
-                verdict.verified_path,
-                ServedEndpoint(address, port, server_name, session.staple if session is not None else None),
-                ctx,
-                self.allow_networks,
+        revocation_settings = settings.revocation or RevocationSettings()
+        revocation: list[RevocationFacts] = []
+        if revocation_settings.enabled:  # OCSP and CRL fetches block inside the library
+            endpoint = ServedEndpoint(address, port, server_name, session.staple if session is not None else None)
+            revocation = cpu_slots.blocking(
+                lambda: served_chain_revocation(
+                    self.revocation,
+                    revocation_settings,
+                    served,
+                    verdict.verified_path,
+                    endpoint,
+                    ctx,
+                    self.allow_networks,
+                )
             )
         verified_not_after = (
             min(c.not_valid_after_utc for c in verdict.verified_path).timestamp()
@@ -724,8 +731,7 @@ def _resolve(host: str, port: int, ip_version: str, deadline: float) -> list[tup
     if is_ip(host):
         return [(host, int(socket.AF_INET6 if ":" in host else socket.AF_INET))]
     try:
-        with cpu_slots.waiting():
-            infos = getaddrinfo_by(host, port, family, deadline)
+        infos = cpu_slots.blocking(lambda: getaddrinfo_by(host, port, family, deadline))
     except TimeoutError as exc:
         raise _Failure(Reason.DNS_ERROR, str(exc)) from None
     except socket.gaierror as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -307,3 +308,70 @@ def test_chain_memo_is_sized_to_the_targets_and_survives_rounds() -> None:
     cramped = ChainMemo(trust, capacity=4)
     first = one_round(cramped)
     assert hits(first, one_round(cramped)) < len(first) // 2  # cleared before most reuse
+
+
+# One probe, many targets, the same settings: a scheduled round of these runs in the
+# event loops (probes.event_loop), one greenlet per target.
+ROUND_CASES = [
+    "expired", "not_yet_valid", "wrong_host", "self_signed", "untrusted_root", "incomplete_chain",
+    "mtls12_no_cert", "mtls13_no_cert", "tarpit", "dribbler", "reset", "refused", "unresolvable",
+]  # fmt: skip
+STARTTLS_ROUND_CASES = ["postgres", "refused", "unresolvable"]
+
+
+@pytest.mark.parametrize(("cases", "extra"), [(ROUND_CASES, {}), (STARTTLS_ROUND_CASES, {"starttls": "postgres"})])
+def test_a_scheduled_round_runs_in_the_event_loops_with_the_verdicts_of_a_direct_run(
+    cases: list[str], extra: dict[str, Any], catalogue: Catalogue
+) -> None:
+    """Every target of a round: the reason the same as a run in a thread of its own
+    (the cases above), the run in a loop thread, its DNS lookup and STARTTLS dialogue
+    on a helper thread; and each run's spans under its own root span."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from exporter.scheduler import Scheduler
+    from exporter.store import ResultStore
+    from exporter.tracing import Tracing
+
+    targets = [catalogue.cases[name].target for name in cases]
+    trust = {"trust": catalogue.cases["expired"].settings["trust"]}
+    entry = {
+        "name": "round", "kind": "tls", "targets": targets, "interval": "1h", "timeout": "1500ms", **trust, **extra,
+    }  # fmt: skip
+    config = parse_config(yaml.safe_dump({"global": {"concurrency": 8}, "probes": [entry]}), "round")
+    exported = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exported))
+    store = ResultStore()
+    scheduler = Scheduler(store, tracing=Tracing(provider))
+    run_threads: dict[str, str] = {}
+    original = TlsProbe._run_target
+
+    def recording(self: TlsProbe, target: str, ctx: ProbeContext) -> ProbeResult:
+        run_threads[target] = threading.current_thread().name
+        return original(self, target, ctx)
+
+    TlsProbe._run_target = recording  # type: ignore[method-assign]
+    try:
+        scheduler.apply(config)
+        deadline = time.monotonic() + 30
+        while not scheduler.ready() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert scheduler.ready(), "the first round did not end"
+        published = store.snapshot().probes["round"].targets
+    finally:
+        TlsProbe._run_target = original  # type: ignore[method-assign]
+        scheduler.stop()
+    for name in cases:
+        target = catalogue.cases[name].target
+        result = published[target].result
+        assert result.reason.value == catalogue.cases[name].reason, (name, result.reason.value, result.message)
+        assert run_threads[target].startswith("loop-"), (name, run_threads[target])
+    spans = exported.get_finished_spans()
+    roots = {span.context.trace_id: span for span in spans if span.parent is None}
+    assert len(roots) == len(set(targets))
+    helper_phases = [span for span in spans if span.name in ("dns", "starttls")]
+    assert helper_phases, "no phase ran on a helper thread"
+    for span in helper_phases:
+        assert span.parent is not None and span.parent.span_id == roots[span.context.trace_id].context.span_id
