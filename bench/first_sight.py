@@ -2,9 +2,11 @@
 cheaper certificate facts or a cheaper verdict could give back.
 
 One process, a fleet of distinct EC endpoints (``bench.tls_scale``'s PKI and nginx),
-a thread pool of ``--concurrency`` running ``TlsProbe.run`` over every endpoint once
-per cell.  Each cell is a new probe whose per-chain memo (``probes.verify.ChainMemo``)
-starts as stated, taken from a reference probe that has seen the whole fleet:
+``TlsProbe.run`` over every endpoint once per cell, ``--concurrency`` in flight, in
+the event loops a scheduler round runs in (``probes.event_loop``, one per CPU slot),
+or with ``--threads`` in a thread pool as rounds ran before them.  Each cell is a new
+probe whose per-chain memo (``probes.verify.ChainMemo``) starts as stated, taken from
+a reference probe that has seen the whole fleet:
 
 ``first_sight``
     memo empty: every chain is loaded, its facts read and its verdict judged (a
@@ -37,6 +39,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from bench import common, tls_scale
+from probes.cpu_slots import SLOTS
+from probes.event_loop import Loops
 from probes.settings import ProbeDefaults, TrustSettings
 from probes.tls import TlsProbe, TlsSettings
 
@@ -55,6 +59,7 @@ def _probe(cell: str, reference: TlsProbe, settings: TlsSettings, defaults: Prob
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = common.argument_parser(__doc__, "smoke test: 50 endpoints, concurrency 16, 1 repeat")
+    parser.add_argument("--threads", action="store_true", help="a thread pool instead of the event loops")
     args, run = tls_scale.fleet_options(parser, argv)
     results = common.Results("first_sight", args.out, tools=("nginx",))
     print(results.describe(), flush=True)
@@ -62,7 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tls_scale.ec_fleet(run.endpoints, run.concurrency) as (targets, ca_file):
         defaults = ProbeDefaults(trust=TrustSettings(system=False, ca_files=(str(ca_file),)))
         settings = TlsSettings(targets=tuple(targets))
-        with ThreadPoolExecutor(run.concurrency) as pool:
+        pool = ThreadPoolExecutor(run.concurrency) if args.threads else Loops(SLOTS.count, run.concurrency)
+        try:
             reference = TlsProbe(settings, defaults)
             # Fills its memo, and warms the imports, nginx's workers and the pool's threads.
             tls_scale.probe_round(reference, targets, pool)
@@ -74,6 +80,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"{figures['probes_per_second']:6.0f}/s",
                     flush=True,
                 )
+        finally:
+            if isinstance(pool, ThreadPoolExecutor):
+                pool.shutdown()
+            else:
+                pool.close()
     medians = common.medians(runs)
     new_chain = medians["first_sight"]["cpu_ms_per_probe"] - medians["seen_before"]["cpu_ms_per_probe"]
     saved = {
@@ -96,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         {
             "endpoints": run.endpoints,
             "concurrency": run.concurrency,
+            "driver": "threads" if args.threads else "event loops",
             "repeats": run.repeats,
             "runs": runs,
             "medians": medians,

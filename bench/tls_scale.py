@@ -150,6 +150,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from bench import common
+from probes.event_loop import Loops
 from tests.fixtures.pki import DAY, NOW, Issued, PrivateKey, issue
 
 THIS_MODULE = "bench.tls_scale"
@@ -455,9 +456,9 @@ def ec_fleet(endpoints: int, concurrency: int) -> Iterator[tuple[list[str], Path
             nginx.stop()
 
 
-def probe_round(probe: Any, targets: Sequence[str], pool: ThreadPoolExecutor) -> dict[str, float]:
-    """``probe.run`` (a ``TlsProbe``) over every target on ``pool``, as a scheduler
-    round fans out; raises if any run failed.  The process's CPU per probe
+def probe_round(probe: Any, targets: Sequence[str], pool: ThreadPoolExecutor | Loops) -> dict[str, float]:
+    """``probe.run`` (a ``TlsProbe``) over every target on ``pool`` (threads, or the
+    event loops a scheduler round fans out to); raises if any run failed.  The process's CPU per probe
     (``getrusage``), probes/s, voluntary context switches per probe, and the handshake
     durations the probe reported (p50, p99, max: what
     ``certscope_tls_handshake_seconds`` records)."""
@@ -465,7 +466,13 @@ def probe_round(probe: Any, targets: Sequence[str], pool: ThreadPoolExecutor) ->
     from probes.tls_facts import TlsFacts
 
     results, costs = common.per_unit_costs(
-        lambda: list(pool.map(lambda t: probe.run(t, ProbeContext(deadline=time.monotonic() + 30)), targets)),
+        lambda: [
+            future.result()
+            for future in [
+                pool.submit(lambda t: probe.run(t, ProbeContext(deadline=time.monotonic() + 30)), target)
+                for target in targets
+            ]
+        ],
         len(targets),
     )
     failed = [r.message for r in results if not r.success]
