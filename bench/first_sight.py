@@ -60,6 +60,7 @@ def _probe(cell: str, reference: TlsProbe, settings: TlsSettings, defaults: Prob
 def main(argv: Sequence[str] | None = None) -> int:
     parser = common.argument_parser(__doc__, "smoke test: 50 endpoints, concurrency 16, 1 repeat")
     parser.add_argument("--threads", action="store_true", help="a thread pool instead of the event loops")
+    parser.add_argument("--loops", type=int, default=SLOTS.count, help="event loops (default: one per CPU slot)")
     args, run = tls_scale.fleet_options(parser, argv)
     results = common.Results("first_sight", args.out, tools=("nginx",))
     print(results.describe(), flush=True)
@@ -67,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tls_scale.ec_fleet(run.endpoints, run.concurrency) as (targets, ca_file):
         defaults = ProbeDefaults(trust=TrustSettings(system=False, ca_files=(str(ca_file),)))
         settings = TlsSettings(targets=tuple(targets))
-        pool = ThreadPoolExecutor(run.concurrency) if args.threads else Loops(SLOTS.count, run.concurrency)
+        pool = ThreadPoolExecutor(run.concurrency) if args.threads else Loops(args.loops, run.concurrency)
         try:
             reference = TlsProbe(settings, defaults)
             # Fills its memo, and warms the imports, nginx's workers and the pool's threads.
@@ -107,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         {
             "endpoints": run.endpoints,
             "concurrency": run.concurrency,
-            "driver": "threads" if args.threads else "event loops",
+            "driver": "threads" if args.threads else f"{args.loops} event loops",
             "repeats": run.repeats,
             "runs": runs,
             "medians": medians,
