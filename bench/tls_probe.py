@@ -15,9 +15,9 @@ repetition), and reports medians:
     ``probes.tls.TlsProbe`` built through the kind registry from ``TlsSettings``
     (``trust=TrustSettings(system=False, ca_files=(ca,))``, a ``ClientCert`` for
     mTLS), run through ``exporter.scheduler.run_target`` (the daemon's call: a fresh
-    ``ProbeContext`` with the deadline, the exception guard) on a shared
-    ``ThreadPoolExecutor`` of N threads, one future per probe, as a scheduler round
-    fans out.  It runs in its own subprocess, whose ``getrusage(RUSAGE_SELF)`` gives
+    ``ProbeContext`` with the deadline, the exception guard) in the event loops a
+    scheduler round fans out to (``probes.event_loop.Loops``, one loop per CPU slot, N
+    runs in flight), one future per probe.  It runs in its own subprocess, whose ``getrusage(RUSAGE_SELF)`` gives
     the client CPU per probe.  A probe counts only if ``success`` is true (and, for
     mTLS, the client certificate was ``accepted``) and the 2-certificate chain was
     captured.
@@ -29,8 +29,8 @@ repetition), and reports medians:
 ``bare``
     The floor of a Python client: ``socket.create_connection`` + ``wrap_socket`` with a
     verifying context (CA file, hostname check; client cert for mTLS) +
-    ``getpeercert(binary_form=True)``, in the same thread-pool shape and its own
-    subprocess.
+    ``getpeercert(binary_form=True)``, on a ``ThreadPoolExecutor`` of N threads, in
+    its own subprocess.
 
 Each cell runs at concurrency 1, 16 and 64 for a fixed time (``--seconds``, default
 2; ``wrk`` takes whole seconds, so blackbox runs ``max(1, round(seconds))``).  nginx's
@@ -41,7 +41,7 @@ every mTLS probe waits ``client_auth_wait`` (0.5 s) for a TLS 1.3 server to reje
 client certificate, and nginx, which accepted it, stays silent for that long.
 
 "1,000 loopback endpoints": one scheduler round of 1,000 targets (all the same
-listener) on a 64-thread pool, wall time from the first submit to the last result;
+listener), 64 in flight, wall time from the first submit to the last result;
 RSA, EC and the two ``+http`` mTLS variants each repetition, plain mTLS-EC once.
 Against it, in the same repetition and back to back (the order alternating), blackbox
 probes the same 1,000 targets of the same listener at the same concurrency: ``wrk -t1
@@ -96,6 +96,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import common
+from probes.cpu_slots import SLOTS
+from probes.event_loop import Loops
 from tests.fixtures.servers import can_connect
 
 THIS_MODULE = "bench.tls_probe"
@@ -241,7 +243,7 @@ class ClientWorker:
         self.side = side
         pki = Path(init["pki"])
         ports: dict[str, int] = init["ports"]
-        self.pools: dict[int, ThreadPoolExecutor] = {}
+        self.pools: dict[int, ThreadPoolExecutor | Loops] = {}
         self.tasks: dict[str, Callable[[], tuple[bool, str]]] = {}
         for variant in VARIANTS.values():
             if side == "bare" and variant.http:
@@ -252,11 +254,14 @@ class ClientWorker:
         for concurrency in {*CONCURRENCIES, ROUND_CONCURRENCY, PROFILE_CONCURRENCY}:
             self._pool(concurrency)
 
-    def _pool(self, concurrency: int) -> ThreadPoolExecutor:
+    def _pool(self, concurrency: int) -> ThreadPoolExecutor | Loops:
         """A shared pool per concurrency, its threads started beforehand (the daemon's
-        pool lives as long as the config)."""
+        lives as long as the config): certscope's event loops, the bare client's
+        threads."""
         pool = self.pools.get(concurrency)
-        if pool is None:
+        if pool is None and self.side == "certscope":
+            pool = self.pools[concurrency] = Loops(SLOTS.count, concurrency)
+        elif pool is None:
             pool = self.pools[concurrency] = ThreadPoolExecutor(concurrency, thread_name_prefix="target")
             barrier = threading.Barrier(concurrency)
             for future in [pool.submit(barrier.wait) for _ in range(concurrency)]:
