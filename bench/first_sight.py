@@ -3,7 +3,7 @@ cheaper certificate facts or a cheaper verdict could give back.
 
 One process, a fleet of distinct EC endpoints (``bench.tls_scale``'s PKI and nginx),
 ``TlsProbe.run`` over every endpoint once per cell, ``--concurrency`` in flight, in
-the event loops a scheduler round runs in (``probes.event_loop``, one per CPU slot),
+the event loop a scheduler round runs in (``probes.event_loop``, ``LOOPS`` threads),
 or with ``--threads`` in a thread pool as rounds ran before them.  Each cell is a new
 probe whose per-chain memo (``probes.verify.ChainMemo``) starts as stated, taken from
 a reference probe that has seen the whole fleet:
@@ -39,8 +39,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from bench import common, tls_scale
-from probes.cpu_slots import SLOTS
-from probes.event_loop import Loops
+from probes.event_loop import LOOPS, Loops
 from probes.settings import ProbeDefaults, TrustSettings
 from probes.tls import TlsProbe, TlsSettings
 
@@ -60,7 +59,7 @@ def _probe(cell: str, reference: TlsProbe, settings: TlsSettings, defaults: Prob
 def main(argv: Sequence[str] | None = None) -> int:
     parser = common.argument_parser(__doc__, "smoke test: 50 endpoints, concurrency 16, 1 repeat")
     parser.add_argument("--threads", action="store_true", help="a thread pool instead of the event loops")
-    parser.add_argument("--loops", type=int, default=SLOTS.count, help="event loops (default: one per CPU slot)")
+    parser.add_argument("--loops", type=int, default=LOOPS, help=f"loop threads (default {LOOPS}, as a scheduler)")
     args, run = tls_scale.fleet_options(parser, argv)
     results = common.Results("first_sight", args.out, tools=("nginx",))
     print(results.describe(), flush=True)

@@ -16,8 +16,8 @@ repetition), and reports medians:
     (``trust=TrustSettings(system=False, ca_files=(ca,))``, a ``ClientCert`` for
     mTLS), run through ``exporter.scheduler.run_target`` (the daemon's call: a fresh
     ``ProbeContext`` with the deadline, the exception guard) in the event loops a
-    scheduler round fans out to (``probes.event_loop.Loops``, one loop per CPU slot, N
-    runs in flight), one future per probe.  It runs in its own subprocess, whose ``getrusage(RUSAGE_SELF)`` gives
+    scheduler round fans out to (``probes.event_loop.Loops``, ``LOOPS`` loop threads,
+    N runs in flight), one future per probe.  It runs in its own subprocess, whose ``getrusage(RUSAGE_SELF)`` gives
     the client CPU per probe.  A probe counts only if ``success`` is true (and, for
     mTLS, the client certificate was ``accepted``) and the 2-certificate chain was
     captured.
@@ -96,8 +96,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import common
-from probes.cpu_slots import SLOTS
-from probes.event_loop import Loops
+from probes.event_loop import LOOPS, Loops
 from tests.fixtures.servers import can_connect
 
 THIS_MODULE = "bench.tls_probe"
@@ -260,7 +259,7 @@ class ClientWorker:
         threads."""
         pool = self.pools.get(concurrency)
         if pool is None and self.side == "certscope":
-            pool = self.pools[concurrency] = Loops(SLOTS.count, concurrency)
+            pool = self.pools[concurrency] = Loops(LOOPS, concurrency)
         elif pool is None:
             pool = self.pools[concurrency] = ThreadPoolExecutor(concurrency, thread_name_prefix="target")
             barrier = threading.Barrier(concurrency)

@@ -11,9 +11,9 @@ by namespace, before parsing) is left to do so.
 
 Probes whose targets are network endpoints set ``concurrent_targets = True``; their
 targets fan out over a shared pool of ``global.concurrency`` threads, or, for kinds
-that set ``runs_in_event_loop`` (tls), over one event loop per CPU slot with at most
+that set ``runs_in_event_loop`` (tls), over an event loop with at most
 ``global.concurrency`` runs in flight (``probes.event_loop``: a thread per run in
-flight costs a TLS probe a quarter more CPU).  Local kinds (files) run their targets
+flight costs a TLS probe about a fifth more CPU).  Local kinds (files) run their targets
 in the job's own thread.
 
 An exception escaping ``Probe.run`` is a bug: it becomes ``Reason.INTERNAL_ERROR``
@@ -61,7 +61,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from exporter.config import Config, ConfigError, ProbeConfig
 from exporter.store import ProbeInfo, ResultStore, Transition
 from exporter.tracing import TRACING_OFF, Tracing
-from probes import cpu_slots
+from probes import event_loop
 from probes.context import Probe, ProbeContext
 from probes.event_loop import Loops
 from probes.kinds import KINDS
@@ -133,8 +133,9 @@ def build_plan(config: Config, shard: Shard = NO_SHARD, revocation: RevocationCh
 
 class TargetRunners:
     """Where a round's targets run: a pool of ``concurrency`` threads, and for kinds
-    whose runs can (``runs_in_event_loop``) one event loop per CPU slot, started with
-    the first such round, at most ``concurrency`` runs in flight."""
+    whose runs can (``runs_in_event_loop``) the event loop (``event_loop.LOOPS``
+    threads), started with the first such round, at most ``concurrency`` runs in
+    flight."""
 
     def __init__(self, concurrency: int) -> None:
         self._concurrency = concurrency
@@ -153,7 +154,7 @@ class TargetRunners:
             if self._closed:
                 raise RuntimeError("cannot schedule new runs after shutdown")
             if self._loops is None:
-                self._loops = Loops(cpu_slots.SLOTS.count, self._concurrency)
+                self._loops = Loops(event_loop.LOOPS, self._concurrency)
             return self._loops
 
     def shutdown(self, wait: bool) -> None:

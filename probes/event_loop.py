@@ -1,6 +1,6 @@
-"""Event loops for rounds of network probes: one thread per CPU slot, many runs on each.
+"""Event loops for rounds of network probes: a loop thread that runs many runs at once.
 
-``Loops(count, limit)`` starts ``count`` loop threads; ``submit(fn, *args)`` returns a
+``Loops(count, limit)`` starts ``count`` loop threads (the scheduler: ``LOOPS``, one); ``submit(fn, *args)`` returns a
 ``concurrent.futures.Future`` for ``fn(*args)``, run as a greenlet on whichever loop
 takes it first, at most ``limit`` runs in flight over all loops.  ``close()`` cancels
 what has not started and lets the runs in flight finish (their deadlines bound them).
@@ -21,6 +21,17 @@ call, and two loop threads rarely hand the GIL to each other while they wait.
 Order: a loop resumes every run that can go on before it starts another, so a run
 whose server has answered is not held up by runs that have not started, and each run's
 reported handshake counts as little of the others' work as possible.
+
+How many: one.  Two loop threads (one per CPU slot on the 2-core benchmark machine)
+cost more CPU per probe, not less: every OpenSSL call gives up the GIL, and getting it
+back from the other loop is a hand-over between threads, up to the 5 ms switch
+interval when the other is in Python.  With two, a first round over 1,000 endpoints
+cost 1.01-1.22x blackbox_exporter's CPU per probe, with one 0.86-1.05x (three pairs
+per key type; docs/performance.md, "seventh part"), and the loop took up to 59 ms to
+get back to a socket that had become ready (mTLS handshakes of about 1 ms reported at
+a median of 4-19 ms, against 1.1-1.3 ms with one).  One loop runs about a thousand
+probes a second on that machine, more than a fleet of 100,000 endpoints probed every
+five minutes needs; beyond that, shard (docs/performance.md, "beyond one pod").
 
 Each loop thread holds one of the process's CPU slots while it computes and gives it
 back while it sleeps in ``epoll``, so runs in loops and runs in threads (the ``/probe``
@@ -47,6 +58,7 @@ from probes import cpu_slots
 
 T = TypeVar("T")
 
+LOOPS = 1  # loop threads a scheduler runs (see "How many" above)
 _READ = select.EPOLLIN
 _WRITE = select.EPOLLOUT
 
