@@ -17,43 +17,18 @@ import pytest
 
 from probes import cpu_slots
 from probes.event_loop import Loops
+from tests.fixtures.servers import FaultServer
 
 
-class DelayedServer:
-    """Accepts connections; answers each with one byte after ``delay`` seconds, or never."""
+def delayed_server(delay: float | None) -> FaultServer:
+    """Answers each connection with one byte after ``delay`` seconds, or never."""
 
-    def __init__(self, delay: float | None) -> None:
-        self.delay = delay
-        self._listener = socket.create_server(("127.0.0.1", 0), backlog=256)
-        self.port = self._listener.getsockname()[1]
-        self._stop = threading.Event()
-        self._held: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
-            self._held.append(conn)
-            if self.delay is not None:
-                timer = threading.Timer(self.delay, self._answer, (conn,))
-                timer.daemon = True
-                timer.start()
-
-    @staticmethod
-    def _answer(conn: socket.socket) -> None:
-        try:
+    def answer(conn: socket.socket, stopping: threading.Event) -> None:
+        if delay is not None and not stopping.wait(delay):
             conn.sendall(b"x")
-        except OSError:
-            pass
+        stopping.wait()
 
-    def close(self) -> None:
-        self._stop.set()
-        self._listener.close()
-        for conn in self._held:
-            conn.close()
+    return FaultServer(f"delayed-{delay}", answer)
 
 
 @pytest.fixture
@@ -73,7 +48,7 @@ def _fetch_byte(port: int, timeout: float) -> tuple[bytes, str]:
 
 
 def test_runs_wait_in_two_loop_threads_and_overlap() -> None:
-    server = DelayedServer(0.2)
+    server = delayed_server(0.2)
     running = Loops(2, 16)
     try:
         started = time.monotonic()
@@ -82,7 +57,7 @@ def test_runs_wait_in_two_loop_threads_and_overlap() -> None:
         elapsed = time.monotonic() - started
     finally:
         running.close(wait=True)
-        server.close()
+        server.stop()
     assert [data for data, _ in answers] == [b"x"] * 16
     assert {name for _, name in answers} <= {"loop-0", "loop-1"}
     # 16 waits of 0.2 s each, all in flight at once: about 0.2 s, not 3.2 s.
@@ -90,8 +65,8 @@ def test_runs_wait_in_two_loop_threads_and_overlap() -> None:
 
 
 def test_a_wait_past_its_deadline_raises_timeout_and_the_others_go_on(loops: Loops) -> None:
-    silent = DelayedServer(None)
-    answering = DelayedServer(0.05)
+    silent = delayed_server(None)
+    answering = delayed_server(0.05)
     try:
         started = time.monotonic()
         stuck = loops.submit(_fetch_byte, silent.port, 0.3)
@@ -101,13 +76,13 @@ def test_a_wait_past_its_deadline_raises_timeout_and_the_others_go_on(loops: Loo
             stuck.result(timeout=5)
         waited = time.monotonic() - started
     finally:
-        silent.close()
-        answering.close()
+        silent.stop()
+        answering.stop()
     assert 0.25 <= waited < 2.0, waited
 
 
 def test_a_blocking_call_runs_on_a_helper_in_the_runs_context_while_the_loop_goes_on(loops: Loops) -> None:
-    server = DelayedServer(0.01)
+    server = delayed_server(0.01)
     marker: contextvars.ContextVar[str] = contextvars.ContextVar("marker", default="unset")
     finished: list[str] = []
 
@@ -134,7 +109,7 @@ def test_a_blocking_call_runs_on_a_helper_in_the_runs_context_while_the_loop_goe
             assert future.result(timeout=5) == b"x"
         answer = slow.result(timeout=5)
     finally:
-        server.close()
+        server.stop()
     assert answer.startswith("the run's value on loop-helper")
     # Both loops went on during the helper's 0.4 s: every quick run ended first.
     assert finished == ["quick"] * 6 + ["blocking"]
@@ -167,7 +142,7 @@ def test_a_run_that_raises_fails_only_its_future(loops: Loops) -> None:
 
 
 def test_no_more_runs_in_flight_than_the_limit() -> None:
-    server = DelayedServer(0.05)
+    server = delayed_server(0.05)
     in_flight = 0
     most = 0
     lock = threading.Lock()
@@ -189,19 +164,19 @@ def test_no_more_runs_in_flight_than_the_limit() -> None:
         assert [f.result(timeout=10) for f in futures] == [b"x"] * 40
     finally:
         running.close(wait=True)
-        server.close()
+        server.stop()
     assert 2 <= most <= 6, most
 
 
 def test_close_cancels_runs_not_started_and_lets_the_others_finish() -> None:
-    server = DelayedServer(0.3)
+    server = delayed_server(0.3)
     running = Loops(1, 2)
     futures: list[Future[tuple[bytes, str]]] = [running.submit(_fetch_byte, server.port, 5.0) for _ in range(10)]
     time.sleep(0.1)  # two are in flight, waiting on the server
     before = {t.name for t in threading.enumerate()}
     assert "loop-0" in before
     running.close(wait=True)
-    server.close()
+    server.stop()
     done = [f for f in futures if not f.cancelled()]
     assert len(done) == 2
     assert [f.result()[0] for f in done] == [b"x", b"x"]
