@@ -47,7 +47,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -153,7 +153,7 @@ class TargetRunners:
         with self._lock:
             if self._closed:
                 raise RuntimeError("cannot schedule new runs after shutdown")
-            if self._loops is None:
+            if self._loops is None or not self._loops.alive():  # none yet, or a bug ended it
                 self._loops = Loops(event_loop.LOOPS, self._concurrency)
             return self._loops
 
@@ -424,7 +424,9 @@ class Scheduler:
             }
             for target in to_run:
                 future = futures.get(target)
-                results[target] = future.result() if future is not None else (unchanged[target], time.time())
+                results[target] = (
+                    _outcome(future, config, target) if future is not None else (unchanged[target], time.time())
+                )
         else:
             for target in to_run:
                 if cancelled.is_set():
@@ -498,6 +500,21 @@ def _log_round(probe: str, new_errors: list[SourceError], transitions: list[Tran
 
 def _counts(counter: Counter[str]) -> str:
     return ", ".join(f"{reason}={count}" for reason, count in counter.most_common())
+
+
+def _outcome(future: Future[tuple[ProbeResult, float]], config: ProbeConfig, target: str) -> tuple[ProbeResult, float]:
+    """A run's result; a runner that failed around it (the event loop) is an internal
+    error of that target, not a lost round."""
+    try:
+        return future.result()
+    except CancelledError:
+        raise  # the config is being replaced: the round ends unpublished
+    except Exception as exc:  # noqa: BLE001 - logged, and exported as the target's failure
+        log.error("probe=%s target=%s internal error: %s", config.name, target, exc)
+        failed = ProbeResult(
+            success=False, reason=Reason.INTERNAL_ERROR, duration_seconds=0.0, message=f"internal error: {exc}"
+        )
+        return failed, time.time()
 
 
 def run_target(

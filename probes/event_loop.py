@@ -43,6 +43,7 @@ from __future__ import annotations
 import contextvars
 import heapq
 import itertools
+import logging
 import os
 import select
 import threading
@@ -57,6 +58,7 @@ from greenlet import getcurrent, greenlet
 from probes import cpu_slots
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 LOOPS = 1  # loop threads a scheduler runs (see "How many" above)
 _READ = select.EPOLLIN
@@ -93,6 +95,8 @@ class _Loop:
         self._timers: list[tuple[float, int, _Wait]] = []
         self._sequence = itertools.count()
         self.in_flight = 0
+        self._running: set[Future[Any]] = set()  # the futures of the runs in flight
+        self.alive = True
         self._hub: greenlet | None = None
         self.thread = threading.Thread(target=self._main, name=f"loop-{index}", daemon=True)
 
@@ -144,6 +148,14 @@ class _Loop:
         try:
             with cpu_slots.held():
                 self._loop()
+        except BaseException as exc:  # a bug of the loop: its runs fail instead of hanging
+            log.exception("the event loop %s failed; its runs fail with it", self.thread.name)
+            self.alive = False
+            failure = RuntimeError(f"the event loop failed: {type(exc).__name__}: {exc}")
+            for future in list(self._running):
+                if not future.done():
+                    future.set_exception(failure)
+            self._loops.lost_loop(failure)
         finally:
             with self._wake_lock:
                 self._ended = True
@@ -233,6 +245,7 @@ class _Loop:
             if future.set_running_or_notify_cancel():
                 break
         self.in_flight += 1
+        self._running.add(future)
         run = greenlet(self._body, parent=self._hub)
         self._ready.append((run, (future, fn, args)))
         return True
@@ -247,6 +260,7 @@ class _Loop:
             future.set_result(result)
         finally:
             self.in_flight -= 1
+            self._running.discard(future)
 
 
 class Loops:
@@ -264,9 +278,24 @@ class Loops:
         for loop in self._loops:
             loop.thread.start()
 
+    def alive(self) -> bool:
+        """Whether a loop thread is still there to run what is submitted."""
+        return any(loop.alive for loop in self._loops)
+
+    def lost_loop(self, failure: Exception) -> None:
+        """Called by a loop thread that failed: with none left, nothing queued would
+        ever run, so it fails now."""
+        if self.alive():
+            return
+        while (item := self.take()) is not None:
+            if item[0].set_running_or_notify_cancel():
+                item[0].set_exception(failure)
+
     def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
         if self.closing:
             raise RuntimeError("the loops are closed")
+        if not self.alive():
+            raise RuntimeError("no event loop is running")
         future: Future[T] = Future()
         self._queue.append((future, fn, args))
         for loop in self._loops:

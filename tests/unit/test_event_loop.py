@@ -220,3 +220,34 @@ def test_loop_threads_share_the_cpu_slots_with_threads() -> None:
     finally:
         release.set()
         running.close(wait=True)
+
+
+def test_a_loop_that_fails_fails_its_runs_and_the_queue_instead_of_hanging(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in the loop itself (here: its epoll dispatch raising) must not leave a
+    round waiting forever: the runs in flight and those queued fail with it, and the
+    scheduler's runners start a new loop for what comes next."""
+    from exporter.scheduler import TargetRunners
+    from probes import event_loop
+
+    server = delayed_server(0.2)
+    real_dispatch = event_loop._Loop._dispatch
+    broken = {"on": True}
+
+    def dispatch(self: event_loop._Loop, events: list[tuple[int, int]]) -> None:
+        if broken["on"] and any(fd != self._wake_fd for fd, _ in events):
+            raise ValueError("a bug in the loop")
+        real_dispatch(self, events)
+
+    monkeypatch.setattr(event_loop._Loop, "_dispatch", dispatch)
+    runners = TargetRunners(2)
+    probe = type("LoopKind", (), {"runs_in_event_loop": True})()
+    try:
+        futures = [runners.submit(probe, _fetch_byte, server.port, 5.0) for _ in range(5)]
+        for future in futures:
+            with pytest.raises(RuntimeError, match="the event loop failed: ValueError: a bug in the loop"):
+                future.result(timeout=5)
+        broken["on"] = False
+        assert runners.submit(probe, _fetch_byte, server.port, 5.0).result(timeout=5)[0] == b"x"
+    finally:
+        runners.shutdown(wait=True)
+        server.stop()
