@@ -1,9 +1,11 @@
 """Event loops for rounds of network probes: a loop thread that runs many runs at once.
 
-``Loops(count, limit)`` starts ``count`` loop threads (the scheduler: ``LOOPS``, one); ``submit(fn, *args)`` returns a
-``concurrent.futures.Future`` for ``fn(*args)``, run as a greenlet on whichever loop
-takes it first, at most ``limit`` runs in flight over all loops.  ``close()`` cancels
-what has not started and lets the runs in flight finish (their deadlines bound them).
+``Loops(count, limit)`` starts ``count`` loop threads (the scheduler starts ``LOOPS``,
+one); ``submit(fn, *args)`` returns a ``concurrent.futures.Future`` for ``fn(*args)``,
+run as a greenlet on whichever loop takes it first, at most ``limit`` runs in flight
+over all loops.  ``close()`` cancels what has not started and lets the runs in flight
+finish (their deadlines bound them).  A loop that fails (a bug of its own) fails its
+runs and, with no loop left, the queue, instead of leaving them waiting.
 
 A run's code is the code that runs in a thread.  Where it waits on a socket
 (``cpu_slots.wait_ready``) it switches to its loop instead of sleeping, and the loop
@@ -16,7 +18,7 @@ Why: with a thread per run in flight, every wait on the network hands the CPU sl
 another thread, which must be woken and finds its stack and session cold.  On the
 2-core benchmark machine 64 threads in flight cost 0.2-0.45 ms of CPU per probe more
 than two (docs/performance.md, "sixth part"); a loop moves between runs by a function
-call, and two loop threads rarely hand the GIL to each other while they wait.
+call, and sleeps only when no run in flight can go on.
 
 Order: a loop resumes every run that can go on before it starts another, so a run
 whose server has answered is not held up by runs that have not started, and each run's
