@@ -29,9 +29,8 @@ The contract for a cooperating probe: a wait on a socket goes through
 fetch) through ``blocking(fn)``; nothing inside ``held()`` waits on anything but the
 CPU.  The same code then also runs in an event loop (``probes.event_loop``): there
 ``wait_ready()`` switches to the loop and ``blocking(fn)`` runs ``fn`` on a helper
-thread.  A thread
-holds at most one slot (``held()`` inside ``held()`` is a no-op), and ``waiting()``
-outside a slot is a no-op, so helpers can call it whoever calls them.
+thread.  A thread holds at most one slot (``held()`` inside ``held()`` is a no-op), and
+``waiting()`` outside a slot is a no-op, so helpers can call it whoever calls them.
 """
 
 from __future__ import annotations

@@ -96,11 +96,14 @@ class _Loop:
         self._waits: dict[int, _Wait] = {}
         self._timers: list[tuple[float, int, _Wait]] = []
         self._sequence = itertools.count()
-        self.in_flight = 0
         self._running: set[Future[Any]] = set()  # the futures of the runs in flight
         self.alive = True
         self._hub: greenlet | None = None
         self.thread = threading.Thread(target=self._main, name=f"loop-{index}", daemon=True)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
 
     # -- called by the runs, on this loop's thread ----------------------------------
 
@@ -246,7 +249,6 @@ class _Loop:
             future, fn, args = item
             if future.set_running_or_notify_cancel():
                 break
-        self.in_flight += 1
         self._running.add(future)
         run = greenlet(self._body, parent=self._hub)
         self._ready.append((run, (future, fn, args)))
@@ -261,21 +263,20 @@ class _Loop:
         else:
             future.set_result(result)
         finally:
-            self.in_flight -= 1
             self._running.discard(future)
 
 
 class Loops:
     """``count`` loop threads sharing one queue of submitted runs, ``limit`` in flight."""
 
-    def __init__(self, count: int, limit: int, *, helpers: int | None = None) -> None:
+    def __init__(self, count: int, limit: int) -> None:
         if count < 1 or limit < 1:
             raise ValueError(f"loops need count and limit of at least 1, got {count} and {limit}")
         self.per_loop = max(1, -(-limit // count))
         self.closing = False
         self._queue: deque[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]] = deque()
         # Blocking calls of runs: as many as may be in flight, started as needed.
-        self.helpers = ThreadPoolExecutor(max_workers=helpers or limit, thread_name_prefix="loop-helper")
+        self.helpers = ThreadPoolExecutor(max_workers=limit, thread_name_prefix="loop-helper")
         self._loops = [_Loop(self, index) for index in range(count)]
         for loop in self._loops:
             loop.thread.start()

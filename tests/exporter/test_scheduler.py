@@ -263,3 +263,54 @@ def test_the_probes_of_a_scheduler_share_its_revocation_cache_across_reloads() -
         assert first.revocation is second.revocation is not scheduler.revocation  # type: ignore[attr-defined]
     finally:
         plan.close()
+
+
+class LoopKindProbe:
+    """Two network targets whose runs go to the scheduler's event loop."""
+
+    kind: ClassVar[str] = "loopkind"
+    target_reasons: ClassVar[tuple[Reason, ...]] = (Reason.INTERNAL_ERROR,)
+    source_reasons: ClassVar[tuple[Reason, ...]] = ()
+    concurrent_targets: ClassVar[bool] = True
+    keeps_last_good: ClassVar[bool] = False
+    runs_in_event_loop: ClassVar[bool] = True
+
+    def __init__(self, settings: NoSettings, defaults: ProbeDefaults) -> None:
+        pass
+
+    def targets(self) -> Discovery:
+        return Discovery(("a", "b"))
+
+    def run(self, target: str, ctx: ProbeContext) -> ProbeResult:
+        return ProbeResult(True, Reason.OK, 0.0)
+
+
+def test_a_runner_that_fails_around_a_run_is_that_targets_internal_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The event loop failing under a run (not the run raising: run_target guards that)
+    publishes internal_error for the target, and the round is not lost."""
+    from concurrent.futures import Future
+
+    from exporter.scheduler import TargetRunners
+
+    monkeypatch.setitem(KINDS, "loopkind", ProbeKind("loopkind", NoSettings, LoopKindProbe))
+    real_submit = TargetRunners.submit
+
+    def failing_for_a(self: TargetRunners, probe: object, fn: Callable[..., object], *args: object) -> Future[object]:
+        if args[1] != "a":
+            return real_submit(self, probe, fn, *args)  # type: ignore[arg-type]
+        future: Future[object] = Future()
+        future.set_exception(RuntimeError("the event loop failed: ValueError: a bug"))
+        return future
+
+    monkeypatch.setattr(TargetRunners, "submit", failing_for_a)
+    store = ResultStore()
+    scheduler = Scheduler(store)
+    scheduler.apply(parse_config("probes: [{name: l, kind: loopkind, interval: 1h}]", "test"))
+    try:
+        wait_for(lambda: scheduler.ready(), 5, "the first round")
+        targets = store.snapshot().probes["l"].targets
+        assert targets["a"].result.reason is Reason.INTERNAL_ERROR
+        assert targets["a"].result.message == "internal error: the event loop failed: ValueError: a bug"
+        assert targets["b"].result.success
+    finally:
+        scheduler.stop()
