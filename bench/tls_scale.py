@@ -80,8 +80,9 @@ medians reported:
     (``bench.common.blackbox_round``); a Lua hook counts a probe only if blackbox answered
     200 with ``probe_success 1`` and timestamps the first request and the last answer
     (CLOCK_MONOTONIC through LuaJIT's FFI), which give the wall seconds.  CPU per probe is
-    blackbox's own (``/proc/<pid>/stat``, all threads; 10 ms ticks, so +-0.1 ms per probe at
-    100 probes).  blackbox keeps no state between probes: each of its rounds is like the
+    blackbox's own, all threads, in the scheduler's nanoseconds per thread
+    (``bench.common.TreeCpu``; ``/proc/<pid>/stat`` counts 10 ms ticks, +-0.1 ms per probe
+    at 100 probes).  blackbox keeps no state between probes: each of its rounds is like the
     first.
 
 nginx's CPU per probe is recorded for both sides.  Linearity: the cost per target at each

@@ -47,7 +47,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -422,6 +422,9 @@ class Scheduler:
                 for target in to_run
                 if target not in unchanged
             }
+            # One wake-up when the last run ends: waiting on each future in turn woke
+            # this thread (and handed it the GIL) for most of them as they finished.
+            wait(futures.values())
             for target in to_run:
                 future = futures.get(target)
                 results[target] = (
