@@ -29,6 +29,7 @@ import gc
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import signal
@@ -37,6 +38,7 @@ import ssl
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections import Counter
@@ -646,6 +648,31 @@ class TreeCpu:
 def processes_cpu_seconds(pids: Iterable[int]) -> float:
     """User + system CPU seconds of exactly these processes (not their children); gone ones count 0."""
     return sum(_stat_ticks(pid)[0] for pid in pids) / CLK_TCK
+
+
+def thread_cpu_ns() -> dict[int, tuple[str, int]]:
+    """This process's live threads: native id -> (``threading`` name, on-CPU
+    nanoseconds from ``/proc/self/task/<tid>/schedstat``)."""
+    out: dict[int, tuple[str, int]] = {}
+    for thread in threading.enumerate():
+        if thread.native_id is None:
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            ns = int(Path(f"/proc/self/task/{thread.native_id}/schedstat").read_text().split()[0])
+            out[thread.native_id] = (thread.name, ns)
+    return out
+
+
+def thread_cpu_ms_since(before: dict[int, tuple[str, int]]) -> dict[str, float]:
+    """CPU milliseconds per kind of thread since ``before`` (:func:`thread_cpu_ns`),
+    threads named alike summed ("loop-0", "loop-1" -> "loop"; "ThreadPoolExecutor-0_3"
+    -> "ThreadPoolExecutor"). A thread that ended in between is not counted."""
+    totals: dict[str, float] = {}
+    for native_id, (name, ns) in thread_cpu_ns().items():
+        kind = re.sub(r"[-_][0-9_]+$", "", name) or name
+        spent = (ns - before.get(native_id, (name, 0))[1]) / 1e6
+        totals[kind] = totals.get(kind, 0.0) + spent
+    return totals
 
 
 def self_cpu_seconds() -> float:

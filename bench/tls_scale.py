@@ -608,6 +608,7 @@ def child_main(config_path: str, expected_targets: int, hold: bool) -> None:
     held: Any = None
     for number in (1, 2):
         with common.GcTimer() as gc_timer:
+            threads_before = common.thread_cpu_ns()
             cpu_before = common.self_cpu_seconds()
             if number == 1:
                 # The daemon's path: the probe is built from the config through the kind
@@ -624,6 +625,7 @@ def child_main(config_path: str, expected_targets: int, hold: bool) -> None:
                 aps.modify_job(probe_config.name, next_run_time=dt.datetime.now(dt.UTC))
             published = store.wait_rounds(number, round_timeout)
             cpu = common.self_cpu_seconds() - cpu_before
+            thread_cpu_ms = common.thread_cpu_ms_since(threads_before)
         state = store.snapshot().probes[probe_config.name]
         results = [ts for _, ts in sorted(state.targets.items())]
         failures = [
@@ -647,6 +649,9 @@ def child_main(config_path: str, expected_targets: int, hold: bool) -> None:
             "publish_seconds": published.publish_seconds,
             "cpu_seconds": cpu,
             "gc_seconds": gc_timer.seconds,
+            # Which threads the round's CPU went to: the event loop, the round's own
+            # thread (ThreadPoolExecutor: APScheduler's), the main thread (apply).
+            "thread_cpu_ms": thread_cpu_ms,
             "gc_collections": gc_timer.collections,
             "targets": published.targets,
             "failures": len(failures),
@@ -993,6 +998,10 @@ def summarize(runs: list[dict[str, Any]], sizes: Sequence[int]) -> dict[str, Any
             ]
             certscope[f"round{number}_publish_seconds"] = common.median(x["publish_seconds"] for x in rounds)
             certscope[f"round{number}_gc_seconds"] = common.median(x["gc_seconds"] for x in rounds)
+            kinds = sorted({kind for x in rounds for kind in x.get("thread_cpu_ms", {})})
+            certscope[f"round{number}_thread_cpu_ms"] = {
+                kind: common.median(x.get("thread_cpu_ms", {}).get(kind, 0.0) for x in rounds) for kind in kinds
+            }
             certscope[f"round{number}_ms_per_target"] = certscope[f"round{number}_seconds"] * 1e3 / size
             cpu = [x["cpu_seconds"] * 1e3 / size for x in rounds]
             certscope[f"cpu_ms_per_target_round{number}"] = common.median(cpu)
@@ -1324,6 +1333,13 @@ def report(result: dict[str, Any]) -> None:
         print(noise_table(figures["sizes"]))
         print()
         print(detail_table(figures["sizes"]))
+        print()
+        for size, sized in figures["sizes"].items():
+            cs = sized["certscope"]
+            for number in (1, 2):
+                threads = cs.get(f"round{number}_thread_cpu_ms", {})
+                spent = ", ".join(f"{kind} {ms:.1f}" for kind, ms in sorted(threads.items(), key=lambda kv: -kv[1]))
+                print(f"{name}, {int(size):,} targets, round {number}: CPU ms by thread (medians): {spent}")
         print()
         for line in goal_lines(name, figures["goals"]):
             print(line)
