@@ -46,7 +46,7 @@ import ssl
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from cryptography import x509
@@ -587,6 +587,23 @@ def _san_strings(cert: x509.Certificate) -> list[str]:
     return [*san.get_values_for_type(x509.DNSName), *(str(ip) for ip in san.get_values_for_type(x509.IPAddress))]
 
 
+def _as_kept(verdict: Verdict, served: Sequence[x509.Certificate], ders: list[bytes]) -> Verdict:
+    """``verdict`` with each served certificate of its path loaded again from its DER.
+    A certificate that has been read keeps what reading it built in Python (its
+    extensions, their values, its names: about 30 objects a chain, each tracked by the
+    garbage collector, whose full collections walk them at every round); a memo keeps
+    its verdicts for as long as a chain is served.  Trust anchors are the trust store's
+    own objects, shared by every verdict."""
+    if not verdict.verified_path:
+        return verdict
+    position = {id(cert): index for index, cert in enumerate(served)}
+    path = tuple(
+        x509.load_der_x509_certificate(ders[position[id(cert)]]) if id(cert) in position else cert
+        for cert in verdict.verified_path
+    )
+    return replace(verdict, verified_path=path)
+
+
 def _cn(cert: x509.Certificate) -> str:
     try:
         return cert.subject.rfc4514_string() or "(empty subject)"
@@ -642,6 +659,7 @@ class ChainMemo:
             for moment in (cert.not_valid_before_utc, cert.not_valid_after_utc)
         ]
         expires = min([now + MEMO_MAX_AGE, *(b for b in boundaries if b > now)])
+        verdict = _as_kept(verdict, served, ders)
         with self._lock:
             if len(self._verdicts) >= self.capacity:
                 self._verdicts.clear()

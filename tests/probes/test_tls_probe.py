@@ -310,6 +310,41 @@ def test_chain_memo_is_sized_to_the_targets_and_survives_rounds() -> None:
     assert hits(first, one_round(cramped)) < len(first) // 2  # cleared before most reuse
 
 
+def test_the_memo_keeps_no_python_objects_of_a_certificate_it_read() -> None:
+    """A certificate that has been read keeps what reading it built in Python (its
+    extensions, names, their values), each object tracked by the garbage collector.
+    The memo keeps a verdict as long as its chain is served, so the certificates of its
+    path are loaded again from their DER: a kept chain costs a few objects, not the
+    ~30 per certificate that its facts and verdict read."""
+    import gc
+
+    from cryptography import x509
+
+    from probes.verify import ChainMemo, TrustStore
+    from tests.fixtures.pki import build_pki, issue
+
+    pki = build_pki()
+    chains = [
+        [issue(f"k{n}.test", pki.intermediate, sans=(f"k{n}.test",)).der, pki.intermediate.der] for n in range(40)
+    ]
+    memo = ChainMemo(TrustStore([pki.root.cert]), capacity=1000)
+    memo.observe(chains[0], [x509.load_der_x509_certificate(der) for der in chains[0]])  # the shared intermediate
+    gc.collect()
+    before = len(gc.get_objects())
+    for n, ders in enumerate(chains):
+        served = [x509.load_der_x509_certificate(der) for der in ders]
+        memo.observe(ders, served)
+        verdict = memo.verdict(ders, served, f"k{n}.test")
+        assert verdict.chain_verified, verdict.message
+        assert verdict.verified_path[0] == served[0]
+        assert verdict.verified_path[0] is not served[0]  # loaded again
+        assert memo.verdict(ders, served, f"k{n}.test") is verdict  # and a memo hit
+    del served, verdict
+    gc.collect()
+    per_chain = (len(gc.get_objects()) - before) / len(chains)
+    assert per_chain < 8, f"{per_chain:.1f} objects tracked per kept chain"
+
+
 # One probe, many targets, the same settings: a scheduled round of these runs in the
 # event loops (probes.event_loop), one greenlet per target.
 ROUND_CASES = [
