@@ -597,22 +597,21 @@ def waited_children_cpu_seconds(pid: int) -> float:
 
 def tree_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of ``pid`` and all its descendants (nginx: unshare ->
-    master -> workers), all threads."""
-    ticks = 0
-    pending = [pid]
-    while pending:
-        own, children = _stat_ticks(pending.pop())
-        ticks += own
-        pending += children
-    return ticks / CLK_TCK
+    master -> workers), all threads, in 10 ms ticks."""
+    return TreeCpu.read(pid).ticks / CLK_TCK
+
+
+def _on_cpu_ns(task: Path) -> int:
+    """A thread's on-CPU nanoseconds, ``task`` being ``/proc/<pid>/task/<tid>``."""
+    return int((task / "schedstat").read_text().split()[0])
 
 
 @dataclass(frozen=True)
 class TreeCpu:
-    """The CPU of a process tree at one moment, read two ways: the scheduler's
-    nanoseconds per live thread (``/proc/<pid>/task/<tid>/schedstat``) and the
-    10 ms ticks of each process (``/proc/<pid>/stat``, which also keep the time of
-    threads that have exited)."""
+    """The CPU of a process and all its descendants (nginx: unshare -> master ->
+    workers) at one moment, read two ways: the scheduler's nanoseconds per live thread
+    (``/proc/<pid>/task/<tid>/schedstat``) and the 10 ms ticks of each process
+    (``/proc/<pid>/stat``, which also keep the time of threads that have exited)."""
 
     thread_ns: dict[tuple[int, int], int]  # (pid, tid) -> on-CPU nanoseconds
     ticks: int
@@ -630,7 +629,7 @@ class TreeCpu:
             with contextlib.suppress(OSError):
                 for task in Path(f"/proc/{process}/task").iterdir():
                     with contextlib.suppress(OSError, ValueError, IndexError):
-                        thread_ns[(process, int(task.name))] = int((task / "schedstat").read_text().split()[0])
+                        thread_ns[(process, int(task.name))] = _on_cpu_ns(task)
         return cls(thread_ns, ticks)
 
     def seconds_since(self, before: TreeCpu) -> float:
@@ -658,7 +657,7 @@ def thread_cpu_ns() -> dict[int, tuple[str, int]]:
         if thread.native_id is None:
             continue
         with contextlib.suppress(OSError, ValueError, IndexError):
-            ns = int(Path(f"/proc/self/task/{thread.native_id}/schedstat").read_text().split()[0])
+            ns = _on_cpu_ns(Path(f"/proc/self/task/{thread.native_id}"))
             out[thread.native_id] = (thread.name, ns)
     return out
 

@@ -34,16 +34,16 @@ _Record = TypeVar("_Record")
 
 
 def _pickled_as_call(cls: type[_Record]) -> type[_Record]:
-    """Pickle a frozen, slotted dataclass as a call of the class with its field
-    values.  dataclasses' own ``__setstate__`` for slotted classes lists the fields
-    and sets them one by one in Python, for every object: over 20,000 files parsed in
-    worker processes (probes/files_workers.py) that made unpickling their results a
-    third of the daemon's CPU in the round.  Every field is passed, so a field added
-    later travels too."""
+    """Pickle a frozen, slotted dataclass (of two fields or more) as a call of the
+    class with its field values.  dataclasses' own ``__getstate__``/``__setstate__``
+    for slotted classes list the fields and set them one by one in Python, for every
+    object; the results of files parsed in worker processes (probes/files_workers.py)
+    cross back that way (per file, three alternated runs: 16.7-23.8 -> 11.3-16.2 µs to
+    load, 14.7-21.1 -> 7.7-10.5 µs to dump).
+    Every field is passed, so a field added later travels too."""
     names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
-    values: Callable[[Any], tuple[Any, ...]] = (
-        operator.attrgetter(*names) if len(names) > 1 else lambda record: (getattr(record, names[0]),)
-    )
+    assert len(names) > 1, "attrgetter of one name gives a value, not a tuple"
+    values: Callable[[Any], tuple[Any, ...]] = operator.attrgetter(*names)
 
     def __reduce__(self: _Record) -> tuple[type[_Record], tuple[Any, ...]]:
         return cls, values(self)

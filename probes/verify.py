@@ -591,9 +591,10 @@ def _as_kept(verdict: Verdict, served: Sequence[x509.Certificate], ders: list[by
     """``verdict`` with each served certificate of its path loaded again from its DER.
     A certificate that has been read keeps what reading it built in Python (its
     extensions, their values, its names: about 30 objects a chain, each tracked by the
-    garbage collector, whose full collections walk them at every round); a memo keeps
-    its verdicts for as long as a chain is served.  Trust anchors are the trust store's
-    own objects, shared by every verdict."""
+    garbage collector and walked by every full collection); a memo keeps its verdicts
+    for as long as a chain is served.  Trust anchors are the trust store's own objects,
+    shared by every verdict.  What revocation checks read of the path (issuers, AIA) is
+    cached on these certificates again, for the probes that check it."""
     if not verdict.verified_path:
         return verdict
     position = {id(cert): index for index, cert in enumerate(served)}

@@ -265,18 +265,11 @@ def test_the_probes_of_a_scheduler_share_its_revocation_cache_across_reloads() -
         plan.close()
 
 
-class LoopKindProbe:
+class LoopKindProbe(ExplodingProbe):
     """Two network targets whose runs go to the scheduler's event loop."""
 
     kind: ClassVar[str] = "loopkind"
-    target_reasons: ClassVar[tuple[Reason, ...]] = (Reason.INTERNAL_ERROR,)
-    source_reasons: ClassVar[tuple[Reason, ...]] = ()
-    concurrent_targets: ClassVar[bool] = True
-    keeps_last_good: ClassVar[bool] = False
     runs_in_event_loop: ClassVar[bool] = True
-
-    def __init__(self, settings: NoSettings, defaults: ProbeDefaults) -> None:
-        pass
 
     def targets(self) -> Discovery:
         return Discovery(("a", "b"))
