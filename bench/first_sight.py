@@ -53,6 +53,8 @@ def _probe(cell: str, reference: TlsProbe, settings: TlsSettings, defaults: Prob
         probe._memo._facts.update(reference._memo._facts)
     if cell in ("verdict_known", "seen_before"):
         probe._memo._verdicts.update(reference._memo._verdicts)
+    if cell == "seen_before":
+        probe._memo._observations.update(reference._memo._observations)
     return probe
 
 

@@ -181,14 +181,21 @@ def _served_mismatch(
     return tuple(rows), stored
 
 
-def _probe_keys(state: ProbeState) -> ProbeKeys:
+def _probe_keys(state: ProbeState, before: ProbeKeys | None) -> ProbeKeys:
     subjects: dict[KeyId, set[str]] = {}
     for _state, _target, ts in _readable_targets((state,)):
         for observation in ts.certificates:
             cert = observation.cert
             if cert.spki_sha256:
                 subjects.setdefault((cert.spki_sha256, cert.key_type), set()).add(cert.subject)
-    return ProbeKeys(state, MappingProxyType({key: frozenset(names) for key, names in subjects.items()}))
+    # A key's names as the round before held them, when they are the same: a later
+    # round then leaves no new set per key behind for the garbage collector.
+    known = before.subjects if before is not None else {}
+    kept = {}
+    for key, names in subjects.items():
+        old = known.get(key)
+        kept[key] = old if old is not None and old == names else frozenset(names)
+    return ProbeKeys(state, MappingProxyType(kept))
 
 
 def _key_reuse(
@@ -201,7 +208,7 @@ def _key_reuse(
     subjects: dict[KeyId, set[str]] = {}
     for state in states:
         cached = previous.get(state.info.name)
-        probe_keys = cached if cached is not None and cached.state is state else _probe_keys(state)
+        probe_keys = cached if cached is not None and cached.state is state else _probe_keys(state, cached)
         keys[state.info.name] = probe_keys
         for key, names in probe_keys.subjects.items():
             subjects.setdefault(key, set()).update(names)

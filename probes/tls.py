@@ -574,7 +574,10 @@ class TlsProbe:
                 hard_fail=settings.revocation is not None and settings.revocation.hard_fail,
             )
         )
-        return _result(outcome, f"{host}:{port}", started, observations, ctx, labels, facts, revocation)
+        # The memo's own tuple when there is no client certificate: a chain seen
+        # before then adds no new object to the result.
+        certificates = served_observations if not self.client_certificates else tuple(observations)
+        return _result(outcome, f"{host}:{port}", started, certificates, ctx, labels, facts, revocation)
 
     def _handshake_failure(self, session: TlsConnection, exc: HandshakeError) -> _Failure:
         text = f"{exc.code} {exc}".upper()
@@ -635,7 +638,7 @@ def _result(
     outcome: Outcome,
     where: str,
     started: float,
-    observations: list[CertObservation],
+    observations: Sequence[CertObservation],
     ctx: ProbeContext,
     labels: tuple[tuple[str, str], ...],
     tls: TlsFacts | None,

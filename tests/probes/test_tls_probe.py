@@ -345,6 +345,64 @@ def test_the_memo_keeps_no_python_objects_of_a_certificate_it_read() -> None:
     assert per_chain < 8, f"{per_chain:.1f} objects tracked per kept chain"
 
 
+def test_a_later_round_leaves_three_new_objects_per_target(catalogue: Catalogue) -> None:
+    """What a round leaves behind until the next replaces it is what CPython's full
+    collections are paced by (one starts when the objects that survived since the last
+    reach a quarter of those held).  A chain seen before gives a run the memo's own
+    observations, a target whose certificates did not rotate keeps its rotations, a
+    key whose subjects did not change keeps its set: per target, a later round leaves
+    its result, its TLS facts and its target state, nothing else (before: two
+    observations, a tuple, a dict, a mapping proxy and a set more)."""
+    import gc
+    from collections import Counter
+
+    from exporter.store import ProbeInfo, ResultStore
+    from probes.result import Discovery
+
+    leaf = catalogue.files.localhost
+    trust = catalogue.cases["valid"].settings["trust"]
+
+    def left_by_a_later_round(targets: list[str]) -> Counter[str]:
+        entry = {"name": "later", "kind": "tls", "targets": targets, "interval": "1h", "timeout": "3s", "trust": trust}
+        config = parse_config(yaml.safe_dump({"probes": [entry]}), "later").probes[0]
+        probe = TlsProbe(config.settings, config.defaults)
+        info = ProbeInfo("later", "tls", 3600.0, 28 * 86400.0, 7 * 86400.0, {}, (), (), True)
+        store = ResultStore()
+        store.configure([info], "test")
+
+        def one_round() -> None:
+            results = {t: probe.run(t, ProbeContext(deadline=time.monotonic() + 3)) for t in targets}
+            assert all(r.success for r in results.values()), [r.message for r in results.values()]
+            finished = time.time()
+            store.publish_round(info, Discovery(tuple(targets)), {t: (r, finished) for t, r in results.items()}, 0.1)
+
+        one_round()
+        one_round()  # the second round replaces the first's objects
+        gc.collect()
+        before = {id(o) for o in gc.get_objects()}
+        one_round()
+        # Twice: a tuple of phases is untracked once the tuples in it have been.
+        gc.collect()
+        gc.collect()
+        return Counter(type(o).__qualname__ for o in gc.get_objects() if id(o) not in before)
+
+    with ExitStack() as stack:
+        targets = []
+        for _ in range(12):
+            server = servers.openssl_s_server(leaf.cert, leaf.key, leaf.chain)
+            stack.callback(server.stop)
+            targets.append(f"localhost:{server.port}")
+        few, many = left_by_a_later_round(targets[:4]), left_by_a_later_round(targets)
+    per_target = ("ProbeResult", "TlsFacts", "TargetState")
+    assert {kind: many[kind] for kind in per_target} == dict.fromkeys(per_target, 12), many
+    assert {kind: few[kind] for kind in per_target} == dict.fromkeys(per_target, 4), few
+    # The rest is the store's own (its snapshot, the probe's state, indexes): the same
+    # at 4 targets as at 12.
+    for kind in per_target:
+        del few[kind], many[kind]
+    assert many.total() - few.total() <= 2, (few, many)
+
+
 # One probe, many targets, the same settings: a scheduled round of these runs in the
 # event loops (probes.event_loop), one greenlet per target.
 ROUND_CASES = [
