@@ -153,6 +153,10 @@ def getaddrinfo_by(host: str, port: int, family: int, deadline: float) -> list[A
 
 def is_ip(host: str) -> bool:
     """``host`` is an IP address literal (IPv4 dotted quad or IPv6), not a name."""
+    if ":" not in host and not host[-1:].isdigit():
+        # A name (an IPv4 literal ends in a digit, an IPv6 one has a colon), told
+        # without the exception: every run of a TLS target by name asks twice.
+        return False
     try:
         ipaddress.ip_address(host)
     except ValueError:
