@@ -321,19 +321,22 @@ def _next_target_state(
 
     rotations: dict[tuple[int, str], Rotation] = {}
     old_rotations = previous.rotations if previous else _NO_ROTATIONS
-    unchanged = True  # every location there before, with the same certificate
     for observation in certificates:
         location = (observation.index, observation.role)
         fingerprint = observation.cert.fingerprint_sha256
         old = old_rotations.get(location)
         if old is None:
             rotations[location] = Rotation(fingerprint)
-            unchanged = False
         elif old.fingerprint != fingerprint:
             rotations[location] = Rotation(fingerprint, old.count + 1, finished)
-            unchanged = False
         else:
             rotations[location] = old
+    if rotations == old_rotations:
+        # Nothing rotated: the previous mapping, so that a later round leaves no new
+        # dict and proxy behind per target (probes.verify.ChainMemo says why that matters).
+        kept_rotations = old_rotations
+    else:
+        kept_rotations = MappingProxyType(rotations) if rotations else _NO_ROTATIONS
 
     carried = _NO_TALLIES
     if tallies:
@@ -355,15 +358,7 @@ def _next_target_state(
         failures_total=failures_total,
         certificates=certificates,
         certificates_from_last_good=from_last_good,
-        # The previous mapping when nothing rotated: a later round then leaves no new
-        # dict and proxy behind per target (probes.verify.ChainMemo says why that matters).
-        rotations=(
-            old_rotations
-            if unchanged and len(rotations) == len(old_rotations)
-            else MappingProxyType(rotations)
-            if rotations
-            else _NO_ROTATIONS
-        ),
+        rotations=kept_rotations,
     )
 
 
