@@ -13,6 +13,7 @@ the one client a process shares (``RevocationChecker.ocsp``).
 from __future__ import annotations
 
 import base64
+import functools
 import os
 import threading
 import time
@@ -123,5 +124,6 @@ class OcspClient:
         return facts
 
 
+@functools.lru_cache(maxsize=1024)  # 9 µs a call, once per check, cached or not
 def _issuer_id(issuer: x509.Certificate) -> str:
     return issuer.fingerprint(hashes.SHA256()).hex()
