@@ -80,6 +80,14 @@ def refused_address(address: str, allow_networks: Sequence[str]) -> bool:
     """True when the egress policy forbids connecting to ``address``: it, or an IPv4
     address it embeds (``::ffff:127.0.0.1``, ``64:ff9b::7f00:1``, ``2002:7f00:1::``),
     is refused and not in ``allow_networks``."""
+    return _refused_address(address, tuple(allow_networks))
+
+
+# A pure function of its arguments, asked before every fetch (each uncached OCSP
+# check) with the same few responder addresses: parsing the address and the allowed
+# networks and testing a dozen ranges took 9-20 µs a call, a look-up here 0.3 µs.
+@functools.lru_cache(maxsize=4096)
+def _refused_address(address: str, allow_networks: tuple[str, ...]) -> bool:
     ip = ipaddress.ip_address(address)
     allowed = [ipaddress.ip_network(network, strict=False) for network in allow_networks]
     return any(
