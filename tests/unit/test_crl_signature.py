@@ -158,7 +158,7 @@ def test_lookups_through_the_index_find_what_a_walk_finds() -> None:
 
     serials = [*range(990, 1100), 2996, 2997, 3003]
     answers = [crl_lookup(info, Serial(s)).state == REVOKED for s in serials]  # type: ignore[arg-type]
-    assert info.index.positions is not None  # built at the second lookup
+    assert info.index.hashes is not None  # built at the second lookup
     assert answers == [info.crl.get_revoked_certificate_by_serial_number(s) is not None for s in serials]
     first = info.crl.get_revoked_certificate_by_serial_number(1007)
     found = info.index.find(info.crl, 1007)
@@ -166,3 +166,40 @@ def test_lookups_through_the_index_find_what_a_walk_finds() -> None:
     assert (found.serial_number, found.revocation_date_utc) == (first.serial_number, first.revocation_date_utc)
     assert answers == [s in revoked for s in serials]
     assert sum(answers) == len([s for s in serials if s in revoked]) > 10
+
+
+def test_the_index_tells_apart_serials_of_one_hash_and_keeps_a_serial_s_first_entry() -> None:
+    """Python hashes an int modulo 2**61 - 1: these serials share a hash.  A serial
+    listed twice is found at its first entry, as cryptography's walk finds it."""
+    ca = issue("crl test EC CA", ca=True)
+    modulus = 2**61 - 1
+    base = 0x1234_5678_9ABC
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.cert.subject)
+        .last_update(NOW - dt.timedelta(hours=1))
+        .next_update(NOW + dt.timedelta(days=1))
+    )
+    dates = [NOW - dt.timedelta(days=days) for days in (3, 2, 1)]
+    for serial, date in ((base + modulus, dates[0]), (base + 2 * modulus, dates[1]), (base + modulus, dates[2])):
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(date).build()
+        )
+    crl = builder.sign(ca.key, SHA256)
+    info = evaluate_crl(_der(crl), ca.cert, NOW)
+    assert info.crl is not None
+    index = info.index
+    for _ in range(2):  # the first lookup walks, the second builds the index
+        index.find(info.crl, base)
+    assert index.hashes is not None and len(set(index.hashes)) == 1
+    for serial in (base, base + modulus, base + 2 * modulus, base + 3 * modulus):
+        found = index.find(info.crl, serial)
+        walked = info.crl.get_revoked_certificate_by_serial_number(serial)
+        assert (found is None) == (walked is None), serial
+        if found is not None and walked is not None:
+            assert (found.serial_number, found.revocation_date_utc) == (
+                walked.serial_number,
+                walked.revocation_date_utc,
+            )
+    first = index.find(info.crl, base + modulus)
+    assert first is not None and first.revocation_date_utc == dates[0].replace(microsecond=0)
