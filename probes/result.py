@@ -42,7 +42,8 @@ def _pickled_as_call(cls: type[_Record]) -> type[_Record]:
     load, 14.7-21.1 -> 7.7-10.5 µs to dump).
     Every field is passed, so a field added later travels too."""
     names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
-    assert len(names) > 1, "attrgetter of one name gives a value, not a tuple"
+    if len(names) < 2:  # attrgetter of one name gives a value, not a tuple
+        raise TypeError(f"{cls.__name__}: pickled as a call only with two fields or more")
     values: Callable[[Any], tuple[Any, ...]] = operator.attrgetter(*names)
 
     def __reduce__(self: _Record) -> tuple[type[_Record], tuple[Any, ...]]:

@@ -23,6 +23,7 @@ from probes.reasons import Reason
 from probes.revocation import REVOKED, crl_lookup, evaluate_crl
 from probes.revocation.judges import _crl_signed_by, _tbs_as_received
 from tests.fixtures.pki import issue
+from tests.fixtures.revocation_servers import build_revocation_pki
 
 PKITS = Path(cryptography_vectors.__file__).parent / "x509" / "PKITS_data"
 NOW = dt.datetime.now(dt.UTC)
@@ -49,6 +50,7 @@ def test_pkits_gives_enough_pairs() -> None:
 @pytest.mark.filterwarnings("ignore::cryptography.utils.CryptographyDeprecationWarning")
 def test_the_verdict_is_cryptographys_over_every_pkits_crl() -> None:
     verdicts = []
+    fast: list[str] = []
     for crl_path, cert_path in PAIRS:
         data = crl_path.read_bytes()
         try:  # a few use DSA keys with inherited parameters, which cryptography refuses
@@ -59,8 +61,12 @@ def test_the_verdict_is_cryptographys_over_every_pkits_crl() -> None:
         expected = crl.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]
         assert _crl_signed_by(crl, data, issuer) is expected, crl_path.name
         verdicts.append(expected)
+        if expected:  # the received bytes were what was signed: the fast path applies
+            assert _tbs_as_received(data) == crl.tbs_certlist_bytes, crl_path.name
+            fast.append(crl_path.name)
     # Both answers occur (BadCRLSignatureCACRL.crl is signed wrongly, the rest not).
     assert len(verdicts) >= 50 and True in verdicts and False in verdicts
+    assert len(fast) >= 40
 
 
 def _crl(
@@ -107,14 +113,14 @@ def test_an_rsa_pss_crl_is_left_to_cryptography() -> None:
 
 def test_a_changed_entry_or_signature_fails_both_ways() -> None:
     ca = issue("crl test EC CA", ca=True)
-    data = bytearray(_der(_crl(ca.key, ca.cert, range(1, 50))))
-    tampered = bytes(data).replace(bytes([0x02, 0x01, 0x07]), bytes([0x02, 0x01, 0x08]), 1)  # serial 7 -> 8
-    assert tampered != bytes(data)
+    data = _der(_crl(ca.key, ca.cert, range(1, 50)))
+    tampered = data.replace(bytes([0x02, 0x01, 0x07]), bytes([0x02, 0x01, 0x08]), 1)  # serial 7 -> 8
+    assert tampered != data
     crl = x509.load_der_x509_crl(tampered)
     assert not crl.is_signature_valid(ca.cert.public_key())  # type: ignore[arg-type]
     assert not _crl_signed_by(crl, tampered, ca.cert)
     other = issue("another EC CA", ca=True)
-    assert not _crl_signed_by(x509.load_der_x509_crl(bytes(data)), bytes(data), other.cert)
+    assert not _crl_signed_by(x509.load_der_x509_crl(data), data, other.cert)
 
 
 def test_different_algorithms_inside_and_outside_are_refused() -> None:
@@ -203,3 +209,20 @@ def test_the_index_tells_apart_serials_of_one_hash_and_keeps_a_serial_s_first_en
             )
     first = index.find(info.crl, base + modulus)
     assert first is not None and first.revocation_date_utc == dates[0].replace(microsecond=0)
+
+
+def test_a_crl_from_openssl_ca_takes_the_fast_path_and_cryptography_agrees(tmp_path: Path) -> None:
+    """``openssl ca -gencrl``, the reference tool, signed by the CA and by an
+    unrelated key with the CA's name."""
+    pki = build_revocation_pki(tmp_path / "pki")
+    for signer, expected in (("ca", True), ("wrong_key", False)):
+        data = pki.gencrl(f"crl-{signer}", signer=signer).der  # type: ignore[arg-type]
+        crl = x509.load_der_x509_crl(data)
+        assert _tbs_as_received(data) == crl.tbs_certlist_bytes
+        assert crl.is_signature_valid(pki.ca.cert.public_key()) is expected  # type: ignore[arg-type]
+        assert _crl_signed_by(crl, data, pki.ca.cert) is expected
+        info = evaluate_crl(data, pki.ca.cert, NOW)
+        assert info.reason is (Reason.OK if expected else Reason.CRL_BAD_SIGNATURE), info.message
+        if expected:
+            assert crl_lookup(info, pki.revoked.cert).state == REVOKED
+            assert crl_lookup(info, pki.good.cert).state != REVOKED
